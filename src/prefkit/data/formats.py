@@ -10,18 +10,20 @@ columns, so every format round-trips losslessly.
 
 Formats (``prefkit data convert --to NAME``):
 
-========================== ==========================================================================
-``prefkit``                native: ``{"kind": ..., every field}``; holds every record kind losslessly
-``trl-preference``         TRL pairs with explicit prompt: ``prompt, chosen, rejected`` (text or messages)
-``trl-preference-implicit`` TRL pairs with the prompt inside ``chosen`` / ``rejected``
-``trl-unpaired``           TRL/KTO unpaired: ``prompt, completion, label`` (bool)
-``ranking``                K-wise: ``prompt, responses, ranking`` (best index first, ties nested)
-``rating``                 attribute ratings: ``prompt, response, ratings {name: score}, scale``
-``helpsteer``              HelpSteer columns: ``prompt, response, helpfulness ... verbosity`` (0-4)
-``alpaca-eval``            AlpacaFarm/AlpacaEval annotations: ``instruction, output_1, output_2, preference``
-``arena``                  Chatbot-Arena battles: ``model_a, model_b, winner, judge, tstamp, ...``
-``rewardbench``            RewardBench trios: ``prompt, chosen, rejected, subset``
-========================== ==========================================================================
+- ``prefkit``: native ``{"kind": ..., every field}``; holds every record kind losslessly;
+- ``trl-preference``: TRL pairs with an explicit prompt: ``prompt, chosen, rejected`` (text or
+  message lists);
+- ``trl-preference-implicit``: TRL pairs with the prompt inside ``chosen`` / ``rejected``;
+- ``trl-unpaired``: TRL/KTO unpaired feedback: ``prompt, completion, label`` (bool);
+- ``ranking``: K-wise ``prompt, responses, ranking`` (best index first, ties nested);
+- ``rating``: ``prompt, response, ratings {name: score}, scale``;
+- ``helpsteer``: ``prompt, response, helpfulness, correctness, coherence, complexity,
+  verbosity`` (0-4);
+- ``alpaca-eval``: AlpacaFarm/AlpacaEval annotations ``instruction, output_1, output_2,
+  preference`` (1, 2, 1.5 = draw, or a weighted value in [1, 2]);
+- ``arena``: Chatbot-Arena battles ``model_a, model_b, winner, question_id, judge, tstamp,
+  conv_metadata``;
+- ``rewardbench``: RewardBench trios ``prompt, chosen, rejected, subset``.
 """
 
 from __future__ import annotations
@@ -515,7 +517,11 @@ def _comparison_from_pair(row: dict, prompt: Text, chosen: Text, rejected: Text,
 def decode_trl_pair(row: dict) -> Comparison:
     chosen, rejected = need_text(row, "chosen"), need_text(row, "rejected")
     need_distinct(chosen, rejected, "rejected", "chosen")
-    return _comparison_from_pair(row, need_text(row, "prompt"), chosen, rejected, _TRL_PAIR)
+    prompt = need_text(row, "prompt")
+    if len(row) == 3:  # the common case: nothing optional to parse
+        return Comparison(prompt=prompt, response_a=chosen, response_b=rejected,
+                          outcome=Outcome.A)
+    return _comparison_from_pair(row, prompt, chosen, rejected, _TRL_PAIR)
 
 
 def _pair_columns(record: Record, fmt: str) -> tuple[Text, Text]:
@@ -547,7 +553,8 @@ def encode_trl_pair(record: Record) -> dict:
 
 
 register_format("trl-preference", ("comparison",),
-                "TRL preference pairs: prompt, chosen, rejected")((decode_trl_pair, encode_trl_pair))
+                "TRL preference pairs: prompt, chosen, rejected")(
+    (decode_trl_pair, encode_trl_pair))
 
 
 def split_shared_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
@@ -559,7 +566,7 @@ def split_shared_prompt(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]
         limit = min(len(chosen), len(rejected))
         while n < limit and chosen[n] == rejected[n]:
             n += 1
-        if 0 < n and chosen[n - 1] == " ":
+        if n > 0 and chosen[n - 1] == " ":
             n -= 1
         return chosen[:n], chosen[n:], rejected[n:]
     if isinstance(chosen, list) and isinstance(rejected, list):

@@ -22,12 +22,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import orjson
 
 Message = dict[str, str]
-Text = Union[str, list[Message]]
+Text = str | list[Message]
 """A prompt or a response: plain text, or a conversation of role/content messages."""
 
 
@@ -200,7 +200,7 @@ class Battle:
     id: str | None = None
 
 
-Record = Union[Comparison, Ranking, Rating, Binary, Battle, Critique]
+Record = Comparison | Ranking | Rating | Binary | Battle | Critique
 RECORD_TYPES: dict[str, type] = {
     cls.kind: cls for cls in (Comparison, Ranking, Rating, Binary, Battle, Critique)
 }

@@ -1,0 +1,59 @@
+"""Shared CLI plumbing: the `--json` contract (one JSON object on stdout, logs on stderr) and
+exit codes (0 success, 2 bad input naming file/line/field, 1 internal error)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import typer
+from rich.console import Console
+
+from ..data.errors import RecordError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False)
+
+
+def print_json(obj: Any) -> None:
+    """Print ONE JSON object on stdout."""
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+    sys.stdout.flush()
+
+
+def bad_input(message: str, as_json: bool, **extra: Any) -> typer.Exit:
+    """Report bad input (exit code 2): the message on stderr, and in --json mode as the JSON
+    object on stdout."""
+    stderr.print(f"[red]error:[/red] {message}")
+    if as_json:
+        print_json({"ok": False, "error": message, **extra})
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def cli_errors(func: Callable) -> Callable:
+    """Map exceptions to the exit-code contract: RecordError / ValueError / missing files are
+    bad input (2); anything else is an internal error (1) with a traceback on stderr."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except RecordError as exc:
+            raise bad_input(str(exc), as_json, detail=exc.to_dict()) from None
+        except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise bad_input(str(exc), as_json) from None
+        except Exception as exc:  # noqa: BLE001 - the contract: exit 1 with the trace on stderr
+            traceback.print_exc()
+            if as_json:
+                print_json({"ok": False, "error": f"internal error: {exc!r}"})
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper
