@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -62,7 +63,8 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
     report = validate_file(bad, skip_invalid=True, output_path=work / "bad.valid.jsonl",
                            rejected_path=work / "bad.rejected.jsonl")
     for error in report.errors:
-        console.print(f"  [red]x[/red] {error}".replace(str(example_path()), "examples"))
+        text = str(error).replace(str(example_path()), "examples")
+        console.print(f"  [red]x[/red] {escape(text)}")
     console.print(f"  --skip-invalid kept {report.valid} good rows; the {report.invalid} bad "
                   "lines went byte for byte to bad.rejected.jsonl")
     summary["validation"] = {"valid": report.valid, "invalid": report.invalid,

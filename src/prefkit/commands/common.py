@@ -12,12 +12,13 @@ from typing import Any
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..data.errors import RecordError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
-stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:
@@ -29,7 +30,7 @@ def print_json(obj: Any) -> None:
 def bad_input(message: str, as_json: bool, **extra: Any) -> typer.Exit:
     """Report bad input (exit code 2): the message on stderr, and in --json mode as the JSON
     object on stdout."""
-    stderr.print(f"[red]error:[/red] {message}")
+    stderr.print(f"[red]error:[/red] {escape(message)}")
     if as_json:
         print_json({"ok": False, "error": message, **extra})
     return typer.Exit(EXIT_BAD_INPUT)

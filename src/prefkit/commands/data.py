@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ..data.formats import FORMATS, get_format
 from .common import EXIT_BAD_INPUT, bad_input, cli_errors, print_json, stderr, stdout
@@ -74,7 +75,7 @@ def validate(
         print_json(report.to_dict())
     else:
         for error in sorted(report.errors, key=lambda e: e.line or 0):
-            stderr.print(f"[red]invalid[/red] {error}")
+            stderr.print(f"[red]invalid[/red] {escape(str(error))}")
         if report.invalid > len(report.errors):
             stderr.print(f"... and {report.invalid - len(report.errors)} more")
         status = "[green]ok[/green]" if report.ok else "[red]invalid records found[/red]"

@@ -217,8 +217,10 @@ def _plain(value: Any) -> Any:
         return value.value
     if isinstance(value, Annotator):
         return value.to_dict()
-    if isinstance(value, Critique):
-        return to_dict(value)
+    if isinstance(value, Critique):  # attached critiques: no "kind" needed
+        out = to_dict(value)
+        del out["kind"]
+        return out
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     if isinstance(value, list):
