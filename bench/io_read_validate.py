@@ -6,8 +6,11 @@ duplicates (`prefkit.data.validate.validate_file`); datasets parses the file int
 cache is written to a fresh temporary folder, as a first load does) and checks nothing.
 They agree when both count the same number of records and prefkit finds them all valid.
 
-Each run is its own process, so peak RSS is that run's own (VmHWM). Variants are
-interleaved and the best of ``--repeats`` is kept. Memory flatness: prefkit's peak RSS at N
+Each run is its own process, so peak RSS is that run's own (VmHWM); with parallel workers
+(prefkit's default on files over 32 MiB: one per core) the workers' peak RSS is added, which
+overstates the total since forked workers share pages with the parent. prefkit also runs with
+one process (``workers=1``) for the single-core figure. Variants are interleaved and the best of
+``--repeats`` is kept. Memory flatness: prefkit's peak RSS at N
 and at 10 N records (``rss_growth_10x`` = ratio).
 
     python bench/io_read_validate.py [--quick] [--json]
@@ -21,20 +24,23 @@ import os
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import PEAK_RSS, machine, run_child  # noqa: E402
 
 PREFKIT = PEAK_RSS + """
-import json, time, sys
-from prefkit.data.validate import validate_file
+import json, os, resource, time, sys
+from prefkit.data.validate import validate_file, _parallel_workers
+workers = int(sys.argv[2])
 start = time.perf_counter()
-report = validate_file(sys.argv[1])
+report = validate_file(sys.argv[1], workers=workers)
 elapsed = time.perf_counter() - start
+used = _parallel_workers(sys.argv[1], workers, False)
+child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if used > 1 else 0.0
 print(json.dumps({"seconds": elapsed, "valid": report.valid, "invalid": report.invalid,
-                  "rows": report.rows, "peak_rss_mb": peak_rss_mb()}))
+                  "rows": report.rows, "workers": used,
+                  "peak_rss_mb": peak_rss_mb() + used * child}))
 """
 
 PEER = PEAK_RSS + """
@@ -48,8 +54,10 @@ with tempfile.TemporaryDirectory() as cache:
     print(json.dumps({"seconds": elapsed, "rows": ds.num_rows, "peak_rss_mb": peak_rss_mb()}))
 """
 
-WORDS = ("sort add the numbers list answer is then first second please explain why order "
-         "ascending descending result sum total value review lamp chair bright warm").split()
+WORDS = tuple(
+    "sort add the numbers list answer is then first second please explain why order "
+    "ascending descending result sum total value review lamp chair bright warm".split()
+)
 
 
 def make_file(path: Path, n: int, seed: int = 0) -> None:
@@ -86,14 +94,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="prefkit-bench-") as tmp:
         small, big = Path(tmp, "pairs.jsonl"), Path(tmp, "pairs10x.jsonl")
         make_file(small, n)
-        ours, peer = None, None
-        for _ in range(repeats):  # interleave the two tools
-            o = run_child(PREFKIT, str(small))
+        ours, one, peer = None, None, None
+        for _ in range(repeats):  # interleave the variants
+            o = run_child(PREFKIT, str(small), "0")
+            s = run_child(PREFKIT, str(small), "1")
             p = run_child(PEER, str(small))
             ours = o if ours is None or o["seconds"] < ours["seconds"] else ours
+            one = s if one is None or s["seconds"] < one["seconds"] else one
             peer = p if peer is None or p["seconds"] < peer["seconds"] else peer
         make_file(big, 10 * n, seed=1)
-        ours10 = run_child(PREFKIT, str(big))
+        ours10 = run_child(PREFKIT, str(big), "0")
         peer10 = run_child(PEER, str(big))
         size_mb = os.path.getsize(small) / 2**20
     result = {
@@ -107,6 +117,9 @@ def main() -> None:
             "peak_rss_mb_10x": round(ours10["peak_rss_mb"], 1),
             "records_per_s_10x": round(10 * n / ours10["seconds"]),
             "rss_growth_10x": round(ours10["peak_rss_mb"] / ours["peak_rss_mb"], 2),
+            "workers": ours["workers"],
+            "records_per_s_1_process": round(n / one["seconds"]),
+            "peak_rss_mb_1_process": round(one["peak_rss_mb"], 1),
             "checks": "JSON, UTF-8, every field typed, identical pairs, duplicates",
         },
         "peer": {
@@ -119,7 +132,9 @@ def main() -> None:
             "rss_growth_10x": round(peer10["peak_rss_mb"] / peer["peak_rss_mb"], 2),
         },
         "ratio": round(peer["seconds"] / ours["seconds"], 2),
+        "ratio_1_process": round(peer["seconds"] / one["seconds"], 2),
         "agree": (ours["valid"] == n and ours["invalid"] == 0 and peer["rows"] == n
+                  and one["valid"] == n
                   and ours10["valid"] == 10 * n and peer10["rows"] == 10 * n),
         "goal": {"records_per_s": 200_000, "rss_growth_10x_max": 1.25},
         "machine": info,

@@ -187,3 +187,24 @@ def test_json_array_streaming(tmp_path, monkeypatch):
     truncated.write_text(json.dumps(rows)[:-30])
     report = validate_file(truncated)
     assert report.error_counts["malformed_json"] == 1 and report.valid == 49
+
+
+def test_parallel_validation_equals_sequential(tmp_path):
+    """Two workers over byte ranges report exactly what one process does, including
+    duplicates that cross the range boundary."""
+    rng = random.Random(1)
+    lines = []
+    for i in range(4000):
+        j = rng.randrange(3000)
+        lines.append(orjson.dumps({"prompt": f"p{j}", "chosen": "a", "rejected": "b"}) + b"\n")
+        if i % 500 == 7:
+            lines.append(b'{"prompt": "x", "chosen": "same", "rejected": "same"}\n')
+        if i % 900 == 3:
+            lines.append(b"{broken\n")
+    lines.append(lines[0])  # a duplicate of line 1 at the very end (other worker)
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"".join(lines))
+    one = validate_file(path, workers=1, max_errors=10**6).to_dict()
+    two = validate_file(path, workers=2, max_errors=10**6).to_dict()
+    assert one["invalid"] > 1000 and one["error_counts"]["duplicate_record"] > 900
+    assert two == one

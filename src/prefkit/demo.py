@@ -73,11 +73,16 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
     console.print("\n3. Statistics (here of K-wise rankings and pairwise judgements):")
     rank_stats = feedback_stats(read_records(example_path("rankings.jsonl")))
     pair_stats = feedback_stats(read_records(example_path("alpaca_eval.json")))
-    console.print(f"  rankings: {rank_stats['counts']}")
-    console.print(f"  alpaca-eval judgements: tie rate {pair_stats.get('tie_rate')}, "
-                  f"chosen longer in {pair_stats.get('chosen_longer_rate')} of decisive pairs")
-    summary["stats"] = {"rankings": rank_stats["counts"], "alpaca_tie_rate":
-                        pair_stats.get("tie_rate")}
+    ranking = rank_stats["ranking"]
+    pairwise = pair_stats["outcomes"]["pairwise"]
+    longer = pair_stats["length_bias"]["chosen_longer_rate"]
+    console.print(f"  rankings: {ranking['count']} rankings of {ranking['mean_responses']:.1f} "
+                  f"responses on average, {ranking['strict_rate']:.0%} strict (no ties)")
+    console.print(f"  AlpacaEval judgements: tie rate {pairwise['tie_rate']:.0%}, both-bad "
+                  f"{pairwise['both_bad_rate']:.0%}; the chosen output is the longer one in "
+                  f"{longer:.0%} of decisive pairs")
+    summary["stats"] = {"rankings": ranking, "alpaca_eval": pairwise,
+                        "alpaca_eval_chosen_longer_rate": longer}
 
     console.print("\n4. Conversions say what they dropped and why:")
     from .data.convert import ConversionReport, to_kind
@@ -94,7 +99,7 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
         fmt_kind = "binary" if target == "trl-unpaired" else "comparison"
         records = to_kind(read_records(example_path(name)), fmt_kind, report=conv)
         written = write_records(records, out, target)
-        dropped = {**conv.dropped, **written.dropped}
+        dropped = {**conv.dropped, **conv.skipped, **written.dropped}
         console.print(f"  {label}: {conv.inputs} in -> {written.written} out"
                       + (f"; dropped {dropped}" if dropped else ""))
         conversions[label] = {"in": conv.inputs, "out": written.written, "dropped": dropped}

@@ -178,7 +178,9 @@ def convert(
         return
     stdout.print(f"wrote {written.written} records to {output} ({target.name})")
     for reason, n in {**conversion.dropped, **written.dropped}.items():
-        stdout.print(f"  dropped {n}: {reason}")
+        stdout.print(f"  dropped {n} records: {reason}")
+    for reason, n in conversion.skipped.items():
+        stdout.print(f"  skipped {n}: {reason}")
 
 
 @app.command("formats")

@@ -32,12 +32,13 @@ class DuplicateFinder:
         self.candidates: dict[int, int] = {}
         """position -> key hash, for keys that may repeat an earlier key."""
 
-    def add_chunk(self, positions: list[int], key_hashes: list[int]) -> list[int]:
-        """Add a chunk of keys (their ``hash()`` values) seen at ``positions``; returns the
-        positions flagged as candidate duplicates (seen before, or repeated in the chunk)."""
-        if not key_hashes:
+    def add_chunk(self, positions, key_hashes) -> list[int]:
+        """Add a chunk of keys (their ``hash()`` values, a list or int64 array) seen at
+        ``positions``; returns the positions flagged as candidate duplicates (seen before, or
+        repeated in the chunk)."""
+        if len(key_hashes) == 0:
             return []
-        h = np.array(key_hashes, dtype=np.int64).view(np.uint64)
+        h = np.asarray(key_hashes, dtype=np.int64).view(np.uint64)
         h1 = h & np.uint64(0xFFFFFFFF)
         h2 = (h >> np.uint64(32)) | np.uint64(1)
         seen = np.ones(len(h), dtype=bool)
@@ -56,8 +57,9 @@ class DuplicateFinder:
         flagged = np.flatnonzero(seen | repeat)
         out = []
         for j in flagged.tolist():
-            self.candidates[positions[j]] = key_hashes[j]
-            out.append(positions[j])
+            position = int(positions[j])
+            self.candidates[position] = int(key_hashes[j])
+            out.append(position)
         return out
 
     def resolve(self, keys: Iterable[tuple[int, Hashable]]) -> dict[int, int]:

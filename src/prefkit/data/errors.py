@@ -71,6 +71,10 @@ class RecordError(ValueError):
         self.row_kind = row_kind
         super().__init__(str(self))
 
+    def __reduce__(self):  # picklable across worker processes
+        return (RecordError, (self.source, self.line, self.field, self.expected, self.code,
+                              self.got, self.row_kind))
+
     @classmethod
     def from_field(cls, err: FieldError, source: str, line: int | None, row_kind: str = "line"):
         return cls(source, line, err.field, err.expected, err.code, err.got, row_kind)

@@ -272,13 +272,21 @@ def iter_decoded(
                         fmt)
 
 
-def _decode_jsonl(path: str | os.PathLike, fmt: Format | None) -> Iterator[Decoded]:
+def _decode_jsonl(path: str | os.PathLike, fmt: Format | None, start: int = 0,
+                  end: int | None = None, first_line: int = 1) -> Iterator[Decoded]:
+    """Decode the lines of ``path`` in bytes ``[start, end)`` (``start`` at a line start;
+    ``first_line`` is its line number)."""
     # The hot path of every JSONL read (validate, import, training data): kept flat on purpose.
     source = str(path)
     loads = orjson.loads
     decode = fmt.decode if fmt is not None else None
+    remaining = float("inf") if end is None else end - start
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
+        fh.seek(start)
+        for lineno, raw in enumerate(fh, first_line):
+            if remaining <= 0:
+                return
+            remaining -= len(raw)
             try:
                 data = loads(raw)
             except orjson.JSONDecodeError as exc:
@@ -297,6 +305,30 @@ def _decode_jsonl(path: str | os.PathLike, fmt: Format | None) -> Iterator[Decod
                 yield (lineno, None, raw, data, RecordError.from_field(exc, source, lineno))
                 continue
             yield (lineno, record, raw, data, None)
+
+
+def line_aligned_ranges(path: str | os.PathLike, parts: int) -> list[tuple[int, int, int]]:
+    """Split a line-based file into ``parts`` byte ranges that start at line starts:
+    ``[(start, end, first_line_number), ...]``."""
+    size = os.path.getsize(path)
+    bounds = [0]
+    with open(path, "rb") as fh:
+        for k in range(1, parts):
+            fh.seek(max(bounds[-1], size * k // parts))
+            fh.readline()  # finish the line we landed in
+            bounds.append(min(fh.tell(), size))
+    bounds.append(size)
+    ranges, line = [], 1
+    with open(path, "rb") as fh:
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            ranges.append((a, b, line))
+            fh.seek(a)
+            todo = b - a
+            while todo > 0:  # count newlines in bounded chunks
+                chunk = fh.read(min(todo, 1 << 22))
+                line += chunk.count(b"\n")
+                todo -= len(chunk)
+    return [r for r in ranges if r[1] > r[0]]
 
 
 def _decode_rows(rows: Iterable[Row], source: str, row_kind: str, fmt: Format | None

@@ -1,0 +1,1 @@
+"""The `prefkit` sub-commands, one module per command group."""

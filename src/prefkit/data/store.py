@@ -1,0 +1,639 @@
+"""The feedback store: every record prefkit has seen, in one SQL database.
+
+``FeedbackStore(url)`` opens (and creates or upgrades) a store. ``url`` is a plain path for an
+SQLite file, or any SQLAlchemy URL of an SQLite or PostgreSQL database, e.g.
+``postgresql+psycopg://user:password@localhost/prefkit``.
+
+- **Idempotent**: a record is stored once under its id (:func:`~prefkit.data.records.record_id`,
+  content-derived when the record has none). Adding it again counts as a *duplicate*; adding a
+  different record under a stored id is a *conflict*: reported with its id, never overwritten.
+- **Safe to interrupt**: records are written in batches, one transaction each, so an interrupted
+  import leaves whole batches only, and running it again completes it.
+- **Concurrent**: several processes may write at once. SQLite runs in WAL mode with a busy
+  timeout and takes the write lock up front (``BEGIN IMMEDIATE``); transient "database is
+  locked" errors (and PostgreSQL deadlocks or serialization failures) are retried with backoff.
+- **Versioned**: ``prefkit_schema_version`` records the migrations applied; opening a store
+  applies the missing ones (:data:`MIGRATIONS`) in one transaction, and refuses a store written
+  by a newer prefkit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from .formats import decode_native
+from .records import KINDS, Record, content_hash, record_id, to_dict
+
+if TYPE_CHECKING:
+    from .io import WriteReport
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 60.0
+"""How long an SQLite connection waits for another writer before giving up."""
+DEFAULT_BATCH_SIZE = 1000
+_LOOKUP_CHUNK = 500  # ids per "WHERE id IN (...)" (well under SQLite's variable limit)
+_PAGE_SIZE = 1000  # rows per page when streaming records
+_UPGRADE_LOCK_KEY = 0x7072_6566_6B69  # PostgreSQL advisory lock serializing schema upgrades
+_RETRY_ATTEMPTS = 10
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+SUPPORTED_DIALECTS = ("sqlite", "postgresql")
+
+
+class SchemaVersionError(RuntimeError):
+    """The database's schema is newer than this version of prefkit knows."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AddReport:
+    """What adding records did: ``seen`` records submitted, ``inserted`` new ones,
+    ``duplicates`` (same id and content as a stored or earlier record) and conflicts (same id,
+    different content; the stored record is kept) listed by id in ``conflict_ids``."""
+
+    seen: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    conflict_ids: list[str] = field(default_factory=list)
+    import_id: int | None = None
+
+    @property
+    def conflicts(self) -> int:
+        return len(self.conflict_ids)
+
+    def merge(self, other: AddReport) -> None:
+        """Add another report's counts to this one."""
+        self.seen += other.seen
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.conflict_ids.extend(other.conflict_ids)
+
+    def to_dict(self, max_ids: int = 100) -> dict[str, Any]:
+        """JSON-ready summary (at most ``max_ids`` conflicting ids are listed)."""
+        out: dict[str, Any] = {
+            "seen": self.seen,
+            "inserted": self.inserted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "conflict_ids": self.conflict_ids[:max_ids],
+        }
+        if self.import_id is not None:
+            out["import_id"] = self.import_id
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema: the current tables (for queries) and the migrations that build them
+# ---------------------------------------------------------------------------------------------
+
+_META = sa.MetaData()
+
+VERSIONS = sa.Table(
+    "prefkit_schema_version", _META,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+RECORDS = sa.Table(
+    "records", _META,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("annotator_id", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("annotator_kind", sa.String(32), nullable=True),  # migration 2
+)
+
+IMPORTS = sa.Table(
+    "imports", _META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("format", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("seen", sa.Integer, nullable=False, default=0),
+    sa.Column("inserted", sa.Integer, nullable=False, default=0),
+    sa.Column("duplicates", sa.Integer, nullable=False, default=0),
+    sa.Column("conflicts", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema history: ``apply`` runs inside the upgrade transaction."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _migration_1(conn: Connection) -> None:
+    """The records table as first released (a frozen copy: later changes are migrations)."""
+    meta = sa.MetaData()
+    sa.Table(
+        "records", meta,
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("content_hash", sa.String(64), nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("annotator_id", sa.Text, nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    ).create(conn)
+
+
+def _migration_2(conn: Connection) -> None:
+    """Annotator kinds (backfilled from the payloads), indexes for kind / annotator filters,
+    and the imports log."""
+    conn.execute(sa.text("ALTER TABLE records ADD COLUMN annotator_kind VARCHAR(32)"))
+    _backfill_annotator_kind(conn)
+    conn.execute(sa.text("CREATE INDEX ix_records_kind ON records (kind)"))
+    conn.execute(sa.text("CREATE INDEX ix_records_annotator_id ON records (annotator_id)"))
+    meta = sa.MetaData()
+    sa.Table(
+        "imports", meta,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.Column("format", sa.String(64), nullable=True),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("seen", sa.Integer, nullable=False),
+        sa.Column("inserted", sa.Integer, nullable=False),
+        sa.Column("duplicates", sa.Integer, nullable=False),
+        sa.Column("conflicts", sa.Integer, nullable=False),
+        sa.Column("error", sa.Text, nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    ).create(conn)
+
+
+def _backfill_annotator_kind(conn: Connection) -> None:
+    """Set ``annotator_kind`` of existing rows from their payloads, one page at a time."""
+    table = sa.table("records", sa.column("id"), sa.column("payload"),
+                     sa.column("annotator_id"), sa.column("annotator_kind"))
+    query = (sa.select(table.c.id, table.c.payload)
+             .where(table.c.annotator_id.is_not(None)).order_by(table.c.id).limit(_PAGE_SIZE))
+    update = (sa.update(table).where(table.c.id == sa.bindparam("row_id"))
+              .values(annotator_kind=sa.bindparam("row_kind")))
+    last = None
+    while True:
+        page = query if last is None else query.where(table.c.id > last)
+        rows = conn.execute(page).all()
+        if not rows:
+            return
+        params = [{"row_id": rid, "row_kind": _payload_annotator_kind(payload)}
+                  for rid, payload in rows]
+        conn.execute(update, params)
+        last = rows[-1][0]
+
+
+def _payload_annotator_kind(payload: str) -> str | None:
+    annotator = orjson.loads(payload).get("annotator")
+    if isinstance(annotator, dict):
+        return annotator.get("kind", "human")
+    return None
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "records table", _migration_1),
+    Migration(2, "annotator kinds, indexes on kind and annotator, imports log", _migration_2),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines: URLs, SQLite settings, retries
+# ---------------------------------------------------------------------------------------------
+
+
+def store_url(url: str | os.PathLike) -> URL:
+    """SQLAlchemy URL of a store: a plain path means an SQLite file."""
+    if isinstance(url, str) and "://" in url:
+        return make_url(url)
+    path = Path(url).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return make_url(f"sqlite:///{path.resolve()}")
+
+
+def create_store_engine(url: str | os.PathLike) -> Engine:
+    """An engine for a store URL or path, configured for concurrent writers."""
+    sa_url = store_url(url)
+    dialect = sa_url.get_backend_name()
+    if dialect not in SUPPORTED_DIALECTS:
+        raise ValueError(f"unsupported database {dialect!r} in {sa_url!r}: the feedback store "
+                         f"runs on {' or '.join(SUPPORTED_DIALECTS)}")
+    if dialect != "sqlite":
+        return sa.create_engine(sa_url, pool_pre_ping=True)
+    in_memory = sa_url.database in (None, "", ":memory:")
+    options: dict[str, Any] = {"poolclass": StaticPool} if in_memory else {}
+    engine = sa.create_engine(
+        sa_url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}, **options)
+    sa.event.listen(engine, "connect", _sqlite_connect_listener(wal=not in_memory))
+    sa.event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect_listener(wal: bool) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN (pysqlite's implicit one is deferred).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        if wal:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    return on_connect
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """Writers take the write lock at BEGIN (no deadlock-prone lock upgrades); readers pass
+    ``prefkit_begin="DEFERRED"``."""
+    mode = conn.get_execution_options().get("prefkit_begin", "IMMEDIATE")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    """Errors worth retrying: SQLite lock timeouts, PostgreSQL deadlocks / serialization."""
+    if getattr(exc.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+        return True
+    message = str(exc.orig).lower()
+    return "database is locked" in message or "database is busy" in message
+
+
+def _retrying(action: Callable[[], T], attempts: int = _RETRY_ATTEMPTS) -> T:
+    """Run ``action`` (one whole transaction), retrying transient errors with backoff."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return action()
+        except DBAPIError as exc:
+            if attempt == attempts - 1 or not _is_transient(exc):
+                raise
+            log.info("retrying a transaction after a transient error: %s", exc.orig)
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema versions and upgrades
+# ---------------------------------------------------------------------------------------------
+
+
+def schema_version(conn: Connection) -> int:
+    """Schema version of the database on ``conn`` (0 for an empty database)."""
+    if not sa.inspect(conn).has_table(VERSIONS.name):
+        return 0
+    return conn.execute(sa.select(sa.func.max(VERSIONS.c.version))).scalar() or 0
+
+
+def _check_known(version: int, url: URL) -> None:
+    if version > LATEST_VERSION:
+        raise SchemaVersionError(
+            f"{url.render_as_string(hide_password=True)}: the store has schema version "
+            f"{version} but this prefkit knows versions up to {LATEST_VERSION}; "
+            "upgrade prefkit to open it"
+        )
+
+
+def upgrade(engine: Engine, target: int | None = None) -> int:
+    """Apply the missing migrations up to ``target`` (default: the latest) in one transaction;
+    returns the resulting version. Concurrent upgrades are serialized (SQLite's write lock,
+    a PostgreSQL advisory lock). Raises :class:`SchemaVersionError` for a newer schema."""
+    target = LATEST_VERSION if target is None else target
+    reader = engine.execution_options(prefkit_begin="DEFERRED")
+    with reader.connect() as conn:
+        current = schema_version(conn)
+    _check_known(current, engine.url)
+    if current >= target:
+        return current
+    return _retrying(lambda: _upgrade_transaction(engine, target))
+
+
+def _upgrade_transaction(engine: Engine, target: int) -> int:
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_UPGRADE_LOCK_KEY)))
+        VERSIONS.create(conn, checkfirst=True)
+        current = schema_version(conn)
+        _check_known(current, engine.url)
+        for migration in MIGRATIONS[current:target]:
+            migration.apply(conn)
+            conn.execute(sa.insert(VERSIONS).values(
+                version=migration.version, description=migration.description,
+                applied_at=_now()))
+        return max(current, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+# ---------------------------------------------------------------------------------------------
+
+
+def record_row(record: Record, created_at: datetime | None = None) -> dict[str, Any]:
+    """The ``records`` row of a record (its payload carries the id, derived if missing)."""
+    rid = record_id(record)
+    payload = to_dict(record)
+    payload["id"] = rid
+    annotator = record.annotator
+    return {
+        "id": rid,
+        "kind": record.kind,
+        "content_hash": content_hash(record),
+        "payload": orjson.dumps(payload).decode(),
+        "annotator_id": annotator.id if annotator else None,
+        "annotator_kind": annotator.kind.value if annotator else None,
+        "created_at": created_at or _now(),
+    }
+
+
+def _dedupe_batch(records: list[Record]) -> tuple[list[dict[str, Any]], AddReport]:
+    """Rows of a batch, one per id and sorted by id (a fixed lock order across writers), and
+    the report of the repeats inside the batch."""
+    report = AddReport(seen=len(records))
+    now = _now()
+    rows: dict[str, dict[str, Any]] = {}
+    for record in records:
+        row = record_row(record, now)
+        first = rows.get(row["id"])
+        if first is None:
+            rows[row["id"]] = row
+        elif first["content_hash"] == row["content_hash"]:
+            report.duplicates += 1
+        else:
+            report.conflict_ids.append(row["id"])
+    return [rows[rid] for rid in sorted(rows)], report
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    if size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {size}")
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
+
+
+class FeedbackStore:
+    """Feedback records in an SQLite file or a PostgreSQL database (see the module docstring).
+
+    Opening a store creates or upgrades its schema. Use it as a context manager, or call
+    :meth:`close`, to release its connections.
+    """
+
+    def __init__(self, url: str | os.PathLike, *, migrate: bool = True):
+        self.engine = create_store_engine(url)
+        self._reader = self.engine.execution_options(prefkit_begin="DEFERRED")
+        try:
+            self.version = upgrade(self.engine) if migrate else self._read_version()
+            _check_known(self.version, self.engine.url)
+        except BaseException:
+            self.engine.dispose()
+            raise
+        self._insert = self._insert_statement()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password masked."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> FeedbackStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeedbackStore({self.url!r})"
+
+    def _read_version(self) -> int:
+        with self._reader.connect() as conn:
+            return schema_version(conn)
+
+    def _insert_statement(self) -> sa.Insert:
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return (insert(RECORDS).on_conflict_do_nothing(index_elements=[RECORDS.c.id])
+                .returning(RECORDS.c.id))
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def add(self, records: Iterable[Record], batch_size: int = DEFAULT_BATCH_SIZE) -> AddReport:
+        """Store records, ``batch_size`` per transaction. Stored records are never changed:
+        re-adding one counts as a duplicate, a different record under a stored id as a
+        conflict. If ``records`` raises midway, the batches committed so far stay."""
+        report = AddReport()
+        self._add_batches(records, batch_size, report, import_id=None)
+        return report
+
+    def import_file(self, path: str | os.PathLike, format: str | None = None, *,
+                    split: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> AddReport:
+        """Import a feedback file (any source :func:`prefkit.data.io.read_records` reads) and
+        log it in the imports table. The first bad record raises its
+        :class:`~prefkit.data.errors.RecordError`; the batches before it stay committed, so
+        importing the fixed file again completes the import."""
+        from .io import read_records
+
+        report = AddReport(import_id=self._start_import(path, format))
+        try:
+            self._add_batches(read_records(path, format, split=split), batch_size, report,
+                              report.import_id)
+        except BaseException as exc:
+            with contextlib.suppress(SQLAlchemyError):
+                self._finish_import(report.import_id, "failed", str(exc) or repr(exc))
+            raise
+        self._finish_import(report.import_id, "done")
+        return report
+
+    def _add_batches(self, records: Iterable[Record], batch_size: int, report: AddReport,
+                     import_id: int | None) -> None:
+        for batch in _batches(records, batch_size):
+            rows, batch_report = _dedupe_batch(batch)
+            write = functools.partial(self._write_batch, rows, batch_report, import_id)
+            stored = _retrying(write)
+            batch_report.merge(stored)
+            report.merge(batch_report)
+
+    def _write_batch(self, rows: list[dict[str, Any]], in_batch: AddReport,
+                     import_id: int | None) -> AddReport:
+        """One transaction: insert the new rows, classify the others, log progress."""
+        with self.engine.begin() as conn:
+            inserted = set(conn.execute(self._insert, rows).scalars())
+            report = AddReport(inserted=len(inserted))
+            others = {r["id"]: r["content_hash"] for r in rows if r["id"] not in inserted}
+            stored = self._stored_hashes(conn, list(others))
+            for rid, digest in others.items():
+                if stored.get(rid) == digest:
+                    report.duplicates += 1
+                else:
+                    report.conflict_ids.append(rid)
+            if import_id is not None:
+                self._log_progress(conn, import_id, in_batch, report)
+            return report
+
+    @staticmethod
+    def _stored_hashes(conn: Connection, ids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for chunk in _chunks(ids, _LOOKUP_CHUNK):
+            query = sa.select(RECORDS.c.id, RECORDS.c.content_hash).where(RECORDS.c.id.in_(chunk))
+            found.update(conn.execute(query).all())
+        return found
+
+    # --- the imports log ----------------------------------------------------------------------
+
+    def _start_import(self, path: str | os.PathLike, format: str | None) -> int:
+        def start() -> int:
+            with self.engine.begin() as conn:
+                result = conn.execute(sa.insert(IMPORTS).values(
+                    source=str(path), format=format, status="running", seen=0, inserted=0,
+                    duplicates=0, conflicts=0, started_at=_now()))
+                return result.inserted_primary_key[0]
+
+        return _retrying(start)
+
+    @staticmethod
+    def _log_progress(conn: Connection, import_id: int, in_batch: AddReport,
+                      stored: AddReport) -> None:
+        conn.execute(sa.update(IMPORTS).where(IMPORTS.c.id == import_id).values(
+            seen=IMPORTS.c.seen + in_batch.seen,
+            inserted=IMPORTS.c.inserted + stored.inserted,
+            duplicates=IMPORTS.c.duplicates + in_batch.duplicates + stored.duplicates,
+            conflicts=IMPORTS.c.conflicts + in_batch.conflicts + stored.conflicts,
+        ))
+
+    def _finish_import(self, import_id: int | None, status: str, error: str | None = None
+                       ) -> None:
+        def finish() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(sa.update(IMPORTS).where(IMPORTS.c.id == import_id).values(
+                    status=status, error=error, finished_at=_now()))
+
+        _retrying(finish)
+
+    def imports(self) -> list[dict[str, Any]]:
+        """The imports log, oldest first."""
+        with self._reader.connect() as conn:
+            rows = conn.execute(sa.select(IMPORTS).order_by(IMPORTS.c.id)).mappings().all()
+        return [dict(row) for row in rows]
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _filtered(self, query: sa.Select, kind: str | None, annotator: str | None) -> sa.Select:
+        if kind is not None:
+            if kind not in KINDS:
+                raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(KINDS)}")
+            query = query.where(RECORDS.c.kind == kind)
+        if annotator is not None:
+            query = query.where(RECORDS.c.annotator_id == annotator)
+        return query
+
+    def iter_records(self, kind: str | None = None, annotator: str | None = None, *,
+                     page_size: int = _PAGE_SIZE) -> Iterator[Record]:
+        """Stored records in id order, optionally of one ``kind`` and/or ``annotator`` id.
+        Streams page by page (keyset pagination): the table is never loaded whole and no
+        transaction stays open between pages."""
+        base = self._filtered(sa.select(RECORDS.c.id, RECORDS.c.payload), kind, annotator)
+        base = base.order_by(RECORDS.c.id).limit(page_size)
+        last: str | None = None
+        while True:
+            query = base if last is None else base.where(RECORDS.c.id > last)
+            with self._reader.connect() as conn:
+                rows = conn.execute(query).all()
+            for _rid, payload in rows:
+                yield decode_native(orjson.loads(payload))
+            if len(rows) < page_size:
+                return
+            last = rows[-1][0]
+
+    def get(self, rid: str) -> Record | None:
+        """The record stored under id ``rid``, or None."""
+        with self._reader.connect() as conn:
+            payload = conn.execute(
+                sa.select(RECORDS.c.payload).where(RECORDS.c.id == rid)).scalar()
+        return None if payload is None else decode_native(orjson.loads(payload))
+
+    def count(self, kind: str | None = None, annotator: str | None = None) -> int:
+        """Number of stored records (of one kind and/or annotator)."""
+        query = self._filtered(sa.select(sa.func.count()).select_from(RECORDS), kind, annotator)
+        with self._reader.connect() as conn:
+            return conn.execute(query).scalar_one()
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per kind and per annotator kind, distinct annotators, imports, version, URL."""
+        with self._reader.connect() as conn:
+            kinds = self._group_counts(conn, RECORDS.c.kind)
+            annotator_kinds = self._group_counts(conn, RECORDS.c.annotator_kind)
+            annotators = conn.execute(
+                sa.select(sa.func.count(sa.distinct(RECORDS.c.annotator_id)))).scalar_one()
+            imports = conn.execute(sa.select(sa.func.count()).select_from(IMPORTS)).scalar_one()
+            version = schema_version(conn)
+        return {
+            "url": self.url,
+            "schema_version": version,
+            "records": sum(kinds.values()),
+            "kinds": kinds,
+            "annotator_kinds": {("none" if k is None else k): n
+                                for k, n in annotator_kinds.items()},
+            "annotators": annotators,
+            "imports": imports,
+        }
+
+    @staticmethod
+    def _group_counts(conn: Connection, column: sa.Column) -> dict[Any, int]:
+        query = sa.select(column, sa.func.count()).group_by(column).order_by(column)
+        return dict(conn.execute(query).all())
+
+    def export(self, path: str | os.PathLike, format: str = "prefkit", *,
+               kind: str | None = None, annotator: str | None = None) -> WriteReport:
+        """Write the stored records (optionally one kind / annotator) to ``path`` in
+        ``format`` via :func:`prefkit.data.io.write_records`."""
+        from .io import write_records
+
+        return write_records(self.iter_records(kind, annotator), path, format)

@@ -1,0 +1,101 @@
+"""The `prefkit` console script end to end: the --json contract and exit codes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefkit.data.io import iter_rows, read_records
+from prefkit.demo import example_path
+
+PREFKIT = [str(Path(sys.executable).with_name("prefkit"))]
+
+
+def run(*args, check_code=None):
+    proc = subprocess.run([*PREFKIT, *map(str, args)], capture_output=True, text=True)
+    if check_code is not None:
+        assert proc.returncode == check_code, proc.stderr
+    return proc
+
+
+def one_json(proc):
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0])
+
+
+def test_convert_rankings_to_pairs_all_and_adjacent(tmp_path):
+    out = tmp_path / "pairs.jsonl"
+    result = one_json(run("data", "convert", example_path("rankings.jsonl"), out,
+                          "--to", "trl-preference", "--json", check_code=0))
+    # ranking 1: strict of 4 -> 6 pairs; ranking 2: [3, [0, 2], 1] -> 3*1 + 2*1 + ... = 5;
+    # ranking 3: [[0, 3], 1] with 2 unranked -> 2 pairs
+    assert result["write"]["written"] == 6 + 5 + 2
+    assert result["conversion"]["inputs"] == 3
+    rows = [r.data for r in iter_rows(out)]
+    assert rows[0] == {"prompt": "sort: 9 4 6", "chosen": "4 6 9", "rejected": "4 6 9 9",
+                       **{k: rows[0][k] for k in rows[0] if k not in ("prompt", "chosen",
+                                                                       "rejected")}}
+    adjacent = one_json(run("data", "convert", example_path("rankings.jsonl"),
+                            tmp_path / "adj.jsonl", "--to", "trl-preference", "--pairs",
+                            "adjacent", "--json", check_code=0))
+    assert adjacent["write"]["written"] == 3 + 4 + 2
+
+
+def test_convert_reports_ties_dropped_by_the_target_format(tmp_path):
+    result = one_json(run("data", "convert", example_path("alpaca_eval.json"),
+                          tmp_path / "p.parquet", "--to", "trl-preference", "--json",
+                          check_code=0))
+    assert result["write"]["written"] == 3
+    assert result["write"]["dropped"] == {"tie": 1, "both_bad": 1}
+    assert len(list(read_records(tmp_path / "p.parquet"))) == 3
+
+
+def test_convert_bad_input_exit_2_and_no_output(tmp_path):
+    out = tmp_path / "never.jsonl"
+    proc = run("data", "convert", example_path("bad.jsonl"), out, "--to", "trl-preference",
+               "--json", check_code=2)
+    payload = one_json(proc)
+    assert "bad.jsonl:2" in payload["error"] and "rejected" in payload["error"]
+    assert not out.exists()
+    proc = run("data", "convert", example_path("pairs.jsonl"), out, "--to", "nope", "--json")
+    assert proc.returncode == 2 and "unknown format" in one_json(proc)["error"]
+
+
+def test_stats_json_and_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(["sort 1 2 3", "add 4 5"],
+                            trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    stats = one_json(run("data", "stats", example_path("alpaca_eval.json"), "--tokenizer",
+                         tmp_path / "tokenizer.json", "--json", check_code=0))
+    assert stats["kinds"] == {"comparison": 5}
+    assert stats["outcomes"]["pairwise"]["tie_rate"] == pytest.approx(0.2)
+    assert stats["lengths"]["tokens"]["prompt"]["count"] == 5
+    # "sort: 6 2 4" is 4 whitespace-separated words
+    assert stats["lengths"]["tokens"]["prompt"]["min"] >= 2
+
+
+def test_validate_and_formats_and_exit_codes(tmp_path):
+    ok = one_json(run("data", "validate", example_path("feedback.jsonl"), "--json", check_code=0))
+    assert ok["ok"] and ok["valid"] == 8 and len(ok["kinds"]) == 6
+    bad = run("data", "validate", example_path("bad.jsonl"), check_code=2)
+    assert "bad.jsonl:2" in bad.stderr and "[identical_responses]" in bad.stderr
+    formats = one_json(run("data", "formats", "--json", check_code=0))
+    assert len(formats["formats"]) == 10
+    assert run("data", "validate", tmp_path / "missing.jsonl").returncode == 2
+
+
+@pytest.mark.slow
+def test_demo_runs_and_reports(tmp_path):
+    summary = one_json(run("demo", "--workdir", tmp_path, "--json", check_code=0))
+    assert all(f["ok"] for f in summary["files"].values())
+    assert summary["validation"] == {"valid": 2, "invalid": 4, "errors": {
+        "identical_responses": 1, "malformed_json": 1, "empty_field": 1, "duplicate_record": 1}}
+    assert summary["store"]["second_import"] == 0
+    assert summary["store"]["exported"] == summary["store"]["first_import"]
