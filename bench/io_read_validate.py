@@ -54,9 +54,10 @@ with tempfile.TemporaryDirectory() as cache:
     print(json.dumps({"seconds": elapsed, "rows": ds.num_rows, "peak_rss_mb": peak_rss_mb()}))
 """
 
-WORDS = tuple(
-    "sort add the numbers list answer is then first second please explain why order "
-    "ascending descending result sum total value review lamp chair bright warm".split()
+WORDS = (
+    "sort", "add", "the", "numbers", "list", "answer", "is", "then", "first", "second",
+    "please", "explain", "why", "order", "ascending", "descending", "result", "sum", "total",
+    "value", "review", "lamp", "chair", "bright", "warm",
 )
 
 

@@ -99,10 +99,15 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
         fmt_kind = "binary" if target == "trl-unpaired" else "comparison"
         records = to_kind(read_records(example_path(name)), fmt_kind, report=conv)
         written = write_records(records, out, target)
-        dropped = {**conv.dropped, **conv.skipped, **written.dropped}
-        console.print(f"  {label}: {conv.inputs} in -> {written.written} out"
-                      + (f"; dropped {dropped}" if dropped else ""))
-        conversions[label] = {"in": conv.inputs, "out": written.written, "dropped": dropped}
+        dropped = {**conv.dropped, **written.dropped}
+        line = f"  {label}: {conv.inputs} in -> {written.written} out"
+        if dropped:
+            line += f"; records dropped: {dropped}"
+        if conv.skipped:
+            line += f"; not paired: {conv.skipped}"
+        console.print(line)
+        conversions[label] = {"in": conv.inputs, "out": written.written, "dropped": dropped,
+                              "skipped": dict(conv.skipped)}
     summary["conversions"] = conversions
 
     console.print("\n5. The feedback store never loses or doubles a record:")
