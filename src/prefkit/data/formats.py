@@ -515,13 +515,21 @@ def _comparison_from_pair(row: dict, prompt: Text, chosen: Text, rejected: Text,
 
 
 def decode_trl_pair(row: dict) -> Comparison:
+    if len(row) == 3:  # the common case, checked inline: three non-blank, distinct strings
+        prompt, chosen, rejected = row.get("prompt"), row.get("chosen"), row.get("rejected")
+        if (type(prompt) is str and type(chosen) is str and type(rejected) is str
+                and chosen != rejected and prompt and chosen and rejected
+                and not prompt.isspace() and not chosen.isspace() and not rejected.isspace()):
+            return Comparison(prompt=prompt, response_a=chosen, response_b=rejected,
+                              outcome=_A_WINS)
+    # everything else, with the precise error for whatever is wrong
     chosen, rejected = need_text(row, "chosen"), need_text(row, "rejected")
     need_distinct(chosen, rejected, "rejected", "chosen")
     prompt = need_text(row, "prompt")
-    if len(row) == 3:  # the common case: nothing optional to parse
-        return Comparison(prompt=prompt, response_a=chosen, response_b=rejected,
-                          outcome=Outcome.A)
     return _comparison_from_pair(row, prompt, chosen, rejected, _TRL_PAIR)
+
+
+_A_WINS = Outcome.A
 
 
 def _pair_columns(record: Record, fmt: str) -> tuple[Text, Text]:

