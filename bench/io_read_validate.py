@@ -85,8 +85,6 @@ def make_10x(small: Path, big: Path) -> None:
                 out.writelines(tag + line[len(head):] for line in fh)
 
 
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k records (< 1 minute)")
