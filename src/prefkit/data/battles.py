@@ -1,0 +1,213 @@
+"""Arena votes as arrays, streamed from files without one Python object per vote.
+
+Reads Chatbot-Arena battles (``model_a, model_b, winner``, optional ``conv_metadata``) and
+native prefkit battle records (``kind: battle``, ``outcome``, ``style``) from JSONL, JSON arrays,
+Parquet or dataset folders. Parquet and JSONL are read in Arrow record batches (a Parquet file
+of 100M votes is aggregated chunk by chunk: memory is bounded by the number of models, not
+votes); JSON arrays are parsed incrementally.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..rank.aggregate import A_WINS, B_WINS, BOTH_BAD, TIE, CountAccumulator, PairCounts
+from .errors import MISSING_FIELD, UNKNOWN_OUTCOME, WRONG_TYPE, RecordError
+from .io import iter_rows, source_kind
+
+WINNER_CODES = {"model_a": A_WINS, "model_b": B_WINS, "tie": TIE, "tie (bothbad)": BOTH_BAD,
+                "a": A_WINS, "b": B_WINS, "both_bad": BOTH_BAD}
+CHUNK = 100_000
+
+
+@dataclass
+class BattleArrays:
+    models: list[str]
+    a: np.ndarray
+    b: np.ndarray
+    outcome: np.ndarray
+    style_a: np.ndarray | None = None
+    style_b: np.ndarray | None = None
+    style_names: list[str] | None = None
+
+
+def _style_pairs(style: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Style counts of both sides: every ``..._a...`` key with a matching ``..._b...`` key; a
+    nested object counts as the sum of its values (Chatbot Arena's ``header_count_a: {h1: ..}``).
+    Names drop the side marker (``sum_assistant_a_tokens`` -> ``sum_assistant_tokens``)."""
+    out = {}
+    for key, value in style.items():
+        for marker in ("_a_", "_a"):
+            if marker in key and (marker == "_a_" or key.endswith("_a")):
+                other = key.replace(marker, marker.replace("a", "b"), 1) if marker == "_a_" \
+                    else key[:-2] + "_b"
+                if other in style:
+                    name = key.replace(marker, "_" if marker == "_a_" else "", 1)
+                    out[name] = (_total(value), _total(style[other]))
+                break
+    return out
+
+
+def _total(value: Any) -> float:
+    if isinstance(value, dict):
+        return float(sum(_total(v) for v in value.values()))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return float("nan")
+    return float(value)
+
+
+def _rows_of(source: Any) -> Iterator[tuple[int, dict]]:
+    for row in iter_rows(source):
+        if row.error is not None:
+            raise row.error
+        yield row.line, row.data
+
+
+def iter_battle_chunks(source: Any, *, with_style: bool = False, index: dict | None = None
+                       ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, Any]]:
+    """Chunks ``(a, b, outcome, style)`` of integer-coded votes; ``index`` maps model names to
+    codes and grows as new names appear. ``style`` is ``(names, a_counts, b_counts)`` or None."""
+    index = {} if index is None else index
+    name = str(source)
+    kind = source_kind(source)
+    if kind == "parquet" and not with_style:
+        yield from _parquet_chunks(source, index)
+        return
+    a_list: list[int] = []
+    b_list: list[int] = []
+    o_list: list[int] = []
+    styles: list[dict] = []
+    row_kind = "line" if kind == "jsonl" else "row" if kind != "json-array" else "record"
+    for line, data in _rows_of(source):
+        model_a, model_b = data.get("model_a"), data.get("model_b")
+        for field, value in (("model_a", model_a), ("model_b", model_b)):
+            if not isinstance(value, str) or not value:
+                raise RecordError(name, line, field, "a model name", MISSING_FIELD if value is
+                                  None else WRONG_TYPE, value, row_kind=row_kind)
+        winner = data.get("winner", data.get("outcome"))
+        code = WINNER_CODES.get(winner) if isinstance(winner, str) else None
+        if code is None:
+            raise RecordError(name, line, "winner" if "winner" in data else "outcome",
+                              "one of model_a, model_b, tie, tie (bothbad)", UNKNOWN_OUTCOME,
+                              winner, row_kind=row_kind)
+        if model_a == model_b:
+            raise RecordError(name, line, "model_b", "a model different from model_a",
+                              WRONG_TYPE, model_b, row_kind=row_kind)
+        a_list.append(index.setdefault(model_a, len(index)))
+        b_list.append(index.setdefault(model_b, len(index)))
+        o_list.append(code)
+        if with_style:
+            styles.append(_style_pairs(data.get("conv_metadata") or data.get("style") or {}))
+        if len(a_list) >= CHUNK:
+            yield _chunk(a_list, b_list, o_list, styles if with_style else None)
+            a_list, b_list, o_list, styles = [], [], [], []
+    if a_list:
+        yield _chunk(a_list, b_list, o_list, styles if with_style else None)
+
+
+def _chunk(a, b, o, styles):
+    style = None
+    if styles is not None:
+        names = sorted({k for s in styles for k in s})
+        sa = np.array([[s.get(k, (np.nan, np.nan))[0] for k in names] for s in styles])
+        sb = np.array([[s.get(k, (np.nan, np.nan))[1] for k in names] for s in styles])
+        style = (names, sa.reshape(len(styles), len(names)), sb.reshape(len(styles), len(names)))
+    return (np.array(a, dtype=np.int64), np.array(b, dtype=np.int64), np.array(o, dtype=np.int8),
+            style)
+
+
+def _parquet_chunks(path, index: dict):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as pf:
+        names = pf.schema_arrow.names
+        outcome_col = "winner" if "winner" in names else "outcome"
+        for field in ("model_a", "model_b", outcome_col):
+            if field not in names:
+                raise RecordError(str(path), None, field, "a column of battle records",
+                                  MISSING_FIELD)
+        start = 0
+        for batch in pf.iter_batches(batch_size=1 << 20,
+                                     columns=["model_a", "model_b", outcome_col]):
+            codes = []
+            for col in ("model_a", "model_b"):
+                enc = pc.dictionary_encode(batch.column(col))
+                dictionary = enc.dictionary.to_pylist()
+                mapping = np.array([index.setdefault(m, len(index)) for m in dictionary],
+                                   dtype=np.int64)
+                codes.append(mapping[enc.indices.to_numpy(zero_copy_only=False)])
+            enc = pc.dictionary_encode(batch.column(outcome_col))
+            values = enc.dictionary.to_pylist()
+            bad = [v for v in values if v not in WINNER_CODES]
+            if bad:
+                first = int(np.flatnonzero(
+                    np.isin(enc.indices.to_numpy(zero_copy_only=False),
+                            [values.index(v) for v in bad]))[0])
+                raise RecordError(str(path), start + first + 1, outcome_col,
+                                  "one of model_a, model_b, tie, tie (bothbad)",
+                                  UNKNOWN_OUTCOME, bad[0], row_kind="row")
+            mapping = np.array([WINNER_CODES[v] for v in values], dtype=np.int8)
+            outcome = mapping[enc.indices.to_numpy(zero_copy_only=False)]
+            same = np.flatnonzero(codes[0] == codes[1])
+            if len(same):
+                raise RecordError(str(path), start + int(same[0]) + 1, "model_b",
+                                  "a model different from model_a", WRONG_TYPE, row_kind="row")
+            start += len(outcome)
+            yield codes[0], codes[1], outcome, None
+
+
+def aggregate_battle_file(source: str | os.PathLike) -> tuple[PairCounts, list[str],
+                                                              dict[str, int]]:
+    """Stream a battle file into :class:`PairCounts`; returns the counts, the model names (by
+    code) and extra counts (``{"both_bad": n}``, votes that are ties in the counts)."""
+    index: dict[str, int] = {}
+    acc = CountAccumulator(16)
+    both_bad = 0
+    for a, b, outcome, _ in iter_battle_chunks(source, index=index):
+        if len(index) > acc.n_items:
+            acc.grow(max(len(index), 2 * acc.n_items))
+        acc.add(a, b, outcome)
+        both_bad += int(np.sum(outcome == BOTH_BAD))
+    counts = acc.result()
+    n = len(index)
+    counts = PairCounts(n, counts.i, counts.j, counts.wins_i, counts.wins_j, counts.ties)
+    models = [None] * n
+    for model, code in index.items():
+        models[code] = model
+    return counts, models, {"both_bad": both_bad}
+
+
+def load_battle_arrays(source: str | os.PathLike, *, with_style: bool = False) -> BattleArrays:
+    """All votes as arrays (for style control and online Elo, which need vote rows)."""
+    index: dict[str, int] = {}
+    parts = list(iter_battle_chunks(source, with_style=with_style, index=index))
+    if not parts:
+        raise ValueError(f"{source}: no battle records")
+    a = np.concatenate([p[0] for p in parts])
+    b = np.concatenate([p[1] for p in parts])
+    o = np.concatenate([p[2] for p in parts])
+    models = [None] * len(index)
+    for model, code in index.items():
+        models[code] = model
+    out = BattleArrays(models, a, b, o)
+    if with_style:
+        names = sorted({n for p in parts for n in p[3][0]})
+        if not names:
+            raise ValueError(f"{source}: no style features (conv_metadata / style with "
+                             "..._a / ..._b counts) for style control")
+        sa, sb = [], []
+        for p in parts:
+            cols = {n: k for k, n in enumerate(p[3][0])}
+            take = [cols.get(n) for n in names]
+            sa.append(np.column_stack([p[3][1][:, k] if k is not None else
+                                       np.full(len(p[0]), np.nan) for k in take]))
+            sb.append(np.column_stack([p[3][2][:, k] if k is not None else
+                                       np.full(len(p[0]), np.nan) for k in take]))
+        out.style_a, out.style_b, out.style_names = np.vstack(sa), np.vstack(sb), names
+    return out
