@@ -102,13 +102,15 @@ class CountAccumulator:
         self._table = table.reshape(n_items * n_items, 3)
 
     def add(self, a, b, outcome, weights=None) -> None:
-        a = np.asarray(a, dtype=np.int64)
-        b = np.asarray(b, dtype=np.int64)
-        outcome = np.asarray(outcome, dtype=np.int64)
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        dtype = np.int32 if self.n_items * self.n_items * 3 < 2**31 else np.int64
+        a = np.asarray(a).astype(dtype, copy=False)
+        b = np.asarray(b).astype(dtype, copy=False)
+        outcome = np.asarray(outcome).astype(dtype, copy=False)
         swapped = a > b
-        # oriented outcome: 0 = lo wins, 1 = hi wins, 2 = tie
-        oriented = np.where(outcome >= TIE, 2, np.where(swapped, 1 - outcome, outcome))
+        lo = np.where(swapped, b, a)
+        hi = (a + b) - lo
+        # oriented outcome: 0 = lo wins, 1 = hi wins, 2 = tie (both-bad included)
+        oriented = np.where(outcome >= TIE, 2, outcome ^ swapped)
         key = (lo * self.n_items + hi) * 3 + oriented
         w = None if weights is None else np.asarray(weights, dtype=float)
         self._table += np.bincount(key, w, minlength=self.n_items * self.n_items * 3).reshape(
