@@ -2,12 +2,13 @@
 prefkit vs the FastChat-style fit.
 
 The peer is the straightforward Chatbot-Arena recipe (as measured in peer-baselines.md): one
-row per decisive vote with weight 2 (+1 for model_a's column, -1 for model_b's, y = 1 if model_a
+row per decisive vote with weight 2 (+1 in model_a's column, -1 in model_b's, y = 1 if model_a
 won), a tie as two rows of weight 1 (y = 1 and y = 0) -- FastChat's weighting --, scikit-learn
-``LogisticRegression(fit_intercept=False, C=inf, lbfgs, tol=1e-10)``, and a bootstrap that resamples vote rows with replacement and refits. prefkit
-aggregates the votes into per-pair counts, fits by Newton's method and bootstraps by
-multinomial resampling of the counts. Both fit the same likelihood (ties as half wins); they
-agree when every point rating is within 0.5 Elo points.
+``LogisticRegression(fit_intercept=False, C=inf, lbfgs, tol=1e-10)``, and a bootstrap that
+resamples vote rows with replacement and refits. prefkit aggregates the votes into per-pair
+counts, fits by Newton's method and bootstraps by multinomial resampling of the counts. Both
+fit the same likelihood (ties as half wins); they agree when every point rating is within 0.5
+Elo points. With --quick the peer runs 10 bootstrap rounds and its time is scaled to 100.
 
     python bench/arena_bt.py [--quick] [--json]
 """
