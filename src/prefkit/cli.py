@@ -19,6 +19,15 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 
+def _add_arena() -> None:
+    from .commands.arena import app as arena_app
+
+    app.add_typer(arena_app, name="arena", help="Arena leaderboards, next matches, simulations.")
+
+
+_add_arena()
+
+
 def _add_store() -> None:
     from .commands.store import app as store_app
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .aggregate import PairCounts
-from .bt import fit_bradley_terry
+from .bt import fit_bradley_terry, mle_exists
 
 
 @dataclass
@@ -26,7 +26,8 @@ class BootstrapResult:
     samples: np.ndarray
     """``[rounds, n]`` centred log-strengths, one row per round."""
     diverged: int
-    """Rounds whose fit did not converge (e.g. a model undefeated in that resample)."""
+    """Rounds whose resample has no finite MLE (a model undefeated in that resample, say):
+    they are fitted with the prior ``fallback_alpha`` instead."""
 
 
 def resample_counts(counts: PairCounts, rounds: int, rng: np.random.Generator) -> np.ndarray:
@@ -43,9 +44,10 @@ def resample_counts(counts: PairCounts, rounds: int, rng: np.random.Generator) -
 
 def bootstrap_bt(
     counts: PairCounts, rounds: int = 100, *, ties: str = "half", alpha: float = 0.0,
-    seed: int = 0, initial_params: np.ndarray | None = None,
+    seed: int = 0, initial_params: np.ndarray | None = None, fallback_alpha: float = 0.01,
 ) -> BootstrapResult:
-    """Bradley-Terry bootstrap: ``rounds`` multinomial resamples of ``counts``, each refitted."""
+    """Bradley-Terry bootstrap: ``rounds`` multinomial resamples of ``counts``, each refitted
+    (with ``fallback_alpha`` when ``alpha`` is 0 and a resample has no finite MLE)."""
     rng = np.random.default_rng(seed)
     tables = resample_counts(counts, rounds, rng)
     if initial_params is None:
@@ -55,10 +57,14 @@ def bootstrap_bt(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for r in range(rounds):
-            fit = fit_bradley_terry(counts.with_table(tables[r]), ties=ties, alpha=alpha,
+            sample = counts.with_table(tables[r])
+            round_alpha = alpha
+            if alpha == 0 and not mle_exists(sample, np.union1d(counts.i, counts.j)):
+                round_alpha = fallback_alpha
+                diverged += 1
+            fit = fit_bradley_terry(sample, ties=ties, alpha=round_alpha,
                                     initial_params=initial_params, max_iter=50, tol=1e-8)
             samples[r] = fit.params
-            diverged += not fit.converged
     return BootstrapResult(samples, diverged)
 
 

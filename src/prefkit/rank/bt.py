@@ -189,7 +189,7 @@ def mle_exists(counts: PairCounts, members: np.ndarray | None = None) -> bool:
     cols = np.concatenate([counts.j[beat], counts.i[lost]])
     graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)).tocsr()
     if members is None:
-        members = np.union1d(counts.i, counts.j)
+        members = np.union1d(counts.i[counts.totals > 0], counts.j[counts.totals > 0])
     if len(members) < 2:
         return True
     sub = graph[members][:, members]

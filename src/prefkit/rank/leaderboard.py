@@ -168,8 +168,10 @@ def bt_leaderboard(
             if boot.diverged:
                 problems.append({"problem": "bootstrap_diverged", "component": c,
                                  "rounds": boot.diverged,
-                                 "message": f"{boot.diverged} of {bootstrap} bootstrap rounds "
-                                            "did not converge; consider alpha > 0"})
+                                 "message": f"{boot.diverged} of {bootstrap} bootstrap resamples "
+                                            "had no finite MLE (a model unbeaten or winless in "
+                                            "the resample); they were fitted with a small "
+                                            "prior"})
     rank = np.ones(n, dtype=np.int64)
     for members in groups:
         if bootstrap:

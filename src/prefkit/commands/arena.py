@@ -1,0 +1,214 @@
+"""`prefkit arena ...`: leaderboards from votes, the next match to ask for, simulations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from .common import bad_input, cli_errors, print_json, stdout
+
+app = typer.Typer(help="Arena leaderboards from pairwise or K-wise votes.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+METHODS = ("bt", "elo", "pl", "bayes")
+
+
+def _check_exists(path: str) -> None:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+
+
+def _parse_anchor(anchor: str | None) -> tuple[str, float] | None:
+    if anchor is None:
+        return None
+    name, sep, value = anchor.rpartition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise ValueError(f"--anchor must be MODEL=RATING, got {anchor!r}") from None
+
+
+@app.command()
+@cli_errors
+def rank(
+    votes: Annotated[str, typer.Argument(
+        help="Battle records: Chatbot-Arena JSON/JSONL, prefkit battles, Parquet, ...")],
+    method: Annotated[str, typer.Option(help="bt | elo | pl | bayes")] = "bt",
+    ties: Annotated[str, typer.Option(help="BT ties: half (FastChat) or davidson")] = "half",
+    bootstrap: Annotated[int, typer.Option(
+        help="Bootstrap rounds for 95% intervals (elo: random orderings).")] = 100,
+    style_control: Annotated[bool, typer.Option(
+        "--style-control", help="BT with style covariates (length, markdown counts, ...)")
+    ] = False,
+    alpha: Annotated[float, typer.Option(help="L2 prior strength (0 = plain MLE).")] = 0.0,
+    anchor: Annotated[str | None, typer.Option(
+        help="MODEL=RATING: shift ratings so MODEL has RATING (default: mean 1000).")] = None,
+    min_votes: Annotated[int, typer.Option(help="Flag models with fewer votes.")] = 20,
+    k_factor: Annotated[float, typer.Option("--k", help="Online Elo K factor.")] = 4.0,
+    seed: Annotated[int, typer.Option(help="Random seed (bootstrap, orderings).")] = 0,
+    plot: Annotated[Path | None, typer.Option(help="Write the leaderboard figure (PNG).")
+                    ] = None,
+    winrate_plot: Annotated[Path | None, typer.Option(
+        help="Write observed vs predicted win-rate matrices (PNG).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rate models from votes; intervals, CI-aware ranks and every data problem reported."""
+    _check_exists(votes)
+    if method not in METHODS:
+        raise bad_input(f"--method must be one of {', '.join(METHODS)}, got {method!r}", as_json)
+    if ties not in ("half", "davidson"):
+        raise bad_input(f"--ties must be half or davidson, got {ties!r}", as_json)
+    anchor_pair = _parse_anchor(anchor)
+    if method == "bt":
+        result = _rank_bt(votes, ties, bootstrap, style_control, alpha, anchor_pair, min_votes,
+                          seed, plot, winrate_plot)
+    elif method == "elo":
+        result = _rank_elo(votes, k_factor, bootstrap, seed, anchor_pair, plot)
+    else:
+        result = _rank_kwise(votes, method, alpha, bootstrap, seed, anchor_pair, plot)
+    if as_json:
+        print_json(result)
+        return
+    _print_board(result)
+
+
+def _rank_bt(votes, ties, bootstrap, style_control, alpha, anchor, min_votes, seed, plot,
+             winrate_plot) -> dict[str, Any]:
+    from ..data.battles import aggregate_battle_file
+    from ..rank import bt_leaderboard, win_rate_matrices
+
+    counts, models, extra = aggregate_battle_file(votes)
+    if counts.n_items < 2:
+        raise ValueError(f"{votes}: votes between at least 2 models are needed")
+    board = bt_leaderboard(counts, models, ties=ties, alpha=alpha, bootstrap=bootstrap,
+                           seed=seed, anchor=anchor, min_votes=min_votes)
+    result = {"votes": int(round(counts.n_votes)), "models": len(models), **extra,
+              **board.to_dict()}
+    observed, predicted = win_rate_matrices(counts, board.params, board.tie_param)
+    result["win_rates"] = {"models": models, "observed": _matrix(observed),
+                           "predicted": _matrix(predicted)}
+    if style_control:
+        result["style_control"] = _style(votes, models, board, bootstrap, alpha, seed, anchor)
+    if plot:
+        from ..report.figures import plot_leaderboard
+
+        result["plot"] = plot_leaderboard(models, board.rating, board.ci_low, board.ci_high,
+                                          plot, title=f"Bradley-Terry ({ties} ties)")
+    if winrate_plot:
+        from ..report.figures import plot_win_rates
+
+        order = list(board.order())
+        result["winrate_plot"] = plot_win_rates(
+            [models[i] for i in order], observed[np.ix_(order, order)],
+            predicted[np.ix_(order, order)], winrate_plot)
+    return result
+
+
+def _matrix(m: np.ndarray) -> list[list[float | None]]:
+    return [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in m]
+
+
+def _style(votes, models, board, bootstrap, alpha, seed, anchor) -> dict[str, Any]:
+    from ..data.battles import load_battle_arrays
+    from ..rank import bootstrap_bt_style, fit_bt_style, style_covariates, to_elo
+
+    arrays = load_battle_arrays(votes, with_style=True)
+    if arrays.models != models:  # same file, same order of first appearance
+        raise RuntimeError("model order differs between passes")
+    usable = ~(np.isnan(arrays.style_a).any(axis=1) | np.isnan(arrays.style_b).any(axis=1))
+    x, _, _ = style_covariates(arrays.style_a[usable], arrays.style_b[usable])
+    a, b, o = arrays.a[usable], arrays.b[usable], arrays.outcome[usable]
+    y = np.where(o == 0, 1.0, np.where(o == 1, 0.0, 0.5))
+    style_alpha = alpha if alpha > 0 else 0.5
+    fit = fit_bt_style(len(models), a, b, y, x, alpha=style_alpha)
+    anchor_at = ((models.index(anchor[0]), anchor[1])
+                 if anchor and anchor[0] in models else None)
+    rating = to_elo(fit.params, anchor=anchor_at)
+    out: dict[str, Any] = {
+        "features": arrays.style_names, "votes_used": int(usable.sum()),
+        "alpha": style_alpha,
+        "coefficients": {n: round(float(c), 4) for n, c in zip(arrays.style_names,
+                                                                fit.style_coef, strict=True)},
+    }
+    low = high = None
+    if bootstrap:
+        samples = bootstrap_bt_style(len(models), a, b, y, x, rounds=bootstrap,
+                                     alpha=style_alpha, seed=seed, initial=fit)
+        elo = np.array([to_elo(s, anchor=anchor_at) for s in samples])
+        low, high = np.percentile(elo, [2.5, 97.5], axis=0)
+    rows = []
+    for i in np.argsort(-rating):
+        row = {"model": models[i], "rating": round(float(rating[i]), 2),
+               "rating_without_control": round(float(board.rating[i]), 2)}
+        if low is not None:
+            row.update(ci_low=round(float(low[i]), 2), ci_high=round(float(high[i]), 2))
+        rows.append(row)
+    out["leaderboard"] = rows
+    return out
+
+
+def _rank_elo(votes, k_factor, permutations, seed, anchor, plot) -> dict[str, Any]:
+    from ..data.battles import load_battle_arrays
+    from ..rank.elo import elo_order_sensitivity, online_elo
+
+    arrays = load_battle_arrays(votes)
+    n = len(arrays.models)
+    score = np.where(arrays.outcome == 0, 1.0, np.where(arrays.outcome == 1, 0.0, 0.5))
+    ratings = online_elo(n, arrays.a, arrays.b, score, k=k_factor)
+    if anchor and anchor[0] in arrays.models:
+        ratings = ratings + anchor[1] - ratings[arrays.models.index(anchor[0])]
+    rows = [{"rank": r + 1, "model": arrays.models[i], "rating": round(float(ratings[i]), 2)}
+            for r, i in enumerate(np.argsort(-ratings))]
+    result: dict[str, Any] = {"method": "elo", "votes": len(arrays.a), "models": n,
+                              "settings": {"k": k_factor, "order": "file order"},
+                              "leaderboard": rows, "problems": []}
+    if permutations:
+        sens = elo_order_sensitivity(n, arrays.a, arrays.b, score, k=k_factor,
+                                     n_permutations=permutations, seed=seed)
+        result["order_sensitivity"] = {
+            "permutations": permutations,
+            "std": {arrays.models[i]: round(float(v), 2) for i, v in enumerate(sens["std"])},
+            "spread": {arrays.models[i]: round(float(v), 2)
+                       for i, v in enumerate(sens["spread"])},
+            "max_spread": round(float(np.max(sens["spread"])), 2),
+        }
+    if plot:
+        from ..report.figures import plot_leaderboard
+
+        result["plot"] = plot_leaderboard(arrays.models, ratings, None, None, plot,
+                                          title=f"Online Elo (K={k_factor})")
+    return result
+
+
+def _rank_kwise(votes, method, alpha, bootstrap, seed, anchor, plot) -> dict[str, Any]:
+    raise ValueError(f"--method {method} is not available yet")
+
+
+def _print_board(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['method']} leaderboard - {result['votes']} votes, "
+                        f"{result['models']} models")
+    rows = result["leaderboard"]
+    columns = [c for c in ("rank", "model", "rating", "ci_low", "ci_high", "votes", "wins",
+                           "losses", "ties", "mu", "sigma", "component") if c in rows[0]]
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[str(row.get(c, "")) for c in columns])
+    stdout.print(table)
+    for problem in result.get("problems", []):
+        stdout.print(f"[yellow]problem[/yellow] {problem['problem']}: {problem['message']}")
+    if "style_control" in result:
+        sc = result["style_control"]
+        stdout.print(f"style control ({', '.join(sc['features'])}): coefficients "
+                     f"{sc['coefficients']}")
+        for row in sc["leaderboard"]:
+            stdout.print(f"  {row['model']:<30} {row['rating']:>8} (without control "
+                         f"{row['rating_without_control']})")
+    if "order_sensitivity" in result:
+        stdout.print(f"order sensitivity over {result['order_sensitivity']['permutations']} "
+                     f"orderings: max spread {result['order_sensitivity']['max_spread']} points")

@@ -1,0 +1,1 @@
+"""Reports: figures and (later) self-contained HTML reports."""

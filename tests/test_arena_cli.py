@@ -1,0 +1,110 @@
+"""`prefkit arena rank` end to end on simulated battle files with known strengths."""
+
+import json
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy.special import expit
+from scipy.stats import spearmanr
+from typer.testing import CliRunner
+
+from prefkit.cli import app
+from prefkit.data.battles import aggregate_battle_file
+
+runner = CliRunner()
+MODELS = [f"model-{c}" for c in "abcdefgh"]
+
+
+@pytest.fixture(scope="module")
+def battles(tmp_path_factory):
+    """8 models with known strengths; longer answers win more often (style effect 0.8)."""
+    rng = np.random.default_rng(0)
+    strength = np.linspace(-1.5, 1.5, len(MODELS))
+    n = 12_000
+    a = rng.integers(0, 8, n)
+    b = (a + rng.integers(1, 8, n)) % 8
+    tokens_a = rng.integers(50, 800, n)
+    tokens_b = rng.integers(50, 800, n)
+    raw = (tokens_a - tokens_b) / (tokens_a + tokens_b + 1)
+    z = strength[a] - strength[b] + 0.8 * raw / raw.std()
+    win = rng.random(n) < expit(z)
+    tie = rng.random(n) < 0.05
+    rows = []
+    for k in range(n):
+        winner = "tie" if tie[k] else ("model_a" if win[k] else "model_b")
+        rows.append({"question_id": f"q{k}", "model_a": MODELS[a[k]], "model_b": MODELS[b[k]],
+                     "winner": winner, "judge": f"user{k % 50}", "tstamp": 1.7e9 + k,
+                     "conv_metadata": {"sum_assistant_a_tokens": int(tokens_a[k]),
+                                       "sum_assistant_b_tokens": int(tokens_b[k])}})
+    folder = tmp_path_factory.mktemp("arena")
+    jsonl = folder / "battles.jsonl"
+    jsonl.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    parquet = folder / "battles.parquet"
+    pq.write_table(pa.Table.from_pylist([{k: r[k] for k in ("model_a", "model_b", "winner")}
+                                         for r in rows]), parquet)
+    return {"jsonl": jsonl, "parquet": parquet, "strength": strength, "folder": folder}
+
+
+def _rank(*args):
+    result = runner.invoke(app, ["arena", "rank", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _ratings(board):
+    return {row["model"]: row["rating"] for row in board["leaderboard"]}
+
+
+def test_bt_leaderboard_recovers_order_and_intervals(battles):
+    board = _rank(battles["jsonl"], "--bootstrap", "50", "--plot", battles["folder"] / "lb.png")
+    ratings = _ratings(board)
+    assert spearmanr([ratings[m] for m in MODELS], battles["strength"]).statistic == 1.0
+    top = board["leaderboard"][0]
+    assert top["model"] == "model-h" and top["ci_low"] < top["rating"] < top["ci_high"]
+    assert board["votes"] == 12_000 and not [p for p in board["problems"]
+                                             if p["problem"] != "few_votes"]
+    assert (battles["folder"] / "lb.png").stat().st_size > 1000
+    assert len(board["win_rates"]["observed"]) == 8
+
+
+def test_parquet_input_streams_to_the_same_counts(battles):
+    def by_name(path):
+        counts, models, _ = aggregate_battle_file(path)
+        out = {}
+        for i, j, row in zip(counts.i, counts.j, counts.outcome_table(), strict=True):
+            x, y = sorted((models[i], models[j]))
+            out[(x, y)] = tuple(row) if models[i] == x else (row[1], row[0], row[2])
+        return out
+
+    assert by_name(battles["jsonl"]) == by_name(battles["parquet"])
+    assert _ratings(_rank(battles["parquet"], "--bootstrap", "0")) == _ratings(
+        _rank(battles["jsonl"], "--bootstrap", "0"))
+
+
+def test_style_control_finds_the_length_effect(battles):
+    board = _rank(battles["jsonl"], "--style-control", "--bootstrap", "5")
+    sc = board["style_control"]
+    assert sc["features"] == ["sum_assistant_tokens"]
+    assert 0.6 < sc["coefficients"]["sum_assistant_tokens"] < 1.0
+    controlled = {r["model"]: r["rating"] for r in sc["leaderboard"]}
+    assert spearmanr([controlled[m] for m in MODELS], battles["strength"]).statistic == 1.0
+
+
+def test_davidson_ties_and_anchor(battles):
+    board = _rank(battles["jsonl"], "--ties", "davidson", "--bootstrap", "0", "--anchor",
+                  "model-a=800")
+    assert _ratings(board)["model-a"] == pytest.approx(800)
+    assert 0 < board["tie_param"] < 1
+
+
+def test_bad_votes_exit_2_with_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"model_a": "x", "model_b": "y", "winner": "model_a"}\n'
+                    '{"model_a": "x", "model_b": "y", "winner": "draw"}\n')
+    result = runner.invoke(app, ["arena", "rank", str(path), "--json"])
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)["error"]
+    assert f"{path}:2" in error and "winner" in error and "draw" in error
