@@ -20,8 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
-from .bt import _log_sigmoid
-
 
 @dataclass
 class StyleResult:
@@ -47,11 +45,16 @@ def style_covariates(counts_a: np.ndarray, counts_b: np.ndarray) -> tuple[np.nda
     return (raw - mean) / std, mean, std
 
 
-def _terms(theta, gamma, a, b, x, y, w, n, alpha):
+def _loglik(theta, gamma, a, b, x, y, w, alpha):
     z = theta[a] - theta[b] + x @ gamma
+    # y log s(z) + (1 - y) log s(-z) = y z - log(1 + e^z)
+    loglik = float(np.sum(w * (y * z - np.logaddexp(0.0, z))))
+    return loglik - 0.5 * alpha * (float(theta @ theta) + float(gamma @ gamma)), z
+
+
+def _derivatives(theta, gamma, z, a, b, x, y, w, n, alpha):
+    """Gradient and information (negative Hessian) of the penalized log-likelihood."""
     p = expit(z)
-    loglik = float(np.sum(w * (y * _log_sigmoid(z) + (1 - y) * _log_sigmoid(-z))))
-    loglik -= 0.5 * alpha * (float(theta @ theta) + float(gamma @ gamma))
     r = w * (y - p)
     g_theta = np.bincount(a, r, n) - np.bincount(b, r, n) - alpha * theta
     g_gamma = x.T @ r - alpha * gamma
@@ -66,7 +69,7 @@ def _terms(theta, gamma, a, b, x, y, w, n, alpha):
         info_tg[:, k] = np.bincount(a, hx[:, k], n) - np.bincount(b, hx[:, k], n)
     info_gg = x.T @ hx + alpha * np.eye(d)
     info = np.block([[info_tt, info_tg], [info_tg.T, info_gg]])
-    return loglik, np.concatenate([g_theta, g_gamma]), info
+    return np.concatenate([g_theta, g_gamma]), info
 
 
 def fit_bt_style(
@@ -84,24 +87,25 @@ def fit_bt_style(
     n, d = n_items, x.shape[1]
     theta, gamma = ((np.zeros(n), np.zeros(d)) if initial is None
                     else (np.array(initial[0], float), np.array(initial[1], float)))
-    ll, grad, info = _terms(theta, gamma, a, b, x, y, w, n, alpha)
+    ll, z = _loglik(theta, gamma, a, b, x, y, w, alpha)
+    grad, info = _derivatives(theta, gamma, z, a, b, x, y, w, n, alpha)
     converged, n_iter = False, 0
     for n_iter in range(1, max_iter + 1):
         if np.max(np.abs(grad)) < tol * max(1.0, w.sum() / 1e4):
             converged, n_iter = True, n_iter - 1
             break
-        gauge = np.zeros_like(info)
         if alpha == 0:
-            gauge[:n, :n] = 1.0 / n
-        step = np.linalg.solve(info + gauge, grad)
+            info[:n, :n] += 1.0 / n  # pin the free direction (all ratings + constant)
+        step = np.linalg.solve(info, grad)
         t = 1.0
-        while True:
-            new = _terms(theta + t * step[:n], gamma + t * step[n:], a, b, x, y, w, n, alpha)
-            if new[0] >= ll - 1e-12 * abs(ll) or t < 1e-8:
+        while True:  # backtracking on the likelihood alone; derivatives only once accepted
+            new_ll, new_z = _loglik(theta + t * step[:n], gamma + t * step[n:], a, b, x, y, w,
+                                    alpha)
+            if new_ll >= ll - 1e-12 * abs(ll) or t < 1e-8:
                 break
             t *= 0.5
-        theta, gamma = theta + t * step[:n], gamma + t * step[n:]
-        ll, grad, info = new
+        theta, gamma, ll = theta + t * step[:n], gamma + t * step[n:], new_ll
+        grad, info = _derivatives(theta, gamma, new_z, a, b, x, y, w, n, alpha)
     return StyleResult(theta - theta.mean(), gamma, n_iter, converged, ll)
 
 
@@ -120,5 +124,5 @@ def bootstrap_bt_style(
         # multinomial(N, uniform) counts, drawn as a bincount of N uniform row picks
         w = np.bincount(rng.integers(0, n_rows, n_rows), minlength=n_rows).astype(float)
         out[r] = fit_bt_style(n_items, a, b, y, x, weights=w, alpha=alpha, initial=start,
-                              max_iter=20).params
+                              max_iter=20, tol=1e-6).params
     return out
