@@ -108,3 +108,41 @@ def test_bad_votes_exit_2_with_the_line(tmp_path):
     assert result.exit_code == 2
     error = json.loads(result.stdout)["error"]
     assert f"{path}:2" in error and "winner" in error and "draw" in error
+
+
+def test_elo_pl_and_bayes_on_battles(battles):
+    strength = battles["strength"]
+    for method in ("elo", "pl", "bayes"):
+        board = _rank(battles["jsonl"], "--method", method, "--bootstrap", "3")
+        ratings = _ratings(board)
+        rho = spearmanr([ratings[m] for m in MODELS], strength).statistic
+        assert rho >= 0.95, (method, rho)
+    elo = _rank(battles["jsonl"], "--method", "elo", "--bootstrap", "10")
+    assert elo["order_sensitivity"]["max_spread"] > 0
+    bayes = _rank(battles["jsonl"], "--method", "bayes", "--bootstrap", "0")
+    top = bayes["leaderboard"][0]
+    assert top["rating"] == pytest.approx(top["mu"] - 3 * top["sigma"], abs=2e-3)
+
+
+def test_kwise_rankings_with_models(tmp_path):
+    rng = np.random.default_rng(1)
+    strength = np.linspace(-1, 1, 6)
+    names = [f"m{i}" for i in range(6)]
+    lines = []
+    for k in range(3000):
+        items = rng.choice(6, 4, replace=False)
+        order = items[np.argsort(-(strength[items] + rng.gumbel(size=4)))]
+        lines.append(orjson.dumps({"prompt": f"p{k}", "responses": ["w", "x", "y", "z"],
+                                   "models": [names[i] for i in items],
+                                   "ranking": [int(np.flatnonzero(items == i)[0])
+                                               for i in order]}))
+    path = tmp_path / "kwise.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    for method in ("pl", "bayes"):
+        board = _rank(path, "--method", method, "--bootstrap", "5")
+        ratings = _ratings(board)
+        assert spearmanr([ratings[m] for m in names], strength).statistic == 1.0, method
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1]}\n')
+    result = runner.invoke(app, ["arena", "rank", str(bad), "--method", "pl", "--json"])
+    assert result.exit_code == 2 and "models" in json.loads(result.stdout)["error"]

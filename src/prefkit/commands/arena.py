@@ -184,7 +184,92 @@ def _rank_elo(votes, k_factor, permutations, seed, anchor, plot) -> dict[str, An
 
 
 def _rank_kwise(votes, method, alpha, bootstrap, seed, anchor, plot) -> dict[str, Any]:
-    raise ValueError(f"--method {method} is not available yet")
+    from ..data.battles import load_kwise_votes
+
+    data = load_kwise_votes(votes)
+    n = len(data.models)
+    if n < 2:
+        raise ValueError(f"{votes}: votes between at least 2 models are needed")
+    ranker = _rank_pl if method == "pl" else _rank_bayes
+    result = ranker(data, alpha, bootstrap, seed, anchor)
+    result.update(votes=len(data.rankings), models=n)
+    if plot:
+        from ..report.figures import plot_leaderboard
+
+        rating = np.array([0.0] * n)
+        low = high = None
+        for row in result["leaderboard"]:
+            i = data.models.index(row["model"])
+            rating[i] = row["rating"]
+        if "ci_low" in result["leaderboard"][0]:
+            low, high = np.zeros(n), np.zeros(n)
+            for row in result["leaderboard"]:
+                i = data.models.index(row["model"])
+                low[i], high[i] = row["ci_low"], row["ci_high"]
+        title = "Plackett-Luce" if method == "pl" else "Bayesian skill (mu - 3 sigma)"
+        result["plot"] = plot_leaderboard(data.models, rating, low, high, plot, title=title)
+    return result
+
+
+def _rank_pl(data, alpha, bootstrap, seed, anchor) -> dict[str, Any]:
+    from ..rank import ci_ranks, to_elo
+    from ..rank.plackett_luce import fit_plackett_luce
+
+    n = len(data.models)
+    problems = []
+    fit_alpha = alpha
+    fit = fit_plackett_luce(n, data.rankings, alpha=alpha)
+    if not fit.converged and alpha == 0:
+        fit_alpha = 0.01
+        problems.append({"problem": "infinite_mle", "message": "the Plackett-Luce MLE is "
+                         "infinite (a model never lost or never won); a Gaussian prior "
+                         f"alpha={fit_alpha} keeps it finite"})
+        fit = fit_plackett_luce(n, data.rankings, alpha=fit_alpha)
+    anchor_at = (data.models.index(anchor[0]), anchor[1]) if anchor and anchor[0] in \
+        data.models else None
+    rating = to_elo(fit.params, anchor=anchor_at)
+    low = high = None
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        m = len(data.rankings)
+        samples = np.empty((bootstrap, n))
+        for r in range(bootstrap):  # resampled votes as multinomial weights, warm-started
+            weights = np.bincount(rng.integers(0, m, m), minlength=m).astype(float)
+            boot = fit_plackett_luce(n, data.rankings, weights=weights,
+                                     alpha=max(fit_alpha, 1e-6), initial_params=fit.params)
+            samples[r] = to_elo(boot.params, anchor=anchor_at)
+        low, high = np.percentile(samples, [2.5, 97.5], axis=0)
+        rank = ci_ranks(low, high)
+    else:
+        rank = np.argsort(np.argsort(-rating)) + 1
+    rows = []
+    for i in np.lexsort((-rating, rank)):
+        row = {"rank": int(rank[i]), "model": data.models[i], "rating": round(float(rating[i]),
+                                                                               2)}
+        if low is not None:
+            row.update(ci_low=round(float(low[i]), 2), ci_high=round(float(high[i]), 2))
+        rows.append(row)
+    return {"method": "pl", "settings": {"alpha": fit_alpha, "bootstrap": bootstrap,
+                                         "seed": seed}, "leaderboard": rows,
+            "problems": problems}
+
+
+def _rank_bayes(data, *_unused) -> dict[str, Any]:
+    from ..rank.skill import conservative_score, initial_state, rate_many
+
+    n = len(data.models)
+    matches = []
+    for tiers in data.rankings:
+        items = [i for tier in tiers for i in tier]
+        ranks = [r for r, tier in enumerate(tiers) for _ in tier]
+        matches.append((items, ranks))
+    state = rate_many(initial_state(n), matches)
+    score = conservative_score(state)
+    rows = [{"rank": r + 1, "model": data.models[i], "rating": round(float(score[i]), 3),
+             "mu": round(float(state.mu[i]), 3), "sigma": round(float(state.sigma[i]), 3)}
+            for r, i in enumerate(np.argsort(-score))]
+    return {"method": "bayes", "settings": {"score": "mu - 3 sigma", "order": "file order"},
+            "leaderboard": rows, "problems": []}
 
 
 def _print_board(result: dict[str, Any]) -> None:

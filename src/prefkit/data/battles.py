@@ -211,3 +211,45 @@ def load_battle_arrays(source: str | os.PathLike, *, with_style: bool = False) -
                                        np.full(len(p[0]), np.nan) for k in take]))
         out.style_a, out.style_b, out.style_names = np.vstack(sa), np.vstack(sb), names
     return out
+
+
+@dataclass
+class KwiseVotes:
+    """Votes as rankings of models, in file order: each a list of tiers (best first) of model
+    codes. Pairwise battles become rankings of 2 (a tie = one tier of 2)."""
+
+    models: list[str]
+    rankings: list[list[list[int]]]
+
+
+def load_kwise_votes(source: str | os.PathLike) -> KwiseVotes:
+    """K-wise votes from ranking records whose ``models`` column (``metadata["models"]``)
+    names the model of each response, or pairwise votes from battle records."""
+    from .formats import detect_format
+    from .io import read_records
+
+    first = next((row.data for row in iter_rows(source) if row.data is not None), None)
+    if first is None:
+        raise ValueError(f"{source}: no votes")
+    if detect_format(first).name in ("arena",) or first.get("kind") == "battle":
+        arrays = load_battle_arrays(source)
+        rankings = [[[int(a), int(b)]] if o >= TIE else
+                    ([[int(a)], [int(b)]] if o == A_WINS else [[int(b)], [int(a)]])
+                    for a, b, o in zip(arrays.a, arrays.b, arrays.outcome, strict=True)]
+        return KwiseVotes(arrays.models, rankings)
+    index: dict[str, int] = {}
+    rankings = []
+    for n, record in enumerate(read_records(source), 1):
+        models = record.metadata.get("models") if record.kind == "ranking" else None
+        if (not isinstance(models, list) or len(models) != len(record.responses)
+                or not all(isinstance(m, str) and m for m in models)):
+            raise RecordError(str(source), n, "models",
+                              "a list naming the model of each response (K-wise arena votes)",
+                              MISSING_FIELD if models is None else WRONG_TYPE, models,
+                              row_kind="record")
+        codes = [index.setdefault(m, len(index)) for m in models]
+        rankings.append([[codes[i] for i in tier] for tier in record.tiers])
+    names = [None] * len(index)
+    for model, code in index.items():
+        names[code] = model
+    return KwiseVotes(names, rankings)

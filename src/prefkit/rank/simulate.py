@@ -1,0 +1,461 @@
+"""How many votes does an arena need? Simulated convergence of rating method + matchmaking.
+
+A hidden truth ``s ~ N(0, 1)`` (natural-log strengths, seeded) generates every vote; after each
+vote the rater is updated, and every ``check_every`` votes Kendall's tau
+(:func:`scipy.stats.kendalltau`, tau-b) between the rater's estimate and ``s`` is recorded.
+
+Votes, for the ``k`` items the strategy picked:
+
+- ``k = 2``: Bradley-Terry, ``P(i beats j) = sigmoid(s_i - s_j)``; with probability ``noise``
+  the label is flipped (a careless or adversarial voter);
+- ``k > 2``: a Plackett-Luce ranking of the ``k`` items by Gumbel-max (sort ``s_i + G_i``,
+  ``G_i`` standard Gumbel, best first); with probability ``noise`` it is replaced by a uniformly
+  random permutation.
+
+Methods (the rater):
+
+- ``"elo"`` -- online Elo (:func:`prefkit.rank.elo.online_elo`'s update, ``K = 4``, 400 / log10
+  scale), updated per vote; a ranking of ``k`` is fed as its ``C(k, 2)`` implied pairwise votes
+  (better position wins), in order.
+- ``"bt"`` -- Bradley-Terry MAP (:func:`prefkit.rank.fit_bradley_terry`, ``alpha`` prior so
+  early fits are finite) on all implied pairwise votes so far, refitted warm-started at every
+  check and, when the strategy needs estimates, at most every ``refit_every`` votes.
+- ``"trueskill"`` -- the TrueSkill factor-graph update (Herbrich, Minka & Graepel 2007,
+  :mod:`prefkit.rank.skill`), one ``k``-way update per vote; the estimate is ``mu``.
+- ``"pl"`` -- Plackett-Luce MAP (:func:`prefkit.rank.plackett_luce.fit_plackett_luce`) on all
+  rankings so far, refitted like ``"bt"``.
+
+Strategies (:mod:`prefkit.rank.matchmaking`): ``"random"``, ``"ucb"`` (K-Sort Arena,
+arXiv 2408.14468; closeness in TrueSkill points: raw for TrueSkill, logits divided by
+:data:`~prefkit.rank.matchmaking.LOGIT_PER_TS_POINT` otherwise) and ``"infogain"`` (expected
+information gain under a Gaussian posterior in logits). The posterior covariance is: for
+``bt``/``pl`` the Laplace covariance, the inverse of the Fisher information of the last fit
+(BT: the fit's ``hessian``; PL: the observed information of the rankings, computed here) plus
+the information of each vote since then at the current estimate (a rank-one update per implied
+pair or per PL stage, so consecutive choices between refits differ); for ``trueskill``
+``diag(sigma^2)``; for ``elo`` ``diag(1 / (alpha + n_i / 4))`` with ``n_i`` the item's pairwise
+votes (each at most ``1/4`` Fisher information).
+
+Convergence: ``votes`` is the vote count at the first check where tau >= ``target_tau`` and
+stays >= ``target_tau`` at the next two checks (three checks in a row; the run stops there). If
+``max_votes`` is reached first it is ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy.special import expit, softmax
+from scipy.stats import kendalltau
+
+from .aggregate import PairCounts
+from .bt import fit_bradley_terry
+from .matchmaking import (
+    LOGIT_PER_TS_POINT,
+    TS_BETA,
+    information_gain_match,
+    random_match,
+    ucb_match,
+)
+
+METHODS = ("elo", "bt", "trueskill", "pl")
+STRATEGIES = ("random", "ucb", "infogain")
+DEFAULT_COMBOS = (("elo", "random"), ("bt", "random"), ("trueskill", "ucb"), ("pl", "infogain"))
+QUICK = {"n_items_list": (20,), "ks": (2, 4), "noises": (0.0, 0.2), "seeds": (0, 1, 2)}
+"""A preset for :func:`convergence_table` that runs in seconds: ``convergence_table(**QUICK)``."""
+
+__all__ = [
+    "DEFAULT_COMBOS", "METHODS", "QUICK", "STRATEGIES", "convergence_table", "kendall_tau",
+    "plot_convergence", "simulate_convergence",
+]
+
+
+def kendall_tau(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """Kendall's tau-b between two score vectors; 0 when undefined (a constant estimate)."""
+    tau = kendalltau(estimate, truth).statistic
+    return 0.0 if not np.isfinite(tau) else float(tau)
+
+
+# --------------------------------------------------------------------------- raters
+
+
+def _implied_pairs(ranking: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Winners and losers of the ``C(k, 2)`` pairs implied by a ranking (best first)."""
+    a, b = np.triu_indices(len(ranking), 1)
+    return ranking[a], ranking[b]
+
+
+class _EloRater:
+    """Online Elo, one pairwise update at a time (the update of ``online_elo``)."""
+
+    def __init__(self, n: int, alpha: float, k_factor: float = 4.0, scale: float = 400.0,
+                 base: float = 10.0, init: float = 1000.0):
+        self.ratings = np.full(n, init, dtype=float)
+        self.k, self.scale, self.base, self.init = k_factor, scale, base, init
+        self.n_votes = np.zeros(n)
+        self.alpha = alpha
+
+    def update(self, ranking: np.ndarray) -> None:
+        r = self.ratings
+        for w, lo in zip(*_implied_pairs(ranking), strict=True):
+            expected = 1.0 / (1.0 + self.base ** ((r[lo] - r[w]) / self.scale))
+            delta = self.k * (1.0 - expected)
+            r[w] += delta
+            r[lo] -= delta
+            self.n_votes[w] += 1
+            self.n_votes[lo] += 1
+
+    def estimate(self) -> np.ndarray:
+        return self.ratings
+
+    def ucb_inputs(self):
+        return self._logits(), None, LOGIT_PER_TS_POINT
+
+    def _logits(self) -> np.ndarray:
+        return (self.ratings - self.init) * np.log(self.base) / self.scale
+
+    def posterior(self):
+        return self._logits(), np.diag(1.0 / (self.alpha + 0.25 * self.n_votes))
+
+
+class _RefitRater:
+    """Shared bookkeeping of the refitted MAP raters: warm starts, lazy refits, and the
+    Laplace information updated per vote between refits."""
+
+    def __init__(self, n: int, alpha: float, refit_every: int):
+        self.n = n
+        self.alpha = alpha
+        self.refit_every = max(1, int(refit_every))
+        self.mu = np.zeros(n)
+        self.info = alpha * np.eye(n)
+        self.pending = 0
+        self._cov: np.ndarray | None = None
+
+    def _maybe_refit(self, force: bool) -> None:
+        if self.pending and (force or self.pending >= self.refit_every):
+            self._refit()
+            self.pending = 0
+            self._cov = None
+
+    def estimate(self) -> np.ndarray:
+        self._maybe_refit(force=True)
+        return self.mu
+
+    def ucb_inputs(self):
+        self._maybe_refit(force=False)
+        return self.mu, None, LOGIT_PER_TS_POINT
+
+    def posterior(self):
+        self._maybe_refit(force=False)
+        if self._cov is None:
+            self._cov = np.linalg.inv(self.info)
+        return self.mu, self._cov
+
+
+class _BTRater(_RefitRater):
+    def __init__(self, n: int, alpha: float, refit_every: int):
+        super().__init__(n, alpha, refit_every)
+        self.wins = np.zeros((n, n))
+
+    def update(self, ranking: np.ndarray) -> None:
+        w, lo = _implied_pairs(ranking)
+        np.add.at(self.wins, (w, lo), 1.0)
+        h = expit(self.mu[w] - self.mu[lo])
+        h = h * (1.0 - h)
+        np.add.at(self.info, (w, w), h)
+        np.add.at(self.info, (lo, lo), h)
+        np.add.at(self.info, (w, lo), -h)
+        np.add.at(self.info, (lo, w), -h)
+        self.pending += 1
+        self._cov = None
+
+    def _refit(self) -> None:
+        total = self.wins + self.wins.T
+        i, j = np.nonzero(np.triu(total, 1))
+        counts = PairCounts(self.n, i, j, self.wins[i, j], self.wins[j, i], np.zeros(len(i)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fit = fit_bradley_terry(counts, alpha=self.alpha, initial_params=self.mu, tol=1e-8)
+        self.mu = fit.params
+        self.info = np.array(fit.hessian[: self.n, : self.n], dtype=float)
+
+
+def pl_information(params: np.ndarray, rankings: np.ndarray) -> np.ndarray:
+    """Observed Fisher information ``[n, n]`` of full Plackett-Luce rankings ``[m, k]`` (best
+    first) at ``params``: stage ``r`` chooses ``rankings[:, r]`` out of ``S_r = rankings[:, r:]``
+    with probabilities ``w = softmax(params[S_r])`` and contributes ``diag(w) - w w^T`` on
+    ``S_r`` (it does not depend on which item was chosen, so it is also the expected
+    information given the stage sets)."""
+    params = np.asarray(params, dtype=float)
+    rankings = np.atleast_2d(np.asarray(rankings, dtype=np.int64))
+    n = len(params)
+    info = np.zeros(n * n)
+    diag = np.zeros(n)
+    for r in range(rankings.shape[1] - 1):
+        s = rankings[:, r:]
+        w = softmax(params[s], axis=1)
+        diag += np.bincount(s.ravel(), w.ravel(), n)
+        key = (s[:, :, None] * n + s[:, None, :]).ravel()
+        info -= np.bincount(key, (w[:, :, None] * w[:, None, :]).ravel(), n * n)
+    info = info.reshape(n, n)
+    info[np.arange(n), np.arange(n)] += diag
+    return info
+
+
+class _PLRater(_RefitRater):
+    def __init__(self, n: int, alpha: float, refit_every: int):
+        super().__init__(n, alpha, refit_every)
+        self.rankings: list[np.ndarray] = []
+
+    def update(self, ranking: np.ndarray) -> None:
+        self.rankings.append(np.asarray(ranking, dtype=np.int64))
+        self.info += pl_information(self.mu, ranking[None, :])
+        self.pending += 1
+        self._cov = None
+
+    def _refit(self) -> None:
+        from .plackett_luce import fit_plackett_luce
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fit = fit_plackett_luce(self.n, np.array(self.rankings), alpha=self.alpha,
+                                    initial_params=self.mu)
+        self.mu = np.asarray(fit.params, dtype=float)
+        if fit.hessian is not None:
+            self.info = np.array(fit.hessian, dtype=float)
+        else:
+            self.info = (pl_information(self.mu, np.array(self.rankings))
+                         + self.alpha * np.eye(self.n))
+
+
+class _SkillRater:
+    """TrueSkill (Herbrich et al. 2007) via :mod:`prefkit.rank.skill`: one k-way update."""
+
+    def __init__(self, n: int, beta: float = TS_BETA, tau: float = 25.0 / 300.0):
+        from .skill import initial_state
+
+        self.state = initial_state(n)
+        self.beta, self.tau = beta, tau
+
+    def update(self, ranking: np.ndarray) -> None:
+        from .skill import rate
+
+        self.state = rate(self.state, np.asarray(ranking), np.arange(len(ranking)),
+                          beta=self.beta, tau=self.tau, draw_probability=0.0)
+
+    def estimate(self) -> np.ndarray:
+        return np.asarray(self.state.mu, dtype=float)
+
+    def ucb_inputs(self):
+        return self.estimate(), np.asarray(self.state.sigma, dtype=float), 1.0
+
+    def posterior(self):
+        f = 1.702 / (np.sqrt(2.0) * self.beta)
+        sigma = np.asarray(self.state.sigma, dtype=float)
+        return self.estimate() * f, np.diag((sigma * f) ** 2)
+
+
+def _make_rater(method: str, n: int, alpha: float, refit_every: int):
+    if method == "elo":
+        return _EloRater(n, alpha)
+    if method == "bt":
+        return _BTRater(n, alpha, refit_every)
+    if method == "pl":
+        return _PLRater(n, alpha, refit_every)
+    if method == "trueskill":
+        return _SkillRater(n)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+def _draw_vote(items: np.ndarray, s: np.ndarray, noise: float,
+               rng: np.random.Generator) -> np.ndarray:
+    """A ranking (best first) of ``items`` from the truth ``s``, as in the module docstring."""
+    k = len(items)
+    if k == 2:
+        i, j = items
+        i_wins = rng.random() < expit(s[i] - s[j])
+        if rng.random() < noise:
+            i_wins = not i_wins
+        return items if i_wins else items[::-1]
+    order = items[np.argsort(-(s[items] + rng.gumbel(size=k)))]
+    if rng.random() < noise:
+        order = items[rng.permutation(k)]
+    return order
+
+
+def simulate_convergence(
+    n_items: int,
+    *,
+    k: int = 2,
+    method: str = "pl",
+    strategy: str = "infogain",
+    noise: float = 0.0,
+    max_votes: int | None = None,
+    check_every: int | None = None,
+    seed: int = 0,
+    target_tau: float = 0.9,
+    refit_every: int | None = None,
+    alpha: float = 0.01,
+    ucb_c: float = 1.0,
+    stop_at_target: bool = True,
+) -> dict:
+    """Votes until ``method`` + ``strategy`` ranks ``n_items`` items right (module docstring).
+
+    ``max_votes`` defaults to ``200 * n_items``, ``check_every`` to ``max(1, n_items // 2)``,
+    ``refit_every`` (BT / PL) to ``max(1, n_items // 10)``; ``alpha`` is the Gaussian prior
+    precision of BT / PL (and Elo's pseudo-information for ``infogain``), ``ucb_c`` the UCB
+    constant. The truth depends only on ``(seed, n_items)``, the votes' randomness and the
+    strategy's on separate streams of ``seed``, so methods are compared on the same truth.
+
+    Returns a dict: ``votes`` (int, or None when ``max_votes`` was reached first),
+    ``checks`` (vote counts of the checks) and ``tau`` (tau at each; the run stops at the
+    confirming check unless ``stop_at_target=False``), ``final_tau``, ``seconds`` and the
+    arguments.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not 2 <= k <= n_items:
+        raise ValueError(f"k must be in 2..n_items={n_items}, got {k}")
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise must be in [0, 1], got {noise}")
+    max_votes = 200 * n_items if max_votes is None else int(max_votes)
+    check_every = max(1, n_items // 2) if check_every is None else int(check_every)
+    refit_every = max(1, n_items // 10) if refit_every is None else int(refit_every)
+    start = time.perf_counter()
+    truth_seq, vote_seq, match_seq = np.random.SeedSequence(seed).spawn(3)
+    s = np.random.default_rng(truth_seq).normal(size=n_items)
+    vote_rng = np.random.default_rng(vote_seq)
+    match_rng = np.random.default_rng(match_seq)
+    rater = _make_rater(method, n_items, alpha, refit_every)
+    pair_counts = np.zeros((n_items, n_items))
+    checks: list[int] = []
+    taus: list[float] = []
+    streak = 0
+    votes: int | None = None
+    for v in range(1, max_votes + 1):
+        if strategy == "random":
+            items = random_match(n_items, k, match_rng)
+        elif strategy == "ucb":
+            mu, sigma, scale = rater.ucb_inputs()
+            items = ucb_match(mu, sigma, pair_counts, k, match_rng, t=v - 1, c=ucb_c,
+                              scale=scale)
+        else:
+            mu, cov = rater.posterior()
+            items = information_gain_match(mu, cov, k, match_rng)
+        ranking = _draw_vote(items, s, noise, vote_rng)
+        rater.update(ranking)
+        pair_counts[np.ix_(items, items)] += 1.0
+        if v % check_every == 0:
+            tau = kendall_tau(rater.estimate(), s)
+            checks.append(v)
+            taus.append(tau)
+            streak = streak + 1 if tau >= target_tau else 0
+            if streak >= 3 and votes is None:
+                votes = checks[-3]
+                if stop_at_target:
+                    break
+    return {
+        "votes": votes, "checks": checks, "tau": taus,
+        "final_tau": taus[-1] if taus else None,
+        "n_items": n_items, "k": k, "method": method, "strategy": strategy, "noise": noise,
+        "seed": seed, "max_votes": max_votes, "check_every": check_every,
+        "target_tau": target_tau, "seconds": time.perf_counter() - start,
+    }
+
+
+def _median_votes(votes: Sequence[int | None]) -> float | None:
+    """Median over seeds with a non-converged run counted as infinitely many votes (so the
+    median is None when half or more of the runs did not converge)."""
+    values = np.array([math.inf if v is None else float(v) for v in votes])
+    med = float(np.median(values))
+    return None if not math.isfinite(med) else med
+
+
+def convergence_table(
+    n_items_list: Iterable[int] = (20, 50),
+    ks: Iterable[int] = (2, 4),
+    noises: Iterable[float] = (0.0, 0.1, 0.2),
+    combos: Iterable[tuple[str, str]] = DEFAULT_COMBOS,
+    seeds: Iterable[int] = (0, 1, 2),
+    max_votes: int | None = None,
+    check_every: int | None = None,
+    target_tau: float = 0.9,
+    **kwargs,
+) -> list[dict]:
+    """One row per (n_items, k, noise, method, strategy): ``votes`` = median over ``seeds``
+    of :func:`simulate_convergence`'s ``votes`` (a run that never converged counts as infinity;
+    None if the median is), plus ``votes_per_seed``, ``converged`` (how many seeds reached the
+    target), ``final_tau_median`` and ``seconds``. Extra ``kwargs`` go to
+    :func:`simulate_convergence`. Use ``convergence_table(**QUICK)`` for a fast preset."""
+    rows = []
+    seeds = tuple(seeds)
+    for n_items in n_items_list:
+        for k in ks:
+            for noise in noises:
+                for method, strategy in combos:
+                    runs = [simulate_convergence(
+                        n_items, k=k, method=method, strategy=strategy, noise=noise,
+                        max_votes=max_votes, check_every=check_every, seed=seed,
+                        target_tau=target_tau, **kwargs) for seed in seeds]
+                    votes = [r["votes"] for r in runs]
+                    rows.append({
+                        "n_items": n_items, "k": k, "noise": noise, "method": method,
+                        "strategy": strategy, "votes": _median_votes(votes),
+                        "votes_per_seed": votes,
+                        "converged": sum(v is not None for v in votes), "seeds": len(seeds),
+                        "final_tau_median": float(np.median([r["final_tau"] for r in runs])),
+                        "max_votes": runs[0]["max_votes"],
+                        "seconds": round(sum(r["seconds"] for r in runs), 3),
+                    })
+    return rows
+
+
+def plot_convergence(table: Sequence[dict], path: str | Path) -> Path:
+    """PNG of median votes to the target (log scale) against noise, one panel per
+    (n_items, k), one line per method + strategy; a combination that did not converge is drawn
+    as an open marker at its ``max_votes``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["n_items"], r["k"]) for r in table})
+    combos = list(dict.fromkeys((r["method"], r["strategy"]) for r in table))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, (n_items, k) in zip(axes[0], panels, strict=True):
+        for idx, (method, strategy) in enumerate(combos):
+            rows = sorted((r for r in table if (r["n_items"], r["k"], r["method"],
+                                                r["strategy"]) == (n_items, k, method, strategy)),
+                          key=lambda r: r["noise"])
+            if not rows:
+                continue
+            x = [r["noise"] for r in rows]
+            y = [r["votes"] if r["votes"] is not None else np.nan for r in rows]
+            line, = ax.plot(x, y, "o-", color=f"C{idx}", label=f"{method} + {strategy}")
+            fail = [(r["noise"], r["max_votes"]) for r in rows if r["votes"] is None]
+            if fail:
+                ax.plot(*zip(*fail, strict=True), "o", mfc="none", color=line.get_color())
+        ax.set_yscale("log")
+        ax.set_title(f"{n_items} items, k = {k}")
+        ax.set_xlabel("label noise")
+        ax.grid(alpha=0.3, which="both")
+    target = table[0].get("target_tau", 0.9) if table else 0.9
+    axes[0][0].set_ylabel(f"median votes to Kendall tau >= {target}")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
