@@ -297,3 +297,117 @@ def _print_board(result: dict[str, Any]) -> None:
     if "order_sensitivity" in result:
         stdout.print(f"order sensitivity over {result['order_sensitivity']['permutations']} "
                      f"orderings: max spread {result['order_sensitivity']['max_spread']} points")
+
+
+STRATEGIES = ("random", "ucb", "infogain")
+
+
+@app.command("next-match")
+@cli_errors
+def next_match(
+    votes: Annotated[str, typer.Argument(help="Votes so far (battle records).")],
+    strategy: Annotated[str, typer.Option(help="random | ucb | infogain")] = "infogain",
+    k: Annotated[int, typer.Option("--k", help="Models per match (2 = a pair).")] = 2,
+    models: Annotated[str | None, typer.Option(
+        help="Comma-separated model names to include (also ones with no votes yet).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Which models to compare next, given the votes so far: uniform random; K-Sort style UCB
+    (least-compared pivot + close, rarely paired opponents); or the largest expected
+    information gain on the ranking under the BT posterior (Laplace approximation)."""
+    from ..data.battles import aggregate_battle_file
+    from ..rank import PairCounts, fit_bradley_terry
+    from ..rank.matchmaking import information_gain_match, random_match, ucb_match
+
+    _check_exists(votes)
+    if strategy not in STRATEGIES:
+        raise bad_input(f"--strategy must be one of {', '.join(STRATEGIES)}", as_json)
+    counts, names, _ = aggregate_battle_file(votes)
+    if models:
+        for name in models.split(","):
+            if name.strip() and name.strip() not in names:
+                names.append(name.strip())
+        counts = PairCounts(len(names), counts.i, counts.j, counts.wins_i, counts.wins_j,
+                            counts.ties)
+    n = len(names)
+    if not 2 <= k <= n:
+        raise bad_input(f"--k must be between 2 and the number of models ({n})", as_json)
+    rng = np.random.default_rng(seed)
+    fit = fit_bradley_terry(counts, alpha=1.0)  # a unit prior: finite estimates from few votes
+    cov = fit.covariance()
+    sigma = np.sqrt(np.clip(np.diag(cov), 0, None))
+    if strategy == "random":
+        chosen = random_match(n, k, rng)
+    elif strategy == "ucb":
+        pair = np.zeros((n, n))
+        pair[counts.i, counts.j] = counts.totals
+        pair = pair + pair.T
+        chosen = ucb_match(fit.params, sigma, pair, k, rng, t=int(counts.n_votes) + 1)
+    else:
+        chosen = information_gain_match(fit.params, cov, k, rng)
+    result = {"strategy": strategy, "k": k, "match": [names[i] for i in chosen],
+              "estimates": {names[i]: {"strength": round(float(fit.params[i]), 4),
+                                       "sd": round(float(sigma[i]), 4)} for i in chosen},
+              "votes": int(round(counts.n_votes))}
+    if as_json:
+        print_json(result)
+        return
+    stdout.print(f"next match ({strategy}): " + " vs ".join(result["match"]))
+
+
+def _csv(text: str, cast) -> list:
+    try:
+        return [cast(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected a comma-separated list, got {text!r}") from None
+
+
+@app.command()
+@cli_errors
+def simulate(
+    models: Annotated[str, typer.Option(help="Numbers of models, e.g. 20,50")] = "20",
+    k: Annotated[str, typer.Option("--k", help="Models per vote, e.g. 2,4")] = "2,4",
+    noise: Annotated[str, typer.Option(help="Label noise levels, e.g. 0,0.1,0.2")] = "0,0.1",
+    combos: Annotated[str, typer.Option(
+        help="method:strategy pairs (methods elo, bt, trueskill, pl; strategies random, ucb, "
+             "infogain)")] = "elo:random,bt:random,trueskill:ucb,pl:infogain",
+    seeds: Annotated[str, typer.Option(help="Seeds (the median over them is reported)")
+                     ] = "0,1,2",
+    max_votes: Annotated[int | None, typer.Option(help="Give up after this many votes.")
+                         ] = None,
+    target_tau: Annotated[float, typer.Option(help="Kendall tau that counts as converged.")
+                          ] = 0.9,
+    out: Annotated[Path, typer.Option(help="Folder for table.json and convergence.png")
+                   ] = Path("arena-simulation"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Votes to convergence (Kendall tau >= target vs hidden true strengths) for rating
+    methods x matchmaking strategies x K x label noise; writes a table and a PNG plot."""
+    from ..rank.simulate import convergence_table, plot_convergence
+
+    pairs = []
+    for combo in _csv(combos, str):
+        method, sep, strategy = combo.partition(":")
+        if not sep or method not in ("elo", "bt", "trueskill", "pl") or strategy not in \
+                STRATEGIES:
+            raise bad_input(f"bad combo {combo!r}: expected METHOD:STRATEGY", as_json)
+        pairs.append((method, strategy))
+    table = convergence_table(
+        n_items_list=_csv(models, int), ks=_csv(k, int), noises=_csv(noise, float),
+        combos=pairs, seeds=_csv(seeds, int), max_votes=max_votes, target_tau=target_tau)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.json").write_text(__import__("json").dumps(table, indent=1, default=float))
+    png = plot_convergence(table, out / "convergence.png")
+    result = {"table": table, "plot": str(png), "table_path": str(out / "table.json")}
+    if as_json:
+        print_json(result)
+        return
+    from rich.table import Table
+
+    view = Table("models", "K", "noise", "method", "strategy", "votes to target")
+    for row in table:
+        view.add_row(str(row.get("n_items")), str(row.get("k")), str(row.get("noise")),
+                     row.get("method", ""), row.get("strategy", ""), str(row.get("votes")))
+    stdout.print(view)
+    stdout.print(f"plot: {png}")

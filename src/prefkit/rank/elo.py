@@ -133,16 +133,20 @@ def _many_steps(R: np.ndarray, idx: np.ndarray, ks: np.ndarray, kappa: float) ->
 
 def _elo_vectorized(n_items: int, take: Any, n_rows: int, n_votes: int, k: float, scale: float,
                     base: float, init: float) -> np.ndarray:
-    """``take(t0, t1) -> (a, b, score)`` blocks ``[n_rows, t1 - t0]`` of the orderings."""
+    """``take(t0, t1) -> (a, b, score)``: blocks ``[t1 - t0, n_rows]`` (vote-major) of the
+    orderings."""
     c = math.log(base) / scale
     kappa = k * c
     R = np.full(n_rows * n_items, init * c)
-    offset = (np.arange(n_rows, dtype=np.intp) * n_items)[:, None]
+    offset = np.arange(n_rows, dtype=np.intp) * n_items
     for t0 in range(0, n_votes, _CHUNK):
         t1 = min(t0 + _CHUNK, n_votes)
         a, b, s = take(t0, t1)
-        idx = np.ascontiguousarray(np.concatenate([(a + offset).T, (b + offset).T], axis=1))
-        ks = np.ascontiguousarray((kappa * s).T)
+        idx = np.empty((t1 - t0, 2 * n_rows), dtype=np.intp)
+        np.add(a, offset, out=idx[:, :n_rows])
+        np.add(b, offset, out=idx[:, n_rows:])
+        ks = np.empty((t1 - t0, n_rows))
+        np.multiply(s, kappa, out=ks)
         _many_steps(R, idx, ks, kappa)
     return R.reshape(n_rows, n_items) / c
 
@@ -174,7 +178,7 @@ def online_elo_many(
                         ) if n_rows else np.empty((0, n_items))
 
     def take(t0: int, t1: int):
-        return a_matrix[:, t0:t1], b_matrix[:, t0:t1], score_matrix[:, t0:t1]
+        return a_matrix[:, t0:t1].T, b_matrix[:, t0:t1].T, score_matrix[:, t0:t1].T
 
     return _elo_vectorized(n_items, take, n_rows, n_votes, k, scale, base, init)
 
@@ -239,7 +243,7 @@ def elo_order_sensitivity(
             continue
 
         def take(t0: int, t1: int, perms: np.ndarray = perms):
-            block = perms[:, t0:t1]
+            block = perms[:, t0:t1].T.copy()  # vote-major, contiguous
             return a[block], b[block], score[block]
 
         parts.append(_elo_vectorized(n_items, take, rows, n_votes, k, scale, base, init))

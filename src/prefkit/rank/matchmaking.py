@@ -72,6 +72,7 @@ def ucb_match(
     t: int,
     c: float = 1.0,
     scale: float = 1.0,
+    pseudo_count: float = 1.0,
 ) -> np.ndarray:
     """K-Sort Arena matchmaking (arXiv 2408.14468): pivot + UCB opponents.
 
@@ -80,14 +81,17 @@ def ucb_match(
        least certain item), remaining ties uniformly at random.
     2. **Opponents**: the ``k - 1`` items ``q != p`` with the highest score (ties at random)::
 
-           U(p, q) = -|mu_q - mu_p| / scale + c * sqrt(2 ln t / (1 + n_pq))
+           U(p, q) = -|mu_q - mu_p| / scale + c * sqrt(2 ln t / (pseudo_count + n_pq))
 
        ``n_pq = pair_counts[p, q]`` (how often ``p`` and ``q`` were in the same match), ``t`` the
        number of matches so far (``ln`` of ``max(t, 1)``). The first term exploits (close skills
        give informative, hard-to-call matches), the second is the UCB1 bonus (Auer et al. 2002)
        of rarely met pairs. K-Sort's reference code uses ``c = 1``, raw TrueSkill points
-       (``scale = 1``) and ``n_pq + 1e-5`` instead of ``1 + n_pq``; ``scale`` lets other units
-       (e.g. logits: ``scale = LOGIT_PER_TS_POINT``) give the same trade-off.
+       (``scale = 1``) and ``pseudo_count = 1e-5`` (a pair never met then outranks every met
+       one); the default ``pseudo_count = 1`` keeps the bonus of a new pair finite, so a far
+       new opponent does not always beat a close known one.
+       ``scale`` lets other units (e.g. logits: ``scale = LOGIT_PER_TS_POINT``) give the same
+       trade-off.
 
     ``pair_counts`` is ``[n, n]``, symmetric (a ``k``-way match counts once for each of its
     ``C(k, 2)`` pairs). Returns ``[pivot, opponents...]`` (opponents best score first).
@@ -104,7 +108,9 @@ def ucb_match(
         s = np.asarray(sigma, dtype=float)[candidates]
         candidates = candidates[s == s.max()]
     pivot = int(candidates[0] if len(candidates) == 1 else rng.choice(candidates))
-    bonus = c * np.sqrt(2.0 * np.log(max(t, 1)) / (1.0 + counts[pivot]))
+    if pseudo_count <= 0:
+        raise ValueError("pseudo_count must be > 0")
+    bonus = c * np.sqrt(2.0 * np.log(max(t, 1)) / (pseudo_count + counts[pivot]))
     score = -np.abs(mu - mu[pivot]) / scale + bonus
     score[pivot] = -np.inf
     opponents = _top_random_ties(score, k - 1, rng)

@@ -57,7 +57,6 @@ from .aggregate import PairCounts
 from .bt import fit_bradley_terry
 from .matchmaking import (
     LOGIT_PER_TS_POINT,
-    TS_BETA,
     information_gain_match,
     random_match,
     ucb_match,
@@ -234,19 +233,21 @@ class _PLRater(_RefitRater):
 
 
 class _SkillRater:
-    """TrueSkill (Herbrich et al. 2007) via :mod:`prefkit.rank.skill`: one k-way update."""
+    """TrueSkill (Herbrich et al. 2007) via :mod:`prefkit.rank.skill`, one k-way update per
+    vote, with TrueSkill's defaults (``beta = 25/6``, ``tau = 25/300``, ``draw_probability =
+    0.1``, as K-Sort Arena's ``TrueSkill()`` environment)."""
 
-    def __init__(self, n: int, beta: float = TS_BETA, tau: float = 25.0 / 300.0):
-        from .skill import initial_state
+    def __init__(self, n: int):
+        from .skill import BETA, DRAW_PROBABILITY, TAU, initial_state
 
         self.state = initial_state(n)
-        self.beta, self.tau = beta, tau
+        self.beta, self.tau, self.draw_probability = BETA, TAU, DRAW_PROBABILITY
 
     def update(self, ranking: np.ndarray) -> None:
         from .skill import rate
 
-        self.state = rate(self.state, np.asarray(ranking), np.arange(len(ranking)),
-                          beta=self.beta, tau=self.tau, draw_probability=0.0)
+        self.state = rate(self.state, ranking, np.arange(len(ranking)), beta=self.beta,
+                          tau=self.tau, draw_probability=self.draw_probability)
 
     def estimate(self) -> np.ndarray:
         return np.asarray(self.state.mu, dtype=float)
@@ -305,14 +306,18 @@ def simulate_convergence(
     refit_every: int | None = None,
     alpha: float = 0.01,
     ucb_c: float = 1.0,
+    ucb_pseudo_count: float = 1.0,
+    order_weight: bool = True,
     stop_at_target: bool = True,
 ) -> dict:
     """Votes until ``method`` + ``strategy`` ranks ``n_items`` items right (module docstring).
 
     ``max_votes`` defaults to ``200 * n_items``, ``check_every`` to ``max(1, n_items // 2)``,
     ``refit_every`` (BT / PL) to ``max(1, n_items // 10)``; ``alpha`` is the Gaussian prior
-    precision of BT / PL (and Elo's pseudo-information for ``infogain``), ``ucb_c`` the UCB
-    constant. The truth depends only on ``(seed, n_items)``, the votes' randomness and the
+    precision of BT / PL (and Elo's pseudo-information for ``infogain``); ``ucb_c`` and
+    ``ucb_pseudo_count`` are :func:`~prefkit.rank.matchmaking.ucb_match`'s ``c`` and
+    ``pseudo_count``, ``order_weight`` that of
+    :func:`~prefkit.rank.matchmaking.information_gain_match`. The truth depends only on ``(seed, n_items)``, the votes' randomness and the
     strategy's on separate streams of ``seed``, so methods are compared on the same truth.
 
     Returns a dict: ``votes`` (int, or None when ``max_votes`` was reached first),
@@ -348,10 +353,10 @@ def simulate_convergence(
         elif strategy == "ucb":
             mu, sigma, scale = rater.ucb_inputs()
             items = ucb_match(mu, sigma, pair_counts, k, match_rng, t=v - 1, c=ucb_c,
-                              scale=scale)
+                              scale=scale, pseudo_count=ucb_pseudo_count)
         else:
             mu, cov = rater.posterior()
-            items = information_gain_match(mu, cov, k, match_rng)
+            items = information_gain_match(mu, cov, k, match_rng, order_weight=order_weight)
         ranking = _draw_vote(items, s, noise, vote_rng)
         rater.update(ranking)
         pair_counts[np.ix_(items, items)] += 1.0

@@ -1,0 +1,109 @@
+"""Votes to a correct ranking: prefkit's best arena loop (Plackett-Luce MAP + expected
+information gain matchmaking) vs the K-Sort-Arena-style loop (TrueSkill k-wise updates + UCB
+matchmaking, arXiv 2408.14468), on simulated voters.
+
+Each configuration (items, k items per vote, label noise) hides true log-strengths ``s ~ N(0,
+1)``; every vote is drawn from them (k = 2: Bradley-Terry with the label flipped with
+probability ``noise``; k > 2: a Plackett-Luce ranking by Gumbel-max, replaced by a random
+permutation with probability ``noise``). A loop's cost is the number of votes until Kendall's
+tau between its estimate and ``s`` reaches 0.9 and stays there for two more checks
+(:func:`prefkit.rank.simulate.simulate_convergence`), the median over seeds (the same truths
+for every loop). For k = 2 the K-Sort loop is TrueSkill pairwise + UCB. Reference rows: online
+Elo (FastChat's K = 4) + random pairs and Bradley-Terry MAP + random pairs.
+
+``ratio`` = peer votes / prefkit votes (> 1: prefkit needs fewer votes), the median over
+configurations; ``agree`` = both loops reach the target in every configuration (they converge
+to the same, true, ranking). Goal: ratio >= 1.5.
+
+    python bench/arena_convergence.py [--quick] [--json] [--png PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine  # noqa: E402
+
+PREFKIT = ("pl", "infogain")
+PEER = ("trueskill", "ucb")
+COMBOS = [("elo", "random"), ("bt", "random"), PEER, PREFKIT]
+FULL = {"n_items_list": (20, 50), "ks": (2, 4), "noises": (0.0, 0.1, 0.2), "seeds": (0, 1, 2)}
+QUICK = {"n_items_list": (20,), "ks": (2, 4), "noises": (0.0, 0.2), "seeds": (0, 1, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="20 items, k in (2, 4), noise in (0, 0.2), 3 seeds")
+    parser.add_argument("--json", action="store_true", help="one-line JSON")
+    parser.add_argument("--png", default=str(Path(tempfile.gettempdir())
+                                             / "prefkit_arena_convergence.png"))
+    args = parser.parse_args()
+    from prefkit.rank.simulate import convergence_table, plot_convergence
+
+    preset = QUICK if args.quick else FULL
+    start = time.perf_counter()
+    table = convergence_table(**preset, combos=COMBOS)
+    seconds = time.perf_counter() - start
+    png = plot_convergence(table, args.png)
+
+    configs = []
+    for row in table:
+        if (row["method"], row["strategy"]) != PREFKIT:
+            continue
+        key = (row["n_items"], row["k"], row["noise"])
+        peer = next(r for r in table if (r["n_items"], r["k"], r["noise"]) == key
+                    and (r["method"], r["strategy"]) == PEER)
+        ratio = (peer["votes"] / row["votes"]
+                 if row["votes"] is not None and peer["votes"] is not None else None)
+        configs.append({"n_items": key[0], "k": key[1], "noise": key[2],
+                        "prefkit": row["votes"], "peer": peer["votes"],
+                        "ratio": None if ratio is None else round(ratio, 3)})
+
+    def median_of(name: str) -> float | None:
+        values = [c[name] for c in configs]
+        return None if any(v is None for v in values) else statistics.median(values)
+
+    ratios = [c["ratio"] for c in configs if c["ratio"] is not None]
+    ratio = round(statistics.median(ratios), 3) if ratios else None
+    by_k = {}
+    for k in sorted({c["k"] for c in configs}):
+        rk = [c["ratio"] for c in configs if c["k"] == k and c["ratio"] is not None]
+        by_k[f"k={k}"] = round(statistics.median(rk), 3) if rk else None
+    result = {
+        "bench": "arena_convergence",
+        "setup": {**{key: list(value) for key, value in preset.items()},
+                  "target_tau": 0.9, "quick": args.quick,
+                  "max_votes": "200 * n_items", "check_every": "n_items // 2"},
+        "prefkit": {"what": "Plackett-Luce MAP (alpha 0.01) + expected-information-gain "
+                            "matchmaking",
+                    "votes": [{k: c[k] for k in ("n_items", "k", "noise", "prefkit")}
+                              for c in configs],
+                    "median_votes": median_of("prefkit")},
+        "peer": {"what": "K-Sort-Arena style: TrueSkill k-wise update + UCB matchmaking "
+                         "(pivot = least compared, -|mu diff| + sqrt(2 ln t / (1 + n_pair)))",
+                 "votes": [{k: c[k] for k in ("n_items", "k", "noise", "peer")}
+                           for c in configs],
+                 "median_votes": median_of("peer")},
+        "ratio": ratio,
+        "ratio_by_k": by_k,
+        "ratio_per_config": [c["ratio"] for c in configs],
+        "agree": all(c["prefkit"] is not None and c["peer"] is not None for c in configs),
+        "goal": {"ratio_min": 1.5, "met": ratio is not None and ratio >= 1.5},
+        "table": table,
+        "png": str(png),
+        "seconds": round(seconds, 1),
+        "machine": machine(),
+    }
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
