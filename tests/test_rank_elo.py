@@ -117,6 +117,26 @@ def test_order_sensitivity_statistics():
     assert np.allclose(batched["ratings"].sum(axis=1), 1000.0 * n)
 
 
+@pytest.mark.parametrize("rows", [5, 12])  # scalar path and vectorized path
+@pytest.mark.parametrize("n", [9, 20_000])  # votes packed into int32 / int64
+def test_order_sensitivity_unpacks_votes(rows, n):
+    """With a tiny k, Elo is linear in the votes (r_a - init ~ k sum(s - 1/2)) and the same in
+    every order: each permuted run must see exactly the original votes, any score values."""
+    rng = np.random.default_rng(7)
+    a, b, _ = votes(9, 2000, rng)
+    a, b = a * (n // 9), b * (n // 9)
+    s = rng.random(2000)
+    out = elo_order_sensitivity(n, a, b, s, k=1e-3, n_permutations=rows, seed=1)
+    first_order = 1e-3 * (np.bincount(a, s - 0.5, n) - np.bincount(b, s - 0.5, n))
+    # signal ~1e-2, second-order (order) effects ~5e-6
+    assert np.abs(first_order).max() > 5e-3
+    assert np.allclose(out["original"] - 1000, first_order, atol=2e-5)
+    assert np.allclose(out["ratings"] - 1000, first_order, atol=2e-5)
+    used = np.union1d(a, b)
+    assert np.all(out["std"][used] > 0)  # but not exactly: the orders do differ
+    assert np.all(np.delete(out["std"], used) == 0)
+
+
 def test_order_sensitivity_zero_for_identical_votes():
     a = np.zeros(50, dtype=int)
     b = np.ones(50, dtype=int)

@@ -76,14 +76,16 @@ def test_ucb_opponents_follow_the_documented_score():
     counts[0, :] = counts[:, 0] = 1.0  # item 0 is the pivot
     counts[0, 6] = counts[6, 0] = 0.0
     t, c, scale = 40, 1.5, 2.0
-    picked = ucb_match(mu, None, counts, 4, rng, t=t, c=c, scale=scale)
-    assert picked[0] == np.argmin(counts.sum(1) - np.diag(counts))
-    score = -np.abs(mu - mu[picked[0]]) / scale + c * np.sqrt(
-        2 * np.log(t) / (1 + counts[picked[0]]))
-    score[picked[0]] = -np.inf
-    assert picked[1:].tolist() == np.argsort(-score)[:3].tolist()
-    # a large c makes the never-met (but far) item 6 worth exploring
-    assert 6 in ucb_match(mu, None, counts, 2, rng, t=t, c=20.0, scale=scale)
+    for pseudo in (1.0, 0.5):
+        picked = ucb_match(mu, None, counts, 4, rng, t=t, c=c, scale=scale, pseudo_count=pseudo)
+        assert picked[0] == np.argmin(counts.sum(1) - np.diag(counts))
+        score = -np.abs(mu - mu[picked[0]]) / scale + c * np.sqrt(
+            2 * np.log(t) / (pseudo + counts[picked[0]]))
+        score[picked[0]] = -np.inf
+        top = np.sort(score)[::-1]
+        assert np.allclose(score[picked[1:]], top[:3])  # best first (3 and 7 tie here)
+    # K-Sort's default pseudo-count 1e-5: the never-met (but far) item 6 comes first
+    assert ucb_match(mu, None, counts, 2, rng, t=t, scale=scale).tolist() == [0, 6]
     assert 6 not in ucb_match(mu, None, counts, 4, rng, t=t, c=0.0, scale=scale)
 
 
@@ -93,7 +95,7 @@ def test_information_gain_closed_form_three_items():
                     [0.10, 0.40, -0.02],
                     [0.05, -0.02, 0.90]])
     g_plain = pairwise_information_gain(mu, cov, order_weight=False)
-    g_order = pairwise_information_gain(mu, cov)
+    g_order = pairwise_information_gain(mu, cov, order_weight=True)
     for i, j in [(0, 1), (0, 2), (1, 2)]:
         p = expit(mu[i] - mu[j])
         v = cov[i, i] + cov[j, j] - 2 * cov[i, j]
@@ -129,7 +131,8 @@ def test_information_gain_prefers_uncertain_close_pair():
     # a close but certain pair loses to an uncertain one
     cov = np.diag([0.01, 0.01, 2.0, 2.0])
     mu = np.array([0.0, 0.1, 0.5, 0.8])
-    assert set(information_gain_match(mu, cov, 2, rng).tolist()) == {2, 3}
+    for weight in (False, True):
+        assert set(information_gain_match(mu, cov, 2, rng, order_weight=weight).tolist()) == {2, 3}
 
 
 def test_information_gain_greedy_tuple_and_random_ties():
@@ -146,6 +149,7 @@ def test_information_gain_greedy_tuple_and_random_ties():
     picked = information_gain_match(mu, cov, 3, rng)
     assert set(picked.tolist()) == {0, 1, 2}
     g = pairwise_information_gain(mu, cov)
+    assert np.array_equal(g, pairwise_information_gain(mu, cov, order_weight=False))
     sampled = information_gain_match(mu, cov, 3, rng, candidates=50)
     a, b = np.triu_indices(3, 1)
     assert g[sampled[a], sampled[b]].sum() >= g[picked[a], picked[b]].sum() - 1e-12

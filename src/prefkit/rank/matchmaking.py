@@ -9,9 +9,10 @@ integers ``0..n-1``; each function returns an ``int64`` array of ``k`` distinct 
   Arena: Efficient and Reliable Benchmarking for Generative Models via K-wise Human
   Preferences", arXiv 2408.14468, Sec. 3.4 and its ``model/matchmaker.py``): the least-compared
   item is the pivot, its ``k-1`` opponents maximize closeness in skill plus a UCB1 bonus.
-- :func:`information_gain_match` -- Bayesian D-optimal design: the pair (or ``k``-tuple) whose
-  outcome is expected to reduce the entropy of the (Laplace / Gaussian) posterior the most,
-  optionally weighted by the probability that the pair's current order is wrong.
+- :func:`information_gain_match` -- Bayesian D-optimal design (Chaloner & Verdinelli 1995):
+  the pair (or ``k``-tuple) whose outcome is expected to reduce the entropy of the (Laplace /
+  Gaussian) posterior the most, optionally weighted by the probability that the pair's current
+  order is wrong.
 - :func:`pairwise_information_gain` -- the ``[n, n]`` gain matrix behind it.
 
 Scales: :func:`information_gain_match` wants ``mu`` and ``cov`` in natural-log (logit) units,
@@ -72,7 +73,7 @@ def ucb_match(
     t: int,
     c: float = 1.0,
     scale: float = 1.0,
-    pseudo_count: float = 1.0,
+    pseudo_count: float = 1e-5,
 ) -> np.ndarray:
     """K-Sort Arena matchmaking (arXiv 2408.14468): pivot + UCB opponents.
 
@@ -86,10 +87,12 @@ def ucb_match(
        ``n_pq = pair_counts[p, q]`` (how often ``p`` and ``q`` were in the same match), ``t`` the
        number of matches so far (``ln`` of ``max(t, 1)``). The first term exploits (close skills
        give informative, hard-to-call matches), the second is the UCB1 bonus (Auer et al. 2002)
-       of rarely met pairs. K-Sort's reference code uses ``c = 1``, raw TrueSkill points
-       (``scale = 1``) and ``pseudo_count = 1e-5`` (a pair never met then outranks every met
-       one); the default ``pseudo_count = 1`` keeps the bonus of a new pair finite, so a far
-       new opponent does not always beat a close known one.
+       of rarely met pairs. The defaults are K-Sort's reference code: ``c = 1``, raw TrueSkill
+       points (``scale = 1``) and ``pseudo_count = 1e-5``, so a pair never met outranks every
+       met one and each pivot first meets all the others, closest first (a round robin), before
+       closeness and the ``ln t`` bonus take over. ``pseudo_count = 1`` gives the smoother
+       ``1 + n_pq`` form; in simulation (:mod:`prefkit.rank.simulate`, TrueSkill, 20 items,
+       16 seeds) it needed more votes (median 1745 vs 975 for pairs, 530 vs 445 for k = 4).
        ``scale`` lets other units (e.g. logits: ``scale = LOGIT_PER_TS_POINT``) give the same
        trade-off.
 
@@ -118,7 +121,7 @@ def ucb_match(
 
 
 def pairwise_information_gain(
-    mu: np.ndarray, cov: np.ndarray, *, order_weight: bool = True,
+    mu: np.ndarray, cov: np.ndarray, *, order_weight: bool = False,
 ) -> np.ndarray:
     """Expected information gain of one comparison of ``i`` and ``j``, for all pairs: ``[n, n]``,
     symmetric, ``-inf`` on the diagonal.
@@ -134,10 +137,14 @@ def pairwise_information_gain(
                                                        = cov_ii + cov_jj - 2 cov_ij
 
     (the mutual information between the outcome and ``theta`` under the linearized model). With
-    ``order_weight`` (default) the gain is multiplied by the posterior probability that the
+    ``order_weight=True`` the gain is multiplied by the posterior probability that the
     estimated order of ``i`` and ``j`` is wrong, ``Phi(-|mu_i - mu_j| / sqrt(v_ij))``, which
-    spends the comparisons on pairs whose order is in doubt -- what a rank metric (Kendall's tau)
-    rewards -- instead of sharpening the gap between items already told apart.
+    spends the comparisons on pairs whose order is in doubt. It is off by default: in
+    simulation (:mod:`prefkit.rank.simulate`, Plackett-Luce MAP, 20 items, 16 seeds) the
+    weighted criterion needed more votes to Kendall tau 0.9 (median 315 vs 255 for k = 4,
+    1190 vs 1055 for pairs; k = 4 with 20% noisy votes, 8 seeds: 665 vs 395), because it keeps
+    returning to nearly tied pairs that more votes hardly resolve, while the plain D-optimal
+    gain already fades as ``v_ij`` shrinks.
     """
     mu = np.asarray(mu, dtype=float)
     cov = np.asarray(cov, dtype=float)
@@ -164,7 +171,7 @@ def information_gain_match(
     rng: np.random.Generator,
     candidates: int | None = None,
     *,
-    order_weight: bool = True,
+    order_weight: bool = False,
 ) -> np.ndarray:
     """The ``k`` items whose comparison is expected to be the most informative about the ranking.
 
@@ -172,14 +179,16 @@ def information_gain_match(
     strengths (see the module docstring for units). The pair score is
     :func:`pairwise_information_gain`::
 
-        g_ij = 0.5 log(1 + p_ij (1 - p_ij) v_ij) * [Phi(-|mu_i - mu_j| / sqrt(v_ij))]
+        g_ij = 0.5 log(1 + p_ij (1 - p_ij) v_ij)  [* Phi(-|mu_i - mu_j| / sqrt(v_ij))]
 
+    (the bracket with ``order_weight=True``).
     ``k = 2``: the pair maximizing ``g_ij``. ``k > 2``, ``candidates=None`` (default): greedy --
     start from the best pair, then repeatedly add the item ``x`` maximizing ``sum_{c in chosen}
     g_cx`` (nothing else is updated between additions). ``candidates=m``: the ``k``-tuple with the
     largest summed gain of its ``C(k, 2)`` pairs among ``m`` uniformly random ``k``-subsets and
-    the greedy one. (A ``k``-wise ranking implies its ``C(k, 2)`` pairwise outcomes, so the summed
-    pair gain is the gain of those pairs taken as independent observations, an upper bound.)
+    the greedy one. (A ``k``-wise ranking implies its ``C(k, 2)`` pairwise outcomes; the summed
+    pair gain scores them as separate observations each judged against the current posterior --
+    a cheap proxy for the joint gain of the ranking, which it overstates by the overlap.)
     Exact ties are broken uniformly at random. Returns the items in the order chosen.
     """
     gain = pairwise_information_gain(mu, cov, order_weight=order_weight)

@@ -17,22 +17,25 @@ Methods (the rater):
 - ``"elo"`` -- online Elo (:func:`prefkit.rank.elo.online_elo`'s update, ``K = 4``, 400 / log10
   scale), updated per vote; a ranking of ``k`` is fed as its ``C(k, 2)`` implied pairwise votes
   (better position wins), in order.
-- ``"bt"`` -- Bradley-Terry MAP (:func:`prefkit.rank.fit_bradley_terry`, ``alpha`` prior so
-  early fits are finite) on all implied pairwise votes so far, refitted warm-started at every
-  check and, when the strategy needs estimates, at most every ``refit_every`` votes.
+- ``"bt"`` -- Bradley-Terry MAP (:func:`prefkit.rank.fit_bradley_terry` with the Gaussian
+  prior ``alpha = 0.1``, prior sd ~3.2 logits, so early fits are finite) on all implied
+  pairwise votes so far, refitted warm-started at every check and, when the strategy needs
+  estimates, after at least ``max(refit_every, refit_fraction * votes)`` new votes (the
+  cache: a few hundred fits per run instead of one per vote).
 - ``"trueskill"`` -- the TrueSkill factor-graph update (Herbrich, Minka & Graepel 2007,
   :mod:`prefkit.rank.skill`), one ``k``-way update per vote; the estimate is ``mu``.
-- ``"pl"`` -- Plackett-Luce MAP (:func:`prefkit.rank.plackett_luce.fit_plackett_luce`) on all
-  rankings so far, refitted like ``"bt"``.
+- ``"pl"`` -- Plackett-Luce MAP (:func:`prefkit.rank.plackett_luce.fit_plackett_luce`, same
+  prior) on all rankings so far, refitted like ``"bt"``.
 
 Strategies (:mod:`prefkit.rank.matchmaking`): ``"random"``, ``"ucb"`` (K-Sort Arena,
-arXiv 2408.14468; closeness in TrueSkill points: raw for TrueSkill, logits divided by
+arXiv 2408.14468, with its reference constants ``c = 1`` and pseudo-count ``1e-5``; closeness
+in TrueSkill points: raw for TrueSkill, logits divided by
 :data:`~prefkit.rank.matchmaking.LOGIT_PER_TS_POINT` otherwise) and ``"infogain"`` (expected
 information gain under a Gaussian posterior in logits). The posterior covariance is: for
 ``bt``/``pl`` the Laplace covariance, the inverse of the Fisher information of the last fit
-(BT: the fit's ``hessian``; PL: the observed information of the rankings, computed here) plus
-the information of each vote since then at the current estimate (a rank-one update per implied
-pair or per PL stage, so consecutive choices between refits differ); for ``trueskill``
+(the fit's ``hessian``; :func:`pl_information` computes the same for PL) plus the information
+of each vote since then at the current estimate (a rank-one update per implied pair, or the
+PL stages' ``diag(w) - w w^T``, so consecutive choices between refits differ); for ``trueskill``
 ``diag(sigma^2)``; for ``elo`` ``diag(1 / (alpha + n_i / 4))`` with ``n_i`` the item's pairwise
 votes (each at most ``1/4`` Fisher information).
 
@@ -70,7 +73,7 @@ QUICK = {"n_items_list": (20,), "ks": (2, 4), "noises": (0.0, 0.2), "seeds": (0,
 
 __all__ = [
     "DEFAULT_COMBOS", "METHODS", "QUICK", "STRATEGIES", "convergence_table", "kendall_tau",
-    "plot_convergence", "simulate_convergence",
+    "pl_information", "plot_convergence", "simulate_convergence",
 ]
 
 
@@ -126,17 +129,20 @@ class _RefitRater:
     """Shared bookkeeping of the refitted MAP raters: warm starts, lazy refits, and the
     Laplace information updated per vote between refits."""
 
-    def __init__(self, n: int, alpha: float, refit_every: int):
+    def __init__(self, n: int, alpha: float, refit_every: int, refit_fraction: float = 0.0):
         self.n = n
         self.alpha = alpha
         self.refit_every = max(1, int(refit_every))
+        self.refit_fraction = refit_fraction
+        self.n_votes = 0
         self.mu = np.zeros(n)
         self.info = alpha * np.eye(n)
         self.pending = 0
         self._cov: np.ndarray | None = None
 
     def _maybe_refit(self, force: bool) -> None:
-        if self.pending and (force or self.pending >= self.refit_every):
+        due = max(self.refit_every, self.refit_fraction * self.n_votes)
+        if self.pending and (force or self.pending >= due):
             self._refit()
             self.pending = 0
             self._cov = None
@@ -157,8 +163,8 @@ class _RefitRater:
 
 
 class _BTRater(_RefitRater):
-    def __init__(self, n: int, alpha: float, refit_every: int):
-        super().__init__(n, alpha, refit_every)
+    def __init__(self, n: int, alpha: float, refit_every: int, refit_fraction: float):
+        super().__init__(n, alpha, refit_every, refit_fraction)
         self.wins = np.zeros((n, n))
 
     def update(self, ranking: np.ndarray) -> None:
@@ -171,6 +177,7 @@ class _BTRater(_RefitRater):
         np.add.at(self.info, (w, lo), -h)
         np.add.at(self.info, (lo, w), -h)
         self.pending += 1
+        self.n_votes += 1
         self._cov = None
 
     def _refit(self) -> None:
@@ -207,14 +214,15 @@ def pl_information(params: np.ndarray, rankings: np.ndarray) -> np.ndarray:
 
 
 class _PLRater(_RefitRater):
-    def __init__(self, n: int, alpha: float, refit_every: int):
-        super().__init__(n, alpha, refit_every)
+    def __init__(self, n: int, alpha: float, refit_every: int, refit_fraction: float):
+        super().__init__(n, alpha, refit_every, refit_fraction)
         self.rankings: list[np.ndarray] = []
 
     def update(self, ranking: np.ndarray) -> None:
         self.rankings.append(np.asarray(ranking, dtype=np.int64))
         self.info += pl_information(self.mu, ranking[None, :])
         self.pending += 1
+        self.n_votes += 1
         self._cov = None
 
     def _refit(self) -> None:
@@ -261,13 +269,13 @@ class _SkillRater:
         return self.estimate() * f, np.diag((sigma * f) ** 2)
 
 
-def _make_rater(method: str, n: int, alpha: float, refit_every: int):
+def _make_rater(method: str, n: int, alpha: float, refit_every: int, refit_fraction: float):
     if method == "elo":
         return _EloRater(n, alpha)
     if method == "bt":
-        return _BTRater(n, alpha, refit_every)
+        return _BTRater(n, alpha, refit_every, refit_fraction)
     if method == "pl":
-        return _PLRater(n, alpha, refit_every)
+        return _PLRater(n, alpha, refit_every, refit_fraction)
     if method == "trueskill":
         return _SkillRater(n)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -304,21 +312,25 @@ def simulate_convergence(
     seed: int = 0,
     target_tau: float = 0.9,
     refit_every: int | None = None,
-    alpha: float = 0.01,
+    refit_fraction: float = 0.02,
+    alpha: float = 0.1,
     ucb_c: float = 1.0,
-    ucb_pseudo_count: float = 1.0,
-    order_weight: bool = True,
+    ucb_pseudo_count: float = 1e-5,
+    order_weight: bool = False,
     stop_at_target: bool = True,
 ) -> dict:
     """Votes until ``method`` + ``strategy`` ranks ``n_items`` items right (module docstring).
 
-    ``max_votes`` defaults to ``200 * n_items``, ``check_every`` to ``max(1, n_items // 2)``,
-    ``refit_every`` (BT / PL) to ``max(1, n_items // 10)``; ``alpha`` is the Gaussian prior
-    precision of BT / PL (and Elo's pseudo-information for ``infogain``); ``ucb_c`` and
-    ``ucb_pseudo_count`` are :func:`~prefkit.rank.matchmaking.ucb_match`'s ``c`` and
-    ``pseudo_count``, ``order_weight`` that of
-    :func:`~prefkit.rank.matchmaking.information_gain_match`. The truth depends only on ``(seed, n_items)``, the votes' randomness and the
-    strategy's on separate streams of ``seed``, so methods are compared on the same truth.
+    ``max_votes`` defaults to ``300 * n_items / (1 - noise)^2``, ``check_every`` to
+    ``max(1, n_items // 2)``. BT / PL refit when the strategy needs estimates and at least
+    ``max(refit_every, refit_fraction * votes so far)`` votes came in since the last fit
+    (``refit_every`` default ``max(1, n_items // 10)``), and at every check. ``alpha`` is the
+    Gaussian prior precision of BT / PL (and Elo's pseudo-information for ``infogain``);
+    ``ucb_c`` and ``ucb_pseudo_count`` are :func:`~prefkit.rank.matchmaking.ucb_match`'s ``c``
+    and ``pseudo_count``, ``order_weight`` that of
+    :func:`~prefkit.rank.matchmaking.information_gain_match`. The truth depends only on
+    ``(seed, n_items)``; the votes' randomness and the strategy's come from separate streams of
+    ``seed``, so methods are compared on the same truths.
 
     Returns a dict: ``votes`` (int, or None when ``max_votes`` was reached first),
     ``checks`` (vote counts of the checks) and ``tau`` (tau at each; the run stops at the
@@ -333,7 +345,8 @@ def simulate_convergence(
         raise ValueError(f"k must be in 2..n_items={n_items}, got {k}")
     if not 0.0 <= noise <= 1.0:
         raise ValueError(f"noise must be in [0, 1], got {noise}")
-    max_votes = 200 * n_items if max_votes is None else int(max_votes)
+    if max_votes is None:
+        max_votes = int(round(300 * n_items / (1.0 - min(noise, 0.5)) ** 2))
     check_every = max(1, n_items // 2) if check_every is None else int(check_every)
     refit_every = max(1, n_items // 10) if refit_every is None else int(refit_every)
     start = time.perf_counter()
@@ -341,7 +354,7 @@ def simulate_convergence(
     s = np.random.default_rng(truth_seq).normal(size=n_items)
     vote_rng = np.random.default_rng(vote_seq)
     match_rng = np.random.default_rng(match_seq)
-    rater = _make_rater(method, n_items, alpha, refit_every)
+    rater = _make_rater(method, n_items, alpha, refit_every, refit_fraction)
     pair_counts = np.zeros((n_items, n_items))
     checks: list[int] = []
     taus: list[float] = []
@@ -386,6 +399,11 @@ def _median_votes(votes: Sequence[int | None]) -> float | None:
     return None if not math.isfinite(med) else med
 
 
+def _run_job(job: dict) -> dict:
+    job = dict(job)
+    return simulate_convergence(job.pop("n_items"), **job)
+
+
 def convergence_table(
     n_items_list: Iterable[int] = (20, 50),
     ks: Iterable[int] = (2, 4),
@@ -395,33 +413,46 @@ def convergence_table(
     max_votes: int | None = None,
     check_every: int | None = None,
     target_tau: float = 0.9,
+    processes: int = 1,
     **kwargs,
 ) -> list[dict]:
     """One row per (n_items, k, noise, method, strategy): ``votes`` = median over ``seeds``
     of :func:`simulate_convergence`'s ``votes`` (a run that never converged counts as infinity;
     None if the median is), plus ``votes_per_seed``, ``converged`` (how many seeds reached the
-    target), ``final_tau_median`` and ``seconds``. Extra ``kwargs`` go to
-    :func:`simulate_convergence`. Use ``convergence_table(**QUICK)`` for a fast preset."""
-    rows = []
+    target), ``final_tau_median`` and ``seconds`` (summed over seeds). Extra ``kwargs`` go to
+    :func:`simulate_convergence`; ``processes > 1`` runs the simulations in that many worker
+    processes (same results). Use ``convergence_table(**QUICK)`` for a fast preset."""
     seeds = tuple(seeds)
-    for n_items in n_items_list:
-        for k in ks:
-            for noise in noises:
-                for method, strategy in combos:
-                    runs = [simulate_convergence(
-                        n_items, k=k, method=method, strategy=strategy, noise=noise,
-                        max_votes=max_votes, check_every=check_every, seed=seed,
-                        target_tau=target_tau, **kwargs) for seed in seeds]
-                    votes = [r["votes"] for r in runs]
-                    rows.append({
-                        "n_items": n_items, "k": k, "noise": noise, "method": method,
-                        "strategy": strategy, "votes": _median_votes(votes),
-                        "votes_per_seed": votes,
-                        "converged": sum(v is not None for v in votes), "seeds": len(seeds),
-                        "final_tau_median": float(np.median([r["final_tau"] for r in runs])),
-                        "max_votes": runs[0]["max_votes"],
-                        "seconds": round(sum(r["seconds"] for r in runs), 3),
-                    })
+    cells = [(n_items, k, noise, method, strategy)
+             for n_items in n_items_list for k in ks for noise in noises
+             for method, strategy in combos]
+    jobs = [dict(n_items=n_items, k=k, method=method, strategy=strategy, noise=noise,
+                 max_votes=max_votes, check_every=check_every, seed=seed,
+                 target_tau=target_tau, **kwargs)
+            for n_items, k, noise, method, strategy in cells for seed in seeds]
+    if processes > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(processes) as pool:
+            # longest first: the big / noisy / k = 2 cells dominate the wall time
+            order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["n_items"] * (
+                1 + jobs[i]["noise"] * 4) / jobs[i]["k"])
+            futures = {i: pool.submit(_run_job, jobs[i]) for i in order}
+            results = [futures[i].result() for i in range(len(jobs))]
+    else:
+        results = [_run_job(job) for job in jobs]
+    rows = []
+    for c, (n_items, k, noise, method, strategy) in enumerate(cells):
+        runs = results[c * len(seeds):(c + 1) * len(seeds)]
+        votes = [r["votes"] for r in runs]
+        rows.append({
+            "n_items": n_items, "k": k, "noise": noise, "method": method,
+            "strategy": strategy, "votes": _median_votes(votes), "votes_per_seed": votes,
+            "converged": sum(v is not None for v in votes), "seeds": len(seeds),
+            "final_tau_median": float(np.median([r["final_tau"] for r in runs])),
+            "max_votes": runs[0]["max_votes"], "target_tau": target_tau,
+            "seconds": round(sum(r["seconds"] for r in runs), 3),
+        })
     return rows
 
 

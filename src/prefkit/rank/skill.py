@@ -75,7 +75,7 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _W_EPS = 1e-12
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SkillState:
     """Gaussian skill beliefs ``N(mu_i, sigma_i^2)`` of every model (arrays ``[n_items]``)."""
 
