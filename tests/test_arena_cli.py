@@ -146,3 +146,55 @@ def test_kwise_rankings_with_models(tmp_path):
     bad.write_text('{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1]}\n')
     result = runner.invoke(app, ["arena", "rank", str(bad), "--method", "pl", "--json"])
     assert result.exit_code == 2 and "models" in json.loads(result.stdout)["error"]
+
+
+def _invoke(*args):
+    return runner.invoke(app, ["arena", *map(str, args)])
+
+
+def test_next_match_strategies(battles):
+    # a model with no votes yet is the UCB pivot (the least compared)
+    result = _invoke("next-match", battles["jsonl"], "--strategy", "ucb", "--models",
+                     "newcomer", "--json")
+    assert result.exit_code == 0, result.output
+    ucb = json.loads(result.stdout)
+    assert ucb["match"][0] == "newcomer" and len(set(ucb["match"])) == 2
+    assert ucb["votes"] == 12_000
+    # information gain: the newcomer (prior only, largest variance) is in the best pair
+    result = _invoke("next-match", battles["jsonl"], "--models", "newcomer", "--json")
+    info = json.loads(result.stdout)
+    assert "newcomer" in info["match"]
+    assert info["estimates"]["newcomer"]["sd"] > 10 * min(
+        e["sd"] for m, e in info["estimates"].items() if m != "newcomer")
+    # K-wise, and the seed makes random matches reproducible
+    four = [json.loads(_invoke("next-match", battles["jsonl"], "--strategy", "random", "--k",
+                               4, "--seed", 3, "--json").stdout)["match"] for _ in range(2)]
+    assert four[0] == four[1] and len(set(four[0])) == 4 and set(four[0]) <= set(MODELS)
+    for bad in (["--strategy", "best"], ["--k", 9]):
+        result = _invoke("next-match", battles["jsonl"], *bad, "--json")
+        assert result.exit_code == 2, result.output
+        assert json.loads(result.stdout)["ok"] is False
+
+
+def test_simulate_writes_table_and_plot(tmp_path):
+    from prefkit.rank.simulate import convergence_table
+
+    out = tmp_path / "sim"
+    result = _invoke("simulate", "--models", 8, "--k", 2, "--noise", "0", "--combos",
+                     "elo:random,pl:infogain", "--seeds", "0,1", "--max-votes", 4000,
+                     "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.stdout)["table"]
+    assert [(r["method"], r["strategy"]) for r in table] == [("elo", "random"),
+                                                             ("pl", "infogain")]
+    direct = convergence_table(n_items_list=(8,), ks=(2,), noises=(0.0,),
+                               combos=[("elo", "random"), ("pl", "infogain")], seeds=(0, 1),
+                               max_votes=4000)
+    for row, expected in zip(table, direct, strict=True):
+        assert row["votes_per_seed"] == expected["votes_per_seed"]
+        assert row["converged"] == 2 and 8 <= row["votes"] <= 4000
+        assert row["final_tau_median"] >= 0.9
+    assert json.loads((out / "table.json").read_text())[0]["method"] == "elo"
+    assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+    bad = _invoke("simulate", "--combos", "elo", "--json")
+    assert bad.exit_code == 2 and "METHOD:STRATEGY" in json.loads(bad.stdout)["error"]
