@@ -1,0 +1,253 @@
+"""Load a causal LM and its tokenizer: a local HF checkpoint, or a tiny model from a config file.
+
+``spec`` given to :func:`load_model` is either
+
+* a directory holding a Hugging Face checkpoint (``config.json`` + weights + tokenizer files),
+  loaded with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and ``local_files_only=True``; or
+* a ``.json`` / ``.yaml`` / ``.yml`` model file describing a tiny model built from scratch with
+  random weights (seeded)::
+
+      tokenizer: tok            # REQUIRED: a saved tokenizer directory, relative to this file
+      model_type: llama         # optional, default llama
+      hidden_size: 64           # llama: the arguments of tiny_llama_config(), and any other
+      num_layers: 2             #   LlamaConfig field (tie_word_embeddings, rope_theta, ...)
+      num_heads: 4
+      intermediate_size: 256
+      vocab_size: 300           # optional, default len(tokenizer)
+
+  For another ``model_type`` the remaining keys go to ``AutoConfig.for_model``. Unless the file
+  sets them, ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` come from the tokenizer.
+
+Nothing is ever downloaded. LoRA (peft) is optional; :func:`reference_context` turns the
+adapters off so the same weights serve as the frozen reference model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+__all__ = [
+    "LoraSettings",
+    "apply_lora",
+    "format_prompt",
+    "load_model",
+    "load_tokenizer",
+    "reference_context",
+    "tiny_llama_config",
+]
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters (peft) on the attention projections.
+
+    Fields: ``r`` rank; ``alpha`` scaling numerator (scale = alpha / r); ``dropout`` on the
+    adapter input; ``target_modules`` module-name suffixes to adapt.
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def tiny_llama_config(
+    vocab_size: int,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 1024,
+    max_position_embeddings: int = 1024,
+    **overrides: Any,
+) -> LlamaConfig:
+    """A small ``LlamaConfig`` (multi-head attention, untied embeddings unless overridden)."""
+    fields: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_heads,
+        "intermediate_size": intermediate_size,
+        "max_position_embeddings": max_position_embeddings,
+        "tie_word_embeddings": False,
+    }
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(
+            f"dtype must be 'float32' or 'bfloat16' (a torch float dtype), not {dtype!r}"
+        )
+    return value
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a saved tokenizer directory (local files only); pad defaults to eos if unset."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer path does not exist: {path}")
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _read_model_file(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: a model file must hold a mapping, got {type(data).__name__}")
+    data = dict(data)
+    if "tokenizer" not in data:
+        raise ValueError(f"{path}: missing field 'tokenizer' (a saved tokenizer directory)")
+    return data
+
+
+def _config_from_file(path: Path, tokenizer: PreTrainedTokenizerBase, data: dict[str, Any]):
+    data.pop("tokenizer")
+    model_type = data.pop("model_type", "llama")
+    data.setdefault("vocab_size", len(tokenizer))
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            data.setdefault(name, value)
+    try:
+        if model_type == "llama":
+            return tiny_llama_config(**data)
+        return AutoConfig.for_model(model_type, **data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: invalid model config: {err}") from err
+
+
+def _check_vocab(model: nn.Module, tokenizer: PreTrainedTokenizerBase, where: Path) -> None:
+    n_embed = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_embed:
+        raise ValueError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+            f"only {n_embed} rows (vocab_size); token ids >= {n_embed} would be out of range"
+        )
+
+
+def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> nn.Module:
+    """Wrap ``model`` with peft LoRA adapters; only adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_model(
+    spec: str | Path,
+    *,
+    dtype: str | torch.dtype = "float32",
+    lora: LoraSettings | None = None,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """Load ``(model, tokenizer)`` from a checkpoint directory or a tiny-model file.
+
+    Args:
+        spec: checkpoint directory or ``.json``/``.yaml`` model file (see the module docs).
+        dtype: the WEIGHT dtype, ``"float32"`` (default) or ``"bfloat16"``; the model then
+            computes in that dtype (no autocast). Log-probs are reduced in float32 anyway.
+        lora: add LoRA adapters (the base weights are frozen) when given.
+        attn_implementation: ``"sdpa"`` (default) or ``"eager"``; both work with the packed
+            4D masks of :mod:`prefkit.models.packing`.
+        seed: seeds the random init of a model built from a file and of the LoRA adapters,
+            without touching the global RNG state.
+
+    The model is returned in eval mode; call ``model.train()`` to train.
+    """
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"model path does not exist: {path}")
+    torch_dtype = _torch_dtype(dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if path.is_dir():
+            tokenizer = load_tokenizer(path)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path),
+                local_files_only=True,
+                dtype=torch_dtype,
+                attn_implementation=attn_implementation,
+            )
+        elif path.suffix.lower() in CONFIG_SUFFIXES:
+            data = _read_model_file(path)
+            tokenizer_dir = (path.parent / str(data["tokenizer"])).resolve()
+            if not tokenizer_dir.exists():
+                raise FileNotFoundError(
+                    f"{path}: tokenizer directory does not exist: {tokenizer_dir}"
+                )
+            tokenizer = load_tokenizer(tokenizer_dir)
+            config = _config_from_file(path, tokenizer, data)
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=torch_dtype, attn_implementation=attn_implementation
+            )
+        else:
+            raise ValueError(
+                f"{path}: expected a checkpoint directory or a model file ending in "
+                f"{', '.join(CONFIG_SUFFIXES)}"
+            )
+        _check_vocab(model, tokenizer, path)
+        model.eval()
+        if lora is not None:
+            model = apply_lora(model, lora)
+    return model, tokenizer
+
+
+def reference_context(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Context in which ``model`` acts as its own reference: LoRA adapters disabled.
+
+    A no-op for models without peft adapters. Unwraps DDP-style ``.module`` wrappers.
+    """
+    from peft import PeftModel
+
+    inner = getattr(model, "module", model)
+    if isinstance(inner, PeftModel):
+        return inner.disable_adapter()
+    return contextlib.nullcontext()
+
+
+def format_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: str | Sequence[Mapping[str, str]]
+) -> str:
+    """Prompt text: a plain string as is; ``{role, content}`` messages via the chat template
+    with the generation prompt appended."""
+    if isinstance(prompt, str):
+        return prompt
+    messages = [dict(m) for m in prompt]
+    for i, message in enumerate(messages):
+        if "role" not in message or "content" not in message:
+            raise ValueError(f"prompt message {i} needs 'role' and 'content', got {message}")
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

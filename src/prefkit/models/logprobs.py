@@ -1,0 +1,271 @@
+"""Sequence log-probabilities of completions: the training hot path.
+
+:func:`sequence_logps` runs the transformer body once over a :class:`PackedBatch` (prompts
+shared by their K responses) or a :class:`PaddedBatch`, keeps the hidden states only at the
+positions that predict completion tokens, and applies the LM head to those positions in
+chunks, computing ``logit[target] - logsumexp(logits)`` per chunk -- a ``[N, L, vocab]``
+log-softmax is never built and the head never runs on prompt positions. With gradients on
+and more than one chunk, each chunk is recomputed in the backward pass (activation
+checkpointing) so the ``[chunk, vocab]`` logits are not kept alive between forward and
+backward. Per-token values are summed into ``[G, Kmax]`` by segment; gradients flow.
+
+:func:`sequence_logps_padded` is the plain reference (full logits, ``log_softmax``) the
+tests compare against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from prefkit.models.packing import PackedBatch, PaddedBatch, additive_mask
+
+__all__ = ["SequenceLogps", "sequence_logps", "sequence_logps_padded", "token_logps"]
+
+Batch = PackedBatch | PaddedBatch
+
+
+@dataclass
+class SequenceLogps:
+    """Completion log-probs of a batch of G groups with up to Kmax responses each.
+
+    Fields:
+        sum: ``[G, Kmax]`` float32, summed log-probs of each completion (0 where absent).
+        count: ``[G, Kmax]`` long, completion token counts (0 where absent).
+        mask: ``[G, Kmax]`` bool, True where response k of group g exists.
+        per_token: ``[N]`` float32, log-prob of every completion token (batch order).
+        segment: ``[N]`` long, ``group * Kmax + response`` of each entry of ``per_token``.
+        average: whether :attr:`logps` is the per-token mean (True) or the sum (False).
+    """
+
+    sum: torch.Tensor
+    count: torch.Tensor
+    mask: torch.Tensor
+    per_token: torch.Tensor
+    segment: torch.Tensor
+    average: bool = False
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """``[G, Kmax]`` per-token mean log-prob (0 where absent)."""
+        return self.sum / self.count.clamp(min=1).to(self.sum.dtype)
+
+    @property
+    def logps(self) -> torch.Tensor:
+        """The value losses use: :attr:`mean` if ``average`` else :attr:`sum`."""
+        return self.mean if self.average else self.sum
+
+
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[target]`` per row as ``gather - logsumexp`` in float32."""
+    logits = logits.float()
+    picked = logits.gather(-1, targets[:, None]).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _head_logps(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return token_logps(head(hidden), targets)
+
+
+def _chunked_logps(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int,
+    recompute: bool,
+) -> torch.Tensor:
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h = hidden[start : start + chunk_size]
+        t = targets[start : start + chunk_size]
+        if recompute:
+            parts.append(checkpoint(_head_logps, head, h, t, use_reentrant=False))
+        else:
+            parts.append(_head_logps(head, h, t))
+    return torch.cat(parts)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _is_wrapper(model: nn.Module) -> bool:
+    """True for data-parallel wrappers whose own forward must run (DDP, FSDP1, FSDP2)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return True
+    name = type(model).__name__
+    return name == "FullyShardedDataParallel" or name.startswith("FSDP")
+
+
+def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """The transformer body and the LM head, or None when calling them apart is unsafe."""
+    if _is_wrapper(model):
+        return None
+    config = getattr(model, "config", None)
+    # Heads with post-processing inside the CausalLM forward (Gemma softcap, Cohere scale).
+    if getattr(config, "final_logit_softcapping", None):
+        return None
+    if getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        return None
+    try:
+        decoder = model.get_decoder()
+        head = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError, ValueError):
+        return None
+    if decoder is None or head is None or decoder is model or decoder is _unwrap(model):
+        return None
+    return decoder, head
+
+
+def _compute_dtype(model: nn.Module) -> torch.dtype:
+    embeddings = _unwrap(model).get_input_embeddings()
+    return embeddings.weight.dtype
+
+
+def _attn_implementation(model: nn.Module) -> str:
+    config = getattr(_unwrap(model), "config", None)
+    return getattr(config, "_attn_implementation", None) or "eager"
+
+
+def model_attention_mask(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The batch's mask in the form the model's attention needs.
+
+    A 4D bool mask is only correct with sdpa (eager ADDS the mask), so it is converted to an
+    additive one for any other implementation; an additive mask is re-built in the model's
+    compute dtype (sdpa requires the mask dtype to match the queries).
+    """
+    mask = batch.attention_mask
+    if mask.dim() != 4:
+        return mask
+    dtype = _compute_dtype(model)
+    if mask.dtype == torch.bool:
+        if _attn_implementation(model) == "sdpa":
+            return mask
+        return additive_mask(mask, dtype)
+    if mask.dtype != dtype:
+        return additive_mask(mask == 0, dtype)
+    return mask
+
+
+def _completion_logps_decoder(
+    decoder: nn.Module,
+    head: nn.Module,
+    batch: Batch,
+    mask: torch.Tensor,
+    chunk_size: int,
+    recompute: bool | None,
+) -> torch.Tensor:
+    out = decoder(
+        input_ids=batch.input_ids,
+        attention_mask=mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    )
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    rows, cols = batch.logit_positions[:, 0], batch.logit_positions[:, 1]
+    selected = hidden[rows, cols]  # [N, H]: completion-predicting positions only
+    if recompute is None:
+        recompute = torch.is_grad_enabled() and selected.shape[0] > chunk_size
+    return _chunked_logps(head, selected, batch.target_ids, chunk_size, recompute)
+
+
+def _completion_logps_forward(
+    model: nn.Module, batch: Batch, mask: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """Fallback through ``model(...)`` itself, with ``logits_to_keep`` as a bool mask."""
+    rows, cols = batch.logit_positions[:, 0], batch.logit_positions[:, 1]
+    width = batch.input_ids.shape[1]
+    keep = torch.zeros_like(batch.input_ids, dtype=torch.bool)
+    keep[rows, cols] = True
+    # Positions repeat (K responses share the last prompt token); the model returns each
+    # kept position once, in row-major order, which is the order of the sorted flat ids.
+    unique, inverse = torch.unique(rows * width + cols, sorted=True, return_inverse=True)
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=keep,
+        use_cache=False,
+    )
+    logits = out.logits.reshape(unique.numel(), -1)
+    lse = torch.cat(
+        [
+            torch.logsumexp(logits[s : s + chunk_size].float(), dim=-1)
+            for s in range(0, logits.shape[0], chunk_size)
+        ]
+    )
+    return logits[inverse, batch.target_ids].float() - lse[inverse]
+
+
+def sequence_logps(
+    model: nn.Module,
+    batch: Batch,
+    *,
+    chunk_size: int = 1024,
+    average: bool = False,
+    recompute: bool | None = None,
+    path: Literal["auto", "decoder", "forward"] = "auto",
+) -> SequenceLogps:
+    """Completion log-probs of every (group, response) in ``batch`` under ``model``.
+
+    Args:
+        model: any ``AutoModelForCausalLM`` model, a peft model wrapping one, or a DDP/FSDP
+            wrapper. Gradients flow to its parameters when grad mode is on.
+        batch: from :func:`~prefkit.models.packing.pack_groups` or
+            :func:`~prefkit.models.packing.pad_groups` (on the model's device).
+        chunk_size: completion positions per LM-head chunk (bounds the ``[chunk, vocab]``
+            logits in memory); any value gives the same result.
+        average: make :attr:`SequenceLogps.logps` the per-token mean instead of the sum.
+        recompute: recompute each chunk's logits in backward instead of storing them;
+            default: when grad mode is on and there is more than one chunk.
+        path: ``"decoder"`` runs ``model.get_decoder()`` and applies
+            ``model.get_output_embeddings()`` itself (hidden states only at completion
+            positions, chunked head); ``"forward"`` calls ``model(...)`` with a bool
+            ``logits_to_keep`` (the head still skips prompt positions, but runs unchunked);
+            ``"auto"`` (default) picks ``"decoder"`` unless the model is a data-parallel
+            wrapper (whose own forward must run) or its forward post-processes logits
+            (``final_logit_softcapping``, ``logit_scale``).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    mask = model_attention_mask(model, batch)
+    parts = None if path == "forward" else _decoder_and_head(model)
+    if path == "decoder" and parts is None:
+        raise ValueError(f"cannot split {type(model).__name__} into decoder and LM head")
+    if parts is not None:
+        per_token = _completion_logps_decoder(*parts, batch, mask, chunk_size, recompute)
+    else:
+        per_token = _completion_logps_forward(model, batch, mask, chunk_size)
+    return _reduce(per_token, batch, average)
+
+
+def _reduce(per_token: torch.Tensor, batch: Batch, average: bool) -> SequenceLogps:
+    n_groups, k_max = batch.completion_lengths.shape
+    sums = torch.zeros(n_groups * k_max, dtype=per_token.dtype, device=per_token.device)
+    sums = sums.index_add(0, batch.segment, per_token).view(n_groups, k_max)
+    return SequenceLogps(
+        sum=sums,
+        count=batch.completion_lengths,
+        mask=batch.response_mask.to(per_token.device),
+        per_token=per_token,
+        segment=batch.segment,
+        average=average,
+    )
+
+
+def sequence_logps_padded(
+    model: nn.Module, batch: PaddedBatch, *, average: bool = False
+) -> SequenceLogps:
+    """Reference implementation: full forward, full logits, ``log_softmax``, gather.
+
+    Simple and memory-hungry (``[R, L, vocab]`` float32); for tests and debugging.
+    """
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    rows, cols = batch.logit_positions[:, 0], batch.logit_positions[:, 1]
+    per_token = logp[rows, cols, batch.target_ids]
+    return _reduce(per_token, batch, average)
