@@ -1,0 +1,725 @@
+"""``fit``: the one training loop every prefkit trainer uses.
+
+A trainer supplies a model, a ``step_fn(model, batch) -> StepOutput`` and data; the loop owns
+everything else: gradient accumulation, data parallelism (``accelerate``), mixed precision,
+clipping, the learning-rate schedule, logging, evaluation, exact checkpoint/resume and
+non-finite detection.
+
+Loss reduction (invariant to accumulation and to data-parallel sharding)
+-----------------------------------------------------------------------
+``step_fn`` returns the SUM of per-example losses of its micro-batch and the number of examples.
+For one optimizer step with micro-batches ``m`` on processes ``p`` (``W`` processes) the loop
+back-propagates each local ``loss_sum(p, m)`` unscaled, lets DDP average the accumulated
+gradients over processes, then multiplies the gradients by ``W / N``, where ``N`` is the number
+of examples in the whole optimizer step (summed over micro-batches and gathered over processes):
+
+    grad = (W / N) * (1 / W) * sum_p sum_m grad loss_sum(p, m) = grad (1/N) sum_examples loss
+
+i.e. the gradient of the MEAN per-example loss over the global batch, whatever the micro-batch
+sizes, the number of accumulation steps or the number of processes. (Scaling the gradients
+after the backward pass equals dividing the loss by ``N / W`` before it, without having to know
+``N`` before the forward passes.) Clipping and the optimizer then see that mean gradient.
+Logged metrics are reduced the same way: ``sum(metrics_sum) / N`` over the logging window.
+
+Data
+----
+``train_data`` is a ``torch.utils.data.DataLoader`` of collated batches that the caller builds
+(see :func:`build_dataloader`); ``accelerate`` shards it across processes (rank ``r`` gets
+batches ``r, r + W, ...`` so global step ``k`` with per-process batch ``b`` holds the same
+examples as one process with batch ``W * b``). When the number of batches (or the last batch)
+does not divide evenly over processes, ``accelerate`` pads the epoch's tail with examples from
+its start (as ``DistributedSampler`` does): the invariance above is exact when
+``len(dataset)`` is a multiple of ``W * batch_size`` or with ``drop_last=True``. Any other
+re-iterable of batches (e.g. a list) is used as is on every process: the caller shards it, and
+all processes must yield the same number of batches.
+
+Shuffling uses accelerate's seedable sampler (seed ``config.seed + epoch``), and the loader's
+iterator seed is derived from ``config.seed`` and the epoch, so resuming mid-epoch replays
+exactly the remaining batches. A ``collate_fn`` that draws from the global RNG breaks exact
+resume (give it its own generator).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.state import AcceleratorState
+from accelerate.utils import send_to_device, set_seed
+from torch.utils.data import DataLoader
+
+from .checkpoint import (
+    checkpoint_dir,
+    list_checkpoints,
+    prune_checkpoints,
+    read_trainer_state,
+    resolve_resume,
+    write_trainer_state,
+)
+from .config import LoopConfig
+from .reporting import JsonlWriter, ProgressBar, format_record
+from .schedule import make_scheduler, warmup_steps_for
+
+__all__ = [
+    "Callback",
+    "FitResult",
+    "NonFiniteLossError",
+    "StepOutput",
+    "build_dataloader",
+    "fit",
+    "make_accelerator",
+]
+
+
+@dataclass
+class StepOutput:
+    """What ``step_fn(model, batch)`` returns for one micro-batch.
+
+    ``loss_sum``: scalar tensor, the SUM of per-example losses (with grad).
+    ``n_examples``: number of examples in the micro-batch (the loss is averaged over these).
+    ``metrics_sum``: per-metric SUMS over the examples (detached or not); the loop logs
+    ``sum / n_examples`` over all processes. Keys must be the same on every call.
+    ``n_tokens``: optional token count, for the ``tokens_per_s`` throughput figure.
+    """
+
+    loss_sum: torch.Tensor
+    n_examples: int | torch.Tensor
+    metrics_sum: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    n_tokens: int | torch.Tensor | None = None
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; raised before the optimizer step, so the
+    weights and every saved checkpoint stay finite."""
+
+    def __init__(self, message: str, *, step: int, micro_batch: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.micro_batch = micro_batch
+
+
+class Callback:
+    """Hooks into :func:`fit`; override what you need (all run on every process)."""
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        """Called with each logged record (training and ``eval/`` records)."""
+
+    def on_save(self, path: Path, step: int) -> None:
+        """Called after checkpoint ``path`` was written."""
+
+    def on_step_end(self, step: int, model: torch.nn.Module) -> bool | None:
+        """Called after each optimizer step; return True to stop training after it."""
+        return None
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`."""
+
+    steps: int  # optimizer steps completed (counting steps before a resume)
+    metrics: dict[str, float]  # last training record merged with the last eval record
+    history: list[dict[str, Any]]  # every record logged by this call (train and eval/)
+    checkpoints: list[str]  # checkpoint directories present in output_dir at the end
+    seconds: float  # wall time of this call
+
+
+StepFn = Callable[[torch.nn.Module, Any], StepOutput]
+
+
+# ---------------------------------------------------------------------------------------------
+# set-up helpers
+
+
+def make_accelerator(config: LoopConfig) -> Accelerator:
+    """The ``Accelerator`` :func:`fit` builds when none is passed.
+
+    Gradient accumulation is done by the loop itself (accelerate's accumulation divides the loss
+    by the number of micro-batches, which is wrong for uneven micro-batches), so accelerate sees
+    ``gradient_accumulation_steps=1``. Shuffling uses the seedable sampler seeded with
+    ``config.seed``.
+    """
+    trackers = [t for t in config.log_with if t != "jsonl"]
+    _check_trackers(trackers)
+    if AcceleratorState._shared_state and (
+        AcceleratorState().mixed_precision != config.mixed_precision
+    ):
+        # accelerate keeps one process-wide state; a new precision needs a fresh one
+        AcceleratorState._reset_state()
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=trackers or None,
+        project_dir=config.output_dir,
+        step_scheduler_with_optimizer=False,
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=config.seed, even_batches=True
+        ),
+    )
+
+
+def _check_trackers(trackers: Sequence[str]) -> None:
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    for t in trackers:
+        if not available[t]():
+            raise ValueError(f"log_with={t!r} requested but the {t} package is not installed")
+
+
+def build_dataloader(
+    dataset: Any,
+    config: LoopConfig,
+    *,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A ``DataLoader`` of per-process micro-batches of ``config.batch_size`` examples."""
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        collate_fn=collate_fn,
+        drop_last=drop_last,
+        num_workers=num_workers,
+    )
+
+
+def _set_epoch(loader: Any, epoch: int, seed: int) -> None:
+    """Point every sampler in ``loader`` at ``epoch`` and give the loader a per-epoch iterator
+    generator, so iterating it never consumes the global torch RNG (exact resume)."""
+    if not isinstance(loader, DataLoader):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        return
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    # accelerate's skip_first_batches wrapper hides the sampler from set_epoch: walk the chain
+    seen: set[int] = set()
+    stack = [loader.batch_sampler, loader.sampler]
+    while stack:
+        obj = stack.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+        stack.extend(getattr(obj, a, None) for a in ("batch_sampler", "sampler"))
+    target = loader.__dict__.get("base_dataloader", loader)
+    target.generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _as_tensor(x: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device=device, dtype=torch.float64).reshape(())
+    return torch.tensor(float(x), dtype=torch.float64, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# sums reduced over micro-batches and processes
+
+
+@dataclass
+class _Sums:
+    """Local (then global) sums of one optimizer step or one logging window."""
+
+    loss: float = 0.0
+    n: float = 0.0
+    tokens: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    grad_norm: float = 0.0
+    seconds: float = 0.0
+    nonfinite_steps: int = 0
+
+    def add(self, other: _Sums) -> None:
+        self.loss += other.loss
+        self.n += other.n
+        self.tokens += other.tokens
+        for k, v in other.metrics.items():
+            self.metrics[k] = self.metrics.get(k, 0.0) + v
+        self.steps += other.steps
+        self.grad_norm += other.grad_norm
+        self.seconds += other.seconds
+        self.nonfinite_steps += other.nonfinite_steps
+
+
+def _reduce_outputs(
+    acc: Accelerator, outs: list[StepOutput], keys: list[str], device: torch.device
+) -> torch.Tensor:
+    """``[loss_sum, n_examples, n_tokens, *metrics]`` summed over ``outs`` and processes."""
+    vec = torch.zeros(3 + len(keys), dtype=torch.float64, device=device)
+    for out in outs:
+        parts = [out.loss_sum, out.n_examples, 0 if out.n_tokens is None else out.n_tokens]
+        parts += [out.metrics_sum[k] for k in keys]
+        vec += torch.stack([_as_tensor(p, device) for p in parts])
+    if acc.num_processes > 1:
+        vec = acc.reduce(vec, reduction="sum")
+    return vec
+
+
+def _sums_from(vec: torch.Tensor, keys: list[str]) -> _Sums:
+    v = vec.tolist()
+    return _Sums(loss=v[0], n=v[1], tokens=v[2], metrics=dict(zip(keys, v[3:], strict=True)))
+
+
+def _check_keys(out: StepOutput, keys: list[str] | None, what: str) -> list[str]:
+    if not isinstance(out, StepOutput):
+        raise TypeError(f"{what} must return a StepOutput, got {type(out).__name__}")
+    got = sorted(out.metrics_sum)
+    if keys is not None and got != keys:
+        raise ValueError(f"{what} returned metric keys {got}, earlier calls returned {keys}")
+    return got
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def fit(
+    model: torch.nn.Module,
+    step_fn: StepFn,
+    train_data: Iterable[Any],
+    config: LoopConfig,
+    *,
+    eval_data: Iterable[Any] | None = None,
+    eval_fn: StepFn | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    trainable_params: Iterable[torch.nn.Parameter] | None = None,
+    callbacks: Sequence[Callback] = (),
+    accelerator: Accelerator | None = None,
+) -> FitResult:
+    """Train ``model`` with ``step_fn`` on ``train_data`` according to ``config``.
+
+    ``step_fn(model, batch) -> StepOutput`` computes one micro-batch (``model`` is the prepared,
+    possibly DDP-wrapped model: call its forward so gradients synchronize). ``eval_fn`` (default
+    ``step_fn``) is run under ``torch.no_grad()`` over ``eval_data`` every ``eval_steps`` and at
+    the end. The optimizer is AdamW over ``trainable_params`` (default: parameters with
+    ``requires_grad``) unless ``optimizer`` is given; the schedule wraps whichever is used.
+    ``accelerator`` overrides :func:`make_accelerator` (then ``config.mixed_precision`` and
+    ``log_with`` trackers are the accelerator's business).
+
+    Returns a :class:`FitResult`; raises :class:`NonFiniteLossError` on a NaN/inf loss or
+    gradient norm (when ``config.stop_on_nonfinite``) before touching the weights.
+    """
+    return _Loop(
+        model,
+        step_fn,
+        train_data,
+        config,
+        eval_data,
+        eval_fn or step_fn,
+        optimizer,
+        trainable_params,
+        list(callbacks),
+        accelerator,
+    ).run()
+
+
+class _Loop:
+    """State of one :func:`fit` call (kept private: the public surface is ``fit``)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        step_fn: StepFn,
+        train_data: Iterable[Any],
+        config: LoopConfig,
+        eval_data: Iterable[Any] | None,
+        eval_fn: StepFn,
+        optimizer: torch.optim.Optimizer | None,
+        trainable_params: Iterable[torch.nn.Parameter] | None,
+        callbacks: list[Callback],
+        accelerator: Accelerator | None,
+    ) -> None:
+        self.t_start = time.perf_counter()
+        self.cfg = config
+        self.step_fn = step_fn
+        self.eval_fn = eval_fn
+        self.eval_data = eval_data
+        self.callbacks = callbacks
+        self.acc = acc = accelerator or make_accelerator(config)
+        self.out_dir = Path(config.output_dir)
+        set_seed(config.seed)
+
+        if optimizer is None:
+            if trainable_params is None:
+                params = [p for p in model.parameters() if p.requires_grad]
+            else:
+                params = list(trainable_params)
+            if not params:
+                raise ValueError("no trainable parameters (none has requires_grad=True)")
+            optimizer = torch.optim.AdamW(
+                params,
+                lr=config.learning_rate,
+                betas=(config.adam_beta1, config.adam_beta2),
+                eps=config.adam_epsilon,
+                weight_decay=config.weight_decay,
+            )
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+
+        self.is_loader = isinstance(train_data, DataLoader)
+        if self.is_loader:
+            self.model, self.optimizer, self.train_data = acc.prepare(model, optimizer, train_data)
+        else:
+            self.model, self.optimizer = acc.prepare(model, optimizer)
+            self.train_data = train_data
+        self.n_batches = len(self.train_data) if hasattr(self.train_data, "__len__") else None
+
+        ga = config.gradient_accumulation_steps
+        if config.max_steps is not None:
+            self.total = config.max_steps
+        else:
+            if self.n_batches is None:
+                raise ValueError("num_epochs needs a train_data with len(); set max_steps")
+            self.total = config.num_epochs * math.ceil(self.n_batches / ga)
+        warmup = warmup_steps_for(self.total, config.warmup_steps, config.warmup_ratio)
+        self.scheduler = make_scheduler(optimizer, config.lr_scheduler, warmup, self.total)
+        acc.register_for_checkpointing(self.scheduler)
+
+        # loop position: optimizer steps done, epoch, micro-batches consumed in the epoch
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.window = _Sums()  # logging window (sums over steps since the last log)
+        self.keys: list[str] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.last_train: dict[str, Any] = {}
+        self.last_eval: dict[str, Any] = {}
+        self.saved_step = -1
+
+        resume = resolve_resume(self.out_dir, config.resume_from)
+        if resume is not None:
+            self._load(resume)
+        self.writer = None
+        if acc.is_main_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = JsonlWriter(
+                self.out_dir / "metrics.jsonl",
+                truncate_after_step=self.step if resume is not None else None,
+            )
+        if acc.log_with:
+            acc.init_trackers(config.project_name, config=_flat_config(config))
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "global_step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "num_processes": self.acc.num_processes,
+            "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps,
+            "window": dataclasses.asdict(self.window),
+            "metric_keys": self.keys,
+            "config": dataclasses.asdict(self.cfg),
+        }
+
+    def _load(self, path: Path) -> None:
+        self.acc.load_state(str(path))
+        st = read_trainer_state(path)
+        for key in ("num_processes", "gradient_accumulation_steps"):
+            now = self.acc.num_processes if key == "num_processes" else getattr(self.cfg, key)
+            if st.get(key) != now:
+                warnings.warn(
+                    f"resuming {path} saved with {key}={st.get(key)} under {key}={now}: the "
+                    "data position and batch composition will not match the original run",
+                    stacklevel=3,
+                )
+        self.step = st["global_step"]
+        self.epoch = st["epoch"]
+        self.batch_in_epoch = st["batch_in_epoch"]
+        self.window = _Sums(**st["window"])
+        self.keys = st.get("metric_keys")
+        self.saved_step = self.step
+
+    def _save(self) -> None:
+        acc = self.acc
+        for p in self.params:
+            if not torch.isfinite(p.detach()).all():
+                raise NonFiniteLossError(
+                    f"refusing to save checkpoint-{self.step}: parameters are not finite",
+                    step=self.step,
+                )
+        final = checkpoint_dir(self.out_dir, self.step)
+        tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            import shutil
+
+            write_trainer_state(tmp, self._state())
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            prune_checkpoints(self.out_dir, self.cfg.save_total_limit)
+        acc.wait_for_everyone()
+        self.saved_step = self.step
+        for cb in self.callbacks:
+            cb.on_save(final, self.step)
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def _epoch_float(self) -> float:
+        if self.n_batches:
+            return round(self.epoch + self.batch_in_epoch / self.n_batches, 6)
+        return float(self.epoch)
+
+    def _emit(self, record: dict[str, Any], bar: ProgressBar) -> None:
+        self.history.append(record)
+        if self.writer is not None:
+            self.writer.write(record)
+            bar.print(format_record(record, self.total))
+        if self.acc.log_with:
+            self.acc.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        for cb in self.callbacks:
+            cb.on_log(record)
+
+    def _log_window(self, lr: float, bar: ProgressBar) -> None:
+        w = self.window
+        n = max(w.n, 1.0)
+        rec: dict[str, Any] = {"step": self.step, "epoch": self._epoch_float()}
+        rec["loss"] = w.loss / n
+        rec["lr"] = lr
+        rec["grad_norm"] = w.grad_norm / max(1, w.steps - w.nonfinite_steps)
+        rec.update({k: v / n for k, v in w.metrics.items()})
+        rec["examples"] = int(w.n)
+        if w.seconds > 0:
+            rec["examples_per_s"] = w.n / w.seconds
+            if w.tokens > 0:
+                rec["tokens_per_s"] = w.tokens / w.seconds
+        if w.nonfinite_steps:
+            rec["nonfinite_steps"] = w.nonfinite_steps
+        self.last_train = rec
+        self.window = _Sums()
+        self._emit(rec, bar)
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def _eval_model(self) -> torch.nn.Module:
+        if isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            # DDP's forward may broadcast buffers (a collective); ranks can hold different
+            # numbers of eval batches, so evaluate the wrapped module directly
+            return self.model.module
+        return self.model
+
+    def evaluate(self, bar: ProgressBar) -> dict[str, Any]:
+        """Mean metrics of ``eval_fn`` over ``eval_data`` (batch ``i`` on rank ``i % W``)."""
+        acc = self.acc
+        model = self._eval_model()
+        was_training = model.training
+        model.eval()
+        t0 = time.perf_counter()
+        outs: list[StepOutput] = []
+        keys: list[str] | None = None
+        with torch.no_grad():
+            for i, batch in enumerate(self.eval_data if self.eval_data is not None else ()):
+                if i % acc.num_processes != acc.process_index:
+                    continue
+                batch = send_to_device(batch, acc.device)
+                with acc.autocast():
+                    out = self.eval_fn(model, batch)
+                keys = _check_keys(out, keys, "eval_fn")
+                outs.append(out)
+        model.train(was_training)
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            all_keys = gather_object([keys])
+            keys = next((k for k in all_keys if k is not None), [])
+        keys = keys or []
+        s = _sums_from(_reduce_outputs(acc, outs, keys, acc.device), keys)
+        n = max(s.n, 1.0)
+        rec: dict[str, Any] = {"step": self.step, "epoch": self._epoch_float()}
+        rec["eval/loss"] = s.loss / n
+        rec.update({f"eval/{k}": v / n for k, v in s.metrics.items()})
+        rec["eval/examples"] = int(s.n)
+        rec["eval/seconds"] = time.perf_counter() - t0
+        self.last_eval = rec
+        self._emit(rec, bar)
+        return rec
+
+    # -- one optimizer step -------------------------------------------------------------------
+
+    def _optimizer_step(self, micro: list[Any]) -> tuple[_Sums, float]:
+        """Forward/backward over the micro-batches of one step, then clip and update."""
+        acc, model = self.acc, self.model
+        t0 = time.perf_counter()
+        outs: list[StepOutput] = []
+        for i, batch in enumerate(micro):
+            if not self.is_loader:
+                batch = send_to_device(batch, acc.device)
+            last = i == len(micro) - 1
+            sync = contextlib.nullcontext() if last else acc.no_sync(model)
+            with sync:
+                with acc.autocast():
+                    out = self.step_fn(model, batch)
+                self.keys = _check_keys(out, self.keys, "step_fn")
+                if out.loss_sum.dim() != 0:
+                    raise ValueError("StepOutput.loss_sum must be a scalar (the SUM of losses)")
+                acc.backward(out.loss_sum)
+            outs.append(out)
+
+        keys = self.keys or []
+        vec = _reduce_outputs(acc, outs, keys, acc.device)
+        step_sums = _sums_from(vec, keys)
+        step_sums.steps = 1
+        step_no = self.step + 1
+        lr = self.scheduler.get_last_lr()[0]
+
+        nonfinite = not math.isfinite(step_sums.loss)
+        if nonfinite and self.cfg.stop_on_nonfinite:
+            self._raise_nonfinite_loss(step_no, outs)
+        if not nonfinite and step_sums.n > 0:
+            scale = acc.num_processes / step_sums.n
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+            max_norm = self.cfg.max_grad_norm or math.inf
+            grad_norm = float(acc.clip_grad_norm_(self.params, max_norm))
+            if not math.isfinite(grad_norm):
+                if self.cfg.stop_on_nonfinite:
+                    raise NonFiniteLossError(
+                        f"non-finite gradient norm ({grad_norm}) at optimizer step {step_no} "
+                        f"with a finite loss; the update was not applied",
+                        step=step_no,
+                    )
+                nonfinite = True
+            else:
+                step_sums.grad_norm = grad_norm
+        # accelerate's wrappers skip step/zero_grad while "accumulating"; we accumulate ourselves
+        acc.gradient_state._set_sync_gradients(True)
+        if nonfinite:
+            step_sums.nonfinite_steps = 1
+            step_sums.loss = step_sums.n = step_sums.tokens = 0.0
+            step_sums.metrics = {k: 0.0 for k in step_sums.metrics}
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        step_sums.seconds = time.perf_counter() - t0
+        return step_sums, lr
+
+    def _raise_nonfinite_loss(self, step_no: int, outs: list[StepOutput]) -> None:
+        acc = self.acc
+        bad = [i for i, o in enumerate(outs) if not torch.isfinite(o.loss_sum.detach())]
+        first_bad = float(bad[0]) if bad else math.inf
+        local = torch.tensor([first_bad], dtype=torch.float64, device=acc.device)
+        per_rank = acc.gather(local).tolist() if acc.num_processes > 1 else [first_bad]
+        where = [(r, int(i)) for r, i in enumerate(per_rank) if math.isfinite(i)]
+        rank, micro = where[0] if where else (0, -1)
+        proc = f" on process {rank}" if acc.num_processes > 1 else ""
+        raise NonFiniteLossError(
+            f"non-finite loss at optimizer step {step_no}, micro-batch {micro}{proc} "
+            f"(epoch {self.epoch}); the update was not applied and the last checkpoint "
+            f"(step {self.saved_step if self.saved_step >= 0 else 'none'}) is intact",
+            step=step_no,
+            micro_batch=micro,
+        )
+
+    # -- main loop ----------------------------------------------------------------------------
+
+    def _epoch_iter(self) -> Iterable[Any]:
+        data = self.train_data
+        skip = self.batch_in_epoch
+        if skip:
+            if self.is_loader:
+                data = self.acc.skip_first_batches(data, skip)
+            else:
+                data = itertools.islice(data, skip, None)
+        _set_epoch(data, self.epoch, self.cfg.seed)
+        return iter(data)
+
+    def run(self) -> FitResult:
+        cfg, acc = self.cfg, self.acc
+        ga = cfg.gradient_accumulation_steps
+        self.model.train()
+        bar = ProgressBar(self.total, self.step, cfg.progress and acc.is_main_process)
+        lr = self.scheduler.get_last_lr()[0]
+        stop = self.step >= self.total
+        try:
+            while not stop:
+                if cfg.max_steps is None and self.epoch >= cfg.num_epochs:
+                    break
+                it = self._epoch_iter()
+                got_any = False
+                while not stop:
+                    micro = list(itertools.islice(it, ga))
+                    if not micro:
+                        break
+                    got_any = True
+                    sums, lr = self._optimizer_step(micro)
+                    self.step += 1
+                    self.batch_in_epoch += len(micro)
+                    self.window.add(sums)
+                    stop = self._after_step(lr, bar)
+                if not got_any and self.batch_in_epoch == 0:
+                    if self.step == 0:
+                        raise ValueError("train_data yielded no batches")
+                    warnings.warn(
+                        f"train_data is exhausted after {self.step} steps (a one-shot iterable?)",
+                        stacklevel=2,
+                    )
+                    break
+                if not stop:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+            if self.window.steps:
+                self._log_window(lr, bar)
+            if self.eval_data is not None and self.last_eval.get("step") != self.step:
+                self.evaluate(bar)
+            if cfg.save_final and self.saved_step != self.step and self.step > 0:
+                self._save()
+        finally:
+            bar.close()
+        if acc.log_with:
+            acc.end_training()
+        return FitResult(
+            steps=self.step,
+            metrics={**self.last_train, **self.last_eval},
+            history=self.history,
+            checkpoints=[str(p) for p in list_checkpoints(self.out_dir)],
+            seconds=time.perf_counter() - self.t_start,
+        )
+
+    def _after_step(self, lr: float, bar: ProgressBar) -> bool:
+        """Logging, eval, checkpoint and callbacks after optimizer step ``self.step``."""
+        cfg = self.cfg
+        info = ""
+        if self.step % cfg.logging_steps == 0:
+            self._log_window(lr, bar)
+            info = f"loss {self.last_train['loss']:.4g}"
+        bar.update(self.step, info)
+        if cfg.eval_steps and self.eval_data is not None and self.step % cfg.eval_steps == 0:
+            self.evaluate(bar)
+        if cfg.save_steps and self.step % cfg.save_steps == 0:
+            self._save()
+        stop = self.step >= self.total
+        for cb in self.callbacks:
+            if cb.on_step_end(self.step, self.model):
+                stop = True
+        return stop
+
+
+def _flat_config(config: LoopConfig) -> dict[str, Any]:
+    """Config as scalars only (tensorboard hparams reject lists and None)."""
+    out: dict[str, Any] = {}
+    for k, v in dataclasses.asdict(config).items():
+        out[k] = v if isinstance(v, int | float | str | bool) else str(v)
+    return out
