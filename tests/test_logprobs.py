@@ -45,7 +45,7 @@ SHAPES = {
 }
 
 
-def _batches(groups, max_length=40, mask_dtype=torch.float32):
+def _batches(groups, max_length=64, mask_dtype=torch.float32):
     packed = pack_groups(groups, max_length=max_length, pad_id=PAD, mask_dtype=mask_dtype)
     padded = pad_groups(groups, pad_id=PAD)
     return packed, padded
@@ -55,8 +55,7 @@ def _batches(groups, max_length=40, mask_dtype=torch.float32):
 def test_packed_equals_padded_equals_reference(model, shape):
     groups = _groups(SHAPES[shape])
     packed, padded = _batches(groups)
-    if shape == "mixed":
-        assert packed.input_ids.shape[0] < len(groups)  # several groups share a row
+    assert packed.input_ids.shape[0] < len(groups)  # several groups share a row
     with torch.no_grad():
         ref = sequence_logps_padded(model, padded)
         fast_packed = sequence_logps(model, packed)
@@ -92,6 +91,17 @@ def test_attention_implementations_and_mask_dtypes(attn, mask_dtype):
         ref = sequence_logps_padded(model, padded)
         out = sequence_logps(model, packed)
     assert torch.allclose(out.sum, ref.sum, atol=TOL, rtol=0)
+    if attn == "eager" and mask_dtype == torch.bool:
+        # Negative control: handing eager the raw bool mask is silently wrong (it ADDS it).
+        with torch.no_grad():
+            logits = model(
+                input_ids=packed.input_ids,
+                attention_mask=packed.attention_mask,
+                position_ids=packed.position_ids,
+            ).logits
+        rows, cols = packed.logit_positions.T
+        raw = torch.log_softmax(logits[rows, cols], -1)[torch.arange(len(rows)), packed.target_ids]
+        assert (raw - ref.per_token).abs().max() > 1e-2
 
 
 def _grads(model, fn):

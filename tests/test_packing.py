@@ -62,6 +62,9 @@ def test_pack_layout_positions_and_targets():
     ]
     assert batch.k.tolist() == [2, 1, 4, 1]
     assert batch.response_mask.tolist()[1] == [True, False, False, False]
+    moved = batch.to("cpu")
+    assert type(moved) is type(batch) and torch.equal(moved.attention_mask, batch.attention_mask)
+    assert moved.n_tokens == batch.n_tokens
 
 
 def test_pack_uses_no_padding_except_row_tails_and_counts_prompt_once():

@@ -98,7 +98,7 @@ class _Targets:
     @property
     def response_mask(self) -> torch.Tensor:
         """``[G, Kmax]`` bool: True where response k of group g exists."""
-        return torch.arange(self.k_max)[None, :] < self.k[:, None]
+        return torch.arange(self.k_max, device=self.k.device)[None, :] < self.k[:, None]
 
     @property
     def n_completion_tokens(self) -> int:
