@@ -45,7 +45,7 @@ def main() -> None:
         report_to="none", save_strategy="no", eval_strategy="no", disable_tqdm=True,
         dataloader_num_workers=0, seed=0, bf16=False, fp16=False, gradient_checkpointing=False,
         logging_steps=1, beta=0.1, loss_type=["sigmoid"], max_length=1024,
-        precompute_ref_log_probs=not lora)
+        precompute_ref_log_probs=True)
 
     stamps: list[float] = []
 

@@ -37,6 +37,15 @@ def _add_store() -> None:
 _add_store()
 
 
+def _add_train() -> None:
+    from .commands.train import app as train_app
+
+    app.add_typer(train_app, name="train", help="Train policies: direct preference losses.")
+
+
+_add_train()
+
+
 @app.command()
 @cli_errors
 def demo(

@@ -8,11 +8,10 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from .common import bad_input, cli_errors, print_json, stdout
+from .common import JsonOpt, bad_input, cli_errors, print_json, stdout
 
 app = typer.Typer(help="Arena leaderboards from pairwise or K-wise votes.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 METHODS = ("bt", "elo", "pl", "bayes")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from .. import losses
 from ..models.logprobs import sequence_logps
 from ..models.packing import PromptGroup, pack_groups, truncate_groups
 from .config import LoopConfig
-from .loop import FitResult, StepOutput, build_dataloader, fit, make_accelerator
+from .loop import Callback, FitResult, StepOutput, build_dataloader, fit, make_accelerator
 from .preference_data import DataReport, PreferenceExample, records_to_examples
 from .reference import ReferenceLogps, reference_logps
 
@@ -91,6 +92,7 @@ class PreferenceResult:
     reference: dict[str, Any] | None
     model: Any = dataclasses.field(repr=False, default=None)
     tokenizer: Any = dataclasses.field(repr=False, default=None)
+    reference_sums: torch.Tensor | None = dataclasses.field(repr=False, default=None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.fit.steps, "metrics": self.fit.metrics, "loss": self.loss,
@@ -262,9 +264,10 @@ def _items(examples, groups, ref: ReferenceLogps | None, shadows, shadow_ref) ->
 
 
 def train_preference(config: PreferenceConfig, *, model: torch.nn.Module | None = None,
-                     tokenizer: Any = None) -> PreferenceResult:
+                     tokenizer: Any = None, callbacks: Sequence[Callback] = ()
+                     ) -> PreferenceResult:
     """Run one preference training job (module docstring). ``model``/``tokenizer`` may be given
-    directly instead of ``config.model``."""
+    directly instead of ``config.model``; ``callbacks`` go to :func:`~prefkit.train.loop.fit`."""
     from ..models.load import LoraSettings, load_model
 
     if not config.data:
@@ -330,12 +333,13 @@ def train_preference(config: PreferenceConfig, *, model: torch.nn.Module | None 
                                        shuffle=False)
     model.train()
     result = fit(model, task.step, train_loader, config, eval_data=eval_loader,
-                 accelerator=accelerator)
+                 accelerator=accelerator, callbacks=callbacks)
     report_dict = report.to_dict()
     report_dict["train"] = len(examples)
     report_dict["eval"] = len(eval_examples)
     return PreferenceResult(fit=result, data=report_dict, truncation=trunc, loss=task.spec.name,
-                            kind=task.kind, reference=ref_info, model=model, tokenizer=tokenizer)
+                            kind=task.kind, reference=ref_info, model=model, tokenizer=tokenizer,
+                            reference_sums=None if ref is None else ref.sums)
 
 
 def save_policy(result: PreferenceResult, folder: str | Path) -> Path:
