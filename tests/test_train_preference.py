@@ -231,3 +231,78 @@ def test_cli_with_yaml_config(world, tmp_path):
     assert bad.exit_code == 2
     message = json.loads(bad.stdout)["error"]
     assert "bogus_key" in message and "run.yaml" in message
+
+
+def test_separate_reference_model(world, tmp_path):
+    other = world["folder"] / "ref_model"
+    if not other.exists():
+        _tokenizer(other)
+        _model(other, seed=1)
+    result = train_preference(_config(world, tmp_path, max_steps=1, reference=str(other)))
+    same = train_preference(_config(world, tmp_path, max_steps=1))
+    assert not torch.allclose(result.reference_sums, same.reference_sums, atol=1e-2)
+    from prefkit.data.io import read_records
+    from prefkit.models.load import load_model
+    from prefkit.models.packing import PromptGroup
+    from prefkit.train.preference_data import records_to_examples
+    from prefkit.train.reference import compute_logps
+
+    model, tok = load_model(str(other))
+    groups = [PromptGroup(e.prompt_ids, e.response_ids)
+              for e in records_to_examples(read_records(world["pairs8"]), tok)]
+    assert torch.allclose(compute_logps(model, groups, pad_id=0), result.reference_sums,
+                          atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="no_such_model"):
+        train_preference(_config(world, tmp_path, reference=str(tmp_path / "no_such_model")))
+
+
+def test_resume_continues_exactly(world, tmp_path):
+    full = train_preference(_config(world, tmp_path / "full", data=world["pairs"], max_steps=6,
+                                    batch_size=4, shuffle=True))
+    _ = train_preference(_config(world, tmp_path / "cut", data=world["pairs"], max_steps=3,
+                                 batch_size=4, shuffle=True, save_steps=3))
+    resumed = train_preference(_config(world, tmp_path / "cut", data=world["pairs"],
+                                       max_steps=6, batch_size=4, shuffle=True,
+                                       resume_from="latest"))
+    tail = [h["loss"] for h in _train_records(full) if h["step"] > 3]
+    assert [h["step"] for h in _train_records(resumed)] == [4, 5, 6]
+    assert [h["loss"] for h in _train_records(resumed)] == pytest.approx(tail, abs=1e-6)
+    for p, q in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(world, tmp_path):
+    """`prefkit train preference` under torchrun (2 CPU processes, gloo, batch 4 each) ends
+    with the parameters of one process with batch 8."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    common = ["train", "preference", "--model", world["model"], "--data", world["pairs"],
+              "--loss", "dpo", "--max-steps", "3", "--learning-rate", "3e-3",
+              "--set", "lr_scheduler=constant", "--set", "save_final=false",
+              "--set", f"reference_cache={tmp_path / 'cache'}", "--json"]
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1")
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "prefkit.cli", *common, "--batch-size", "4", "--output-dir",
+         str(tmp_path / "two"), "--save-model", str(tmp_path / "two_model")],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-4000:]
+    one = subprocess.run(
+        [sys.executable, "-m", "prefkit.cli", *common, "--batch-size", "8", "--output-dir",
+         str(tmp_path / "one"), "--save-model", str(tmp_path / "one_model")],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-4000:]
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "one_model")
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "two_model")
+    start = AutoModelForCausalLM.from_pretrained(world["model"])
+    moved = False
+    for (name, p), q, s in zip(a.named_parameters(), b.parameters(), start.parameters(),
+                               strict=True):
+        assert torch.allclose(p, q, atol=1e-5), name
+        moved |= not torch.allclose(p, s, atol=1e-4)
+    assert moved

@@ -68,8 +68,15 @@ def preference(
         cfg.progress = False
     result = train_preference(cfg)
     out = result.to_dict()
+    from accelerate import PartialState
+
+    main_process = PartialState().is_main_process
     if save_model:
-        out["saved_model"] = str(save_policy(result, save_model))
+        if main_process:  # under data parallelism every process holds the same weights
+            save_policy(result, save_model)
+        out["saved_model"] = save_model
+    if not main_process:
+        return
     if as_json:
         print_json(out)
         return
