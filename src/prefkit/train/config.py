@@ -119,6 +119,13 @@ class LoopConfig:
             "state stay float32."
         },
     )
+    cpu: bool = field(
+        default=False,
+        metadata={
+            "help": "Train on the CPU even when a GPU is present (without a GPU the CPU is "
+            "used anyway; several torchrun processes then form a gloo data-parallel group)."
+        },
+    )
     logging_steps: int = field(
         default=10,
         metadata={

@@ -37,6 +37,17 @@ Shuffling uses accelerate's seedable sampler (seed ``config.seed + epoch``), and
 iterator seed is derived from ``config.seed`` and the epoch, so resuming mid-epoch replays
 exactly the remaining batches. A ``collate_fn`` that draws from the global RNG breaks exact
 resume (give it its own generator).
+
+Launching several processes
+---------------------------
+``torchrun --nproc_per_node 2 script.py`` (or ``accelerate launch --multi_gpu --num_processes 2
+--num_machines 1 --mixed_precision no --dynamo_backend no script.py``). On a CPU-only machine
+``accelerate launch --cpu --num_processes 2`` silently starts ONE process; :func:`fit` refuses to
+run when ``WORLD_SIZE`` says N processes but accelerate set up fewer.
+
+Scope: DDP (CPU gloo, tested here; GPU NCCL) and FSDP go through the same gradient path
+(FSDP untested here). DeepSpeed is not supported: it owns accumulation, loss scaling and
+clipping.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -146,7 +158,8 @@ def make_accelerator(config: LoopConfig) -> Accelerator:
     Gradient accumulation is done by the loop itself (accelerate's accumulation divides the loss
     by the number of micro-batches, which is wrong for uneven micro-batches), so accelerate sees
     ``gradient_accumulation_steps=1``. Shuffling uses the seedable sampler seeded with
-    ``config.seed``.
+    ``config.seed``. Without a GPU (or with ``config.cpu``) it runs on the CPU, where several
+    processes launched by ``torchrun`` form a gloo data-parallel group.
     """
     trackers = [t for t in config.log_with if t != "jsonl"]
     _check_trackers(trackers)
@@ -155,7 +168,8 @@ def make_accelerator(config: LoopConfig) -> Accelerator:
     ):
         # accelerate keeps one process-wide state; a new precision needs a fresh one
         AcceleratorState._reset_state()
-    return Accelerator(
+    acc = Accelerator(
+        cpu=config.cpu or not _has_accelerator_device(),
         mixed_precision=config.mixed_precision,
         log_with=trackers or None,
         project_dir=config.output_dir,
@@ -164,6 +178,26 @@ def make_accelerator(config: LoopConfig) -> Accelerator:
             use_seedable_sampler=True, data_seed=config.seed, even_batches=True
         ),
     )
+    _check_world_size(acc)
+    return acc
+
+
+def _has_accelerator_device() -> bool:
+    # without a GPU, accelerate only sets up CPU data parallelism (gloo) when told cpu=True
+    api = getattr(torch, "accelerator", None)
+    if api is not None:
+        return bool(api.is_available())
+    return torch.cuda.is_available()
+
+
+def _check_world_size(acc: Accelerator) -> None:
+    """Refuse to run N independent copies when launched as N processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and acc.num_processes != world:
+        raise RuntimeError(
+            f"launched with WORLD_SIZE={world} but accelerate set up {acc.num_processes} "
+            f"process(es) ({acc.distributed_type}); the processes would train independently"
+        )
 
 
 def _check_trackers(trackers: Sequence[str]) -> None:
@@ -349,6 +383,7 @@ class _Loop:
         self.eval_data = eval_data
         self.callbacks = callbacks
         self.acc = acc = accelerator or make_accelerator(config)
+        _check_world_size(acc)
         self.out_dir = Path(config.output_dir)
         set_seed(config.seed)
 
