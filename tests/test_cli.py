@@ -99,3 +99,8 @@ def test_demo_runs_and_reports(tmp_path):
         "identical_responses": 1, "malformed_json": 1, "empty_field": 1, "duplicate_record": 1}}
     assert summary["store"]["second_import"] == 0
     assert summary["store"]["exported"] == summary["store"]["first_import"]
+    # step 7: every direct loss aligned the tiny policy; held-out pairs ranked by implicit reward
+    align = summary["alignment"]
+    assert set(align) == {"dpo", "ipo", "simpo", "dpo+0.2*sft", "lipo", "listwise_dpo", "kto"}
+    for loss in ("dpo", "ipo", "simpo", "dpo+0.2*sft"):
+        assert align[loss]["eval_accuracy"] >= 0.85, (loss, align[loss])

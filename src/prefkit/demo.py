@@ -126,6 +126,7 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
     store.close()
 
     summary["arena"] = _arena_tour(console)
+    summary["alignment"] = _alignment_tour(console, work)
     console.rule("done - next: `prefkit data validate YOUR_FILE`, see README")
     if tmp is not None:
         tmp.cleanup()
@@ -158,3 +159,45 @@ def _arena_tour(console: Console) -> dict[str, Any]:
     rho = float(spearmanr(board.rating, strength).statistic)
     console.print(f"  Spearman correlation with the hidden true strengths: {rho:.3f}")
     return {"spearman": rho, "leaderboard": board.rows()}
+
+
+ALIGN_RUNS = (("dpo", "pairs"), ("ipo", "pairs"), ("simpo", "pairs"), ("dpo+0.2*sft", "pairs"),
+              ("lipo", "rankings"), ("listwise_dpo", "rankings"), ("kto", "binary"))
+
+
+def _alignment_tour(console: Console, work: Path) -> dict[str, Any]:
+    """Step 7: direct preference optimization of a tiny model with several losses."""
+    import contextlib
+    import io
+    import logging
+
+    from .lab.wordworld import build_word_world
+    from .train.preference import PreferenceConfig, train_preference
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    console.print("\n7. Direct alignment of a tiny Llama (word world: responses made of 'good' "
+                  "and 'bad' words) with several losses, 40 steps each; held-out pairs ranked "
+                  "by each policy's implicit reward:")
+    with contextlib.redirect_stderr(io.StringIO()):
+        world = build_word_world(work / "word_world")
+    table = Table("loss", "data", "final train loss", "held-out ranking accuracy", "seconds")
+    runs = {}
+    for loss, data in ALIGN_RUNS:
+        config = PreferenceConfig(
+            model=world["model"], data=world[data], eval_data=world["eval_pairs"]
+            if data == "pairs" else None, loss=loss, output_dir=str(work / "align" / loss),
+            max_steps=40, batch_size=8, learning_rate=3e-3, lr_scheduler="constant",
+            logging_steps=10, save_steps=0, save_final=False, progress=False,
+            reference_cache=str(work / "reference_cache"))
+        with contextlib.redirect_stderr(io.StringIO()):  # per-step lines; metrics.jsonl has them
+            result = train_preference(config)
+        metrics = result.fit.metrics
+        accuracy = metrics.get("eval/rewards/accuracies")
+        runs[loss] = {"loss": metrics["loss"], "eval_accuracy": accuracy,
+                      "seconds": round(result.fit.seconds, 2), "data": data}
+        table.add_row(loss, data, f"{metrics['loss']:.3f}",
+                      "-" if accuracy is None else f"{accuracy:.2f}", f"{result.fit.seconds:.1f}")
+    console.print(table)
+    console.print("  (the same command trains a real checkpoint: `prefkit train preference "
+                  "--model PATH --data pairs.jsonl --loss dpo`)")
+    return runs

@@ -1,0 +1,1 @@
+"""The built-in simulated world: tasks with gold rewards, tiny models, simulated annotators."""
