@@ -169,7 +169,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
             try:
                 from transformers import AutoTokenizer
 
-                return AutoTokenizer.from_pretrained(str(p))
+                return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
             except Exception as exc:  # noqa: BLE001 - fall back to tokenizer.json below
                 problems.append(f"transformers AutoTokenizer failed: {exc}")
         else:
