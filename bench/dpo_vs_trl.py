@@ -12,7 +12,9 @@ are interleaved TRL, prefkit, TRL, prefkit, ... so a busy host hurts both alike.
 - ``agree``: first-step losses within 1e-4 and the two reference passes' summed log-probs within
   1e-5 per token on all 256 pairs (same tokens, same model);
 - useful FLOP/s = 6 * parameters * tokens per step with each prompt counted ONCE (prompt + 2
-  responses per pair), as a fraction of the float32 matmul peak measured in this run.
+  responses per pair), as a fraction of the float32 matmul peak measured in this run (the
+  6PT convention of the peer baselines, all parameters included); ``strict_gflops`` counts only
+  matmul work that must happen: no input-embedding FLOPs, the LM head on completion tokens only.
 
 Variants: ``--lora`` (LoRA r=16 on q,k,v,o for both; prefkit also runs a reference-free SimPO
 LoRA run, the policy-only memory baseline: LoRA-as-reference should cost <= 1.1x its RSS);
@@ -134,6 +136,10 @@ def main() -> None:
     params = info["params"]
     useful_tokens = BATCH * (args.prompt_len + k * RESPONSE_LEN)  # each prompt once
     flops = 6 * params * useful_tokens
+    # strict count: no work for the input embedding; the LM head only on completion tokens
+    embed = head = 4096 * 256
+    strict = (6 * (params - embed - head) * useful_tokens
+              + 6 * head * BATCH * k * RESPONSE_LEN)
     result = {
         "bench": "dpo_vs_trl",
         "setup": {"prompt_len": args.prompt_len, "response_len": RESPONSE_LEN, "loss": args.loss,
@@ -141,7 +147,10 @@ def main() -> None:
                   "repeats": repeats, "params": params, "dtype": "float32",
                   "useful_tokens_per_step": useful_tokens},
         "prefkit": {**pk, "useful_gflops": round(flops / pk["step_seconds"] / 1e9, 1),
-                    "fraction_of_fp32_peak": round(flops / pk["step_seconds"] / 1e9 / peak32, 3)},
+                    "fraction_of_fp32_peak": round(flops / pk["step_seconds"] / 1e9 / peak32, 3),
+                    "strict_gflops": round(strict / pk["step_seconds"] / 1e9, 1),
+                    "strict_fraction_of_fp32_peak": round(
+                        strict / pk["step_seconds"] / 1e9 / peak32, 3)},
         "peer": {"name": "trl DPOTrainer (precompute_ref_log_probs=True)", **trl,
                  "useful_gflops": round(BATCH * (args.prompt_len + 2 * RESPONSE_LEN) * 6 * params
                                         / trl["step_seconds"] / 1e9, 1)},
