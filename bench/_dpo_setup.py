@@ -23,18 +23,11 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
 def build_tokenizer(folder: Path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from prefkit.models.tokenizer import word_level_tokenizer
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for w in range(VOCAB - len(SPECIALS)):
-        vocab[f"w{w}"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")
-    fast.save_pretrained(folder)
-    return fast
+    tokenizer = word_level_tokenizer([f"w{w}" for w in range(VOCAB - len(SPECIALS))])
+    tokenizer.save_pretrained(folder)
+    return tokenizer
 
 
 def build_model(folder: Path, layers: int = 4, seed: int = 0) -> int:

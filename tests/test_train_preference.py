@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from prefkit import losses
 from prefkit.cli import app
+from prefkit.models.tokenizer import word_level_tokenizer
 from prefkit.train.preference import PreferenceConfig, train_preference
 
 GOOD = [f"a{i}" for i in range(12)]
@@ -22,16 +23,9 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
 def _tokenizer(folder):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + GOOD + BAD + PROMPT)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")
-    fast.save_pretrained(folder)
-    return fast
+    tokenizer = word_level_tokenizer(GOOD + BAD + PROMPT)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
 
 
 def _model(folder, seed=0):

@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
+from ..models.tokenizer import WORD_SPECIALS as SPECIALS
 
 __all__ = ["build_word_world", "gold_reward"]
 
@@ -34,17 +34,11 @@ def gold_reward(response: str) -> float:
 
 
 def _tokenizer(folder: Path, words: dict[str, list[str]]):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from ..models.tokenizer import word_level_tokenizer
 
-    vocab = {t: i for i, t in enumerate([*SPECIALS, *words["good"], *words["bad"],
-                                         *words["topic"]])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")
-    fast.save_pretrained(folder)
-    return fast
+    tokenizer = word_level_tokenizer([*words["good"], *words["bad"], *words["topic"]])
+    tokenizer.save_pretrained(folder)
+    return tokenizer
 
 
 def _model(folder: Path, vocab_size: int, hidden: int, layers: int, seed: int) -> int:

@@ -19,7 +19,9 @@ from collections.abc import Iterable, Sequence
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["CHAT_TEMPLATE", "ROLE_TOKENS", "train_tokenizer"]
+__all__ = [
+    "CHAT_TEMPLATE", "ROLE_TOKENS", "WORD_SPECIALS", "train_tokenizer", "word_level_tokenizer",
+]
 
 #: Extra special tokens: role markers and the end-of-turn marker used by :data:`CHAT_TEMPLATE`.
 ROLE_TOKENS: tuple[str, ...] = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -90,3 +92,17 @@ def train_tokenizer(
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     return tokenizer
+
+
+WORD_SPECIALS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>")
+
+
+def word_level_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over ``words`` (one word = one token, so lengths are
+    exact): ids 0-3 are ``<pad> <s> </s> <unk>``, then ``words`` in order. No BOS is added on
+    encoding. Used by the simulated worlds, the tests and the benchmarks."""
+    vocab = {token: i for i, token in enumerate([*WORD_SPECIALS, *words])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
