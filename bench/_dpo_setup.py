@@ -96,3 +96,19 @@ def build_world(folder: Path, *, n: int = 256, prompt_len: int = 64, response_le
                                       "rejected": row["responses"][-1]}) + "\n")
     return {"model": str(folder / "model"), "pairs": str(folder / "pairs.jsonl"),
             "params": params}
+
+
+def build_rm_checkpoint(folder: Path, model_folder: Path, seed: int = 0) -> None:
+    """A ``LlamaForSequenceClassification`` (one label) with the backbone of ``model_folder``
+    and a seeded score head, saved with the tokenizer: the shared start of the RM benchmark."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification
+
+    causal = LlamaForCausalLM.from_pretrained(model_folder)
+    config = causal.config
+    config.num_labels = 1
+    torch.manual_seed(seed + 1)
+    rm = LlamaForSequenceClassification(config)
+    rm.model.load_state_dict(causal.model.state_dict())
+    rm.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(model_folder).save_pretrained(folder)
