@@ -19,12 +19,21 @@ from typing import Any
 
 from ..models.tokenizer import WORD_SPECIALS as SPECIALS
 
-__all__ = ["build_word_world", "gold_reward"]
+__all__ = ["POOLS", "build_word_world", "gold_reward", "word_pools"]
+
+
+POOLS = {"good": "g", "bad": "b", "topic": "t", "rock": "r", "paper": "p", "scissors": "s"}
+"""Word pools and their prefixes: good/bad words set the gold reward; topic words make prompts;
+rock/paper/scissors words make the cyclic-preference responses of :mod:`.rm_data`."""
 
 
 def _vocab(n_words: int) -> dict[str, list[str]]:
-    return {"good": [f"g{i}" for i in range(n_words)], "bad": [f"b{i}" for i in range(n_words)],
-            "topic": [f"t{i}" for i in range(n_words)]}
+    return {pool: [f"{prefix}{i}" for i in range(n_words)] for pool, prefix in POOLS.items()}
+
+
+def word_pools(n_words: int = 16) -> dict[str, list[str]]:
+    """The words of each pool (as in a world built with ``n_words``)."""
+    return _vocab(n_words)
 
 
 def gold_reward(response: str) -> float:
@@ -36,7 +45,7 @@ def gold_reward(response: str) -> float:
 def _tokenizer(folder: Path, words: dict[str, list[str]]):
     from ..models.tokenizer import word_level_tokenizer
 
-    tokenizer = word_level_tokenizer([*words["good"], *words["bad"], *words["topic"]])
+    tokenizer = word_level_tokenizer([w for pool in POOLS for w in words[pool]])
     tokenizer.save_pretrained(folder)
     return tokenizer
 
@@ -77,7 +86,8 @@ def build_word_world(folder: str | Path, *, n_train: int = 64, n_eval: int = 32,
     rng = random.Random(seed)
     words = _vocab(n_words)
     _tokenizer(folder / "model", words)
-    params = _model(folder / "model", len(SPECIALS) + 3 * n_words, hidden, layers, seed)
+    params = _model(folder / "model", len(SPECIALS) + len(POOLS) * n_words, hidden, layers,
+                    seed)
 
     def pairs(n: int) -> list[dict]:
         rows = []
