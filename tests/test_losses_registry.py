@@ -94,8 +94,9 @@ EXPECTED_KINDS = {
     "listwise": {"lipo", "pro", "listwise_dpo", "infonca", "nca"},
     "unpaired": {"kto", "bco"},
     "sft": {"sft"},
+    "reward": {"bt", "bt_ties", "pl_rm", "regression", "reward_centering", "gpm", "odin"},
 }
-REFERENCE_FREE = {"simpo", "cpo", "orpo", "pro", "sft"}
+REFERENCE_FREE = {"simpo", "cpo", "orpo", "pro", "sft"} | EXPECTED_KINDS["reward"]
 
 
 def test_registered_names_and_kinds():

@@ -7,13 +7,13 @@
 Every loss returns ``(loss_per_example [B], metrics)``; ``metrics`` maps TRL-style names
 (``rewards/chosen``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``, ...)
 to detached ``[B]`` tensors. Inputs use canonical names (see the modules
-:mod:`.pairwise`, :mod:`.listwise`, :mod:`.unpaired`, :mod:`.sft`); hyper-parameters are
-keyword-only. This package imports only torch.
+:mod:`.pairwise`, :mod:`.listwise`, :mod:`.unpaired`, :mod:`.sft`, and :mod:`.reward` for
+reward-model objectives); hyper-parameters are keyword-only. This package imports only torch.
 """
 
 from __future__ import annotations
 
-from . import listwise, pairwise, sft, unpaired
+from . import listwise, pairwise, reward, sft, unpaired
 from .listwise import infonca, lipo, listwise_dpo, nca, pro
 from .pairwise import (
     apo_down,
@@ -51,6 +51,17 @@ from .registry import (
     select_inputs,
     spec,
 )
+from .reward import (
+    bt,
+    bt_ties,
+    gpm,
+    gpm_logit,
+    odin,
+    pearson_corr,
+    pl_rm,
+    regression,
+    reward_centering,
+)
 from .sft import sft_loss
 from .unpaired import bco, kto
 
@@ -67,6 +78,8 @@ __all__ = [
     "available",
     "bco",
     "bco_pair",
+    "bt",
+    "bt_ties",
     "build_loss",
     "call_loss",
     "cdpo",
@@ -77,6 +90,8 @@ __all__ = [
     "fdpo",
     "format_loss_spec",
     "get",
+    "gpm",
+    "gpm_logit",
     "hinge",
     "infonca",
     "ipo",
@@ -86,12 +101,18 @@ __all__ = [
     "listwise_dpo",
     "nca",
     "nca_pair",
+    "odin",
     "orpo",
     "pairwise",
     "parse_loss_spec",
+    "pearson_corr",
+    "pl_rm",
     "pro",
     "rdpo",
     "register",
+    "regression",
+    "reward",
+    "reward_centering",
     "rpo",
     "select_inputs",
     "sft",

@@ -24,7 +24,7 @@ from torch import Tensor
 LossOutput = tuple[Tensor, dict[str, Tensor]]
 LossFn = Callable[..., LossOutput]
 
-KINDS: tuple[str, ...] = ("pairwise", "listwise", "unpaired", "sft")
+KINDS: tuple[str, ...] = ("pairwise", "listwise", "unpaired", "sft", "reward")
 
 _REGISTRY: dict[str, LossSpec] = {}
 
@@ -53,7 +53,8 @@ class LossSpec:
 
     Attributes:
         name: registry name (or the canonical spec string of a combination).
-        kind: one of ``"pairwise"``, ``"listwise"``, ``"unpaired"``, ``"sft"``.
+        kind: one of ``"pairwise"``, ``"listwise"``, ``"unpaired"``, ``"sft"``, ``"reward"``
+            (reward-model objectives on model scores, see :mod:`.reward`).
         needs_reference: True when the loss reads reference-model log-probs.
         fn: the function itself.
         inputs: required input tensor names, in signature order.
@@ -103,6 +104,8 @@ def _infer_kind(names: Iterable[str]) -> str:
         return "pairwise"
     if "labels" in names:
         return "unpaired"
+    if names & {"chosen_rewards", "rewards", "predictions", "chosen_embeddings"}:
+        return "reward"
     if names & {"scores", "mask"}:
         return "listwise"
     return "sft"
@@ -145,7 +148,7 @@ def register(
 ) -> Callable[[LossFn], LossFn]:
     """Decorator registering a loss function under ``name``.
 
-    ``kind`` (pairwise/listwise/unpaired/sft) is inferred from the input names when
+    ``kind`` (pairwise/listwise/unpaired/sft/reward) is inferred from the input names when
     omitted; ``needs_reference`` defaults to "has a required ``ref_*`` input".
     Registering an existing name raises ``ValueError`` unless ``overwrite=True``.
     The function gets a ``loss_spec`` attribute and is returned unchanged otherwise.
@@ -314,6 +317,8 @@ def combine(terms: Sequence[Sequence[Any]]) -> LossFn:
     * An ``sft`` term adapts to that kind: pairwise -> NLL on the chosen response
       (``chosen_logps``/``chosen_lengths``); listwise -> NLL on the best-scored present
       response; unpaired -> NLL on desirable examples only (needs ``lengths``).
+    * ``reward`` losses combine with each other (e.g. ``bt+0.01*reward_centering``) but
+      not with ``sft`` (a reward model has no response log-probs).
     * Metrics: the first term's metrics keep their names; every other term's metrics are
       prefixed with ``"<name>/"`` (e.g. ``sft/nll``); with more than one term each term's
       unweighted loss is reported as ``"<name>/loss"`` (e.g. ``dpo/loss``, ``sft/loss``).
@@ -323,6 +328,8 @@ def combine(terms: Sequence[Sequence[Any]]) -> LossFn:
     if len(kinds) > 1:
         raise LossSpecError(f"cannot combine losses of different kinds {sorted(kinds)}: {norm}")
     context = kinds.pop() if kinds else "sft"
+    if context == "reward" and any(spec(n).kind == "sft" for n, _, _ in norm):
+        raise LossSpecError(f"sft cannot be combined with reward-model losses: {norm}")
 
     bound: list[tuple[str, float, LossFn, dict[str, Any], list[str], list[str]]] = []
     seen: dict[str, int] = {}
