@@ -1,0 +1,37 @@
+"""Reward models: a transformer body plus a reward head, scored in prompt-shared packed batches.
+
+* :mod:`~prefkit.rewards.heads` -- ``ScalarHead``, ``MultiHead`` (HelpSteer2 attributes),
+  ``GPMHead`` + ``gpm_logit`` (general preference embeddings), ``OdinHead`` (quality/length),
+  ``EnsembleHead`` (mean/min/std), ``build_head``.
+* :mod:`~prefkit.rewards.model` -- ``RewardModel`` (``from_spec``, ``forward_packed``,
+  ``forward_padded``, ``score``, ``save_pretrained``/``from_pretrained``) and ``RewardOutput``.
+"""
+
+from prefkit.rewards.heads import (
+    HEADS,
+    HELPSTEER2_ATTRIBUTES,
+    EnsembleHead,
+    GPMHead,
+    MultiHead,
+    OdinHead,
+    RewardHead,
+    ScalarHead,
+    build_head,
+    gpm_logit,
+)
+from prefkit.rewards.model import RewardModel, RewardOutput
+
+__all__ = [
+    "HEADS",
+    "HELPSTEER2_ATTRIBUTES",
+    "EnsembleHead",
+    "GPMHead",
+    "MultiHead",
+    "OdinHead",
+    "RewardHead",
+    "RewardModel",
+    "RewardOutput",
+    "ScalarHead",
+    "build_head",
+    "gpm_logit",
+]
