@@ -46,6 +46,15 @@ def _add_train() -> None:
 _add_train()
 
 
+def _add_rm() -> None:
+    from .commands.rm import app as rm_app
+
+    app.add_typer(rm_app, name="rm", help="Reward models: train, score, evaluate.")
+
+
+_add_rm()
+
+
 @app.command()
 @cli_errors
 def demo(

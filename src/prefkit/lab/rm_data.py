@@ -86,11 +86,12 @@ def attribute_ratings(n: int, *, noise: float = 0.2, min_len: int = 2, max_len: 
     return rows
 
 
-def cyclic_pairs(n: int, *, length: int = 4, n_words: int = 16, seed: int = 0
-                 ) -> list[dict[str, Any]]:
-    """``n`` pairs with rock-paper-scissors preferences, the three relations equally often."""
+def cyclic_pairs(n: int, *, length: int = 4, words_per_kind: int = 4, n_words: int = 16,
+                 seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` pairs with rock-paper-scissors preferences, the three relations equally often;
+    responses are ``length`` words from the first ``words_per_kind`` words of their kind's pool."""
     rng = random.Random(seed)
-    words = word_pools(n_words)
+    words = {k: v[:words_per_kind] for k, v in word_pools(n_words).items()}
     winners = list(CYCLE)
     rows = []
     for i in range(n):

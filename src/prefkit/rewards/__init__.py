@@ -5,6 +5,8 @@
   ``EnsembleHead`` (mean/min/std), ``build_head``.
 * :mod:`~prefkit.rewards.model` -- ``RewardModel`` (``from_spec``, ``forward_packed``,
   ``forward_padded``, ``score``, ``save_pretrained``/``from_pretrained``) and ``RewardOutput``.
+* :mod:`~prefkit.rewards.scoring` -- ``score_groups`` / ``score_pairs``: each prompt once.
+* :mod:`~prefkit.rewards.implicit` -- ``ImplicitReward``: a DPO policy as a reward model.
 """
 
 from prefkit.rewards.heads import (
@@ -19,12 +21,15 @@ from prefkit.rewards.heads import (
     build_head,
     gpm_logit,
 )
+from prefkit.rewards.implicit import ImplicitReward
 from prefkit.rewards.model import RewardModel, RewardOutput
+from prefkit.rewards.scoring import score_groups, score_pairs
 
 __all__ = [
     "HEADS",
     "HELPSTEER2_ATTRIBUTES",
     "EnsembleHead",
+    "ImplicitReward",
     "GPMHead",
     "MultiHead",
     "OdinHead",
@@ -34,4 +39,6 @@ __all__ = [
     "ScalarHead",
     "build_head",
     "gpm_logit",
+    "score_groups",
+    "score_pairs",
 ]
