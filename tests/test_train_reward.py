@@ -228,3 +228,51 @@ def test_rm_cli_train_score_eval(world, tmp_path):
     bad = runner.invoke(app, ["rm", "eval", str(saved), str(tmp_path / "missing.jsonl"),
                               "--json"])
     assert bad.exit_code == 2
+
+
+def test_ties_and_rankings_objectives_train(world, tmp_path):
+    rows, _ = rm_data.noisy_pairs(192, seed=8)
+    ties = [{"kind": "comparison", "prompt": r["prompt"], "response_a": r["chosen"],
+             "response_b": r["rejected"], "outcome": "tie" if i % 4 == 0 else "a"}
+            for i, r in enumerate(rows)]
+    result = _train(world, tmp_path / "ties", _write(world, "ties.jsonl", ties),
+                    objective="bt_ties", max_steps=40)
+    assert result.data["train"] == 192 and result.fit.metrics["accuracy"] > 0.6
+    plain = _train(world, tmp_path / "bt", _write(world, "ties.jsonl", ties), max_steps=1)
+    assert plain.data["skipped"] == {"comparison_tie": 48}
+    sets = [{"prompt": r["prompt"], "responses": [r["rejected"], r["chosen"]],
+             "ranking": [1, 0]} for r in rows]
+    ranked = _train(world, tmp_path / "pl", _write(world, "sets.jsonl", sets),
+                    objective="pl_rm", max_steps=40)
+    assert ranked.fit.metrics["accuracy"] > 0.6
+
+
+def test_implicit_reward_of_a_policy(world, tmp_path):
+    from prefkit.data.io import read_records
+    from prefkit.models.load import load_model
+    from prefkit.models.logprobs import sequence_logps
+    from prefkit.models.packing import PromptGroup, pack_groups
+    from prefkit.rewards import ImplicitReward
+    from prefkit.train.preference_data import records_to_examples
+
+    policy, tok = load_model(world["model"], seed=0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    reference, _ = load_model(world["model"])
+    scorer = ImplicitReward(policy, reference, beta=0.5, tokenizer=tok)
+    rows, _ = rm_data.noisy_pairs(6, seed=9)
+    c, r = score_pairs(scorer, [x["prompt"] for x in rows], [x["chosen"] for x in rows],
+                       [x["rejected"] for x in rows], batch_size=4)
+    examples = records_to_examples(read_records(_write(world, "imp.jsonl", rows)), tok)
+    batch = pack_groups([PromptGroup(e.prompt_ids, e.response_ids) for e in examples],
+                        max_length=512, pad_id=0)
+    with torch.no_grad():
+        expected = 0.5 * (sequence_logps(policy, batch).sum - sequence_logps(reference, batch).sum)
+    assert torch.allclose(c, expected[:, 0], atol=1e-4)
+    assert torch.allclose(r, expected[:, 1], atol=1e-4)
+    free = ImplicitReward(policy, None, beta=1.0, normalize="mean", tokenizer=tok)
+    c2, _ = score_pairs(free, [x["prompt"] for x in rows], [x["chosen"] for x in rows],
+                        [x["rejected"] for x in rows])
+    with torch.no_grad():
+        assert torch.allclose(c2, sequence_logps(policy, batch).mean[:, 0], atol=1e-4)
