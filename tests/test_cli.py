@@ -104,3 +104,6 @@ def test_demo_runs_and_reports(tmp_path):
     assert set(align) == {"dpo", "ipo", "simpo", "dpo+0.2*sft", "lipo", "listwise_dpo", "kto"}
     for loss in ("dpo", "ipo", "simpo", "dpo+0.2*sft"):
         assert align[loss]["eval_accuracy"] >= 0.85, (loss, align[loss])
+    # step 8: the reward model reaches 90% of the noise ceiling on new pairs
+    rm = summary["reward_model"]
+    assert rm["accuracy"] >= 0.9 * rm["noise_ceiling"]

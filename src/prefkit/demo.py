@@ -127,6 +127,7 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
 
     summary["arena"] = _arena_tour(console)
     summary["alignment"] = _alignment_tour(console, work)
+    summary["reward_model"] = _reward_model_tour(console, work)
     console.rule("done - next: `prefkit data validate YOUR_FILE`, see README")
     if tmp is not None:
         tmp.cleanup()
@@ -201,3 +202,45 @@ def _alignment_tour(console: Console, work: Path) -> dict[str, Any]:
     console.print("  (the same command trains a real checkpoint: `prefkit train preference "
                   "--model PATH --data pairs.jsonl --loss dpo`)")
     return runs
+
+
+def _reward_model_tour(console: Console, work: Path) -> dict[str, Any]:
+    """Step 8: a reward model from noisy simulated annotators, evaluated against the truth."""
+    import contextlib
+    import io
+    import json
+
+    from .evaluate.rm import evaluate_pairs
+    from .lab import rm_data
+    from .lab.wordworld import build_word_world
+    from .rewards.scoring import score_groups
+    from .train.reward import RewardConfig, train_reward
+
+    console.print("\n8. A reward model from 512 pairs labelled by noisy simulated annotators "
+                  "(Bradley-Terry on a known gold reward), checked on 512 new pairs:")
+    folder = work / "word_world"
+    with contextlib.redirect_stderr(io.StringIO()):
+        world = build_word_world(folder)
+    train, _ = rm_data.noisy_pairs(512, temperature=0.1, seed=1)
+    test, ceiling = rm_data.noisy_pairs(512, temperature=0.1, seed=2)
+    data = folder / "rm_pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in train))
+    config = RewardConfig(model=world["model"], data=str(data), objective="bt",
+                          output_dir=str(work / "rm"), max_steps=150, batch_size=16,
+                          learning_rate=3e-3, lr_scheduler="constant", logging_steps=50,
+                          save_steps=0, save_final=False, progress=False)
+    with contextlib.redirect_stderr(io.StringIO()):
+        result = train_reward(config)
+    rewards, lengths = score_groups(result.model, [r["prompt"] for r in test],
+                                    [[r["chosen"], r["rejected"]] for r in test],
+                                    tokenizer=result.tokenizer, with_lengths=True)
+    report = evaluate_pairs(rewards[:, 0].numpy(), rewards[:, 1].numpy(),
+                            chosen_lengths=lengths[:, 0].numpy(),
+                            rejected_lengths=lengths[:, 1].numpy())
+    accuracy = report["accuracy"]
+    console.print(f"  accuracy {accuracy:.3f} against the annotators' labels; the noise ceiling "
+                  f"(the gold reward itself) is {ceiling:.3f}: {accuracy / ceiling:.0%} of it")
+    console.print(f"  calibration error (ECE) {report['calibration']['ece']:.3f}; "
+                  "`prefkit rm eval` adds RewardBench sections, length rules, reliability plots")
+    return {"accuracy": accuracy, "noise_ceiling": ceiling,
+            "ece": report["calibration"]["ece"]}
