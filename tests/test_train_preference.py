@@ -99,7 +99,10 @@ DATA_FOR_KIND = {"pairwise": "pairs8", "listwise": "rankings", "unpaired": "bina
                  "sft": "pairs8"}
 
 
-@pytest.mark.parametrize("name", sorted(losses.available()) + ["dpo+0.2*sft"])
+POLICY_LOSSES = sorted(n for n, s in losses.available().items() if s.kind != "reward")
+
+
+@pytest.mark.parametrize("name", POLICY_LOSSES + ["dpo+0.2*sft"])
 def test_every_loss_lowers_itself_and_moves_the_margin(world, tmp_path, name):
     kind = losses.build_loss(name).loss_spec.kind if "+" in name else losses.spec(name).kind
     cfg = _config(world, tmp_path, data=world[DATA_FOR_KIND[kind]], loss=name, max_steps=8)
@@ -300,3 +303,8 @@ def test_two_processes_train_like_one(world, tmp_path):
         assert torch.allclose(p, q, atol=1e-5), name
         moved |= not torch.allclose(p, s, atol=1e-4)
     assert moved
+
+
+def test_reward_objectives_point_to_the_reward_trainer(world, tmp_path):
+    with pytest.raises(ValueError, match="prefkit rm train"):
+        train_preference(_config(world, tmp_path, loss="bt"))

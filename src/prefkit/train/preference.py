@@ -131,6 +131,9 @@ class PreferenceTask:
         self.loss_fn = losses.combine(terms)
         self.spec = self.loss_fn.loss_spec
         self.kind = self.spec.kind
+        if self.kind == "reward":
+            raise ValueError(f"{self.spec.name!r} is a reward-model objective: train reward "
+                             "models with `prefkit rm train` (prefkit.train.reward)")
         self.needs_reference = self.spec.needs_reference
         self.pad_id = pad_id
         self.pack_length = pack_length
