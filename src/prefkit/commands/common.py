@@ -59,3 +59,24 @@ def cli_errors(func: Callable) -> Callable:
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper
+
+
+def config_from_cli(cls: type, config_path: str | None, flags: dict[str, Any],
+                    set_: list[str] | None, as_json: bool) -> Any:
+    """A training config (``cls``, a :class:`~prefkit.train.config.LoopConfig` subclass) from a
+    YAML file, then the explicit flags (``None`` = not given), then ``--set key=value`` pairs;
+    bad keys or values are bad input. ``model`` and ``data`` are required; ``--json`` turns the
+    progress bar off."""
+    from ..train.config import ConfigError, load_config, parse_overrides
+
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    try:
+        overrides.update(parse_overrides(set_ or []))
+        cfg = load_config(config_path, cls=cls, **overrides)
+    except ConfigError as exc:
+        raise bad_input(str(exc), as_json) from None
+    if not cfg.model or not cfg.data:
+        raise bad_input("--model and --data are required (or set them in --config)", as_json)
+    if as_json:
+        cfg.progress = False
+    return cfg

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import JsonOpt, bad_input, cli_errors, print_json, stdout
+from .common import JsonOpt, bad_input, cli_errors, config_from_cli, print_json, stdout
 
 app = typer.Typer(no_args_is_help=True, help="Reward models: train, score, evaluate.")
 
@@ -93,23 +93,13 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a reward model (prompt computed once per pair or ranking)."""
-    from ..train.config import ConfigError, load_config, parse_overrides
     from ..train.reward import RewardConfig, train_reward
 
     flags = {"model": model, "data": data, "objective": objective, "head": head, "lora": lora,
              "output_dir": output_dir, "max_steps": max_steps, "batch_size": batch_size,
              "learning_rate": learning_rate, "eval_data": eval_data,
              "resume_from": resume_from}
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    try:
-        overrides.update(parse_overrides(set_ or []))
-        cfg = load_config(config, cls=RewardConfig, **overrides)
-    except ConfigError as exc:
-        raise bad_input(str(exc), as_json) from None
-    if not cfg.model or not cfg.data:
-        raise bad_input("--model and --data are required (or set them in --config)", as_json)
-    if as_json:
-        cfg.progress = False
+    cfg = config_from_cli(RewardConfig, config, flags, set_, as_json)
     result = train_reward(cfg)
     out = result.to_dict()
     from accelerate import PartialState

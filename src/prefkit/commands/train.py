@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, bad_input, cli_errors, print_json, stderr, stdout
+from .common import JsonOpt, cli_errors, config_from_cli, print_json, stderr, stdout
 
 app = typer.Typer(no_args_is_help=True, help="Train policies from feedback.")
 
@@ -49,23 +49,13 @@ def preference(
 ) -> None:
     """Train a causal LM on preference data with any direct loss (DPO, IPO, SimPO, ORPO, KTO,
     LiPO, ...): prompts computed once per group of responses, reference log-probs cached."""
-    from ..train.config import ConfigError, load_config, parse_overrides
     from ..train.preference import PreferenceConfig, save_policy, train_preference
 
     flags = {"model": model, "data": data, "loss": loss, "beta": beta, "lora": lora,
              "output_dir": output_dir, "max_steps": max_steps, "batch_size": batch_size,
              "learning_rate": learning_rate, "eval_data": eval_data,
              "resume_from": resume_from}
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    try:
-        overrides.update(parse_overrides(set_ or []))
-        cfg = load_config(config, cls=PreferenceConfig, **overrides)
-    except ConfigError as exc:
-        raise bad_input(str(exc), as_json) from None
-    if not cfg.model or not cfg.data:
-        raise bad_input("--model and --data are required (or set them in --config)", as_json)
-    if as_json:
-        cfg.progress = False
+    cfg = config_from_cli(PreferenceConfig, config, flags, set_, as_json)
     result = train_preference(cfg)
     out = result.to_dict()
     from accelerate import PartialState
