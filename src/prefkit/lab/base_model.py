@@ -13,7 +13,8 @@ change the hash: bump :data:`CACHE_VERSION` or use a new folder.)
 
 Wall time on the 2-core lab CPU (shared with other jobs), sort task with 3-5 numbers, hidden
 128, 2 layers, intermediate 512 (0.53M parameters), 300 steps of 32 examples (the defaults):
-6.4 s to train (~1,800 examples/s); loading a cached model takes ~0.03 s. Sampled answers
+6.4 s to train (~1,800 examples/s) on an idle CPU, 35-50 s when the cores are busy
+with other jobs; loading a cached model takes ~0.03 s. Sampled answers
 (temperature 1) then score a mean gold reward of ~0.61 (the quality-0.6 demonstrations score
 0.62, the untrained model -0.72, the optimum is 1.0); greedy answers ~0.99.
 """
