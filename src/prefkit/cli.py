@@ -55,6 +55,15 @@ def _add_rm() -> None:
 _add_rm()
 
 
+def _add_lab() -> None:
+    from .commands.lab import app as lab_app
+
+    app.add_typer(lab_app, name="lab", help="The lab: the whole loop on simulated feedback.")
+
+
+_add_lab()
+
+
 @app.command()
 @cli_errors
 def demo(

@@ -47,7 +47,7 @@ from .tasks import Task, mean_gold_reward
 __all__ = ["CACHE_VERSION", "BaseModelSettings", "build_base_model", "evaluate_policy"]
 
 #: Part of the cache key; bump it when the training recipe or a task's code changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the lab tokenizer adds BOS itself
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def build_base_model(
         return model, tokenizer, {**info, "path": str(path), "cached": True}
 
     t0 = time.perf_counter()
-    tokenizer = word_level_tokenizer(task.vocabulary())
+    tokenizer = word_level_tokenizer(task.vocabulary(), add_bos=True)
     config = tiny_llama_config(
         len(tokenizer), hidden_size=settings.hidden_size, num_layers=settings.num_layers,
         num_heads=settings.num_heads, intermediate_size=settings.intermediate_size,

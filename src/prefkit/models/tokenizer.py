@@ -97,12 +97,17 @@ def train_tokenizer(
 WORD_SPECIALS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>")
 
 
-def word_level_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
+def word_level_tokenizer(words: Sequence[str], *, add_bos: bool = False
+                         ) -> PreTrainedTokenizerFast:
     """A whitespace word-level tokenizer over ``words`` (one word = one token, so lengths are
-    exact): ids 0-3 are ``<pad> <s> </s> <unk>``, then ``words`` in order. No BOS is added on
-    encoding. Used by the simulated worlds, the tests and the benchmarks."""
+    exact): ids 0-3 are ``<pad> <s> </s> <unk>``, then ``words`` in order. With ``add_bos``,
+    encoding with special tokens prepends ``<s>`` (as Llama-style tokenizers do); otherwise
+    nothing is added. Used by the simulated worlds, the lab, the tests and the benchmarks."""
     vocab = {token: i for i, token in enumerate([*WORD_SPECIALS, *words])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if add_bos:
+        core.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
                                    eos_token="</s>", unk_token="<unk>")
