@@ -128,6 +128,7 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
     summary["arena"] = _arena_tour(console)
     summary["alignment"] = _alignment_tour(console, work)
     summary["reward_model"] = _reward_model_tour(console, work)
+    summary["lab"] = _lab_tour(console, work)
     console.rule("done - next: `prefkit data validate YOUR_FILE`, see README")
     if tmp is not None:
         tmp.cleanup()
@@ -244,3 +245,30 @@ def _reward_model_tour(console: Console, work: Path) -> dict[str, Any]:
                   "`prefkit rm eval` adds RewardBench sections, length rules, reliability plots")
     return {"accuracy": accuracy, "noise_ceiling": ceiling,
             "ece": report["calibration"]["ece"]}
+
+
+def _lab_tour(console: Console, work: Path) -> dict[str, Any]:
+    """Step 9: the loop on the lab's sort task, judged by the known gold reward."""
+    import contextlib
+    import io
+
+    from .lab.pipeline import QUICK, run_lab
+
+    console.print("\n9. The loop (`prefkit lab run --quick`): an SFT policy for 'sort: 7 3 9' "
+                  "samples answers, a pool of biased simulated annotators labels pairs, a reward "
+                  "model and several methods are trained, and every policy is judged against "
+                  "the SFT policy by the gold reward:")
+    with contextlib.redirect_stderr(io.StringIO()):
+        result = run_lab(workdir=str(work / "lab"), **{**QUICK, "methods": ["dpo", "rpo",
+                                                                            "ipo"]})
+    table = Table("method", "gold reward", "win rate vs SFT (95% CI)", "KL to SFT", "length")
+    for name, m in result["methods"].items():
+        table.add_row(name, f"{m['gold_reward']:.3f}",
+                      f"{m['win_rate_vs_sft']:.2f} ({m['win_rate_ci'][0]:.2f}-"
+                      f"{m['win_rate_ci'][1]:.2f})",
+                      "-" if m["kl_to_sft"] is None else f"{m['kl_to_sft']:.2f}",
+                      f"{m['mean_length']:.1f}")
+    console.print(table)
+    console.print("  plain DPO over-optimizes here (its answers grow longer and worse, far from "
+                  "the SFT policy); DPO + NLL on the chosen answers (rpo) and best-of-N improve")
+    return result["methods"]
