@@ -30,10 +30,22 @@ def test_aligned_methods_beat_sft_with_known_gold(quick_run):
 
 
 @pytest.mark.slow
+def test_overoptimization_with_a_length_biased_proxy(quick_run):
+    """Best-of-n against a reward model trained on length-biased labels: the proxy reward keeps
+    rising with n while the gold reward peaks inside the range and falls."""
+    over = quick_run["overoptimization"]
+    assert over["proxy_monotone"] and over["gold_interior"] and over["overoptimized"]
+    ns = [c["n"] for c in over["curve"]]
+    assert ns[0] < over["x_at_gold_max"] < ns[-1]
+    assert over["curve"][-1]["gold_mean"] < over["gold_max"] - 0.05
+
+
+@pytest.mark.slow
 def test_same_seed_same_numbers(quick_run, tmp_path):
     again = run_lab(workdir=str(tmp_path), **QUICK)
     assert again["methods"] == quick_run["methods"]
     assert again["data"] == quick_run["data"]
+    assert again["overoptimization"] == quick_run["overoptimization"]
 
 
 @pytest.mark.slow

@@ -11,6 +11,11 @@ direct alignment and best-of-N -> evaluation against the gold reward.
 4. every method: each direct loss in ``methods`` (:func:`prefkit.train.preference.train_preference`
    on the pairs, the SFT model as policy and reference), and ``best_of_n`` (``n`` SFT samples,
    the proxy reward model picks one);
+6. over-optimization: a second reward model is trained on the same samples labelled by a
+   length-biased annotator (``overopt_length_bias``, gold units per relative length difference);
+   best-of-n with it for n in ``overopt_ns`` gives the proxy and gold curves
+   (:func:`prefkit.evaluate.best_of_n_curve`, :func:`prefkit.evaluate.overoptimization_curve`):
+   the proxy keeps rising while the gold reward peaks and falls.
 5. evaluation on ``n_eval`` held-out prompts, one sample per prompt (same seed for every
    policy): gold reward mean, gold win rate against the SFT policy's sample with a 95% CI
    (ties half), length-controlled win rate, mean length, and the KL to the SFT policy (k1 on the
@@ -58,6 +63,8 @@ class LabConfig:
     learning_rate: float = 1e-4
     beta: float = 0.1
     rm_steps: int = 150
+    overopt_length_bias: float = 1.0  # 0 turns the over-optimization stage off
+    overopt_ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     seed: int = 0
 
 
@@ -121,6 +128,42 @@ def _evaluate(texts: list[str], prompts: list[str], task, sft_texts: list[str], 
     else:
         out["kl_to_sft"] = None
     return out
+
+
+def _overoptimization(config: LabConfig, task, sft, tokenizer, sft_path: str, items: list,
+                      eval_prompts: list[str], work: Path, common: dict, quiet) -> dict:
+    """Stage 6 (module docstring): best-of-n against a length-biased proxy reward model."""
+    from ..evaluate import best_of_n_curve, overoptimization_curve
+    from ..lab.annotators import SimulatedAnnotator
+    from ..models.generate import sample
+    from ..rewards.scoring import score_groups
+    from ..train.reward import RewardConfig, train_reward
+
+    judge = SimulatedAnnotator(id="length-biased", gold=lambda p, r: task.gold_reward(p, r),
+                               temperature=config.pool_scale / 3,
+                               length_bias=config.overopt_length_bias, seed=config.seed)
+    labels = [judge.compare(*item) for item in items]
+    rows = [{"prompt": c.prompt, "chosen": c.chosen, "rejected": c.rejected}
+            for c in labels if not c.outcome.is_tie]
+    data = _write(work / "pairs_length_biased.jsonl", rows)
+    with quiet:
+        proxy_rm = train_reward(RewardConfig(model=sft_path, data=data, objective="bt",
+                                             output_dir=str(work / "rm_length_biased"),
+                                             max_steps=config.rm_steps, **common))
+    n_max = max(config.overopt_ns)
+    cands = sample(sft, tokenizer, eval_prompts, k=n_max, temperature=config.temperature,
+                   seed=config.seed + 3)
+    proxy = score_groups(proxy_rm.model, eval_prompts, [[" " + c for c in cs] for cs in cands],
+                         tokenizer=proxy_rm.tokenizer).numpy()
+    gold = np.array([[task.gold_reward(p, c) for c in cs] for p, cs in zip(eval_prompts, cands,
+                                                                          strict=True)])
+    curve = best_of_n_curve(proxy, gold, ns=sorted(config.overopt_ns))
+    summary = overoptimization_curve([c["n"] for c in curve], [c["gold_mean"] for c in curve],
+                                     [c["proxy_mean"] for c in curve])
+    return {"curve": [{k: (v if k == "n" else round(float(v), 4)) for k, v in c.items()}
+                      for c in curve],
+            **{k: (round(float(v), 4) if isinstance(v, float) else v)
+               for k, v in summary.items()}}
 
 
 def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]:
@@ -202,6 +245,10 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
         n = config.best_of_n
         res["kl_to_sft"] = round(float(np.log(n) - (n - 1) / n), 4)  # the analytic bound
         results[f"best_of_{n}"] = res
+    overopt = None
+    if config.overopt_length_bias > 0:
+        overopt = _overoptimization(config, task, sft, tokenizer, sft_path, items, eval_prompts,
+                                    work, common, quiet)
     return {"config": asdict(config), "sft_model": sft_path,
             "data": {"pairs": len(rows), "ties_dropped": len(labels) - len(rows),
                      "identical_or_empty_samples_dropped":
@@ -209,4 +256,4 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
                      "labels_agreeing_with_gold": round(gold_agree, 4)},
             "reward_model": {"train_accuracy": round(rm.fit.metrics.get("accuracy", float("nan")),
                                                      4)},
-            "methods": results}
+            "methods": results, "overoptimization": overopt}
