@@ -259,7 +259,7 @@ def _lab_tour(console: Console, work: Path) -> dict[str, Any]:
                   "model and several methods are trained, and every policy is judged against "
                   "the SFT policy by the gold reward:")
     with contextlib.redirect_stderr(io.StringIO()):
-        result = run_lab(workdir=str(work / "lab"), **{**QUICK, "methods": ["dpo", "rpo",
+        result = run_lab(workdir=str(work / "lab"), **{**QUICK, "methods": ["dpo", "rpo", "raft",
                                                                             "ipo"]})
     table = Table("method", "gold reward", "win rate vs SFT (95% CI)", "KL to SFT", "length")
     for name, m in result["methods"].items():

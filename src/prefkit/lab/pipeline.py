@@ -8,7 +8,8 @@ direct alignment and best-of-N -> evaluation against the gold reward.
    (:func:`prefkit.models.generate.sample`), paired (0 vs 1, 2 vs 3, ...) and labelled by a
    simulated annotator pool (:func:`prefkit.lab.annotators.alpacafarm_pool`) into ``pairs.jsonl``;
 3. a Bradley-Terry reward model on those pairs (:func:`prefkit.train.reward.train_reward`);
-4. every method: each direct loss in ``methods`` (:func:`prefkit.train.preference.train_preference`
+4. every method: ``raft`` (fine-tune on the reward model's best of ``best_of_n`` samples per
+   prompt), each direct loss in ``methods`` (:func:`prefkit.train.preference.train_preference`
    on the pairs, the SFT model as policy and reference), and ``best_of_n`` (``n`` SFT samples,
    the proxy reward model picks one);
 6. over-optimization: a second reward model is trained on the same samples labelled by a
@@ -56,7 +57,7 @@ class LabConfig:
     pool_size: int = 6
     pool_scale: float = 0.3
     training_flips: bool = False
-    methods: list[str] = field(default_factory=lambda: ["dpo", "rpo", "ipo", "simpo"])
+    methods: list[str] = field(default_factory=lambda: ["dpo", "rpo", "ipo", "simpo", "raft"])
     best_of_n: int = 8
     steps: int = 120
     batch_size: int = 16
@@ -68,7 +69,7 @@ class LabConfig:
     seed: int = 0
 
 
-QUICK = dict(n_prompts=128, n_eval=128, methods=["dpo", "rpo"], steps=60, rm_steps=80,
+QUICK = dict(n_prompts=128, n_eval=128, methods=["dpo", "rpo", "raft"], steps=60, rm_steps=80,
              best_of_n=8)
 """Overrides for a run of well under two minutes (the tests' config).
 
@@ -128,6 +129,28 @@ def _evaluate(texts: list[str], prompts: list[str], task, sft_texts: list[str], 
     else:
         out["kl_to_sft"] = None
     return out
+
+
+def _raft_data(config: LabConfig, sft, tokenizer, rm, prompts: list[str], work: Path) -> str:
+    """RAFT / rejection-sampling fine-tuning data (Dong et al. 2023, "RAFT: Reward rAnked
+    FineTuning", arXiv 2304.06767): ``best_of_n`` SFT samples per training prompt, ranked by the
+    learned reward model; the SFT loss then trains on the top-ranked one."""
+    from ..models.generate import sample
+    from ..rewards.scoring import score_groups
+
+    n = max(2, config.best_of_n)
+    cands = sample(sft, tokenizer, prompts, k=n, temperature=config.temperature,
+                   seed=config.seed + 4)
+    rows = []
+    for prompt, cs in zip(prompts, cands, strict=True):
+        uniq = list(dict.fromkeys(c for c in cs if c.strip()))
+        if len(uniq) < 2:
+            continue
+        scores = score_groups(rm.model, [prompt], [[" " + c for c in uniq]],
+                              tokenizer=rm.tokenizer)[0]
+        order = torch.argsort(scores, descending=True).tolist()
+        rows.append({"prompt": prompt, "responses": [" " + c for c in uniq], "ranking": order})
+    return _write(work / "raft_rankings.jsonl", rows)
 
 
 def _overoptimization(config: LabConfig, task, sft, tokenizer, sft_path: str, items: list,
@@ -224,11 +247,14 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
     sft_texts = eval_samples(sft)
     results: dict[str, Any] = {"sft": _evaluate(sft_texts, eval_prompts, task, sft_texts,
                                                 sft, tokenizer)}
-    # 4a. direct alignment methods
+    # 4a. direct alignment methods (and RAFT: fine-tune on the reward model's best samples)
     for method in config.methods:
+        data, loss = pairs, method
+        if method == "raft":
+            data, loss = _raft_data(config, sft, tokenizer, rm, train_prompts, work), "sft"
         with quiet:
             trained = train_preference(PreferenceConfig(
-                model=sft_path, data=pairs, loss=method, beta=config.beta,
+                model=sft_path, data=data, loss=loss, beta=config.beta,
                 output_dir=str(work / method), max_steps=config.steps,
                 reference_cache=str(cache / "reference"), **common))
         policy = trained.model.eval()
