@@ -107,6 +107,6 @@ def test_demo_runs_and_reports(tmp_path):
     # step 8: the reward model reaches 90% of the noise ceiling on new pairs
     rm = summary["reward_model"]
     assert rm["accuracy"] >= 0.9 * rm["noise_ceiling"]
-    # step 9: the lab loop; RPO and best-of-N beat the SFT policy on gold win rate
+    # step 9: the lab loop; DPO and best-of-N beat the SFT policy on gold win rate
     lab = summary["lab"]
-    assert lab["rpo"]["win_rate_ci"][0] > 0.5 and lab["best_of_8"]["win_rate_ci"][0] > 0.5
+    assert lab["dpo"]["win_rate_ci"][0] > 0.5 and lab["best_of_8"]["win_rate_ci"][0] > 0.5

@@ -20,13 +20,11 @@ def test_aligned_methods_beat_sft_with_known_gold(quick_run):
     methods = quick_run["methods"]
     assert quick_run["data"]["pairs"] > 150
     assert quick_run["data"]["labels_agreeing_with_gold"] > 0.85  # a mildly noisy pool
-    for name in ("rpo", "raft", "best_of_8"):
+    for name in ("dpo", "rpo", "raft", "best_of_8"):
         m = methods[name]
         assert m["win_rate_ci"][0] > 0.5, (name, m)  # CI excludes 50%
         assert m["gold_reward"] > methods["sft"]["gold_reward"]
-    # the documented finding: plain DPO over-optimizes the sort task (longer, worse answers)
-    assert methods["dpo"]["mean_length"] > methods["sft"]["mean_length"]
-    assert methods["dpo"]["kl_to_sft"] > methods["rpo"]["kl_to_sft"]
+        assert m["kl_to_sft"] > 0
 
 
 @pytest.mark.slow
