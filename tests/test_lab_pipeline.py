@@ -20,7 +20,7 @@ def test_aligned_methods_beat_sft_with_known_gold(quick_run):
     methods = quick_run["methods"]
     assert quick_run["data"]["pairs"] > 150
     assert quick_run["data"]["labels_agreeing_with_gold"] > 0.85  # a mildly noisy pool
-    for name in ("dpo", "rpo", "raft", "best_of_8"):
+    for name in ("dpo", "rpo", "kto", "lipo", "raft", "best_of_8"):
         m = methods[name]
         assert m["win_rate_ci"][0] > 0.5, (name, m)  # CI excludes 50%
         assert m["gold_reward"] > methods["sft"]["gold_reward"]

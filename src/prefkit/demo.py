@@ -259,8 +259,8 @@ def _lab_tour(console: Console, work: Path) -> dict[str, Any]:
                   "model and several methods are trained, and every policy is judged against "
                   "the SFT policy by the gold reward:")
     with contextlib.redirect_stderr(io.StringIO()):
-        result = run_lab(workdir=str(work / "lab"), **{**QUICK, "methods": ["dpo", "rpo", "raft",
-                                                                            "ipo"]})
+        result = run_lab(workdir=str(work / "lab"), **{**QUICK, "methods": [
+            "dpo", "ipo", "rpo", "kto", "lipo", "raft"]})
     table = Table("method", "gold reward", "win rate vs SFT (95% CI)", "KL to SFT", "length")
     for name, m in result["methods"].items():
         table.add_row(name, f"{m['gold_reward']:.3f}",

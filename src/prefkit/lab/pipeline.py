@@ -9,9 +9,11 @@ direct alignment and best-of-N -> evaluation against the gold reward.
    simulated annotator pool (:func:`prefkit.lab.annotators.alpacafarm_pool`) into ``pairs.jsonl``;
 3. a Bradley-Terry reward model on those pairs (:func:`prefkit.train.reward.train_reward`);
 4. every method: ``raft`` (fine-tune on the reward model's best of ``best_of_n`` samples per
-   prompt), each direct loss in ``methods`` (:func:`prefkit.train.preference.train_preference`
-   on the pairs, the SFT model as policy and reference), and ``best_of_n`` (``n`` SFT samples,
-   the proxy reward model picks one);
+   prompt), each direct loss in ``methods`` (unpaired losses such as ``kto`` get each pair's
+   chosen answer as desirable and rejected as undesirable; listwise losses such as ``lipo`` get
+   the pool's K-wise rankings of each prompt's samples;
+   :func:`prefkit.train.preference.train_preference`, the SFT model as policy and reference),
+   and ``best_of_n`` (``n`` SFT samples, the proxy reward model picks one);
 6. over-optimization: a second reward model is trained on the same samples labelled by a
    length-biased annotator (``overopt_length_bias``, gold units per relative length difference);
    best-of-n with it for n in ``overopt_ns`` gives the proxy and gold curves
@@ -57,7 +59,8 @@ class LabConfig:
     pool_size: int = 6
     pool_scale: float = 0.3
     training_flips: bool = False
-    methods: list[str] = field(default_factory=lambda: ["dpo", "rpo", "ipo", "simpo", "raft"])
+    methods: list[str] = field(default_factory=lambda: ["dpo", "rpo", "ipo", "simpo", "kto",
+                                                        "lipo", "raft"])
     best_of_n: int = 8
     steps: int = 120
     batch_size: int = 16
@@ -71,8 +74,8 @@ class LabConfig:
     seed: int = 0
 
 
-QUICK = dict(n_prompts=128, n_eval=128, methods=["dpo", "rpo", "raft"], steps=120, rm_steps=80,
-             best_of_n=8)
+QUICK = dict(n_prompts=128, n_eval=128, methods=["dpo", "rpo", "kto", "lipo", "raft"], steps=120,
+             rm_steps=80, best_of_n=8)
 """Overrides for a run of well under two minutes (the tests' config).
 
 Finding on the sort task: the direct losses need a small learning rate. At 1e-5 (120 steps)
@@ -131,6 +134,34 @@ def _evaluate(texts: list[str], prompts: list[str], task, sft_texts: list[str], 
     else:
         out["kl_to_sft"] = None
     return out
+
+
+def _loss_kind(spec: str) -> str:
+    from .. import losses
+
+    return losses.build_loss(spec).loss_spec.kind
+
+
+def _binary_data(rows: list[dict], work: Path) -> str:
+    """Unpaired (KTO-style) labels from the annotated pairs: each chosen answer desirable, each
+    rejected one undesirable (as TRL's unpaired conversion does)."""
+    out = [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+           for r in rows for side in ("chosen", "rejected")]
+    return _write(work / "binary.jsonl", out)
+
+
+def _ranking_data(pool, prompts: list[str], samples: list[list[str]], work: Path) -> str:
+    """K-wise rankings of each prompt's distinct samples by the annotator pool (listwise
+    losses)."""
+    rows = []
+    for prompt, cs in zip(prompts, samples, strict=True):
+        uniq = [" " + c for c in dict.fromkeys(c for c in cs if c.strip())]
+        if len(uniq) < 2:
+            continue
+        ranking = pool.rank(prompt, uniq)
+        rows.append({"prompt": prompt, "responses": uniq,
+                     "ranking": [t[0] if len(t) == 1 else list(t) for t in ranking.tiers]})
+    return _write(work / "rankings.jsonl", rows)
 
 
 def _raft_data(config: LabConfig, sft, tokenizer, rm, prompts: list[str], work: Path) -> str:
@@ -255,6 +286,10 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
         if method == "raft":
             data = _raft_data(config, sft, tokenizer, rm, train_prompts, work)
             loss, lr = "sft", config.raft_learning_rate
+        elif _loss_kind(method) == "unpaired":
+            data = _binary_data(rows, work)
+        elif _loss_kind(method) == "listwise":
+            data = _ranking_data(pool, train_prompts, samples, work)
         with quiet:
             trained = train_preference(PreferenceConfig(
                 model=sft_path, data=data, loss=loss, beta=config.beta,
