@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses.reward import gpm_logit
+
 __all__ = [
     "HEADS",
     "HELPSTEER2_ATTRIBUTES",
@@ -130,28 +132,6 @@ class MultiHead(RewardHead):
         return {"rewards": rewards, "attributes": attributes}
 
 
-def gpm_logit(
-    e1: torch.Tensor, e2: torch.Tensor, scale: torch.Tensor | float = 1.0
-) -> torch.Tensor:
-    """General-preference logit ``scale * <R e1, e2>`` (Zhang et al. 2024, arXiv 2410.02197).
-
-    ``R`` is block-diagonal with 2x2 blocks ``[[0, -1], [1, 0]]``, so
-
-        logit(e1, e2) = scale * sum_i (e1[2i] * e2[2i+1] - e1[2i+1] * e2[2i])
-
-    over the last dimension (even size ``2k``). It is antisymmetric,
-    ``logit(e1, e2) = -logit(e2, e1)`` (and ``logit(e, e) = 0``), so ``P(y1 > y2) =
-    sigmoid(logit)`` is a consistent preference probability that can express intransitive
-    (cyclic) preferences a scalar reward cannot. Broadcasts over leading dimensions.
-    """
-    if e1.shape[-1] % 2 or e2.shape[-1] != e1.shape[-1]:
-        raise ValueError(f"gpm_logit needs equal even last dims, got {e1.shape} and {e2.shape}")
-    a = e1.float().unflatten(-1, (-1, 2))
-    b = e2.float().unflatten(-1, (-1, 2))
-    cross = a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
-    return cross.sum(-1) * scale
-
-
 class GPMHead(RewardHead):
     """General Preference Model head (Zhang et al. 2024, arXiv 2410.02197).
 
@@ -204,7 +184,7 @@ class GPMHead(RewardHead):
 
     def logit(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
         """``scale * <R e1, e2>``: the log-odds that the response of ``e1`` beats ``e2``'s."""
-        return gpm_logit(e1, e2, self.scale)
+        return gpm_logit(e1.float(), e2.float(), self.scale)
 
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         e = _apply32(self.embed, h)

@@ -36,7 +36,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prefkit.models.load import LoraSettings, load_model, load_tokenizer
 from prefkit.models.logprobs import model_attention_mask
-from prefkit.models.packing import PackedBatch, PaddedBatch, PromptGroup, pack_groups
+from prefkit.models.packing import PackedBatch, PaddedBatch, PromptGroup
 from prefkit.rewards.heads import HELPSTEER2_ATTRIBUTES, RewardHead, build_head
 
 __all__ = ["HEAD_FILE", "CONFIG_FILE", "RewardModel", "RewardOutput"]
@@ -378,8 +378,6 @@ class RewardModel(nn.Module):
             raise ValueError("score needs a tokenizer (pass tokenizer=...)")
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         pairs = enumerate(zip(prompts, responses, strict=True))
         groups = [self._group(tokenizer, p, r, i) for i, (p, r) in pairs]
         if max_length is not None:
@@ -387,24 +385,14 @@ class RewardModel(nn.Module):
         pad_id = tokenizer.pad_token_id
         if pad_id is None:
             pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        # Longest first so each packed batch holds sequences of similar length.
-        order = sorted(range(len(groups)), key=lambda i: -groups[i].packed_length)
+        from .scoring import packed_outputs
+
+        order: list[int] = []
+        outputs = []
+        for idx, out in packed_outputs(self, groups, pad_id=pad_id, batch_size=batch_size):
+            order.extend(idx)
+            outputs.append(out)
         device = self.device
-        was_training = self.training
-        self.eval()
-        try:
-            outputs = []
-            for start in range(0, len(order), batch_size):
-                chunk = [groups[i] for i in order[start : start + batch_size]]
-                batch = pack_groups(
-                    chunk,
-                    max_length=max(g.packed_length for g in chunk),
-                    pad_id=pad_id,
-                    mask_dtype=torch.bool,
-                )
-                outputs.append(self(batch.to(device)))
-        finally:
-            self.train(was_training)
         if not outputs:
             empty = torch.zeros((0, 1), device=device)
             return RewardOutput(rewards=empty, mask=empty.bool())

@@ -16,10 +16,34 @@ import torch
 
 from ..models.packing import PromptGroup, pack_groups
 
-__all__ = ["score_groups", "score_pairs"]
+__all__ = ["packed_outputs", "score_groups", "score_pairs"]
 
 
-@torch.no_grad()
+def packed_outputs(model: Any, groups: Sequence[PromptGroup], *, pad_id: int,
+                   batch_size: int = 16):
+    """Run ``model`` (anything whose forward takes a :class:`PackedBatch` and returns a
+    :class:`~prefkit.rewards.RewardOutput`) over ``groups`` without grad, in eval mode (the
+    previous mode is restored): longest groups first, ``batch_size`` groups per batch, each
+    batch as long as its longest group. Yields ``(indices, output)`` per batch, ``indices`` the
+    positions in ``groups`` of the batch's rows."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(groups)), key=lambda i: -groups[i].packed_length)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                chunk = [groups[i] for i in idx]
+                batch = pack_groups(chunk, max_length=max(g.packed_length for g in chunk),
+                                    pad_id=pad_id, mask_dtype=torch.bool)
+                yield idx, model(batch.to(device))
+    finally:
+        model.train(was_training)
+
+
 def score_groups(model: Any, prompts: Sequence[Any], responses: Sequence[Sequence[Any]], *,
                  tokenizer: Any = None, batch_size: int = 16,
                  with_lengths: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -40,24 +64,12 @@ def score_groups(model: Any, prompts: Sequence[Any], responses: Sequence[Sequenc
     k_max = max(g.k for g in groups)
     rewards = torch.full((len(groups), k_max), float("nan"))
     lengths = torch.zeros(len(groups), k_max, dtype=torch.long)
-    order = sorted(range(len(groups)), key=lambda i: groups[i].packed_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            chunk = [groups[i] for i in idx]
-            batch = pack_groups(chunk, max_length=max(g.packed_length for g in chunk),
-                                pad_id=pad).to(device)
-            out = model(batch)
-            for row, i in enumerate(idx):
-                k = groups[i].k
-                rewards[i, :k] = out.rewards[row, :k].float().cpu()
-                lengths[i, :k] = batch.completion_lengths[row, :k].cpu()
-    finally:
-        model.train(was_training)
+    for idx, out in packed_outputs(model, groups, pad_id=pad, batch_size=batch_size):
+        for row, i in enumerate(idx):
+            k = groups[i].k
+            rewards[i, :k] = out.rewards[row, :k].float().cpu()
+            lengths[i, :k] = torch.tensor([len(r) for r in groups[i].response_ids])
     return (rewards, lengths) if with_lengths else rewards
 
 
