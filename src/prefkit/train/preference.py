@@ -36,7 +36,7 @@ from ..models.packing import PromptGroup, pack_groups, truncate_groups
 from .config import LoopConfig
 from .loop import Callback, FitResult, StepOutput, build_dataloader, fit, make_accelerator
 from .preference_data import DataReport, PreferenceExample, records_to_examples
-from .reference import ReferenceLogps, reference_logps
+from .reference import reference_logps
 
 __all__ = ["PreferenceConfig", "PreferenceResult", "PreferenceTask", "train_preference"]
 
@@ -259,10 +259,11 @@ def _shadows(groups: list[PromptGroup], seed: int) -> list[PromptGroup]:
             for i, g in enumerate(groups)]
 
 
-def _items(examples, groups, ref: ReferenceLogps | None, shadows, shadow_ref) -> list[_Item]:
-    return [_Item(e, g, None if ref is None else ref.sums[i],
+def _items(examples, groups, ref: torch.Tensor | None, shadows, shadow_ref: torch.Tensor | None
+           ) -> list[_Item]:
+    return [_Item(e, g, None if ref is None else ref[i],
                   None if shadows is None else shadows[i],
-                  None if shadow_ref is None else shadow_ref.sums[i])
+                  None if shadow_ref is None else shadow_ref[i])
             for i, (e, g) in enumerate(zip(examples, groups, strict=True))]
 
 
@@ -314,17 +315,17 @@ def train_preference(config: PreferenceConfig, *, model: torch.nn.Module | None 
     ref_info = None
     ref = shadow_ref = eval_ref = eval_shadow_ref = None
     if task.needs_reference:
-        kwargs = dict(reference=config.reference, cache_dir=config.reference_cache,
-                      pad_id=task.pad_id, chunk_size=config.chunk_size, accelerator=accelerator,
-                      dtype=config.dtype)
-        ref = reference_logps(model, groups, **kwargs)
-        ref_info = ref.info()
-        if shadows is not None:
-            shadow_ref = reference_logps(model, shadows, **kwargs)
-        if eval_groups:
-            eval_ref = reference_logps(model, eval_groups, **kwargs)
-            if eval_shadows is not None:
-                eval_shadow_ref = reference_logps(model, eval_shadows, **kwargs)
+        # one pass (one weights hash, one cache file) over every group that needs reference
+        # log-probs: training groups, KTO's shadow pairs, and their eval counterparts
+        sets = [groups, shadows or [], eval_groups, eval_shadows or []]
+        computed = reference_logps(
+            model, [g for part in sets for g in part], reference=config.reference,
+            cache_dir=config.reference_cache, pad_id=task.pad_id, chunk_size=config.chunk_size,
+            accelerator=accelerator, dtype=config.dtype)
+        ref_info = {**computed.info(), "groups": len(groups)}
+        ref, shadow_ref, eval_ref, eval_shadow_ref = (
+            part if len(part) else None
+            for part in torch.split(computed.sums, [len(p) for p in sets]))
 
     train_items = _items(examples, groups, ref, shadows, shadow_ref)
     train_loader = build_dataloader(train_items, config, collate_fn=task.collate,
@@ -342,7 +343,7 @@ def train_preference(config: PreferenceConfig, *, model: torch.nn.Module | None 
     report_dict["eval"] = len(eval_examples)
     return PreferenceResult(fit=result, data=report_dict, truncation=trunc, loss=task.spec.name,
                             kind=task.kind, reference=ref_info, model=model, tokenizer=tokenizer,
-                            reference_sums=None if ref is None else ref.sums)
+                            reference_sums=ref)
 
 
 def save_policy(result: PreferenceResult, folder: str | Path) -> Path:

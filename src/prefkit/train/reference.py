@@ -51,7 +51,7 @@ class ReferenceLogps:
     responses), where they came from and what they cost."""
 
     sums: torch.Tensor
-    key: str
+    key: str | None  # None when the cache is off (no content hash computed)
     path: str | None
     cached: bool
     seconds: float
@@ -97,17 +97,14 @@ def reference_logps(model: torch.nn.Module, groups: Sequence[PromptGroup], *,
         if not Path(reference).exists():
             raise FileNotFoundError(f"reference model path does not exist: {reference}")
         separate = reference
-    ref_model = None
-    if separate is not None:
-        ref_model, _ = load_model(separate, dtype=dtype)
-        weights = hash_weights(ref_model)
-    else:
-        weights = hash_weights(model)
-    key = cache_key(weights, hash_groups(groups),
-                    settings={"dtype": dtype, "layout": LAYOUT_VERSION})
+    ref_model = load_model(separate, dtype=dtype)[0] if separate is not None else None
     use_cache = cache_dir != "none"
-    folder = Path(cache_dir) if use_cache and cache_dir else default_cache_dir()
-    path = folder / f"ref-{key}.pt"
+    key = path = None
+    if use_cache:  # the content hash reads every weight: only worth it when it keys a cache
+        weights = hash_weights(ref_model if ref_model is not None else model)
+        key = cache_key(weights, hash_groups(groups),
+                        settings={"dtype": dtype, "layout": LAYOUT_VERSION})
+        path = (Path(cache_dir) if cache_dir else default_cache_dir()) / f"ref-{key}.pt"
     is_main = accelerator is None or accelerator.is_main_process
     if use_cache and path.exists():
         sums = torch.load(path, map_location="cpu", weights_only=True)
@@ -123,7 +120,7 @@ def reference_logps(model: torch.nn.Module, groups: Sequence[PromptGroup], *,
             sums = compute_logps(target, groups, pad_id=pad_id, batch_groups=batch_groups,
                                  chunk_size=chunk_size, device=device)
         if use_cache:
-            folder.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             torch.save(sums, tmp)
             os.replace(tmp, path)  # atomic: a reader never sees a half-written file
