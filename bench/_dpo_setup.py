@@ -112,3 +112,19 @@ def build_rm_checkpoint(folder: Path, model_folder: Path, seed: int = 0) -> None
     rm.model.load_state_dict(causal.model.state_dict())
     rm.save_pretrained(folder)
     AutoTokenizer.from_pretrained(model_folder).save_pretrained(folder)
+
+
+def load_prefkit_rm(folder: Path):
+    """prefkit's scalar reward model on the backbone of the sequence-classification checkpoint
+    ``folder``, its score head copied in (bias 0: Llama's score layer has none)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from prefkit.rewards import RewardModel
+
+    model, tokenizer = RewardModel.from_spec(str(folder), head="scalar")
+    weights = load_file(str(Path(folder) / "model.safetensors"))
+    with torch.no_grad():
+        model.head.score.weight.copy_(weights["score.weight"])
+        model.head.score.bias.zero_()
+    return model, tokenizer

@@ -16,15 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _dpo_child_common import peak_rss_mb, setup_threads  # noqa: E402
+from _dpo_setup import load_prefkit_rm  # noqa: E402
 
 
 def main() -> None:
     world, steps = Path(sys.argv[1]), int(sys.argv[2])
     setup_threads()
     import torch
-    from safetensors.torch import load_file
 
-    from prefkit.rewards import RewardModel
     from prefkit.train.loop import Callback
     from prefkit.train.reward import RewardConfig, train_reward
 
@@ -34,12 +33,7 @@ def main() -> None:
         def on_step_end(self, step, model):
             stamps.append(time.perf_counter())
 
-    model, tokenizer = RewardModel.from_spec(str(world / "rm_model"), head="scalar")
-    weights = load_file(str(world / "rm_model" / "model.safetensors"))
-    with torch.no_grad():
-        model.head.score.weight.copy_(weights["score.weight"])
-        if model.head.score.bias is not None:
-            model.head.score.bias.zero_()
+    model, tokenizer = load_prefkit_rm(world / "rm_model")
     config = RewardConfig(
         model=str(world / "rm_model"), data=str(world / "pairs.jsonl"), objective="bt",
         output_dir=tempfile.mkdtemp(), max_steps=steps, batch_size=8, learning_rate=1e-4,

@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from _common import machine  # noqa: E402
-from _dpo_setup import build_rm_checkpoint, build_world  # noqa: E402
+from _dpo_setup import build_rm_checkpoint, build_world, load_prefkit_rm  # noqa: E402
 from dpo_vs_trl import BATCH, RESPONSE_LEN, matmul_peak, run, summarize  # noqa: E402
 
 
@@ -56,17 +56,9 @@ def plain_scores(folder: Path, rows: list[dict], batch_size: int = 16):
 
 
 def prefkit_scores(folder: Path, rows: list[dict], batch_size: int = 16):
-    import torch
-    from safetensors.torch import load_file
-
-    from prefkit.rewards import RewardModel
     from prefkit.rewards.scoring import score_pairs
 
-    model, tok = RewardModel.from_spec(str(folder), head="scalar")
-    weights = load_file(str(folder / "model.safetensors"))
-    with torch.no_grad():
-        model.head.score.weight.copy_(weights["score.weight"])
-        model.head.score.bias.zero_()
+    model, tok = load_prefkit_rm(folder)
     return score_pairs(model, [r["prompt"] for r in rows], [r["chosen"] for r in rows],
                        [r["rejected"] for r in rows], tokenizer=tok, batch_size=batch_size)
 

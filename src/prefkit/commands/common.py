@@ -80,3 +80,23 @@ def config_from_cli(cls: type, config_path: str | None, flags: dict[str, Any],
     if as_json:
         cfg.progress = False
     return cfg
+
+
+def finish_training(out: dict[str, Any], save_model: str | None, save: Callable[[str], Any],
+                    as_json: bool) -> bool:
+    """The end of a training command: ``save(save_model)`` on the main process only (under data
+    parallelism every process holds the same weights), the JSON object on the main process with
+    ``--json``. Returns True when the caller should print its human-readable summary."""
+    from accelerate import PartialState
+
+    main = PartialState().is_main_process
+    if save_model:
+        if main:
+            save(save_model)
+        out["saved_model"] = save_model
+    if not main:
+        return False
+    if as_json:
+        print_json(out)
+        return False
+    return True

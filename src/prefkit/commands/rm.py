@@ -16,7 +16,15 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import JsonOpt, bad_input, cli_errors, config_from_cli, print_json, stdout
+from .common import (
+    JsonOpt,
+    bad_input,
+    cli_errors,
+    config_from_cli,
+    finish_training,
+    print_json,
+    stdout,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Reward models: train, score, evaluate.")
 
@@ -102,17 +110,10 @@ def train(
     cfg = config_from_cli(RewardConfig, config, flags, set_, as_json)
     result = train_reward(cfg)
     out = result.to_dict()
-    from accelerate import PartialState
-
-    if save_model:
-        if PartialState().is_main_process:
-            inner = getattr(result.model, "module", result.model)
-            inner.save_pretrained(save_model, tokenizer=result.tokenizer)
-        out["saved_model"] = save_model
-    if not PartialState().is_main_process:
-        return
-    if as_json:
-        print_json(out)
+    model = getattr(result.model, "module", result.model)
+    if not finish_training(out, save_model,
+                           lambda folder: model.save_pretrained(folder, tokenizer=result.tokenizer),
+                           as_json):
         return
     m = out["metrics"]
     stdout.print(f"trained {out['steps']} steps ({out['objective']}, head {out['head']}): "

@@ -11,7 +11,15 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, cli_errors, config_from_cli, print_json, stderr, stdout
+from .common import (
+    JsonOpt,
+    cli_errors,
+    config_from_cli,
+    finish_training,
+    print_json,
+    stderr,
+    stdout,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Train policies from feedback.")
 
@@ -58,17 +66,7 @@ def preference(
     cfg = config_from_cli(PreferenceConfig, config, flags, set_, as_json)
     result = train_preference(cfg)
     out = result.to_dict()
-    from accelerate import PartialState
-
-    main_process = PartialState().is_main_process
-    if save_model:
-        if main_process:  # under data parallelism every process holds the same weights
-            save_policy(result, save_model)
-        out["saved_model"] = save_model
-    if not main_process:
-        return
-    if as_json:
-        print_json(out)
+    if not finish_training(out, save_model, lambda folder: save_policy(result, folder), as_json):
         return
     metrics = out["metrics"]
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()

@@ -148,6 +148,13 @@ class Ranking:
         return [i for i in range(len(self.responses)) if i not in seen]
 
     @property
+    def tier_scores(self) -> dict[int, float]:
+        """A score per ranked response index, higher = better: ``len(tiers) - 1 - tier``
+        (tied responses share a score; unranked ones are absent)."""
+        last = len(self.tiers) - 1
+        return {i: float(last - t) for t, tier in enumerate(self.tiers) for i in tier}
+
+    @property
     def is_strict(self) -> bool:
         """True for a full order without ties."""
         return all(len(t) == 1 for t in self.tiers) and not self.unranked

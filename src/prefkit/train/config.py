@@ -25,6 +25,7 @@ __all__ = [
     "LoopConfig",
     "config_from_dict",
     "config_help",
+    "option",
     "load_config",
     "parse_overrides",
 ]
@@ -34,6 +35,11 @@ T = TypeVar("T")
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("no", "bf16")
 TRACKERS = ("jsonl", "tensorboard", "wandb")
+
+
+def option(help: str, default: Any = None) -> Any:
+    """A config field with its help text (the text CLI help and :func:`config_help` show)."""
+    return field(default=default, metadata={"help": help})
 
 
 class ConfigError(ValueError):

@@ -24,7 +24,7 @@ import dataclasses
 import random
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import torch
 from .. import losses
 from ..models.logprobs import sequence_logps
 from ..models.packing import PromptGroup, pack_groups, truncate_groups
-from .config import LoopConfig
+from .config import LoopConfig, option
 from .loop import Callback, FitResult, StepOutput, build_dataloader, fit, make_accelerator
 from .preference_data import DataReport, PreferenceExample, records_to_examples
 from .reference import reference_logps
@@ -41,43 +41,37 @@ from .reference import reference_logps
 __all__ = ["PreferenceConfig", "PreferenceResult", "PreferenceTask", "train_preference"]
 
 
-def _help(text: str, default: Any = None, **kw: Any) -> Any:
-    if "default_factory" in kw:
-        return field(metadata={"help": text}, **kw)
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class PreferenceConfig(LoopConfig):
     """Everything a preference run needs: the loop's settings plus model, data and loss."""
 
-    model: str = _help("Checkpoint directory, or a .json/.yaml tiny-model file.", "")
-    data: str = _help("Training records: JSONL / JSON / Parquet / HF dataset folder "
+    model: str = option("Checkpoint directory, or a .json/.yaml tiny-model file.", "")
+    data: str = option("Training records: JSONL / JSON / Parquet / HF dataset folder "
                       "(pairs, rankings or binary labels, any prefkit-readable format).", "")
-    eval_data: str | None = _help("Evaluation records (same formats).")
-    eval_fraction: float = _help("Hold out this share of the training records for eval when "
+    eval_data: str | None = option("Evaluation records (same formats).")
+    eval_fraction: float = option("Hold out this share of the training records for eval when "
                                  "no eval_data is given.", 0.0)
-    loss: str = _help("Loss spec: a registered name or a weighted sum, e.g. 'dpo', "
+    loss: str = option("Loss spec: a registered name or a weighted sum, e.g. 'dpo', "
                       "'dpo+0.2*sft', 'ipo(beta=0.5)'. `prefkit train losses` lists them.",
                       "dpo")
-    beta: float | None = _help("beta for every loss term that takes one (None: each loss's "
+    beta: float | None = option("beta for every loss term that takes one (None: each loss's "
                                "default).")
-    reference: str = _help("'auto' (the starting policy; with LoRA the adapters disabled), "
+    reference: str = option("'auto' (the starting policy; with LoRA the adapters disabled), "
                            "or a checkpoint directory of a separate reference model.", "auto")
-    reference_cache: str | None = _help("Folder for cached reference log-probs ('none' to "
+    reference_cache: str | None = option("Folder for cached reference log-probs ('none' to "
                                         "disable; default ~/.cache/prefkit/reference).")
-    lora: bool = _help("Train LoRA adapters (peft) instead of all weights.", False)
-    lora_r: int = _help("LoRA rank.", 8)
-    lora_alpha: int = _help("LoRA alpha (scale alpha / r).", 16)
-    dtype: str = _help("Weight dtype: float32 or bfloat16.", "float32")
-    max_length: int = _help("Max tokens of prompt + one response (longer responses are cut "
+    lora: bool = option("Train LoRA adapters (peft) instead of all weights.", False)
+    lora_r: int = option("LoRA rank.", 8)
+    lora_alpha: int = option("LoRA alpha (scale alpha / r).", 16)
+    dtype: str = option("Weight dtype: float32 or bfloat16.", "float32")
+    max_length: int = option("Max tokens of prompt + one response (longer responses are cut "
                             "from the right).", 1024)
-    max_prompt_length: int | None = _help("Max prompt tokens (cut from the left).")
-    pack_length: int | None = _help("Row capacity when packing several prompt groups per "
+    max_prompt_length: int | None = option("Max prompt tokens (cut from the left).")
+    pack_length: int | None = option("Row capacity when packing several prompt groups per "
                                     "row; default: one group per row, rows as long as the "
                                     "longest group of the micro-batch.")
-    chunk_size: int = _help("Completion positions per LM-head chunk.", 1024)
-    shuffle: bool = _help("Shuffle the training records each epoch.", True)
+    chunk_size: int = option("Completion positions per LM-head chunk.", 1024)
+    shuffle: bool = option("Shuffle the training records each epoch.", True)
 
 
 @dataclass
@@ -161,8 +155,7 @@ class PreferenceTask:
         groups = [it.group for it in items]
         if self.kind == "unpaired":
             groups += [it.shadow for it in items]
-        capacity = self.pack_length or max(g.packed_length for g in groups)
-        capacity = max(capacity, max(g.packed_length for g in groups))
+        capacity = max(self.pack_length or 0, max(g.packed_length for g in groups))
         packed = pack_groups(groups, max_length=capacity, pad_id=self.pad_id)
         k_max = max(it.group.k for it in items)
         scores = torch.full((len(items), k_max), float("-inf"))

@@ -78,8 +78,7 @@ def _texts(record) -> tuple[Any, list[Any], list[float], bool | None] | str:
         ranked = record.ranked
         if len(ranked) < 2:
             return "ranking_fewer_than_2_ranked"
-        n_tiers = len(record.tiers)
-        score = {i: float(n_tiers - 1 - t) for t, tier in enumerate(record.tiers) for i in tier}
+        score = record.tier_scores
         return (record.prompt, [record.responses[i] for i in ranked],
                 [score[i] for i in ranked], None)
     if isinstance(record, Binary):

@@ -34,44 +34,40 @@ import torch
 from .. import losses
 from ..data.records import Comparison, Outcome, Ranking, Rating
 from ..models.packing import PromptGroup, pack_groups, truncate_groups
-from .config import LoopConfig
+from .config import LoopConfig, option
 from .loop import Callback, FitResult, StepOutput, build_dataloader, fit, make_accelerator
 from .preference_data import DataReport, tokenize_example
 
 __all__ = ["RewardConfig", "RewardResult", "RewardTask", "train_reward"]
 
 
-def _help(text: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class RewardConfig(LoopConfig):
     """A reward-model run: the loop's settings plus model, data, objective and head."""
 
-    model: str = _help("Backbone: checkpoint directory or .json/.yaml tiny-model file.", "")
-    data: str = _help("Training records: pairs, rankings or attribute ratings.", "")
-    eval_data: str | None = _help("Evaluation records (same kinds).")
-    eval_fraction: float = _help("Hold out this share of the records for eval.", 0.0)
-    objective: str = _help("Loss spec of kind 'reward': bt, bt_ties, pl_rm, regression, gpm, "
+    model: str = option("Backbone: checkpoint directory or .json/.yaml tiny-model file.", "")
+    data: str = option("Training records: pairs, rankings or attribute ratings.", "")
+    eval_data: str | None = option("Evaluation records (same kinds).")
+    eval_fraction: float = option("Hold out this share of the records for eval.", 0.0)
+    objective: str = option("Loss spec of kind 'reward': bt, bt_ties, pl_rm, regression, gpm, "
                            "odin, or a sum such as 'bt+0.01*reward_centering'.", "bt")
-    head: str | None = _help("scalar | multi | gpm | odin | ensemble (default: from the "
+    head: str | None = option("scalar | multi | gpm | odin | ensemble (default: from the "
                              "objective).")
-    attributes: list[str] | None = _help("Rating attributes to regress (default: every "
+    attributes: list[str] | None = option("Rating attributes to regress (default: every "
                                          "attribute in the data, sorted).")
-    attribute_weights: list[float] | None = _help("Weights combining the attributes into one "
+    attribute_weights: list[float] | None = option("Weights combining the attributes into one "
                                                   "reward (default: uniform).")
-    ensemble_size: int = _help("Members of an ensemble head.", 4)
-    gpm_dim: int = _help("GPM embedding size (even).", 8)
-    margin_from_strength: bool = _help("Use a comparison's strength as the BT margin.", False)
-    lora: bool = _help("Train LoRA adapters plus the head instead of all weights.", False)
-    lora_r: int = _help("LoRA rank.", 8)
-    lora_alpha: int = _help("LoRA alpha.", 16)
-    dtype: str = _help("Weight dtype: float32 or bfloat16.", "float32")
-    max_length: int = _help("Max tokens of prompt + one response.", 1024)
-    max_prompt_length: int | None = _help("Max prompt tokens (cut from the left).")
-    pack_length: int | None = _help("Row capacity when packing several groups per row.")
-    shuffle: bool = _help("Shuffle the training records each epoch.", True)
+    ensemble_size: int = option("Members of an ensemble head.", 4)
+    gpm_dim: int = option("GPM embedding size (even).", 8)
+    margin_from_strength: bool = option("Use a comparison's strength as the BT margin.", False)
+    lora: bool = option("Train LoRA adapters plus the head instead of all weights.", False)
+    lora_r: int = option("LoRA rank.", 8)
+    lora_alpha: int = option("LoRA alpha.", 16)
+    dtype: str = option("Weight dtype: float32 or bfloat16.", "float32")
+    max_length: int = option("Max tokens of prompt + one response.", 1024)
+    max_prompt_length: int | None = option("Max prompt tokens (cut from the left).")
+    pack_length: int | None = option("Row capacity when packing several groups per row.")
+    shuffle: bool = option("Shuffle the training records each epoch.", True)
 
 
 @dataclass
@@ -108,11 +104,9 @@ class RMExample:
 HEAD_FOR = {"regression": "multi", "gpm": "gpm", "odin": "odin"}
 
 
-def _attribute_names(records: list, config: RewardConfig) -> list[str]:
-    if config.attributes:
-        return list(config.attributes)
-    names = sorted({k for r in records if isinstance(r, Rating) for k in r.scores})
-    return names
+def _attribute_names(records: list) -> list[str]:
+    """Every attribute scored in the rating records, sorted."""
+    return sorted({k for r in records if isinstance(r, Rating) for k in r.scores})
 
 
 def records_to_rm_examples(records: Sequence, tokenizer, *, kind_needed: str, keep_ties: bool,
@@ -140,9 +134,7 @@ def records_to_rm_examples(records: Sequence, tokenizer, *, kind_needed: str, ke
             if len(ranked) < 2:
                 report.skip("ranking_fewer_than_2_ranked", index)
                 continue
-            n_tiers = len(record.tiers)
-            score = {i: float(n_tiers - 1 - t) for t, tier in enumerate(record.tiers)
-                     for i in tier}
+            score = record.tier_scores
             responses = [record.responses[i] for i in ranked]
             example = RMExample(index, None, [score[i] for i in ranked])
         elif isinstance(record, Rating) and kind_needed == "ratings":
@@ -268,16 +260,9 @@ class RewardTask:
 # --------------------------------------------------------------------------- the run
 
 
-def _load(path: str, tokenizer, task: RewardTask, config: RewardConfig, attributes: list[str],
-          report: DataReport) -> list[RMExample]:
-    from ..data.io import read_records
-
-    records = list(read_records(path))
-    if task.data_kind == "ratings" and not attributes:
-        attributes.extend(_attribute_names(records, config))
-        if not attributes:
-            raise ValueError(f"{path}: objective {task.spec.name!r} needs rating records with "
-                             "attribute scores; none found")
+def _load(path: str, records: list, tokenizer, task: RewardTask, config: RewardConfig,
+          attributes: list[str], report: DataReport) -> list[RMExample]:
+    """Tokenize and truncate the records of ``path`` the objective can learn from."""
     examples = records_to_rm_examples(
         records, tokenizer, kind_needed=task.data_kind, keep_ties=task.keep_ties,
         attributes=attributes, margin_from_strength=config.margin_from_strength, report=report)
@@ -300,6 +285,7 @@ def _load(path: str, tokenizer, task: RewardTask, config: RewardConfig, attribut
 def train_reward(config: RewardConfig, *, model: torch.nn.Module | None = None,
                  tokenizer: Any = None, callbacks: Sequence[Callback] = ()) -> RewardResult:
     """Train a reward model (module docstring); ``model``/``tokenizer`` may be passed in."""
+    from ..data.io import read_records
     from ..models.load import LoraSettings
     from ..rewards import RewardModel
 
@@ -307,11 +293,13 @@ def train_reward(config: RewardConfig, *, model: torch.nn.Module | None = None,
         raise ValueError("no training data: set data (a records file)")
     task = RewardTask(config.objective, pack_length=config.pack_length)
     head = config.head or HEAD_FOR.get(task.spec.name.split("+")[0].split("(")[0], "scalar")
-    attributes: list[str] = list(config.attributes or [])
-    if task.data_kind == "ratings" and not attributes:
-        from ..data.io import read_records
-
-        attributes = _attribute_names(list(read_records(config.data)), config)
+    records = list(read_records(config.data))
+    attributes: list[str] = []
+    if task.data_kind == "ratings":
+        attributes = list(config.attributes or _attribute_names(records))
+        if not attributes:
+            raise ValueError(f"{config.data}: objective {task.spec.name!r} needs rating records "
+                             "with attribute scores; none found")
     if model is None:
         if not config.model:
             raise ValueError("no model: set model (a checkpoint directory or a model file)")
@@ -326,11 +314,11 @@ def train_reward(config: RewardConfig, *, model: torch.nn.Module | None = None,
     task.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     accelerator = make_accelerator(config)
     report = DataReport()
-    examples = _load(config.data, tokenizer, task, config, attributes, report)
+    examples = _load(config.data, records, tokenizer, task, config, attributes, report)
     eval_examples: list[RMExample] = []
     if config.eval_data:
-        eval_examples = _load(config.eval_data, tokenizer, task, config, attributes,
-                              DataReport())
+        eval_examples = _load(config.eval_data, list(read_records(config.eval_data)), tokenizer,
+                              task, config, attributes, DataReport())
     elif config.eval_fraction > 0:
         order = list(range(len(examples)))
         random.Random(config.seed).shuffle(order)
