@@ -13,7 +13,7 @@ reward-model objectives); hyper-parameters are keyword-only. This package import
 
 from __future__ import annotations
 
-from . import listwise, pairwise, reward, sft, unpaired
+from . import listwise, pairwise, reward, rl, sft, unpaired
 from .listwise import infonca, lipo, listwise_dpo, nca, pro
 from .pairwise import (
     apo_down,
@@ -113,6 +113,7 @@ __all__ = [
     "regression",
     "reward",
     "reward_centering",
+    "rl",
     "rpo",
     "select_inputs",
     "sft",
