@@ -65,13 +65,14 @@ class _GumbelSampler(LogitsProcessor):
 
     def __init__(
         self, rows: torch.Tensor, prompt_width: int, seed: int, temperature: float,
-        top_k: int | None,
+        top_k: int | None, top_p: float | None = None,
     ) -> None:
         self.rows = rows
         self.prompt_width = prompt_width
         self.seed = seed
         self.temperature = temperature
         self.top_k = top_k
+        self.top_p = top_p
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         step = input_ids.shape[1] - self.prompt_width
@@ -79,6 +80,13 @@ class _GumbelSampler(LogitsProcessor):
         if self.top_k is not None and self.top_k < scores.shape[-1]:
             kth = torch.topk(scores, self.top_k, dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p is not None and self.top_p < 1.0:
+            # nucleus: keep the smallest set of most likely tokens whose mass reaches top_p
+            probs, order = torch.softmax(scores, dim=-1).sort(dim=-1, descending=True)
+            before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+            drop = torch.zeros_like(scores, dtype=torch.bool)
+            drop.scatter_(-1, order, before >= self.top_p)
+            scores = scores.masked_fill(drop, float("-inf"))
         noise = gumbel_noise(self.seed, self.rows.to(scores.device), step, scores.shape[-1])
         return (scores + noise).float()
 
@@ -111,9 +119,11 @@ def sample(
     max_new_tokens: int = 32,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float | None = None,
     seed: int = 0,
     batch_size: int = 64,
     return_ids: bool = False,
+    row_offset: int = 0,
 ) -> list[list[str]] | tuple[list[list[str]], list[list[list[int]]]]:
     """``k`` completions for each prompt, as text without the prompt.
 
@@ -126,9 +136,14 @@ def sample(
         max_new_tokens: length cap of a completion (EOS included).
         temperature: softmax temperature; 0 means greedy (then every sample is the same).
         top_k: sample only among the ``top_k`` most likely tokens (None: all).
+        top_p: nucleus sampling: only the most likely tokens whose probabilities (after
+            temperature and top_k) sum to ``top_p`` (None or 1: all).
         seed: the completions are a pure function of the seed (see the module docs), for any
             ``batch_size``.
         batch_size: rows (prompt copies) per ``generate`` call.
+        row_offset: the global index of ``prompts[0] * k``: a process that samples its shard
+            of a larger prompt list passes its shard's offset and gets exactly the samples a
+            single process would draw for those prompts.
         return_ids: also return the completion token ids (up to and including EOS when one was
             generated) -- ready to score as ``PromptGroup`` responses.
 
@@ -142,6 +157,8 @@ def sample(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     if pad_id is None:
@@ -162,9 +179,9 @@ def sample(
             input_ids, mask = _left_pad(chunk, pad_id)
             processors = LogitsProcessorList()
             if temperature > 0:
-                row_ids = torch.arange(start, start + len(chunk), dtype=torch.long)
+                row_ids = torch.arange(start, start + len(chunk), dtype=torch.long) + row_offset
                 processors.append(
-                    _GumbelSampler(row_ids, input_ids.shape[1], seed, temperature, top_k)
+                    _GumbelSampler(row_ids, input_ids.shape[1], seed, temperature, top_k, top_p)
                 )
             generated = model.generate(
                 input_ids=input_ids.to(device), attention_mask=mask.to(device),

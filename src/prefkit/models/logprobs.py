@@ -40,6 +40,8 @@ class SequenceLogps:
         per_token: ``[N]`` float32, log-prob of every completion token (batch order).
         segment: ``[N]`` long, ``group * Kmax + response`` of each entry of ``per_token``.
         average: whether :attr:`logps` is the per-token mean (True) or the sum (False).
+        hidden: ``[N, H]`` final hidden states at the positions that predict each completion
+            token (``with_hidden=True``; e.g. for a value head), else None.
     """
 
     sum: torch.Tensor
@@ -48,6 +50,7 @@ class SequenceLogps:
     per_token: torch.Tensor
     segment: torch.Tensor
     average: bool = False
+    hidden: torch.Tensor | None = None
 
     @property
     def mean(self) -> torch.Tensor:
@@ -158,7 +161,7 @@ def _completion_logps_decoder(
     mask: torch.Tensor,
     chunk_size: int,
     recompute: bool | None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     out = decoder(
         input_ids=batch.input_ids,
         attention_mask=mask,
@@ -170,7 +173,7 @@ def _completion_logps_decoder(
     selected = hidden[rows, cols]  # [N, H]: completion-predicting positions only
     if recompute is None:
         recompute = torch.is_grad_enabled() and selected.shape[0] > chunk_size
-    return _chunked_logps(head, selected, batch.target_ids, chunk_size, recompute)
+    return _chunked_logps(head, selected, batch.target_ids, chunk_size, recompute), selected
 
 
 def _completion_logps_forward(
@@ -209,6 +212,7 @@ def sequence_logps(
     average: bool = False,
     recompute: bool | None = None,
     path: Literal["auto", "decoder", "forward"] = "auto",
+    with_hidden: bool = False,
 ) -> SequenceLogps:
     """Completion log-probs of every (group, response) in ``batch`` under ``model``.
 
@@ -229,6 +233,8 @@ def sequence_logps(
             ``"auto"`` (default) picks ``"decoder"`` unless the model is a data-parallel
             wrapper (whose own forward must run) or its forward post-processes logits
             (``final_logit_softcapping``, ``logit_scale``).
+        with_hidden: also return the hidden states at the completion-predicting positions
+            (:attr:`SequenceLogps.hidden`; decoder path only).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -236,11 +242,18 @@ def sequence_logps(
     parts = None if path == "forward" else _decoder_and_head(model)
     if path == "decoder" and parts is None:
         raise ValueError(f"cannot split {type(model).__name__} into decoder and LM head")
+    if with_hidden and parts is None:
+        raise ValueError(f"with_hidden needs the decoder path; {type(model).__name__} cannot be "
+                         "split into decoder and LM head (call it inside the wrapper's forward)")
+    hidden = None
     if parts is not None:
-        per_token = _completion_logps_decoder(*parts, batch, mask, chunk_size, recompute)
+        per_token, hidden = _completion_logps_decoder(*parts, batch, mask, chunk_size, recompute)
     else:
         per_token = _completion_logps_forward(model, batch, mask, chunk_size)
-    return _reduce(per_token, batch, average)
+    out = _reduce(per_token, batch, average)
+    if with_hidden:
+        out.hidden = hidden
+    return out
 
 
 def _reduce(per_token: torch.Tensor, batch: Batch, average: bool) -> SequenceLogps:

@@ -1,0 +1,216 @@
+"""Reward sources for online training: one interface for every way of scoring a sample.
+
+A reward source is called on one rollout's groups and returns ``[P, G]`` float32 rewards:
+
+    source(prompts: list[str], completions: list[list[str]],
+           prompt_ids: list[list[int]], completion_ids: list[list[list[int]]]) -> Tensor[P, G]
+
+Text and token ids are both given, so a source can use whichever it needs (a reward model
+that shares the policy's tokenizer scores the exact sampled ids; a Python function reads
+text). Sources:
+
+* :class:`FunctionReward` -- any ``fn(prompt, completion) -> float`` (gold / verifiable rewards:
+  exact match, unit tests, the lab's gold reward).
+* :class:`ModelReward` -- a :class:`~prefkit.rewards.RewardModel` (or anything with its
+  ``forward(PackedBatch) -> RewardOutput`` interface, e.g. :class:`~prefkit.rewards.ImplicitReward`,
+  the implicit reward ``beta * log pi/pi_ref`` of a DPO policy); each prompt is computed once
+  for its G responses (prefix-shared rows). ``field="rewards_min"`` scores ensembles
+  conservatively.
+* :class:`PairwiseJudgeReward` -- a judge of pairs, ``judge(prompt, a, b) -> P(a beats b)``
+  (or an outcome 1 / 0.5 / 0): each response's reward is its mean win probability against the
+  other responses of its group (a round robin; G >= 2).
+
+:class:`RewardShaping` post-processes any source: a length penalty, normalization (per batch
+or with running moments) and clipping -- in that order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from ..losses import rl
+from ..models.packing import PromptGroup
+from .scoring import packed_outputs
+
+__all__ = [
+    "FunctionReward",
+    "ModelReward",
+    "PairwiseJudgeReward",
+    "RewardShaping",
+    "RewardSource",
+]
+
+
+class RewardSource(Protocol):
+    """``source(prompts, completions, prompt_ids, completion_ids) -> [P, G]`` rewards."""
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[Sequence[str]],
+                 prompt_ids: Sequence[Sequence[int]],
+                 completion_ids: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor: ...
+
+
+def _check_shape(prompts: Sequence[Any], completions: Sequence[Sequence[Any]]) -> int:
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completion groups")
+    sizes = {len(c) for c in completions}
+    if len(sizes) > 1:
+        raise ValueError(f"every prompt needs the same number of completions, got {sorted(sizes)}")
+    return sizes.pop() if sizes else 0
+
+
+@dataclass
+class FunctionReward:
+    """``fn(prompt, completion) -> float`` on text, applied to every sample."""
+
+    fn: Callable[[str, str], float]
+    name: str = "function"
+
+    def __call__(self, prompts, completions, prompt_ids=None, completion_ids=None
+                 ) -> torch.Tensor:
+        g = _check_shape(prompts, completions)
+        values = [[float(self.fn(p, c)) for c in cs] for p, cs in zip(prompts, completions,
+                                                                      strict=True)]
+        return torch.tensor(values, dtype=torch.float32).reshape(len(prompts), g)
+
+
+@dataclass
+class ModelReward:
+    """A reward model over prefix-shared packed rows (module docstring).
+
+    ``same_tokenizer=True`` (default) scores the sampled token ids directly: exact, and no
+    re-tokenization -- right when the reward model was trained with the policy's tokenizer (as in
+    the lab). Otherwise each text is re-tokenized with ``tokenizer`` as ``prompt + separator +
+    completion``.
+    """
+
+    model: Any
+    tokenizer: Any = None
+    same_tokenizer: bool = True
+    separator: str = " "
+    field: str = "rewards"
+    batch_size: int = 16
+    name: str = "reward_model"
+
+    def __call__(self, prompts, completions, prompt_ids=None, completion_ids=None
+                 ) -> torch.Tensor:
+        g = _check_shape(prompts, completions)
+        if self.same_tokenizer and prompt_ids is not None and completion_ids is not None:
+            groups = [PromptGroup(list(p), [list(c) or [self._eos()] for c in cs])
+                      for p, cs in zip(prompt_ids, completion_ids, strict=True)]
+            out = torch.zeros(len(groups), g)
+            for idx, o in packed_outputs(self.model, groups, pad_id=self._pad(),
+                                         batch_size=self.batch_size):
+                values = getattr(o, self.field)
+                if values is None:
+                    raise ValueError(f"the reward model has no output {self.field!r}")
+                out[idx] = values[:, :g].float().cpu()
+            return out
+        from .scoring import score_groups
+
+        if self.field != "rewards":
+            raise ValueError("field other than 'rewards' needs same_tokenizer=True")
+        tokenizer = self.tokenizer or getattr(self.model, "tokenizer", None)
+        texts = [[self.separator + c for c in cs] for cs in completions]
+        return score_groups(self.model, list(prompts), texts, tokenizer=tokenizer,
+                            batch_size=self.batch_size)
+
+    def _tok(self):
+        return self.tokenizer or getattr(self.model, "tokenizer", None)
+
+    def _pad(self) -> int:
+        tok = self._tok()
+        return 0 if tok is None or tok.pad_token_id is None else int(tok.pad_token_id)
+
+    def _eos(self) -> int:
+        tok = self._tok()
+        if tok is None or tok.eos_token_id is None:
+            raise ValueError("an empty completion can only be scored as EOS: give a tokenizer")
+        return int(tok.eos_token_id)
+
+
+def _win_probability(value: Any, first: str) -> float:
+    """A judge's answer as P(first beats second): a float in [0, 1], or a comparison record
+    with ``chosen`` and ``outcome`` (the lab's annotators: a tie counts 0.5)."""
+    if hasattr(value, "outcome") and hasattr(value, "chosen"):
+        if value.outcome.is_tie:
+            return 0.5
+        return 1.0 if str(value.chosen).strip() == first.strip() else 0.0
+    if not isinstance(value, int | float):
+        raise TypeError(f"a judge must return P(a beats b) as a float, got {type(value).__name__}")
+    p = float(value)
+    if math.isnan(p) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"a judge returned {p}, not a probability in [0, 1]")
+    return p
+
+
+@dataclass
+class PairwiseJudgeReward:
+    """Round-robin win rate in the group under a pairwise judge (module docstring).
+
+    ``judge(prompt, a, b)`` returns ``P(a beats b)`` (1, 0.5 and 0 for hard verdicts). With
+    ``symmetric=True`` each pair is judged in both orders and averaged (position-bias
+    correction): ``p = (judge(a, b) + 1 - judge(b, a)) / 2``.
+    """
+
+    judge: Callable[[str, str, str], float]
+    symmetric: bool = True
+    name: str = "judge"
+
+    def __call__(self, prompts, completions, prompt_ids=None, completion_ids=None
+                 ) -> torch.Tensor:
+        g = _check_shape(prompts, completions)
+        if g < 2:
+            raise ValueError("a pairwise judge needs at least 2 completions per prompt")
+        out = torch.zeros(len(prompts), g)
+        for i, (prompt, cs) in enumerate(zip(prompts, completions, strict=True)):
+            for a in range(g):
+                for b in range(a + 1, g):
+                    p = _win_probability(self.judge(prompt, cs[a], cs[b]), cs[a])
+                    if self.symmetric:
+                        q = _win_probability(self.judge(prompt, cs[b], cs[a]), cs[b])
+                        p = 0.5 * (p + 1.0 - q)
+                    out[i, a] += p
+                    out[i, b] += 1.0 - p
+        return out / (g - 1)
+
+
+@dataclass
+class RewardShaping:
+    """Post-processing of raw rewards ``[P, G]`` (lengths ``[P, G]`` in tokens):
+
+    1. ``length_penalty``: ``r - length_penalty * length`` (a per-token cost);
+    2. ``normalize``: ``"none"``, ``"batch"`` (``(r - mean) / std`` over the batch) or
+       ``"running"`` (the same with running moments over all batches so far, as OpenRLHF's
+       reward normalization);
+    3. ``clip``: ``r`` clipped to ``[-clip, clip]``.
+    """
+
+    length_penalty: float = 0.0
+    normalize: str = "none"
+    clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalize not in ("none", "batch", "running"):
+            raise ValueError(f"normalize must be none, batch or running, got {self.normalize!r}")
+        self.moments = rl.RunningMoments()
+
+    def __call__(self, rewards: torch.Tensor, lengths: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        r = rewards.float()
+        if self.length_penalty:
+            if lengths is None:
+                raise ValueError("length_penalty needs the completion lengths")
+            r = rl.length_penalty(r, lengths, coef=self.length_penalty)
+        if self.normalize == "batch" and r.numel() > 1:
+            r = rl.whiten(r)
+        elif self.normalize == "running":
+            self.moments.update(r)
+            r = (r - self.moments.mean) / (self.moments.std + 1e-8)
+        if self.clip is not None:
+            r = r.clamp(-self.clip, self.clip)
+        return r

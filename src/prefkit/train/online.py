@@ -1,0 +1,713 @@
+"""Online training: sample from the policy, score the samples, update -- on the one loop.
+
+``train_online(OnlineConfig(algo="grpo", ...), reward=source, prompts=[...])``. Each
+*iteration*:
+
+1. take ``prompts_per_iteration`` prompts (a seeded shuffle of the prompt list, cycled); with
+   several processes each process takes its contiguous shard;
+2. sample ``num_generations`` (G) completions per prompt with the current policy
+   (:mod:`.rollout`; ReMax also decodes one greedy completion per prompt as its baseline);
+3. score them with the reward source (:mod:`prefkit.rewards.sources`), shape the scores
+   (length penalty, normalization, clipping), and stop with a clear message on a NaN reward;
+4. one no-grad forward of the policy (and the reference) over prefix-shared rows -- each
+   prompt computed once for its G completions -- gives the sampled tokens' log-probs
+   ("old" log-probs), the reference log-probs and, for PPO, the value estimates;
+5. advantages (registered estimators in :mod:`prefkit.losses.rl`) or, for the preference
+   methods, pairs / kept samples;
+6. ``ppo_epochs`` passes over the rollout in ``num_minibatches`` optimizer steps each (each
+   split into ``gradient_accumulation_steps`` micro-batches) through
+   :func:`prefkit.train.loop.fit` -- the same loop, reduction and checkpoints as every trainer.
+
+Algorithms (``algo``):
+
+* ``ppo`` -- clipped surrogate (Schulman et al. 2017) with a value head on the policy's body
+  and GAE (``gamma``, ``lam``); the KL to the reference is a per-token reward penalty
+  ``-kl_coef * k`` (Ziegler et al. 2019; Ouyang et al. 2022) with a fixed or adaptive
+  coefficient (``target_kl``);
+* ``reinforce`` -- REINFORCE with the batch-mean baseline; ``rloo`` -- leave-one-out baseline
+  (Ahmadian et al. 2024); ``remax`` -- the greedy completion's reward as baseline (Li et al.
+  2023); these three put the summed KL into the reward as RLOO's paper does;
+* ``grpo`` / ``dr_grpo`` -- group-normalized advantages (Shao et al. 2024) / mean-only with
+  ``seq_mean_token_sum_norm`` aggregation (Liu et al. 2025); the KL (k3 by default) is a loss
+  term;
+* ``online_dpo`` -- per prompt the best and worst of the G samples under the reward source
+  become a pair, trained with a pairwise loss of :mod:`prefkit.losses` (``dpo_loss``; Guo et al.
+  2024, "Direct Language Model Alignment from Online AI Feedback"); with ``reward`` = the
+  policy's own implicit reward this is a self-rewarding loop (Yuan et al. 2024);
+* ``online_ipo`` -- the Nash / online-IPO update (Calandriello et al. 2024) driven by a GENERAL
+  preference ``P(y > y')`` (e.g. a GPM, :class:`prefkit.rewards.sources.GPMPreference`): the
+  expected IPO loss under labels drawn from ``p`` is ``(h - (2p - 1) / (2 beta))^2`` with
+  ``h`` the difference of the two samples' log-ratios to the reference;
+* ``raft`` -- rejection-sampling fine-tuning / best-of-N distillation (Dong et al. 2023):
+  NLL on the ``raft_keep`` best samples per prompt.
+
+KL blow-ups (mean sequence KL above ``max_kl``) and NaN rewards stop the run with a
+:class:`OnlineTrainingError` naming the iteration and the last checkpoint. Completions that hit
+``max_new_tokens`` and empty ones are counted per iteration (``rollouts.jsonl`` in
+``output_dir`` and :attr:`OnlineResult.iterations`).
+
+Exactness: the samples are a pure function of (seed, iteration, global prompt index), so a
+2-process run with the same global batch draws the same rollouts as 1 process and ends with
+the same parameters. Checkpoints are taken at iteration boundaries (``save_steps`` must be a
+multiple of the optimizer steps per iteration), so resuming replays the next iteration exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import losses
+from ..losses import rl
+from ..models.logprobs import sequence_logps
+from ..models.packing import pack_groups
+from .checkpoint import list_checkpoints
+from .config import ConfigError, LoopConfig, option
+from .loop import Callback, FitResult, StepOutput, fit, make_accelerator
+from .rollout import (
+    Rollout,
+    SamplingSettings,
+    TransformersBackend,
+    collect_rollout,
+    token_grid,
+)
+
+__all__ = ["ALGORITHMS", "OnlineConfig", "OnlineResult", "OnlineTrainingError",
+           "PolicyWithValue", "best_of_n", "train_online", "west_of_n_pairs"]
+
+ALGORITHMS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo",
+              "online_ipo", "raft")
+_CRITIC_FREE = {"reinforce": "reinforce", "rloo": "rloo", "grpo": "grpo", "dr_grpo": "dr_grpo",
+                "remax": "remax"}
+
+
+class OnlineTrainingError(RuntimeError):
+    """An online run had to stop (NaN reward, KL blow-up); the message names the iteration and
+    the last checkpoint."""
+
+
+@dataclass
+class OnlineConfig(LoopConfig):
+    """An online run: the loop's settings plus sampling, reward and algorithm settings."""
+
+    model: str = option("Policy checkpoint directory, or a .json/.yaml tiny-model file.", "")
+    prompts: str = option("Prompts: a JSONL/JSON file with a 'prompt' field or a .txt file "
+                          "(one prompt a line).", "")
+    reward: str = option("Reward source (CLI): 'rm:PATH' (a prefkit reward model), "
+                         "'implicit:POLICY[,REFERENCE]', 'python:module:function' "
+                         "(fn(prompt, completion) -> float), 'gold:TASK' (a lab task's gold "
+                         "reward), 'self' (the policy's own implicit reward).", "")
+    algo: str = option("ppo, reinforce, rloo, grpo, dr_grpo, remax, online_dpo, online_ipo or "
+                       "raft.", "grpo")
+    iterations: int = option("Rollout/update iterations (sets max_steps).", 20)
+    prompts_per_iteration: int = option("Prompts sampled per iteration (global, over all "
+                                        "processes).", 16)
+    num_generations: int = option("Completions per prompt (the group size G).", 4)
+    ppo_epochs: int = option("Passes over each rollout.", 1)
+    num_minibatches: int = option("Optimizer steps per pass over a rollout.", 1)
+    max_new_tokens: int = option("Length cap of a completion (EOS included).", 32)
+    temperature: float = option("Sampling temperature (log-probs are at temperature 1: keep 1 "
+                                "for on-policy gradients).", 1.0)
+    top_k: int | None = option("Top-k sampling (None: off).")
+    top_p: float | None = option("Nucleus sampling mass (None: off).")
+    stop: list[str] = field(default_factory=list, metadata={"help": "Stop strings."})
+    sampling_batch_size: int = option("Rows per generate call.", 64)
+    kl_coef: float = option("KL coefficient (reward penalty or loss weight; 0: no reference "
+                            "needed for the PG methods).", 0.05)
+    kl_estimator: str = option("k1, k2, k3 or abs (Schulman's estimators).", "auto")
+    kl_in: str = option("'reward' (penalty in the reward), 'loss' (a loss term) or 'auto' "
+                        "(loss for grpo/dr_grpo, reward otherwise).", "auto")
+    target_kl: float | None = option("Adaptive KL controller target (None: fixed kl_coef).")
+    kl_horizon: int = option("Adaptive KL controller horizon.", 10000)
+    max_kl: float | None = option("Stop when the mean sequence KL to the reference exceeds "
+                                  "this (None: never).")
+    clip_eps: float = option("PPO ratio clip.", 0.2)
+    clip_eps_high: float | None = option("Upper ratio clip (DAPO; None: clip_eps).")
+    loss_aggregation: str = option("token_mean, seq_mean_token_mean or seq_mean_token_sum_norm "
+                                   "('auto': Dr. GRPO's for dr_grpo, token_mean otherwise).",
+                                   "auto")
+    vf_coef: float = option("PPO value-loss weight.", 0.1)
+    value_clip: float | None = option("PPO value clip range.", 0.2)
+    gamma: float = option("PPO discount.", 1.0)
+    lam: float = option("PPO GAE lambda.", 0.95)
+    whiten_advantages: bool = option("Whiten PPO advantages over the rollout.", True)
+    reward_normalization: str = option("none, batch or running.", "none")
+    reward_clip: float | None = option("Clip shaped rewards to [-c, c].")
+    length_penalty: float = option("Reward minus this times the completion length.", 0.0)
+    beta: float = option("beta of online_dpo / online_ipo.", 0.1)
+    dpo_loss: str = option("Pairwise loss of online_dpo (any registered pairwise loss).", "dpo")
+    raft_keep: int = option("RAFT: samples kept per prompt (the best by reward).", 1)
+    lora: bool = option("Train LoRA adapters (the reference is the model with them disabled).",
+                        False)
+    lora_r: int = option("LoRA rank.", 16)
+    lora_alpha: int = option("LoRA alpha.", 32)
+    dtype: str = option("Model weights dtype.", "float32")
+    chunk_size: int = option("LM-head chunk (completion positions).", 1024)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"invalid OnlineConfig.iterations={self.iterations}: must be >= 1")
+        if self.algo not in ALGORITHMS:
+            raise ConfigError(f"invalid OnlineConfig.algo={self.algo!r}: choose one of "
+                              f"{', '.join(ALGORITHMS)}")
+        g = self.num_generations
+        if g < 1:
+            raise ConfigError(f"invalid OnlineConfig.num_generations={g}: must be >= 1")
+        if self.algo in ("grpo", "dr_grpo", "rloo") and g < 2:
+            raise ConfigError(f"{self.algo} needs at least 2 responses per prompt (group size "
+                              f"G={g}); set num_generations >= 2")
+        if self.algo == "online_dpo" and g < 2:
+            raise ConfigError("online_dpo needs num_generations >= 2 (it pairs samples)")
+        if self.algo == "online_ipo" and g != 2:
+            raise ConfigError("online_ipo needs num_generations = 2 (a preference between two "
+                              "samples)")
+        if self.algo == "raft" and not 1 <= self.raft_keep <= g:
+            raise ConfigError(f"raft_keep={self.raft_keep} must be in [1, num_generations={g}]")
+        for name in ("ppo_epochs", "num_minibatches", "prompts_per_iteration"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"invalid OnlineConfig.{name}={getattr(self, name)}: >= 1")
+        per_iter = self.steps_per_iteration
+        self.max_steps = self.iterations * per_iter
+        if self.save_steps and self.save_steps % per_iter:
+            raise ConfigError(f"save_steps={self.save_steps} must be a multiple of the "
+                              f"{per_iter} optimizer steps of one iteration (checkpoints are "
+                              "taken at iteration boundaries)")
+        super().__post_init__()
+
+    @property
+    def steps_per_iteration(self) -> int:
+        return self.ppo_epochs * self.num_minibatches
+
+    def resolved_kl_in(self) -> str:
+        if self.kl_in != "auto":
+            return self.kl_in
+        return "loss" if self.algo in ("grpo", "dr_grpo") else "reward"
+
+    def resolved_kl_estimator(self) -> str:
+        if self.kl_estimator != "auto":
+            return self.kl_estimator
+        return "k3" if self.resolved_kl_in() == "loss" else "k1"
+
+    def resolved_aggregation(self) -> str:
+        if self.loss_aggregation != "auto":
+            return self.loss_aggregation
+        return "seq_mean_token_sum_norm" if self.algo == "dr_grpo" else "token_mean"
+
+
+@dataclass
+class OnlineResult:
+    """What a run returns: the loop's result, per-iteration rollout statistics, the model."""
+
+    fit: FitResult
+    iterations: list[dict[str, Any]]
+    model: Any
+    tokenizer: Any
+    algo: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"algo": self.algo, "steps": self.fit.steps, "metrics": self.fit.metrics,
+                "iterations": self.iterations, "checkpoints": self.fit.checkpoints,
+                "seconds": round(self.fit.seconds, 3)}
+
+
+class PolicyWithValue(nn.Module):
+    """The trained module: a causal LM and (PPO) a value head on its final hidden states.
+
+    ``forward(packed_batch) -> (SequenceLogps, values)`` computes the completion tokens'
+    log-probs and, with a value head, the value of the state before each completion token
+    (``[N]``, same order as the log-probs) in ONE forward of the shared body. The loop wraps
+    this module (DDP), so gradients of both heads synchronize.
+    """
+
+    def __init__(self, policy: nn.Module, *, value_head: bool = False,
+                 chunk_size: int = 1024) -> None:
+        super().__init__()
+        self.policy = policy
+        self.chunk_size = chunk_size
+        self.value_head = None
+        if value_head:
+            hidden = policy.get_input_embeddings().weight.shape[1]
+            self.value_head = nn.Linear(hidden, 1, dtype=torch.float32)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, batch):
+        lp = sequence_logps(self.policy, batch, chunk_size=self.chunk_size,
+                            with_hidden=self.value_head is not None)
+        values = None
+        if self.value_head is not None:
+            values = self.value_head(lp.hidden.float()).squeeze(-1)
+        return lp, values
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def best_of_n(model: Any, tokenizer: Any, prompts: Sequence[str], reward: Callable, *, n: int,
+              settings: SamplingSettings | None = None, seed: int = 0
+              ) -> tuple[list[str], torch.Tensor]:
+    """Best-of-N sampling: ``n`` samples per prompt, the one the reward source ranks first;
+    returns ``(texts, rewards [P, n])``."""
+    backend = TransformersBackend(settings or SamplingSettings())
+    ro = collect_rollout(backend, model, tokenizer, prompts, n=n, seed=seed)
+    scores = reward(ro.prompts, ro.completions, ro.prompt_ids, ro.completion_ids)
+    best = scores.argmax(dim=1).tolist()
+    return [cs[b] for cs, b in zip(ro.completions, best, strict=True)], scores
+
+
+def west_of_n_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]],
+                    scores: torch.Tensor) -> list[dict[str, str]]:
+    """West-of-N preference pairs (Pace et al. 2024): per prompt the best and the worst of its
+    N samples under a reward model, as ``{"prompt", "chosen", "rejected"}`` records for reward
+    model self-training; prompts whose best and worst score the same are skipped."""
+    rows = []
+    for p, cs, s in zip(prompts, completions, scores, strict=True):
+        hi, lo = int(torch.argmax(s)), int(torch.argmin(s))
+        if s[hi] > s[lo] and cs[hi] != cs[lo]:
+            rows.append({"prompt": p, "chosen": cs[hi], "rejected": cs[lo]})
+    return rows
+
+
+def _grid(values: torch.Tensor, row: torch.Tensor, col: torch.Tensor, rows: int, width: int
+          ) -> torch.Tensor:
+    out = values.new_zeros(rows, width)
+    out[row, col] = values
+    return out
+
+
+# ----------------------------------------------------------------------------- the algorithm
+
+
+class _Online:
+    """Rollouts, advantages and the step function of one run (no file I/O but the log)."""
+
+    def __init__(self, config: OnlineConfig, module: PolicyWithValue, tokenizer: Any,
+                 reward: Callable, prompts: Sequence[str], accelerator: Any,
+                 reference: nn.Module | None, shaping: Any) -> None:
+        self.cfg = config
+        self.module = module
+        self.tokenizer = tokenizer
+        self.reward = reward
+        self.prompts = list(prompts)
+        self.acc = accelerator
+        self.reference = reference
+        self.shaping = shaping
+        self.backend = TransformersBackend(SamplingSettings(
+            max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+            top_k=config.top_k, top_p=config.top_p, stop=list(config.stop),
+            batch_size=config.sampling_batch_size))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.kl_in = config.resolved_kl_in()
+        self.kl_kind = config.resolved_kl_estimator()
+        self.aggregation = config.resolved_aggregation()
+        self.kl_ctl = (rl.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+                       if config.target_kl else rl.FixedKLController(config.kl_coef))
+        self.needs_reference = (config.kl_coef > 0 and config.algo != "raft") or config.algo in (
+            "online_dpo", "online_ipo")
+        if config.algo == "online_dpo":
+            self.pair_loss = losses.combine(losses.parse_loss_spec(config.dpo_loss))
+            if self.pair_loss.loss_spec.kind != "pairwise":
+                raise ConfigError(f"dpo_loss={config.dpo_loss!r} is not a pairwise loss")
+        self.iterations: list[dict[str, Any]] = []
+        self.log_path = Path(config.output_dir) / "rollouts.jsonl"
+        world = accelerator.num_processes
+        if config.prompts_per_iteration % world:
+            raise ConfigError(f"prompts_per_iteration={config.prompts_per_iteration} must be "
+                              f"divisible by the {world} processes")
+        per_proc = config.prompts_per_iteration // world
+        if per_proc < config.num_minibatches * config.gradient_accumulation_steps:
+            raise ConfigError(
+                f"{per_proc} prompts per process cannot fill num_minibatches x "
+                f"gradient_accumulation_steps = "
+                f"{config.num_minibatches * config.gradient_accumulation_steps} micro-batches")
+
+    # ---- prompts of an iteration
+    def _iteration_prompts(self, iteration: int) -> tuple[list[str], int]:
+        cfg, n = self.cfg, len(self.prompts)
+        per = cfg.prompts_per_iteration
+        chosen = []
+        for j in range(iteration * per, (iteration + 1) * per):
+            epoch, pos = divmod(j, n)
+            order = list(range(n))
+            random.Random(cfg.seed * 7919 + epoch).shuffle(order)
+            chosen.append(self.prompts[order[pos]])
+        w, r = self.acc.num_processes, self.acc.process_index
+        local = per // w
+        return chosen[r * local:(r + 1) * local], iteration * per + r * local
+
+    def _policy(self) -> nn.Module:
+        return self.module.policy
+
+    @torch.no_grad()
+    def _forward_all(self, groups, *, reference: bool) -> tuple[list, list]:
+        """Per group: per-token log-probs ``[k, T]`` and values (or None), no grad."""
+        from ..models.load import reference_context
+
+        logps, values = [], []
+        model = self.module
+        was_training = model.training
+        model.eval()
+        try:
+            bs = max(1, self.cfg.batch_size)
+            for start in range(0, len(groups), bs):
+                chunk = groups[start:start + bs]
+                batch = pack_groups(chunk, max_length=max(g.packed_length for g in chunk),
+                                    pad_id=self.pad_id).to(self.acc.device)
+                if reference and self.reference is not None:
+                    lp = sequence_logps(self.reference, batch, chunk_size=self.cfg.chunk_size)
+                    val = None
+                elif reference:
+                    with reference_context(self.module.policy):
+                        lp = sequence_logps(self.module.policy, batch,
+                                            chunk_size=self.cfg.chunk_size)
+                    val = None
+                else:
+                    lp, val = model(batch)
+                k = lp.sum.shape[1]
+                row, col, width = token_grid(lp.segment, len(chunk) * k)
+                grid = _grid(lp.per_token.float(), row, col, len(chunk) * k, width)
+                vgrid = None if val is None else _grid(val.float(), row, col, len(chunk) * k,
+                                                       width)
+                for i in range(len(chunk)):
+                    logps.append(grid[i * k:(i + 1) * k].cpu())
+                    values.append(None if vgrid is None else vgrid[i * k:(i + 1) * k].cpu())
+        finally:
+            model.train(was_training)
+        return logps, values
+
+    # ---- one iteration's rollout -> micro-batches
+    def collect(self, iteration: int) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        prompts, offset = self._iteration_prompts(iteration)
+        g = cfg.num_generations
+        seed = cfg.seed * 1_000_003 + iteration
+        policy = self._policy()
+        ro = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=g, seed=seed,
+                             row_offset=offset * g)
+        raw = self.reward(ro.prompts, ro.completions, ro.prompt_ids, ro.completion_ids).float()
+        self._check_rewards(raw, ro, iteration)
+        scores = self.shaping(raw, ro.lengths()) if self.shaping is not None else raw
+        baseline = None
+        if cfg.algo == "remax":
+            greedy = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=1,
+                                     seed=seed, greedy=True)
+            baseline = self.reward(greedy.prompts, greedy.completions, greedy.prompt_ids,
+                                   greedy.completion_ids).float()
+            if self.shaping is not None:
+                baseline = self.shaping(baseline, greedy.lengths())
+            baseline = baseline[:, 0]
+        groups = ro.groups()
+        old, values = self._forward_all(groups, reference=False)
+        ref = (self._forward_all(groups, reference=True)[0] if self.needs_reference
+               else [torch.zeros_like(o) for o in old])
+        masks = [torch.arange(o.shape[1])[None, :] < ro.lengths()[i][:, None]
+                 for i, o in enumerate(old)]
+        kl_tok = [rl.kl_penalty(o, r, "k1") * m for o, r, m in zip(old, ref, masks, strict=True)]
+        seq_kl = torch.stack([k.sum(1) for k in kl_tok])  # [P, G]
+        mean_kl = self._global_mean(seq_kl) if self.needs_reference else float("nan")
+        self._log_iteration(iteration, ro, raw, scores, mean_kl)
+        if cfg.max_kl is not None and self.needs_reference and mean_kl > cfg.max_kl:
+            ckpts = list_checkpoints(cfg.output_dir)
+            last = str(ckpts[-1]) if ckpts else "none"
+            raise OnlineTrainingError(
+                f"KL blow-up at iteration {iteration}: mean sequence KL to the reference "
+                f"{mean_kl:.3g} > max_kl={cfg.max_kl}; lower the learning rate or raise kl_coef. "
+                f"Last checkpoint: {last}")
+        items = self._items(ro, scores, baseline, old, ref, values, masks, seq_kl)
+        if self.needs_reference:
+            self.kl_ctl.update(mean_kl, cfg.prompts_per_iteration * g)
+        return self._micro_batches(items, iteration)
+
+    def _global_mean(self, x: torch.Tensor) -> float:
+        total = torch.tensor([float(x.sum()), float(x.numel())], dtype=torch.float64,
+                             device=self.acc.device)
+        if self.acc.num_processes > 1:
+            total = self.acc.reduce(total, reduction="sum")
+        return float(total[0] / total[1].clamp(min=1))
+
+    def _check_rewards(self, raw: torch.Tensor, ro: Rollout, iteration: int) -> None:
+        bad = (~torch.isfinite(raw)).nonzero()
+        if len(bad):
+            i, j = (int(v) for v in bad[0])
+            ckpts = list_checkpoints(self.cfg.output_dir)
+            raise OnlineTrainingError(
+                f"non-finite reward {float(raw[i, j])} at iteration {iteration} for prompt "
+                f"{ro.prompts[i]!r}, completion {ro.completions[i][j]!r} ({len(bad)} of "
+                f"{raw.numel()} rewards); last checkpoint: "
+                f"{str(ckpts[-1]) if ckpts else 'none'}")
+
+    def _log_iteration(self, iteration: int, ro: Rollout, raw, scores, mean_kl: float) -> None:
+        def glob(x: torch.Tensor) -> float:
+            return self._global_mean(x.float())
+        stats = {"iteration": iteration, "reward": round(glob(raw), 6),
+                 "shaped_reward": round(glob(scores), 6),
+                 "kl": round(mean_kl, 6) if self.needs_reference else None,
+                 "kl_coef": round(float(self.kl_ctl.value), 6),
+                 "length": round(glob(ro.lengths()), 3),
+                 "truncated": round(glob(ro.truncated), 4), "empty": round(glob(ro.empty), 4),
+                 "stopped": round(glob(ro.stopped), 4)}
+        self.iterations.append(stats)
+        if self.acc.is_main_process:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(stats) + "\n")
+
+    # ---- per-algorithm targets for each prompt group
+    def _items(self, ro, scores, baseline, old, ref, values, masks, seq_kl) -> list[dict]:
+        cfg, algo = self.cfg, self.cfg.algo
+        p = len(ro.prompts)
+        coef = float(self.kl_ctl.value)
+        adv_seq = None
+        if algo in _CRITIC_FREE:
+            s = scores - coef * seq_kl if self.kl_in == "reward" and coef else scores
+            if algo == "remax":
+                adv_seq = rl.get_advantage("remax")(s, baseline_scores=baseline)
+            elif algo == "reinforce":
+                adv_seq = self._reinforce(s)
+            else:
+                adv_seq = rl.get_advantage(algo)(s)
+        items = []
+        ppo_adv = []
+        groups = ro.groups()
+        for i in range(p):
+            item = {"group": groups[i], "old": old[i], "ref": ref[i], "mask": masks[i],
+                    "scores": scores[i]}
+            if adv_seq is not None:
+                item["adv"] = rl.broadcast_to_tokens(adv_seq[i], masks[i])
+            if algo == "ppo":
+                kl = rl.kl_penalty(old[i], ref[i], self.kl_kind) * masks[i]
+                rewards = rl.token_rewards(scores[i], kl, masks[i], kl_coef=coef)
+                adv, ret = rl.gae(rewards, values[i], masks[i], gamma=cfg.gamma, lam=cfg.lam)
+                item.update(adv=adv, returns=ret, values=values[i])
+                ppo_adv.append((adv, masks[i]))
+            items.append(item)
+        if algo == "ppo" and cfg.whiten_advantages:
+            flat = torch.cat([a[m] for a, m in ppo_adv])
+            mean, std = flat.mean(), flat.std(unbiased=False)
+            for it in items:
+                it["adv"] = ((it["adv"] - mean) / (std + 1e-8)) * it["mask"]
+        return items
+
+    def _reinforce(self, s: torch.Tensor) -> torch.Tensor:
+        """REINFORCE with the GLOBAL batch-mean baseline (the same on every process)."""
+        return s - self._global_mean(s)
+
+    def _micro_batches(self, items: list[dict], iteration: int) -> list[dict]:
+        cfg = self.cfg
+        n_micro = cfg.num_minibatches * cfg.gradient_accumulation_steps
+        out = []
+        for epoch in range(cfg.ppo_epochs):
+            order = list(range(len(items)))
+            if cfg.ppo_epochs > 1 or cfg.num_minibatches > 1:
+                random.Random(cfg.seed * 31 + iteration * 101 + epoch).shuffle(order)
+            for m in range(n_micro):
+                part = [items[i] for i in order[m::n_micro]]
+                out.append(self._collate(part))
+        return out
+
+    def _collate(self, part: list[dict]) -> dict[str, Any]:
+        groups = [it["group"] for it in part]
+        packed = pack_groups(groups, max_length=max(g.packed_length for g in groups),
+                             pad_id=self.pad_id)
+        width = max(it["old"].shape[1] for it in part)
+
+        def stack(key):
+            if key not in part[0]:
+                return None
+            return torch.cat([torch.nn.functional.pad(it[key].float(),
+                                                      (0, width - it[key].shape[1]))
+                              for it in part])
+        batch = {"packed": packed, "old": stack("old"), "ref": stack("ref"),
+                 "mask": stack("mask").bool(), "scores": torch.stack([it["scores"]
+                                                                      for it in part])}
+        for key in ("adv", "returns", "values"):
+            value = stack(key)
+            if value is not None:
+                batch[key] = value
+        return batch
+
+    # ---- the step
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        lp, values = model(batch["packed"])
+        mask = batch["mask"]
+        rows = mask.shape[0]
+        row, col, _ = token_grid(lp.segment, rows)
+        width = mask.shape[1]
+        logps = _grid(lp.per_token.float(), row, col, rows, width)
+        algo = self.cfg.algo
+        if algo in ("online_dpo", "online_ipo"):
+            return self._pair_step(logps, batch)
+        if algo == "raft":
+            return self._raft_step(logps, batch)
+        cfg = self.cfg
+        loss_name = "ppo_clip"
+        pg, pg_metrics = rl.get_policy_loss(loss_name)(
+            logps, batch["old"], batch["adv"], mask, clip_eps=cfg.clip_eps,
+            clip_eps_high=cfg.clip_eps_high)
+        per_token = pg
+        kl = rl.kl_penalty(logps, batch["ref"], self.kl_kind) * mask
+        if self.kl_in == "loss" and self.kl_ctl.value:
+            per_token = per_token + float(self.kl_ctl.value) * kl
+        metrics_tok = {"pg_loss": pg, "kl": kl, "clipfrac": pg_metrics["clipfrac"] * mask,
+                       "ratio": pg_metrics["ratio"] * mask}
+        if algo == "ppo":
+            v = _grid(values.float(), row, col, rows, width)
+            vf, _ = rl.value_loss(v, batch["values"], batch["returns"], mask,
+                                  clip_range=cfg.value_clip)
+            per_token = per_token + cfg.vf_coef * vf
+            metrics_tok["vf_loss"] = vf
+        total, count = rl.aggregate(per_token, mask, self.aggregation,
+                                    max_tokens=cfg.max_new_tokens)
+        metrics = {k: rl.aggregate(v.detach(), mask, self.aggregation,
+                                   max_tokens=cfg.max_new_tokens)[0]
+                   for k, v in metrics_tok.items()}
+        return StepOutput(loss_sum=total, n_examples=count, metrics_sum=metrics,
+                          n_tokens=int(mask.sum()))
+
+    def _pairs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per prompt: (best index, worst index, valid) by the scores."""
+        scores = batch["scores"]
+        hi, lo = scores.argmax(dim=1), scores.argmin(dim=1)
+        valid = scores.max(dim=1).values > scores.min(dim=1).values
+        return hi, lo, valid
+
+    def _pair_step(self, logps: torch.Tensor, batch: dict[str, Any]) -> StepOutput:
+        g = self.cfg.num_generations
+        mask = batch["mask"]
+        seq = (logps * mask).sum(1).view(-1, g)
+        ref = (batch["ref"] * mask).sum(1).view(-1, g)
+        lengths = mask.sum(1).view(-1, g).float()
+        p = seq.shape[0]
+        ar = torch.arange(p)
+        if self.cfg.algo == "online_dpo":
+            hi, lo, valid = self._pairs(batch)
+            inputs = {"chosen_logps": seq[ar, hi], "rejected_logps": seq[ar, lo],
+                      "ref_chosen_logps": ref[ar, hi], "ref_rejected_logps": ref[ar, lo],
+                      "chosen_lengths": lengths[ar, hi], "rejected_lengths": lengths[ar, lo]}
+            loss, metrics = losses.call_loss(self.pair_loss, inputs)
+        else:  # online IPO on a general preference: scores[:, 0] = P(sample 0 beats 1)
+            prob = batch["scores"][:, 0].clamp(0.0, 1.0)
+            valid = torch.ones(p, dtype=torch.bool)
+            h = (seq[:, 0] - ref[:, 0]) - (seq[:, 1] - ref[:, 1])
+            target = (2.0 * prob - 1.0) / (2.0 * self.cfg.beta)
+            loss = (h - target) ** 2
+            metrics = {"logratio_gap": h.detach(), "target": target}
+        w = valid.float()
+        return StepOutput(loss_sum=(loss * w).sum(), n_examples=w.sum(),
+                          metrics_sum={k: (v.detach().float() * w).sum()
+                                       for k, v in metrics.items()},
+                          n_tokens=int(mask.sum()))
+
+    def _raft_step(self, logps: torch.Tensor, batch: dict[str, Any]) -> StepOutput:
+        keep = self.cfg.raft_keep
+        mask = batch["mask"]
+        top = batch["scores"].topk(keep, dim=1).indices
+        kept = torch.zeros_like(batch["scores"], dtype=torch.bool)
+        kept.scatter_(1, top, True)
+        tok_mask = mask & kept.view(-1)[:, None]
+        total, count = rl.aggregate(-logps, tok_mask, "token_mean")
+        return StepOutput(loss_sum=total, n_examples=count,
+                          metrics_sum={"nll": total.detach()}, n_tokens=int(tok_mask.sum()))
+
+
+class _RolloutStream:
+    """The loop's train data: each pass ("epoch" of the loop) is one iteration's rollout."""
+
+    def __init__(self, online: _Online) -> None:
+        self.online = online
+        self.iteration = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.iteration = epoch
+
+    def __iter__(self):
+        return iter(self.online.collect(self.iteration))
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts from a .txt file (one a line) or a JSONL/JSON file of records with 'prompt'."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"prompts file does not exist: {path}")
+    if p.suffix == ".txt":
+        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+    text = p.read_text(encoding="utf-8")
+    rows = (json.loads(text) if p.suffix == ".json"
+            else [json.loads(line) if line.strip() else None for line in text.splitlines()])
+    out = []
+    for i, row in enumerate(rows, start=1):
+        if row is None:
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise ValueError(f"{path}: record {i}: field 'prompt' must be a string")
+        out.append(row["prompt"])
+    if not out:
+        raise ValueError(f"{path}: no prompts")
+    return out
+
+
+def train_online(config: OnlineConfig, *, reward: Callable | None = None,
+                 prompts: Sequence[str] | None = None, model: nn.Module | None = None,
+                 tokenizer: Any = None, reference: nn.Module | None = None,
+                 shaping: Any = None, callbacks: Sequence[Callback] = ()) -> OnlineResult:
+    """Run one online training job (module docstring).
+
+    ``reward``: a reward source (``source(prompts, completions, prompt_ids, completion_ids)
+    -> [P, G]``); for ``online_ipo`` it returns ``P(sample 0 beats sample 1)`` in column 0.
+    ``prompts``: the prompt list (else ``config.prompts`` is read). ``model``/``tokenizer``:
+    the policy (else loaded from ``config.model``). ``reference``: a separate frozen
+    reference (default: LoRA adapters disabled, else a frozen copy of the starting policy).
+    ``shaping``: a :class:`prefkit.rewards.sources.RewardShaping` (default from the config).
+    """
+    from ..models.load import LoraSettings, load_model
+    from ..rewards.sources import RewardShaping
+
+    if reward is None:
+        raise ValueError("no reward source: pass reward= (see prefkit.rewards.sources) or use "
+                         "the CLI's --reward")
+    if prompts is None:
+        if not config.prompts:
+            raise ValueError("no prompts: set prompts (a file) or pass prompts=")
+        prompts = read_prompts(config.prompts)
+    if not prompts:
+        raise ValueError("no prompts")
+    if model is None:
+        if not config.model:
+            raise ValueError("no model: set model (a checkpoint directory or a model file)")
+        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
+        model, tokenizer = load_model(config.model, dtype=config.dtype, lora=lora,
+                                      seed=config.seed)
+    if tokenizer is None:
+        raise ValueError("a model passed directly needs its tokenizer too")
+    if shaping is None:
+        shaping = RewardShaping(length_penalty=config.length_penalty,
+                                normalize=config.reward_normalization, clip=config.reward_clip)
+    accelerator = make_accelerator(config)
+    model.to(accelerator.device)
+    module = PolicyWithValue(model, value_head=config.algo == "ppo",
+                             chunk_size=config.chunk_size).to(accelerator.device)
+    needs_copy = reference is None and not hasattr(model, "disable_adapter")
+    online_needs_ref = (config.kl_coef > 0 and config.algo != "raft") or config.algo in (
+        "online_dpo", "online_ipo")
+    if needs_copy and online_needs_ref:
+        reference = copy.deepcopy(model).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+    online = _Online(config, module, tokenizer, reward, prompts, accelerator, reference, shaping)
+    module.train()
+    result = fit(module, online.step, _RolloutStream(online), config, accelerator=accelerator,
+                 callbacks=callbacks)
+    return OnlineResult(fit=result, iterations=online.iterations, model=model,
+                        tokenizer=tokenizer, algo=config.algo)

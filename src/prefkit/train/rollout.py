@@ -1,0 +1,170 @@
+"""Rollouts for online training: sample N completions per prompt, keep their token ids.
+
+* :class:`SamplingSettings` -- max new tokens, temperature, top-k, top-p, stop strings.
+* :class:`GenerationBackend` -- the interface a sampler implements. :class:`TransformersBackend`
+  (Hugging Face ``generate`` with KV cache, through :func:`prefkit.models.generate.sample`:
+  the samples are a pure function of the seed and the global row index, so several processes
+  that each sample their shard of the prompts draw exactly what one process would).
+  A vLLM backend implements the same ``generate`` call: load the policy's current weights into
+  the engine before each rollout (``llm.llm_engine.model_executor...load_weights`` or a
+  weight-sync hook), call ``llm.generate(prompts, SamplingParams(n=n, temperature=...,
+  top_p=..., top_k=..., max_tokens=..., stop=..., seed=...))`` and return each output's
+  ``token_ids`` and ``text``; everything downstream (log-probs, rewards, the update) is the same.
+* :class:`Rollout` -- one batch of prompts with their ``G`` completions (text and ids), which
+  completions hit the length limit, were cut by a stop string or came out empty.
+
+Completions are scored by the policy in training with the prompt computed ONCE for its
+``G`` completions (:meth:`Rollout.groups` gives prefix-shared :class:`PromptGroup` rows).
+Log-probs are those of the model's own distribution (temperature 1): sample at temperature 1
+for an unbiased policy gradient (a lower temperature makes the samples off-policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from ..models.generate import encode_prompt, sample
+from ..models.packing import PromptGroup
+
+__all__ = ["GenerationBackend", "Rollout", "SamplingSettings", "TransformersBackend",
+           "collect_rollout", "token_grid"]
+
+
+@dataclass
+class SamplingSettings:
+    """How completions are sampled."""
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    batch_size: int = 64
+
+
+class GenerationBackend(Protocol):
+    """``generate(model, tokenizer, prompts, n=, seed=, row_offset=)`` -> ``(texts, ids)``:
+    ``n`` completions per prompt as text and as token ids (EOS kept when generated)."""
+
+    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, n: int, seed: int,
+                 row_offset: int = 0, greedy: bool = False
+                 ) -> tuple[list[list[str]], list[list[list[int]]]]: ...
+
+
+@dataclass
+class TransformersBackend:
+    """Hugging Face ``generate`` (KV cache) with prefkit's seeded sampler."""
+
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
+
+    def generate(self, model, tokenizer, prompts, *, n, seed, row_offset=0, greedy=False):
+        s = self.settings
+        texts, ids = sample(model, tokenizer, list(prompts), k=n,
+                            max_new_tokens=s.max_new_tokens,
+                            temperature=0.0 if greedy else s.temperature, top_k=s.top_k,
+                            top_p=s.top_p, seed=seed, batch_size=s.batch_size, return_ids=True,
+                            row_offset=row_offset)
+        return texts, ids
+
+
+def _cut_at_stop(ids: list[int], tokenizer, stop: Sequence[str]) -> tuple[list[int], str, bool]:
+    """The shortest token prefix whose text contains a stop string (the text is cut before
+    it); ``(ids, text, stopped)``."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    hits = [text.find(s) for s in stop if s and s in text]
+    if not hits:
+        return ids, text.strip(), False
+    for j in range(1, len(ids) + 1):
+        part = tokenizer.decode(ids[:j], skip_special_tokens=True)
+        if any(s and s in part for s in stop):
+            return ids[:j], text[:min(hits)].strip(), True
+    return ids, text.strip(), False
+
+
+@dataclass
+class Rollout:
+    """``P`` prompts with ``G`` completions each (module docstring).
+
+    ``truncated[i, j]``: completion hit ``max_new_tokens`` without EOS or a stop string.
+    ``empty[i, j]``: it had no token at all (it is scored and trained as the single token EOS).
+    """
+
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    completions: list[list[str]]
+    completion_ids: list[list[list[int]]]
+    truncated: torch.Tensor
+    empty: torch.Tensor
+    stopped: torch.Tensor
+
+    @property
+    def group_size(self) -> int:
+        return len(self.completion_ids[0]) if self.completion_ids else 0
+
+    def lengths(self) -> torch.Tensor:
+        """``[P, G]`` completion lengths in tokens."""
+        return torch.tensor([[len(c) for c in cs] for cs in self.completion_ids],
+                            dtype=torch.float32)
+
+    def groups(self) -> list[PromptGroup]:
+        """One prefix-shared group per prompt (its ``G`` completions)."""
+        return [PromptGroup(p, cs) for p, cs in zip(self.prompt_ids, self.completion_ids,
+                                                     strict=True)]
+
+
+def collect_rollout(backend: GenerationBackend, model: Any, tokenizer: Any,
+                    prompts: Sequence[str], *, n: int, seed: int, row_offset: int = 0,
+                    settings: SamplingSettings | None = None, greedy: bool = False) -> Rollout:
+    """Sample ``n`` completions per prompt and record what happened to each."""
+    settings = settings or getattr(backend, "settings", SamplingSettings())
+    texts, ids = backend.generate(model, tokenizer, prompts, n=n, seed=seed,
+                                  row_offset=row_offset, greedy=greedy)
+    eos = tokenizer.eos_token_id
+    out_ids, out_texts, trunc, empty, stopped = [], [], [], [], []
+    for tg, ig in zip(texts, ids, strict=True):
+        row_ids, row_texts, row_trunc, row_empty, row_stop = [], [], [], [], []
+        for text, c in zip(tg, ig, strict=True):
+            c = list(c)
+            was_stopped = False
+            if settings.stop:
+                c, text, was_stopped = _cut_at_stop(c, tokenizer, settings.stop)
+            ended = bool(c) and eos is not None and c[-1] == eos
+            row_trunc.append(not ended and not was_stopped
+                             and len(c) >= settings.max_new_tokens)
+            row_empty.append(not c or (ended and len(c) == 1))
+            if not c:
+                if eos is None:
+                    raise ValueError("an empty completion needs an EOS token to be trained on")
+                c = [eos]
+            row_ids.append(c)
+            row_texts.append(text)
+            row_stop.append(was_stopped)
+        out_ids.append(row_ids)
+        out_texts.append(row_texts)
+        trunc.append(row_trunc)
+        empty.append(row_empty)
+        stopped.append(row_stop)
+    return Rollout(prompts=list(prompts), prompt_ids=[encode_prompt(tokenizer, p) for p in prompts],
+                   completions=out_texts, completion_ids=out_ids,
+                   truncated=torch.tensor(trunc, dtype=torch.bool),
+                   empty=torch.tensor(empty, dtype=torch.bool),
+                   stopped=torch.tensor(stopped, dtype=torch.bool))
+
+
+def token_grid(segment: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Where each completion token of a packed batch goes in a ``[rows, T]`` grid:
+    ``(row, col, T)`` with ``row = segment`` and ``col`` the token's index within its
+    completion (tokens of a completion keep their order in the flat layout)."""
+    n = segment.numel()
+    if n == 0:
+        return segment, segment, 0
+    order = torch.sort(segment, stable=True).indices
+    counts = torch.bincount(segment, minlength=n_rows)
+    starts = torch.cumsum(counts, 0) - counts
+    col = torch.empty_like(segment)
+    col[order] = torch.arange(n, device=segment.device) - starts[segment[order]]
+    return segment, col, int(counts.max())
