@@ -1,12 +1,16 @@
-"""`prefkit lab run`: the feedback loop on the built-in simulated world (first slice)."""
+"""`prefkit lab run`: the feedback loop on the built-in simulated world (first slice), with a
+self-contained HTML report; `prefkit lab report`: the report of a saved `--json` output."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from .common import JsonOpt, bad_input, cli_errors, print_json, stdout
+from .common import JsonOpt, bad_input, cli_errors, print_json, stderr, stdout
 
 app = typer.Typer(no_args_is_help=True, help="The lab: the whole loop with known gold rewards.")
 
@@ -21,10 +25,16 @@ def run(
                        ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any LabConfig field: k=v")
                     ] = None,
+    report: Annotated[str | None, typer.Option(
+        "--report", help="Where to write the HTML report (default: <workdir>/report.html).")
+                      ] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Write no HTML report.")
+                         ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """SFT policy -> samples -> simulated annotators -> reward model -> direct alignment and
-    best-of-N -> gold-judged evaluation (win rate vs SFT with CIs, LC win rate, KL, length)."""
+    best-of-N -> gold-judged evaluation (win rate vs SFT with CIs, LC win rate, KL, length),
+    then a self-contained HTML report (its path is the JSON output's "report")."""
     import yaml
 
     from ..lab.pipeline import QUICK, LabConfig, run_lab
@@ -43,7 +53,11 @@ def run(
         cfg = config_from_dict(LabConfig, data, source=config or "overrides")
     except ConfigError as exc:
         raise bad_input(str(exc), as_json) from None
+    if report and no_report:
+        raise bad_input("--report and --no-report exclude each other", as_json)
     result = run_lab(cfg)
+    if not no_report:
+        _write_report(result, Path(report) if report else Path(cfg.workdir) / "report.html")
     if as_json:
         print_json(result)
         return
@@ -58,3 +72,53 @@ def run(
                       "-" if m["kl_to_sft"] is None else f"{m['kl_to_sft']:.2f}",
                       f"{m['mean_length']:.1f}")
     stdout.print(table)
+    if result.get("report"):
+        stdout.print(f"report: {result['report']}", markup=False)
+
+
+def _write_report(result: dict[str, Any], path: Path) -> None:
+    """Write the HTML report of ``result`` to ``path`` and record the path as
+    ``result["report"]``. A failure is a warning (and ``result["report_error"]``): the run's
+    numbers are still printed."""
+    from ..report import write_lab_report
+
+    try:
+        result["report"] = str(write_lab_report(result, path))
+    except Exception as exc:  # noqa: BLE001 - never lose a finished run to its report
+        stderr.print(f"[yellow]warning:[/yellow] no HTML report written to "
+                     f"{escape(str(path))}: {escape(repr(exc))}")
+        result["report"] = None
+        result["report_error"] = f"{path}: {exc!r}"
+
+
+@app.command("report")
+@cli_errors
+def report_cmd(
+    result_file: Annotated[str, typer.Argument(
+        metavar="RESULT.json", help="A saved `prefkit lab run --json` output.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="The HTML file to write.")
+                      ] = "report.html",
+    as_json: JsonOpt = False,
+) -> None:
+    """Render a saved `prefkit lab run --json` output as a self-contained HTML report (inline
+    CSS and figures, no external resources)."""
+    from ..report import write_lab_report
+
+    try:
+        text = Path(result_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise bad_input(f"{result_file}: cannot read: {reason}", as_json) from None
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise bad_input(f"{result_file}: not valid JSON ({exc.msg} at line {exc.lineno}, "
+                        f"column {exc.colno})", as_json) from None
+    if not isinstance(result, dict) or not isinstance(result.get("methods"), dict | list):
+        raise bad_input(f'{result_file}: not a `prefkit lab run --json` output (no "methods" '
+                        "object)", as_json)
+    path = write_lab_report(result, output)
+    if as_json:
+        print_json({"ok": True, "report": str(path)})
+        return
+    stdout.print(f"report: {path}", markup=False)

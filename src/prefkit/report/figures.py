@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -66,3 +67,156 @@ def plot_win_rates(models: Sequence[str], observed: np.ndarray, predicted: np.nd
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
+
+
+# --- lab report figures -------------------------------------------------------------------------
+# ``target`` is a file path or a binary file object (e.g. ``io.BytesIO`` for an HTML report);
+# the image is always PNG.
+
+Target = str | os.PathLike | BinaryIO
+_BLUE, _LIGHT_BLUE, _GREY, _ORANGE = "#1f5fa8", "#7a9cc6", "#808080", "#d9822b"
+
+
+def _save(fig, target: Target) -> Target:
+    """Save ``fig`` as PNG (dpi 110, like the other figures) to ``target`` and close it."""
+    plt = _pyplot()
+    fig.savefig(target, format="png", dpi=110)
+    plt.close(fig)
+    return str(target) if isinstance(target, str | os.PathLike) else target
+
+
+def plot_lab_win_rates(methods: Sequence[str], win_rate: Sequence[float],
+                       low: Sequence[float | None], high: Sequence[float | None],
+                       target: Target, reference: str | None = "sft",
+                       title: str = "Gold win rate vs SFT") -> Target:
+    """One row per method (first on top): the gold win rate against the reference policy with
+    its 95% interval as whiskers (no whisker where a bound is missing), a line at 0.5 (a tie
+    with the reference); the reference row is grey."""
+    plt = _pyplot()
+    n = len(methods)
+    fig, ax = plt.subplots(figsize=(7, max(2.4, 0.36 * n + 1.2)))
+    for i, (name, w, lo, hi) in enumerate(zip(methods, win_rate, low, high, strict=True)):
+        color = _GREY if name == reference else _BLUE
+        if lo is not None and hi is not None:
+            ax.errorbar([w], [i], xerr=[[max(w - lo, 0.0)], [max(hi - w, 0.0)]], fmt="o",
+                        color=color, ecolor=_LIGHT_BLUE if name != reference else _GREY,
+                        capsize=3)
+        else:
+            ax.plot([w], [i], "o", color=color)
+    ax.axvline(0.5, color=_GREY, linestyle="--", linewidth=1)
+    ax.set_yticks(range(n), list(methods))
+    ax.set_ylim(n - 0.5, -0.5)  # first method on top, as in the table
+    ax.set_xlabel("gold win rate vs SFT (ties count half), 95% interval")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, target)
+
+
+def plot_reward_vs_kl(methods: Sequence[str], kl: Sequence[float], gold: Sequence[float],
+                      target: Target, gold_se: Sequence[float | None] | None = None,
+                      reference: str | None = "sft",
+                      title: str = "Gold reward vs KL to SFT") -> Target:
+    """Scatter of each method's mean gold reward against its KL to the SFT policy, every point
+    labelled with its method (standard-error whiskers when ``gold_se`` is given)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, x, y) in enumerate(zip(methods, kl, gold, strict=True)):
+        color = _GREY if name == reference else _BLUE
+        se = gold_se[i] if gold_se is not None else None
+        if se is not None:
+            ax.errorbar([x], [y], yerr=[[se], [se]], fmt="o", color=color, ecolor=_LIGHT_BLUE,
+                        capsize=3, alpha=0.9)
+        else:
+            ax.plot([x], [y], "o", color=color)
+        ax.annotate(name, (x, y), xytext=(6, 3), textcoords="offset points", fontsize=8,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85),
+                    zorder=5)
+    ax.set_xlabel("KL to SFT (nats per answer)")
+    ax.set_ylabel("mean gold reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.15)
+    fig.tight_layout()
+    return _save(fig, target)
+
+
+def plot_overoptimization(xs: Sequence[float], gold: Sequence[float], proxy: Sequence[float],
+                          target: Target, gold_se: Sequence[float] | None = None,
+                          xlabel: str = "n (best-of-n)", log2: bool = True,
+                          title: str = "Over-optimization: gold vs proxy reward") -> Target:
+    """Gold and proxy reward along the optimisation axis (``n`` of best-of-n on a log2 axis,
+    or KL), the gold maximum marked (± ``gold_se`` whiskers when given). Proxy and gold live
+    on different scales, so the proxy has its own y axis on the right."""
+    plt = _pyplot()
+    x = np.asarray(xs, dtype=float)
+    order = np.argsort(x, kind="stable")
+    x, g, p = x[order], np.asarray(gold, float)[order], np.asarray(proxy, float)[order]
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    if gold_se is not None:
+        ax.errorbar(x, g, yerr=np.asarray(gold_se, float)[order], fmt="o-", color=_BLUE,
+                    ecolor=_LIGHT_BLUE, capsize=3, label="gold reward (± se)")
+    else:
+        ax.plot(x, g, "o-", color=_BLUE, label="gold reward")
+    k = int(np.nanargmax(g))
+    ax.plot([x[k]], [g[k]], "*", color=_BLUE, markersize=14, label="gold maximum")
+    ax.set_ylabel("mean gold reward", color=_BLUE)
+    twin = ax.twinx()
+    twin.plot(x, p, "s--", color=_ORANGE, label="proxy reward")
+    twin.set_ylabel("mean proxy reward (reward model)", color=_ORANGE)
+    if log2:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i] == "gold maximum")
+    # below the axes: inside it would cover the rising proxy curve
+    fig.legend([handles[i] for i in order] + more[0], [labels[i] for i in order] + more[1],
+               loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return _save(fig, target)
+
+
+def plot_training_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], target: Target,
+                         keys: Sequence[str] = ("gold_reward", "proxy_reward", "kl"),
+                         title: str = "Training curves") -> Target:
+    """One panel per key of ``keys`` that some curve has (gold reward, proxy reward, KL)
+    against ``step``, one line per method (the same colour in every panel)."""
+    plt = _pyplot()
+    shown = [k for k in keys if any(_finite(pt.get(k)) is not None
+                                    for pts in curves.values() for pt in pts)]
+    if not shown:
+        raise ValueError("no curve has any of " + ", ".join(keys))
+    # at most ~10 inches wide: the HTML page shows it ~940 px wide, text stays readable
+    fig, axes = plt.subplots(1, len(shown), figsize=(min(3.6 * len(shown) + 0.6, 10.5), 3.9),
+                             squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, key in enumerate(shown):
+        ax = axes[0][j]
+        for i, (name, pts) in enumerate(curves.items()):
+            xy = [(_finite(pt.get("step")), _finite(pt.get(key))) for pt in pts]
+            xy = sorted((x, y) for x, y in xy if x is not None and y is not None)
+            if xy:
+                ax.plot(*zip(*xy, strict=True), "-", color=colors[i % len(colors)],
+                        label=name, linewidth=1.5)
+        ax.set_xlabel("step")
+        ax.set_title(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6) or 1, fontsize=9,
+               frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return _save(fig, target)
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, else None (missing, non-numeric, NaN or infinite)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    out = float(value)
+    return out if np.isfinite(out) else None
