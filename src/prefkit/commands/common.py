@@ -62,7 +62,8 @@ def cli_errors(func: Callable) -> Callable:
 
 
 def config_from_cli(cls: type, config_path: str | None, flags: dict[str, Any],
-                    set_: list[str] | None, as_json: bool) -> Any:
+                    set_: list[str] | None, as_json: bool,
+                    required: tuple[str, ...] = ("model", "data")) -> Any:
     """A training config (``cls``, a :class:`~prefkit.train.config.LoopConfig` subclass) from a
     YAML file, then the explicit flags (``None`` = not given), then ``--set key=value`` pairs;
     bad keys or values are bad input. ``model`` and ``data`` are required; ``--json`` turns the
@@ -75,8 +76,10 @@ def config_from_cli(cls: type, config_path: str | None, flags: dict[str, Any],
         cfg = load_config(config_path, cls=cls, **overrides)
     except ConfigError as exc:
         raise bad_input(str(exc), as_json) from None
-    if not cfg.model or not cfg.data:
-        raise bad_input("--model and --data are required (or set them in --config)", as_json)
+    missing = [name for name in required if not getattr(cfg, name)]
+    if missing:
+        raise bad_input(" and ".join(f"--{m.replace('_', '-')}" for m in required)
+                        + " are required (or set them in --config)", as_json)
     if as_json:
         cfg.progress = False
     return cfg

@@ -99,3 +99,75 @@ def list_losses(as_json: JsonOpt = False) -> None:
                       ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items()),
                       r["summary"])
     stdout.print(table)
+
+
+@app.command("online")
+@cli_errors
+def online(
+    model: Annotated[str | None, typer.Option(
+        help="Policy checkpoint directory, a tiny-model file, or lab:TASK (the lab's cached "
+             "SFT model of that task).")] = None,
+    prompts: Annotated[str | None, typer.Option(
+        help="Prompts file (.txt one a line, or JSONL with 'prompt'), or lab:TASK[:N] "
+             "(N prompts of a lab task).")] = None,
+    reward: Annotated[str | None, typer.Option(
+        help="rm:PATH, implicit:POLICY[,REF], gold:TASK or python:module:function.")] = None,
+    algo: Annotated[str | None, typer.Option(
+        help="ppo, reinforce, rloo, grpo, dr_grpo, remax, online_dpo, online_ipo or raft.")
+    ] = None,
+    iterations: Annotated[int | None, typer.Option(help="Rollout/update iterations.")] = None,
+    num_generations: Annotated[int | None, typer.Option(
+        help="Completions per prompt (group size).")] = None,
+    prompts_per_iteration: Annotated[int | None, typer.Option(
+        help="Prompts per iteration (global).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    kl_coef: Annotated[float | None, typer.Option(help="KL coefficient.")] = None,
+    lora: Annotated[bool | None, typer.Option(
+        "--lora/--no-lora", help="Train LoRA adapters; the reference is the base model.")
+    ] = None,
+    config: Annotated[str | None, typer.Option(help="YAML file with any config fields.")
+                      ] = None,
+    output_dir: Annotated[str | None, typer.Option(
+        help="Checkpoints, metrics.jsonl and rollouts.jsonl.")] = None,
+    save_model: Annotated[str | None, typer.Option(
+        help="Save the trained policy (and tokenizer) to this folder.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Any other OnlineConfig field: --set max_new_tokens=64 (repeatable).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Online RL from any reward: sample from the policy, score, update (PPO, RLOO, GRPO,
+    ReMax, REINFORCE, online DPO, online IPO, RAFT); each prompt computed once for its
+    samples."""
+    from ..rewards.sources import reward_from_spec
+    from ..train.online import OnlineConfig, resolve_model, resolve_prompts, train_online
+    from .common import bad_input
+
+    flags = {"model": model, "prompts": prompts, "reward": reward, "algo": algo,
+             "iterations": iterations, "num_generations": num_generations,
+             "prompts_per_iteration": prompts_per_iteration, "learning_rate": learning_rate,
+             "kl_coef": kl_coef, "lora": lora, "output_dir": output_dir}
+    cfg = config_from_cli(OnlineConfig, config, flags, set_, as_json,
+                          required=("model", "prompts", "reward"))
+    try:
+        policy, tokenizer = resolve_model(cfg)
+        prompt_list = resolve_prompts(cfg.prompts, seed=cfg.seed)
+        source = reward_from_spec(cfg.reward, tokenizer=tokenizer)
+    except (ValueError, FileNotFoundError) as exc:
+        raise bad_input(str(exc), as_json) from None
+    result = train_online(cfg, reward=source, prompts=prompt_list, model=policy,
+                          tokenizer=tokenizer)
+    out = result.to_dict()
+
+    def save(folder: str) -> None:
+        policy.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    if not finish_training(out, save_model, save, as_json):
+        return
+    first, last = out["iterations"][0], out["iterations"][-1]
+    stdout.print(f"{cfg.algo}: {out['steps']} steps, reward {first['reward']:.4g} -> "
+                 f"{last['reward']:.4g}, KL {last['kl']}, length {last['length']}, "
+                 f"truncated {last['truncated']:.1%}")
+    if out.get("saved_model"):
+        stdout.print(f"policy saved to {out['saved_model']}")

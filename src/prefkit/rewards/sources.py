@@ -39,10 +39,12 @@ from .scoring import packed_outputs
 
 __all__ = [
     "FunctionReward",
+    "GPMPreference",
     "ModelReward",
     "PairwiseJudgeReward",
     "RewardShaping",
     "RewardSource",
+    "reward_from_spec",
 ]
 
 
@@ -214,3 +216,99 @@ class RewardShaping:
         if self.clip is not None:
             r = r.clamp(-self.clip, self.clip)
         return r
+
+
+@dataclass
+class GPMPreference:
+    """A general preference between the two samples of each prompt from a GPM reward model
+    (:class:`~prefkit.rewards.heads.GPMHead`): column 0 of the ``[P, 2]`` output is
+    ``P(sample 0 beats sample 1) = sigmoid(scale * <R e0, e1>)`` and column 1 its complement --
+    the preference signal of ``online_ipo`` (it can be intransitive, which no scalar reward is).
+    """
+
+    model: Any
+    tokenizer: Any = None
+    batch_size: int = 16
+    name: str = "gpm"
+
+    def __call__(self, prompts, completions, prompt_ids, completion_ids) -> torch.Tensor:
+        g = _check_shape(prompts, completions)
+        if g != 2:
+            raise ValueError(f"a general preference compares 2 samples per prompt, got {g}")
+        reader = ModelReward(self.model, self.tokenizer, field="embeddings",
+                             batch_size=self.batch_size)
+        groups = [PromptGroup(list(p), [list(c) or [reader._eos()] for c in cs])
+                  for p, cs in zip(prompt_ids, completion_ids, strict=True)]
+        probs = torch.zeros(len(groups))
+        head = self.model.head
+        for idx, out in packed_outputs(self.model, groups, pad_id=reader._pad(),
+                                       batch_size=self.batch_size):
+            e = out.embeddings.float()
+            with torch.no_grad():
+                probs[idx] = torch.sigmoid(head.logit(e[:, 0], e[:, 1])).cpu()
+        return torch.stack([probs, 1.0 - probs], dim=1)
+
+
+def _import_function(path: str) -> Callable:
+    module_name, _, attr = path.rpartition(":")
+    if not module_name:
+        module_name, _, attr = path.rpartition(".")
+    import importlib
+
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"reward 'python:{path}': cannot import {attr!r} from "
+                         f"{module_name!r} ({exc})") from None
+    if not callable(fn):
+        raise ValueError(f"reward 'python:{path}' is not callable")
+    return fn
+
+
+def _same_vocab(a: Any, b: Any) -> bool:
+    try:
+        return a is b or a.get_vocab() == b.get_vocab()
+    except AttributeError:
+        return False
+
+
+def reward_from_spec(spec: str, *, tokenizer: Any = None) -> Callable:
+    """A reward source from a CLI string:
+
+    * ``rm:PATH`` -- a saved :class:`~prefkit.rewards.RewardModel` (sampled ids scored directly
+      when its tokenizer is the policy's, else re-tokenized text); a GPM model becomes a
+      :class:`GPMPreference` (for ``online_ipo``);
+    * ``implicit:POLICY[,REFERENCE]`` -- the implicit reward of a DPO policy;
+    * ``gold:TASK`` -- a lab task's gold reward;
+    * ``python:module:function`` -- ``function(prompt, completion) -> float``.
+    """
+    kind, _, arg = spec.partition(":")
+    if not arg:
+        raise ValueError(f"reward {spec!r}: expected KIND:ARGUMENT (rm:PATH, implicit:POLICY, "
+                         "gold:TASK or python:module:function)")
+    if kind == "rm":
+        from .model import RewardModel
+
+        model = RewardModel.from_pretrained(arg)
+        same = tokenizer is None or _same_vocab(model.tokenizer, tokenizer)
+        if getattr(model, "head_kind", None) == "gpm":
+            if not same:
+                raise ValueError(f"reward {spec!r}: a GPM preference needs the policy's tokenizer")
+            return GPMPreference(model)
+        return ModelReward(model, model.tokenizer, same_tokenizer=same)
+    if kind == "implicit":
+        from .implicit import ImplicitReward
+
+        policy, _, ref = arg.partition(",")
+        model = ImplicitReward.from_paths(policy, ref or None)
+        return ModelReward(model, model.tokenizer,
+                           same_tokenizer=tokenizer is None or _same_vocab(model.tokenizer,
+                                                                           tokenizer))
+    if kind == "gold":
+        from ..lab.tasks import get_task
+
+        task = get_task(arg)
+        return FunctionReward(task.gold_reward, name=f"gold:{arg}")
+    if kind == "python":
+        return FunctionReward(_import_function(arg), name=arg)
+    raise ValueError(f"reward {spec!r}: unknown kind {kind!r} (rm, implicit, gold or python)")

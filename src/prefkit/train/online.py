@@ -81,7 +81,8 @@ from .rollout import (
 )
 
 __all__ = ["ALGORITHMS", "OnlineConfig", "OnlineResult", "OnlineTrainingError",
-           "PolicyWithValue", "best_of_n", "train_online", "west_of_n_pairs"]
+           "PolicyWithValue", "best_of_n", "read_prompts", "resolve_model", "resolve_prompts",
+           "train_online", "west_of_n_pairs"]
 
 ALGORITHMS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo",
               "online_ipo", "raft")
@@ -671,7 +672,6 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     reference (default: LoRA adapters disabled, else a frozen copy of the starting policy).
     ``shaping``: a :class:`prefkit.rewards.sources.RewardShaping` (default from the config).
     """
-    from ..models.load import LoraSettings, load_model
     from ..rewards.sources import RewardShaping
 
     if reward is None:
@@ -680,15 +680,13 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     if prompts is None:
         if not config.prompts:
             raise ValueError("no prompts: set prompts (a file) or pass prompts=")
-        prompts = read_prompts(config.prompts)
+        prompts = resolve_prompts(config.prompts, seed=config.seed)
     if not prompts:
         raise ValueError("no prompts")
     if model is None:
         if not config.model:
             raise ValueError("no model: set model (a checkpoint directory or a model file)")
-        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
-        model, tokenizer = load_model(config.model, dtype=config.dtype, lora=lora,
-                                      seed=config.seed)
+        model, tokenizer = resolve_model(config)
     if tokenizer is None:
         raise ValueError("a model passed directly needs its tokenizer too")
     if shaping is None:
@@ -711,3 +709,34 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
                  callbacks=callbacks)
     return OnlineResult(fit=result, iterations=online.iterations, model=model,
                         tokenizer=tokenizer, algo=config.algo)
+
+
+def resolve_model(config: OnlineConfig) -> tuple[nn.Module, Any]:
+    """The policy and tokenizer of ``config.model``: a checkpoint / tiny-model file, or
+    ``lab:TASK`` for the lab's cached SFT model of that task (built on first use)."""
+    from ..models.load import LoraSettings, apply_lora, load_model
+
+    lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
+    if config.model.startswith("lab:"):
+        from ..lab.base_model import build_base_model
+        from ..lab.tasks import get_task
+        from .reference import default_cache_dir
+
+        model, tokenizer, _ = build_base_model(get_task(config.model[4:]),
+                                               default_cache_dir().parent / "lab-base",
+                                               seed=config.seed)
+        return (apply_lora(model, lora) if lora else model), tokenizer
+    return load_model(config.model, dtype=config.dtype, lora=lora, seed=config.seed)
+
+
+def resolve_prompts(spec: str, *, seed: int = 0) -> list[str]:
+    """Prompts from a file (:func:`read_prompts`) or ``lab:TASK[:N]`` (N sampled prompts of a
+    lab task, default 256)."""
+    if spec.startswith("lab:"):
+        from ..lab.tasks import get_task
+
+        name, _, n = spec[4:].partition(":")
+        task = get_task(name)
+        rng = random.Random(seed)
+        return [task.sample_prompt(rng) for _ in range(int(n) if n else 256)]
+    return read_prompts(spec)
