@@ -71,6 +71,11 @@ class LabConfig:
     rm_steps: int = 150
     overopt_length_bias: float = 1.0  # 0 turns the over-optimization stage off
     overopt_ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    rl_iterations: int = 12  # online methods (ppo, grpo, ...): rollout/update iterations
+    rl_prompts_per_iteration: int = 32
+    rl_generations: int = 4
+    rl_learning_rate: float = 1e-4
+    kl_coef: float = 0.05
     seed: int = 0
 
 
@@ -134,6 +139,41 @@ def _evaluate(texts: list[str], prompts: list[str], task, sft_texts: list[str], 
     else:
         out["kl_to_sft"] = None
     return out
+
+
+ONLINE_METHODS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo",
+                  "online_raft")
+
+
+def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: list[str],
+            work: Path, quiet) -> tuple[Any, list[dict]]:
+    """One online method against the proxy reward model; the gold reward of every rollout is
+    recorded (not used for training) for the over-optimization-over-steps curves."""
+    from ..models.load import load_model
+    from ..rewards.sources import ModelReward
+    from ..train.online import OnlineConfig, train_online
+
+    algo = "raft" if method == "online_raft" else method
+    policy, tokenizer = load_model(sft_path)
+
+    def gold(ro) -> dict[str, torch.Tensor]:
+        return {"gold_reward": torch.tensor([[task.gold_reward(p, c) for c in cs]
+                                             for p, cs in zip(ro.prompts, ro.completions,
+                                                              strict=True)])}
+
+    cfg = OnlineConfig(algo=algo, output_dir=str(work / method), iterations=config.rl_iterations,
+                       prompts_per_iteration=config.rl_prompts_per_iteration,
+                       num_generations=config.rl_generations, kl_coef=config.kl_coef,
+                       learning_rate=config.rl_learning_rate, temperature=config.temperature,
+                       batch_size=config.batch_size, lr_scheduler="constant",
+                       logging_steps=10_000, save_steps=0, save_final=False, progress=False,
+                       seed=config.seed)
+    with quiet:
+        result = train_online(cfg, reward=ModelReward(rm.model, tokenizer), prompts=prompts,
+                              model=policy, tokenizer=tokenizer, monitor=gold)
+    curve = [{"step": it["iteration"], "gold_reward": it["gold_reward"],
+              "proxy_reward": it["reward"], "kl": it["kl"]} for it in result.iterations]
+    return result.model.eval(), curve
 
 
 def _loss_kind(spec: str) -> str:
@@ -281,7 +321,15 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
     results: dict[str, Any] = {"sft": _evaluate(sft_texts, eval_prompts, task, sft_texts,
                                                 sft, tokenizer)}
     # 4a. direct alignment methods (and RAFT: fine-tune on the reward model's best samples)
+    curves: dict[str, list[dict]] = {}
     for method in config.methods:
+        if method in ONLINE_METHODS:
+            policy, curves[method] = _online(config, method, task, sft_path, rm, train_prompts,
+                                             work, quiet)
+            results[method] = _evaluate(eval_samples(policy), eval_prompts, task, sft_texts,
+                                        sft, tokenizer, policy=policy)
+            results[method]["kind"] = "online"
+            continue
         data, loss, lr = pairs, method, config.learning_rate
         if method == "raft":
             data = _raft_data(config, sft, tokenizer, rm, train_prompts, work)
@@ -320,4 +368,4 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
                      "labels_agreeing_with_gold": round(gold_agree, 4)},
             "reward_model": {"train_accuracy": round(rm.fit.metrics.get("accuracy", float("nan")),
                                                      4)},
-            "methods": results, "overoptimization": overopt}
+            "methods": results, "overoptimization": overopt, "training_curves": curves}

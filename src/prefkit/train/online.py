@@ -292,8 +292,10 @@ class _Online:
 
     def __init__(self, config: OnlineConfig, module: PolicyWithValue, tokenizer: Any,
                  reward: Callable, prompts: Sequence[str], accelerator: Any,
-                 reference: nn.Module | None, shaping: Any) -> None:
+                 reference: nn.Module | None, shaping: Any,
+                 monitor: Callable[[Rollout], dict[str, torch.Tensor]] | None = None) -> None:
         self.cfg = config
+        self.monitor = monitor
         self.module = module
         self.tokenizer = tokenizer
         self.reward = reward
@@ -455,6 +457,9 @@ class _Online:
                  "length": round(glob(ro.lengths()), 3),
                  "truncated": round(glob(ro.truncated), 4), "empty": round(glob(ro.empty), 4),
                  "stopped": round(glob(ro.stopped), 4)}
+        if self.monitor is not None:
+            stats.update({k: round(glob(torch.as_tensor(v)), 6)
+                          for k, v in self.monitor(ro).items()})
         self.iterations.append(stats)
         if self.acc.is_main_process:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -662,7 +667,8 @@ def read_prompts(path: str) -> list[str]:
 def train_online(config: OnlineConfig, *, reward: Callable | None = None,
                  prompts: Sequence[str] | None = None, model: nn.Module | None = None,
                  tokenizer: Any = None, reference: nn.Module | None = None,
-                 shaping: Any = None, callbacks: Sequence[Callback] = ()) -> OnlineResult:
+                 shaping: Any = None, callbacks: Sequence[Callback] = (),
+                 monitor: Callable[[Rollout], dict[str, Any]] | None = None) -> OnlineResult:
     """Run one online training job (module docstring).
 
     ``reward``: a reward source (``source(prompts, completions, prompt_ids, completion_ids)
@@ -671,6 +677,8 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     the policy (else loaded from ``config.model``). ``reference``: a separate frozen
     reference (default: LoRA adapters disabled, else a frozen copy of the starting policy).
     ``shaping``: a :class:`prefkit.rewards.sources.RewardShaping` (default from the config).
+    ``monitor(rollout) -> {name: [P, G] values}``: extra per-iteration statistics of the samples
+    (e.g. a held-back gold reward), averaged into :attr:`OnlineResult.iterations`.
     """
     from ..rewards.sources import RewardShaping
 
@@ -703,7 +711,8 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
         reference = copy.deepcopy(model).eval()
         for p in reference.parameters():
             p.requires_grad_(False)
-    online = _Online(config, module, tokenizer, reward, prompts, accelerator, reference, shaping)
+    online = _Online(config, module, tokenizer, reward, prompts, accelerator, reference, shaping,
+                     monitor)
     module.train()
     result = fit(module, online.step, _RolloutStream(online), config, accelerator=accelerator,
                  callbacks=callbacks)
