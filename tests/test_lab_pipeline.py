@@ -20,11 +20,37 @@ def test_aligned_methods_beat_sft_with_known_gold(quick_run):
     methods = quick_run["methods"]
     assert quick_run["data"]["pairs"] > 150
     assert quick_run["data"]["labels_agreeing_with_gold"] > 0.85  # a mildly noisy pool
-    for name in ("dpo", "rpo", "kto", "lipo", "raft", "best_of_8"):
+    for name in ("dpo", "rpo", "kto", "lipo", "raft", "grpo", "ppo", "best_of_8"):
         m = methods[name]
         assert m["win_rate_ci"][0] > 0.5, (name, m)  # CI excludes 50%
         assert m["gold_reward"] > methods["sft"]["gold_reward"]
         assert m["kl_to_sft"] > 0
+
+
+@pytest.mark.slow
+def test_online_methods_record_gold_and_proxy_per_iteration(quick_run):
+    for name in ("grpo", "ppo"):
+        curve = quick_run["training_curves"][name]
+        assert [c["step"] for c in curve] == list(range(QUICK["rl_iterations"]))
+        assert curve[0]["kl"] == 0.0  # the first rollout comes from the reference itself
+        half = len(curve) // 2
+        early = sum(c["proxy_reward"] for c in curve[:half]) / half
+        late = sum(c["proxy_reward"] for c in curve[half:]) / (len(curve) - half)
+        assert late > early  # the policy climbs the proxy reward
+        assert all(c["gold_reward"] is not None for c in curve)
+
+
+@pytest.mark.slow
+def test_every_online_method_beats_sft(tmp_path):
+    """The rest of the online methods (quick config: grpo and ppo) against the proxy reward
+    model: gold win rate against SFT with a 95% CI above 50%."""
+    methods = ["reinforce", "rloo", "dr_grpo", "remax", "online_dpo", "online_raft"]
+    run = run_lab(workdir=str(tmp_path), **{**QUICK, "methods": methods, "best_of_n": 1,
+                                            "overopt_length_bias": 0.0})
+    for name in methods:
+        m = run["methods"][name]
+        assert m["win_rate_ci"][0] > 0.5, (name, m)
+        assert m["gold_reward"] > run["methods"]["sft"]["gold_reward"] + 0.03, (name, m)
 
 
 @pytest.mark.slow

@@ -79,8 +79,9 @@ class LabConfig:
     seed: int = 0
 
 
-QUICK = dict(n_prompts=128, n_eval=128, methods=["dpo", "rpo", "kto", "lipo", "raft"], steps=120,
-             rm_steps=80, best_of_n=8)
+QUICK = dict(n_prompts=128, n_eval=128,
+             methods=["dpo", "rpo", "kto", "lipo", "raft", "grpo", "ppo"], steps=120,
+             rm_steps=80, best_of_n=8, rl_iterations=10)
 """Overrides for a run of well under two minutes (the tests' config).
 
 Finding on the sort task: the direct losses need a small learning rate. At 1e-5 (120 steps)
