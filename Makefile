@@ -21,7 +21,7 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/.base-installed
 	touch $@
 
 demo: $(VENV)/.base-installed
-	$(VENV)/bin/prefkit demo
+	$(VENV)/bin/prefkit demo --workdir demo-out
 
 test: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check src tests bench

@@ -128,7 +128,7 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
     summary["arena"] = _arena_tour(console)
     summary["alignment"] = _alignment_tour(console, work)
     summary["reward_model"] = _reward_model_tour(console, work)
-    summary["lab"] = _lab_tour(console, work)
+    summary["lab"] = _lab_tour(console, work, keep=tmp is None)
     console.rule("done - next: `prefkit data validate YOUR_FILE`, see README")
     if tmp is not None:
         tmp.cleanup()
@@ -247,7 +247,7 @@ def _reward_model_tour(console: Console, work: Path) -> dict[str, Any]:
             "ece": report["calibration"]["ece"]}
 
 
-def _lab_tour(console: Console, work: Path) -> dict[str, Any]:
+def _lab_tour(console: Console, work: Path, keep: bool = True) -> dict[str, Any]:
     """Step 9: the loop on the lab's sort task, judged by the known gold reward."""
     import contextlib
     import io
@@ -256,11 +256,12 @@ def _lab_tour(console: Console, work: Path) -> dict[str, Any]:
 
     console.print("\n9. The loop (`prefkit lab run --quick`): an SFT policy for 'sort: 7 3 9' "
                   "samples answers, a pool of biased simulated annotators labels pairs, a reward "
-                  "model and several methods are trained, and every policy is judged against "
-                  "the SFT policy by the gold reward:")
+                  "model is trained, the policy is aligned offline (DPO, IPO, RPO, KTO, LiPO, "
+                  "RAFT) and online against the reward model (GRPO, PPO, RLOO), and every "
+                  "policy is judged against the SFT policy by the gold reward:")
     with contextlib.redirect_stderr(io.StringIO()):
         result = run_lab(workdir=str(work / "lab"), **{**QUICK, "methods": [
-            "dpo", "ipo", "rpo", "kto", "lipo", "raft"]})
+            "dpo", "ipo", "rpo", "kto", "lipo", "raft", "grpo", "ppo", "rloo"]})
     table = Table("method", "gold reward", "win rate vs SFT (95% CI)", "KL to SFT", "length")
     for name, m in result["methods"].items():
         table.add_row(name, f"{m['gold_reward']:.3f}",
@@ -271,4 +272,11 @@ def _lab_tour(console: Console, work: Path) -> dict[str, Any]:
     console.print(table)
     console.print("  every method beats the SFT policy on gold win rate; with a 10x larger "
                   "learning rate plain DPO over-optimizes instead (longer, worse answers)")
+    from .report import write_lab_report
+
+    if keep:
+        report = write_lab_report(result, work / "lab" / "report.html")
+        console.print(f"  the full report (tables and figures): {report}")
+    else:
+        console.print("  (run `prefkit demo --workdir DIR` to keep the files and an HTML report)")
     return result["methods"]
