@@ -496,8 +496,10 @@ class _Online:
                 ppo_adv.append((adv, masks[i]))
             items.append(item)
         if algo == "ppo" and cfg.whiten_advantages:
-            flat = torch.cat([a[m] for a, m in ppo_adv])
-            mean, std = flat.mean(), flat.std(unbiased=False)
+            # moments over the GLOBAL rollout (all processes), so sharding does not matter
+            flat = torch.cat([a[m] for a, m in ppo_adv]).double()
+            mean = self._global_mean(flat)
+            std = self._global_mean((flat - mean) ** 2) ** 0.5
             for it in items:
                 it["adv"] = ((it["adv"] - mean) / (std + 1e-8)) * it["mask"]
         return items
@@ -572,8 +574,9 @@ class _Online:
             metrics_tok["vf_loss"] = vf
         total, count = rl.aggregate(per_token, mask, self.aggregation,
                                     max_tokens=cfg.max_new_tokens)
-        metrics = {k: rl.aggregate(v.detach(), mask, self.aggregation,
-                                   max_tokens=cfg.max_new_tokens)[0]
+        # metrics are per-token means (a ratio of 1 logs as 1) over the loss's denominator
+        per_seq = "token_mean" if self.aggregation == "token_mean" else "seq_mean_token_mean"
+        metrics = {k: rl.aggregate(v.detach(), mask, per_seq)[0]
                    for k, v in metrics_tok.items()}
         return StepOutput(loss_sum=total, n_examples=count, metrics_sum=metrics,
                           n_tokens=int(mask.sum()))
