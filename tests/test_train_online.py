@@ -105,8 +105,10 @@ def test_config_errors_and_max_steps():
     with pytest.raises(ConfigError, match=r"raft_keep=5 must be in \[1, num_generations=4\]"):
         OnlineConfig(algo="raft", raft_keep=5)
     # 2 epochs x 3 minibatches = 6 optimizer steps per iteration
-    with pytest.raises(ConfigError, match="save_steps=9 must be a multiple of the 6 optimizer"):
-        OnlineConfig(iterations=5, ppo_epochs=2, num_minibatches=3, save_steps=9)
+    # checkpoints fall on iteration boundaries: save_steps is rounded up to a multiple
+    assert OnlineConfig(iterations=5, ppo_epochs=2, num_minibatches=3, save_steps=9
+                        ).save_steps == 12
+    assert OnlineConfig(num_minibatches=3).save_steps == 501  # the default 500, rounded up
     cfg = OnlineConfig(iterations=5, ppo_epochs=2, num_minibatches=3, save_steps=12)
     assert cfg.steps_per_iteration == 6
     assert cfg.max_steps == 5 * 2 * 3 == 30

@@ -48,8 +48,9 @@ KL blow-ups (mean sequence KL above ``max_kl``) and NaN rewards stop the run wit
 
 Exactness: the samples are a pure function of (seed, iteration, global prompt index), so a
 2-process run with the same global batch draws the same rollouts as 1 process and ends with
-the same parameters. Checkpoints are taken at iteration boundaries (``save_steps`` must be a
-multiple of the optimizer steps per iteration), so resuming replays the next iteration exactly.
+the same parameters; reward normalization is computed over the global batch. Checkpoints are
+taken at iteration boundaries (``save_steps`` is rounded up to a multiple of the optimizer
+steps per iteration), so resuming replays the next iteration exactly.
 """
 
 from __future__ import annotations
@@ -178,9 +179,8 @@ class OnlineConfig(LoopConfig):
         per_iter = self.steps_per_iteration
         self.max_steps = self.iterations * per_iter
         if self.save_steps and self.save_steps % per_iter:
-            raise ConfigError(f"save_steps={self.save_steps} must be a multiple of the "
-                              f"{per_iter} optimizer steps of one iteration (checkpoints are "
-                              "taken at iteration boundaries)")
+            # checkpoints only at iteration boundaries (so a resume replays whole iterations)
+            self.save_steps += per_iter - self.save_steps % per_iter
         super().__post_init__()
 
     @property
@@ -397,16 +397,17 @@ class _Online:
                              row_offset=offset * g)
         raw = self.reward(ro.prompts, ro.completions, ro.prompt_ids, ro.completion_ids).float()
         self._check_rewards(raw, ro, iteration)
-        scores = self.shaping(raw, ro.lengths()) if self.shaping is not None else raw
-        baseline = None
-        if cfg.algo == "remax":
+        raw_all, lengths_all = raw, ro.lengths()
+        if cfg.algo == "remax":  # the greedy answer's reward: an extra column, shaped alike
             greedy = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=1,
                                      seed=seed, greedy=True)
-            baseline = self.reward(greedy.prompts, greedy.completions, greedy.prompt_ids,
-                                   greedy.completion_ids).float()
-            if self.shaping is not None:
-                baseline = self.shaping(baseline, greedy.lengths())
-            baseline = baseline[:, 0]
+            greedy_raw = self.reward(greedy.prompts, greedy.completions, greedy.prompt_ids,
+                                     greedy.completion_ids).float()
+            self._check_rewards(greedy_raw, greedy, iteration)
+            raw_all = torch.cat([raw, greedy_raw], dim=1)
+            lengths_all = torch.cat([lengths_all, greedy.lengths()], dim=1)
+        shaped = self._shape(raw_all, lengths_all)
+        scores, baseline = shaped[:, :g], (shaped[:, g] if cfg.algo == "remax" else None)
         groups = ro.groups()
         old, values = self._forward_all(groups, reference=False)
         ref = (self._forward_all(groups, reference=True)[0] if self.needs_reference
@@ -428,6 +429,23 @@ class _Online:
         if self.needs_reference:
             self.kl_ctl.update(mean_kl, cfg.prompts_per_iteration * g)
         return self._micro_batches(items, iteration)
+
+    def _shape(self, raw: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Reward shaping over the GLOBAL batch (normalization sees every process's rewards,
+        so W processes shape exactly as one does), then this process's rows."""
+        if self.shaping is None:
+            return raw
+        w = self.acc.num_processes
+        if w == 1:
+            return self.shaping(raw, lengths)
+        both = torch.stack([raw, lengths.float()]).to(self.acc.device)
+        gathered = self.acc.gather(both[None]).cpu()  # [W, 2, P_local, C]
+        raw_g = torch.cat(list(gathered[:, 0]))
+        len_g = torch.cat(list(gathered[:, 1]))
+        shaped = self.shaping(raw_g, len_g)
+        n = raw.shape[0]
+        r = self.acc.process_index
+        return shaped[r * n:(r + 1) * n]
 
     def _global_mean(self, x: torch.Tensor) -> float:
         total = torch.tensor([float(x.sum()), float(x.numel())], dtype=torch.float64,
