@@ -1,0 +1,62 @@
+"""Helpers shared by the two children of bench/online_vs_trl.py (timing, the reward recorder,
+the JSON line each child prints)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _dpo_child_common import peak_rss_mb, setup_threads  # noqa: E402, F401
+
+
+class GenerateTimer:
+    """Wraps ``model.generate`` (on the instance) to time every call and count what it produced:
+    new tokens per row and EOS tokens among them. ``extra`` kwargs are passed to every call
+    (prefkit's child passes ``min_new_tokens`` this way; TRL gets it from ``generation_kwargs``)."""
+
+    def __init__(self, model, eos_id: int, **extra) -> None:
+        self.seconds: list[float] = []
+        self.new_tokens: list[int] = []
+        self.rows: list[int] = []
+        self.eos: list[int] = []
+        self.eos_id = eos_id
+        original = model.generate
+
+        def generate(*args, **kwargs):
+            width = (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).shape[1]
+            start = time.perf_counter()
+            out = original(*args, **{**extra, **kwargs})
+            self.seconds.append(time.perf_counter() - start)
+            new = out[:, width:]
+            self.new_tokens.append(int(new.shape[1]))
+            self.rows.append(int(new.shape[0]))
+            self.eos.append(int((new == eos_id).sum()))
+            return out
+
+        model.generate = generate
+
+
+class RewardLog:
+    """Records each call's rewards (one list per rollout)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[float]] = []
+
+    def add(self, values) -> None:
+        self.calls.append([float(v) for v in values])
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (VmRSS), in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def emit(**fields) -> None:
+    print(json.dumps({**fields, "peak_rss_mb": peak_rss_mb()}))
