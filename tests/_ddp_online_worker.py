@@ -34,6 +34,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "grpo": {},
     "reinforce": {},
     "ppo": {},
+    # reward normalization over the global batch, and the KL measured during the update
+    "rloo_normalized": {"algo": "rloo", "reward_normalization": "batch", "kl_coef": 0.0},
+    "grpo_kl_loss": {"algo": "grpo", "kl_coef": 0.1},
 }
 
 
@@ -49,11 +52,12 @@ def count_ones(prompt: str, completion: str) -> float:
 
 
 def config(out: Path, name: str, algo: str, **kw: Any) -> OnlineConfig:
-    base = dict(output_dir=str(out / name), algo=algo, iterations=3, prompts_per_iteration=8,
+    base = dict(output_dir=str(out / name), algo=SCENARIOS[algo].get("algo", algo), iterations=3,
+                prompts_per_iteration=8,
                 num_generations=4, ppo_epochs=1, num_minibatches=1, batch_size=16,
                 max_new_tokens=10, learning_rate=1e-3, lr_scheduler="constant", seed=5,
                 logging_steps=1, save_steps=0, save_final=False, progress=False)
-    base.update(SCENARIOS[algo])
+    base.update({k: v for k, v in SCENARIOS[algo].items() if k != "algo"})
     base.update(kw)
     return OnlineConfig(**base)
 

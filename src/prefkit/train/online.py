@@ -315,6 +315,13 @@ class _Online:
                        if config.target_kl else rl.FixedKLController(config.kl_coef))
         self.needs_reference = (config.kl_coef > 0 and config.algo != "raft") or config.algo in (
             "online_dpo", "online_ipo")
+        # the sampled tokens' log-probs before the update ("old") need their own forward only
+        # when the update is off-policy (several epochs / minibatches), for PPO's values, or
+        # for a KL penalty in the reward; otherwise the update's own forward equals them
+        self.needs_old = config.algo in (*_CRITIC_FREE, "ppo") and (
+            config.algo == "ppo" or config.ppo_epochs > 1 or config.num_minibatches > 1
+            or (self.kl_in == "reward" and config.kl_coef > 0))
+        self._kl_sum = self._kl_n = 0.0
         if config.algo == "online_dpo":
             self.pair_loss = losses.combine(losses.parse_loss_spec(config.dpo_loss))
             if self.pair_loss.loss_spec.kind != "pairwise":
@@ -408,27 +415,74 @@ class _Online:
             lengths_all = torch.cat([lengths_all, greedy.lengths()], dim=1)
         shaped = self._shape(raw_all, lengths_all)
         scores, baseline = shaped[:, :g], (shaped[:, g] if cfg.algo == "remax" else None)
+        self.finalize_kl()  # the previous iteration's KL, when measured during its update
         groups = ro.groups()
-        old, values = self._forward_all(groups, reference=False)
-        ref = (self._forward_all(groups, reference=True)[0] if self.needs_reference
-               else [torch.zeros_like(o) for o in old])
-        masks = [torch.arange(o.shape[1])[None, :] < ro.lengths()[i][:, None]
-                 for i, o in enumerate(old)]
-        kl_tok = [rl.kl_penalty(o, r, "k1") * m for o, r, m in zip(old, ref, masks, strict=True)]
-        seq_kl = torch.stack([k.sum(1) for k in kl_tok])  # [P, G]
-        mean_kl = self._global_mean(seq_kl) if self.needs_reference else float("nan")
+        widths = [max(len(c) for c in cs) for cs in ro.completion_ids]
+        lengths = ro.lengths()
+        masks = [torch.arange(w)[None, :] < lengths[i][:, None] for i, w in enumerate(widths)]
+        if self.needs_old:
+            old, values = self._forward_all(groups, reference=False)
+            old = [o[:, :w] for o, w in zip(old, widths, strict=True)]
+            values = [v if v is None else v[:, :w] for v, w in zip(values, widths, strict=True)]
+        else:
+            old, values = [torch.zeros(g, w) for w in widths], [None] * len(widths)
+        ref = ([r[:, :w] for r, w in zip(self._forward_all(groups, reference=True)[0], widths,
+                                          strict=True)]
+               if self.needs_reference else [torch.zeros(g, w) for w in widths])
+        seq_kl = torch.zeros(len(groups), g)
+        mean_kl = None
+        if self.needs_old and self.needs_reference:
+            seq_kl = torch.stack([(rl.kl_penalty(o, r, "k1") * m).sum(1)
+                                  for o, r, m in zip(old, ref, masks, strict=True)])
+            mean_kl = self._global_mean(seq_kl)
         self._log_iteration(iteration, ro, raw, scores, mean_kl)
-        if cfg.max_kl is not None and self.needs_reference and mean_kl > cfg.max_kl:
+        if mean_kl is not None:
+            self._after_kl(iteration, mean_kl)
+        items = self._items(ro, scores, baseline, old, ref, values, masks, seq_kl)
+        return self._micro_batches(items, iteration)
+
+    def _after_kl(self, iteration: int, mean_kl: float) -> None:
+        """Stop on a KL blow-up; feed the KL controller."""
+        cfg = self.cfg
+        if cfg.max_kl is not None and mean_kl > cfg.max_kl:
             ckpts = list_checkpoints(cfg.output_dir)
             last = str(ckpts[-1]) if ckpts else "none"
             raise OnlineTrainingError(
                 f"KL blow-up at iteration {iteration}: mean sequence KL to the reference "
                 f"{mean_kl:.3g} > max_kl={cfg.max_kl}; lower the learning rate or raise kl_coef. "
                 f"Last checkpoint: {last}")
-        items = self._items(ro, scores, baseline, old, ref, values, masks, seq_kl)
-        if self.needs_reference:
-            self.kl_ctl.update(mean_kl, cfg.prompts_per_iteration * g)
-        return self._micro_batches(items, iteration)
+        self.kl_ctl.update(mean_kl, cfg.prompts_per_iteration * cfg.num_generations)
+
+    def finalize_kl(self) -> None:
+        """Without an "old" forward the KL of an iteration's samples to the reference is
+        measured by the first pass of its update (same weights); record it once all processes
+        are done with that pass."""
+        if self.needs_old or not self.needs_reference or not self.iterations:
+            return
+        if self.iterations[-1].get("kl") is not None:
+            return
+        total = torch.tensor([self._kl_sum, self._kl_n], dtype=torch.float64,
+                             device=self.acc.device)
+        if self.acc.num_processes > 1:
+            total = self.acc.reduce(total, reduction="sum")
+        self._kl_sum = self._kl_n = 0.0
+        if float(total[1]) == 0:
+            return
+        mean_kl = float(total[0] / total[1])
+        stats = self.iterations[-1]
+        stats["kl"] = round(mean_kl, 6)
+        if self.acc.is_main_process and self.log_path.exists():
+            lines = self.log_path.read_text(encoding="utf-8").splitlines()
+            lines[-1] = json.dumps(stats)
+            self.log_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self._after_kl(stats["iteration"], mean_kl)
+
+    def _record_kl(self, logps: torch.Tensor, batch: dict[str, Any]) -> None:
+        if self.needs_old or not self.needs_reference or not batch.get("first_pass"):
+            return
+        seq = ((logps.detach() - batch["ref"]) * batch["mask"]).sum(1)
+        self._kl_sum += float(seq.sum())
+        self._kl_n += float(seq.numel())
 
     def _shape(self, raw: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Reward shaping over the GLOBAL batch (normalization sees every process's rewards,
@@ -465,12 +519,13 @@ class _Online:
                 f"{raw.numel()} rewards); last checkpoint: "
                 f"{str(ckpts[-1]) if ckpts else 'none'}")
 
-    def _log_iteration(self, iteration: int, ro: Rollout, raw, scores, mean_kl: float) -> None:
+    def _log_iteration(self, iteration: int, ro: Rollout, raw, scores,
+                       mean_kl: float | None) -> None:
         def glob(x: torch.Tensor) -> float:
             return self._global_mean(x.float())
         stats = {"iteration": iteration, "reward": round(glob(raw), 6),
                  "shaped_reward": round(glob(scores), 6),
-                 "kl": round(mean_kl, 6) if self.needs_reference else None,
+                 "kl": None if mean_kl is None else round(mean_kl, 6),
                  "kl_coef": round(float(self.kl_ctl.value), 6),
                  "length": round(glob(ro.lengths()), 3),
                  "truncated": round(glob(ro.truncated), 4), "empty": round(glob(ro.empty), 4),
@@ -536,7 +591,7 @@ class _Online:
                 random.Random(cfg.seed * 31 + iteration * 101 + epoch).shuffle(order)
             for m in range(n_micro):
                 part = [items[i] for i in order[m::n_micro]]
-                out.append(self._collate(part))
+                out.append({**self._collate(part), "first_pass": epoch == 0})
         return out
 
     def _collate(self, part: list[dict]) -> dict[str, Any]:
@@ -568,6 +623,7 @@ class _Online:
         row, col, _ = token_grid(lp.segment, rows)
         width = mask.shape[1]
         logps = _grid(lp.per_token.float(), row, col, rows, width)
+        self._record_kl(logps, batch)
         algo = self.cfg.algo
         if algo in ("online_dpo", "online_ipo"):
             return self._pair_step(logps, batch)
@@ -575,15 +631,18 @@ class _Online:
             return self._raft_step(logps, batch)
         cfg = self.cfg
         loss_name = "ppo_clip"
+        old = batch["old"] if self.needs_old else logps.detach()  # on-policy: ratio 1
         pg, pg_metrics = rl.get_policy_loss(loss_name)(
-            logps, batch["old"], batch["adv"], mask, clip_eps=cfg.clip_eps,
+            logps, old, batch["adv"], mask, clip_eps=cfg.clip_eps,
             clip_eps_high=cfg.clip_eps_high)
         per_token = pg
-        kl = rl.kl_penalty(logps, batch["ref"], self.kl_kind) * mask
-        if self.kl_in == "loss" and self.kl_ctl.value:
-            per_token = per_token + float(self.kl_ctl.value) * kl
-        metrics_tok = {"pg_loss": pg, "kl": kl, "clipfrac": pg_metrics["clipfrac"] * mask,
+        metrics_tok = {"pg_loss": pg, "clipfrac": pg_metrics["clipfrac"] * mask,
                        "ratio": pg_metrics["ratio"] * mask}
+        if self.needs_reference:
+            kl = rl.kl_penalty(logps, batch["ref"], self.kl_kind) * mask
+            if self.kl_in == "loss" and self.kl_ctl.value:
+                per_token = per_token + float(self.kl_ctl.value) * kl
+            metrics_tok["kl"] = kl
         if algo == "ppo":
             v = _grid(values.float(), row, col, rows, width)
             vf, _ = rl.value_loss(v, batch["values"], batch["returns"], mask,
@@ -737,6 +796,7 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     module.train()
     result = fit(module, online.step, _RolloutStream(online), config, accelerator=accelerator,
                  callbacks=callbacks)
+    online.finalize_kl()
     return OnlineResult(fit=result, iterations=online.iterations, model=model,
                         tokenizer=tokenizer, algo=config.algo)
 
