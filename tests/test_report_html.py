@@ -66,6 +66,68 @@ def full_result() -> dict:
     return result
 
 
+LEADERBOARD = [  # (model, rating, ci_low, ci_high, rank), best first, as run_lab writes it
+    ("best_of_8", 1119.18, 1096.67, 1137.91, 1), ("dpo", 1059.56, 1042.89, 1074.6, 2),
+    (EVIL, 1048.6, 1030.83, 1063.62, 2), ("sft", 1000.0, 1000.0, 1000.0, 4)]
+JUDGES = {  # method: (pool win rate, its CI, proxy-RM win rate, its CI, ranking accuracy)
+    "sft": (0.5, [0.5, 0.5], 0.5, [0.5, 0.5], 0.8716),
+    "dpo": (0.8516, [0.8073, 0.8959], 0.5547, [0.4832, 0.6262], 0.9083),
+    EVIL: (0.8945, [0.8559, 0.9332], 0.5508, [0.4796, 0.6219], 0.9174),
+    "best_of_8": (0.7344, [0.6648, 0.8039], 0.8359, [0.7815, 0.8904], None),
+}
+BINS = [{"lo": i / 10, "hi": (i + 1) / 10, "count": c, "mean_prob": round(i / 10 + 0.05, 4),
+         "accuracy": a} for i, (c, a) in enumerate(zip(
+             [25, 23, 22, 22, 17, 17, 22, 22, 23, 25],
+             [0.12, 0.3043, 0.3636, 0.2273, 0.1176, 0.8824, 0.7727, 0.6364, 0.6957, 0.88],
+             strict=True))]
+
+
+def lab_result() -> dict:
+    """full_result plus the keys of the current run_lab: the arena leaderboard, the three
+    judges, ranking accuracy, the reward model on held-out pairs, annotator agreement."""
+    result = full_result()
+    result["stage"] = "/tmp/lab/stages/abc"
+    result["feedback_store"] = "/tmp/lab/stages/abc/feedback.db"
+    result["leaderboard"] = [
+        {"rank": rank, "model": model, "rating": rating, "ci_low": lo, "ci_high": hi,
+         "votes": 384, "wins": 100 + i, "losses": 50 + i, "ties": 234 - 2 * i}
+        for i, (model, rating, lo, hi, rank) in enumerate(LEADERBOARD)]
+    for name, (pool, pool_ci, proxy, proxy_ci, ranking) in JUDGES.items():
+        result["methods"][name].update(
+            win_rate_vs_sft_pool=pool, win_rate_ci_pool=pool_ci,
+            win_rate_vs_sft_proxy_rm=proxy, win_rate_ci_proxy_rm=proxy_ci,
+            ranking_accuracy=ranking)
+    result["idealized_ranking_accuracy"] = 0.945
+    result["reward_model"]["heldout"] = {
+        "n": 109, "accuracy": 0.7706, "accuracy_ties_half": 0.7706, "n_ties": 0,
+        "mean_margin": 0.9655,
+        "calibration": {"ece": 0.1511, "bins": BINS, "n_pairs": 109, "mean_confidence": 0.7701,
+                        "scale": 1.0},
+        "length": {"correlation": {"pearson": -0.413, "spearman": -0.4078, "n": 218},
+                   "rules": {"overall": {"n": 109, "longer_wins": 0.3761, "shorter_wins": 0.6239,
+                                         "solved_by_length_rule": False},
+                             "subsets": {}, "flagged": [], "flag_threshold": 0.8}},
+        "gold": {"agreement": 0.7982, "cohen_kappa": 0.1737, "n": 109}}
+    result["annotators"] = {"items": 199, "annotations": 599, "pairwise_agreement": 0.8891,
+                            "krippendorff_alpha": 0.7497, "annotations_without_annotator": 0,
+                            "repeated_annotations": 1, "gold_agreement": 0.9479,
+                            "gold_labels": 576}
+    return result
+
+
+def figures(text: str) -> list[tuple[str, str, bytes]]:
+    """``(id, caption, png)`` of every <figure> of the page."""
+    found = re.findall(r'<figure id="([^"]+)"><img [^>]*src="data:image/png;base64,'
+                       r'([A-Za-z0-9+/=]+)">\s*<figcaption>(.*?)</figcaption></figure>', text,
+                       flags=re.S)
+    return [(ident, caption, base64.b64decode(b64)) for ident, b64, caption in found]
+
+
+def table_rows(text: str, table_id: str) -> list[str]:
+    table = re.search(rf'<table id="{table_id}"[^>]*>(.*?)</table>', text, flags=re.S).group(1)
+    return re.findall(r"<tr[^>]*>(.*?)</tr>", table.split("<tbody>")[1], flags=re.S)
+
+
 def png_images(text: str) -> list[bytes]:
     return [base64.b64decode(b64) for b64 in
             re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
@@ -118,27 +180,33 @@ def html_escaped(s: str) -> str:
     return html.escape(s, quote=True)
 
 
-def test_two_figures_without_overoptimization_or_training_curves():
+def test_old_shaped_result_skips_the_new_sections():
     text = lab_report_html(small_result())
     images = png_images(text)
-    assert len(images) == 2 == text.count("<img ")
+    assert len(images) == 3 == text.count("<img ") == len(figures(text))
     for data in images:
         check_png(data)
-    assert 'id="fig-win-rate"' in text and 'id="fig-reward-kl"' in text
+    assert [f[0] for f in figures(text)] == ["fig-win-rate", "fig-reward-kl", "fig-length"]
     assert "over-optimization</h2>" not in text.lower() and "Training curves" not in text
-    # no external resources and no JavaScript
+    for absent in ('id="leaderboard"', "fig-leaderboard", "fig-judges", "fig-reliability",
+                   'id="annotators"', "Arena leaderboard", "Annotator agreement", ">ECE<",
+                   "judged by</th>", "annotator pool", "proxy RM", "Idealized", "Check the judges",
+                   "ranking accuracy"):
+        assert absent not in text
+    # no external resources and no JavaScript (links only within the page)
     assert "<script" not in text.lower() and "<link" not in text.lower()
-    assert not re.search(r'(src|href)="(?!data:)', text)
+    assert not re.search(r'(src|href)="(?!data:|#)', text)
 
 
 def test_all_four_figures_and_extra_method_keys():
     result = full_result()
     text = lab_report_html(result)
     images = png_images(text)
-    assert len(images) == 4
+    assert len(images) == 5
     for data in images:
         check_png(data)
-    for fig in ("fig-win-rate", "fig-reward-kl", "fig-overoptimization", "fig-training"):
+    for fig in ("fig-win-rate", "fig-reward-kl", "fig-length", "fig-overoptimization",
+                "fig-training"):
         assert f'id="{fig}"' in text
     assert ">algorithm</th>" in text and ">kind</th>" in text
     assert "pairwise" in text and "inference-time" in text
@@ -167,7 +235,7 @@ def test_missing_values_and_tolerant_shapes():
     assert ">new metric</th>" in text
     assert 'data-method="broken"' not in text
     assert "future_stage.score" in text and "&lt;i&gt;x&lt;/i&gt;" in text
-    assert len(png_images(text)) == 2
+    assert len(png_images(text)) == 3
     # the minimal result: no config, no methods
     minimal = lab_report_html({"methods": {}})
     assert "No methods in this result." in minimal and not png_images(minimal)
@@ -178,7 +246,153 @@ def test_missing_values_and_tolerant_shapes():
 def test_write_lab_report_creates_the_file(tmp_path):
     path = write_lab_report(small_result(), tmp_path / "sub" / "report.html")
     assert path == tmp_path / "sub" / "report.html" and path.is_file()
-    assert path.read_text(encoding="utf-8").count("data:image/png;base64,") == 2
+    assert path.read_text(encoding="utf-8").count("data:image/png;base64,") == 3
+
+
+# --- the new sections: arena, judges, reward model, length, annotators, assets --------------------
+
+ALL_FIGURES = ["fig-leaderboard", "fig-win-rate", "fig-judges", "fig-reward-kl", "fig-length",
+               "fig-reliability", "fig-overoptimization", "fig-training"]
+
+
+@pytest.mark.parametrize("no_kl", [False, True])
+def test_every_figure_has_a_one_sentence_caption(no_kl):
+    result = lab_result()
+    if no_kl:  # a method left out of a figure is named in the same sentence
+        result["methods"]["dpo"]["kl_to_sft"] = None
+    text = lab_report_html(result)
+    found = figures(text)
+    assert [f[0] for f in found] == ALL_FIGURES
+    if no_kl:
+        assert "not shown, without a KL or gold reward: dpo." in dict(
+            (i, c) for i, c, _ in found)["fig-reward-kl"]
+    assert text.count("<figure") == text.count("<figcaption>") == len(found)
+    for ident, caption, png in found:
+        check_png(png)
+        plain = re.sub(r"<[^>]+>", "", caption).strip()
+        assert len(plain) > 60, ident
+        # one sentence: a single full stop at the end (numbers and "n − (n−1)/n" aside)
+        assert plain.endswith("."), ident
+        assert len(re.findall(r"\.(\s|$)", plain)) == 1, (ident, plain)
+
+
+def test_leaderboard_rows_in_order_with_their_intervals():
+    result = lab_result()
+    text = lab_report_html(result)
+    rows = table_rows(text, "leaderboard")
+    assert len(rows) == len(LEADERBOARD)
+    for row, (model, rating, lo, hi, rank) in zip(rows, LEADERBOARD, strict=True):
+        assert html_escaped(model) in row
+        assert f"<td class=\"num\">{rating:.1f}</td>" in row
+        assert f"[{lo:.1f}, {hi:.1f}]" in row
+        assert row.startswith(f'<td class="num">{rank}</td>')
+    order = re.findall(r'<tr[^>]*data-model="([^"]*)"', text)
+    assert order == [html_escaped(m) for m, *_ in LEADERBOARD]
+    assert 'class="reference" data-model="sft"' in text and ">anchor</span>" in text
+    assert "<script" not in text.lower()  # the evil model name is escaped here too
+    assert ("Top of the gold-judged arena leaderboard: <strong>best_of_8</strong> "
+            "(rating 1119.2, 95% interval [1096.7, 1137.9])") in text
+
+
+def test_three_judges_and_ranking_accuracy_in_the_methods_table():
+    text = lab_report_html(lab_result())
+    assert "win rate vs SFT [95% CI], judged by" in text
+    for label in (">gold</th>", ">annotator pool</th>", ">proxy RM</th>",
+                  ">ranking accuracy</th>"):
+        assert label in text
+    row = re.search(r'<tr data-method="dpo">(.*?)</tr>', text).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    assert cells[:3] == ["dpo", "dpo", "pairwise"]  # method, algorithm, kind
+    assert cells[3] == '0.661 <span class="se">± 0.031</span>'
+    assert cells[4] == '0.590 <span class="ci">[0.547, 0.632]</span>'  # gold
+    assert cells[5] == '0.852 <span class="ci">[0.807, 0.896]</span>'  # annotator pool
+    assert cells[6] == '0.555 <span class="ci">[0.483, 0.626]</span>'  # proxy RM
+    assert "<td class=\"num\">0.908</td>" in row  # ranking accuracy
+    # the CI keys are shown beside their win rates, not as columns of their own
+    assert ">win rate ci pool</th>" not in text and ">gold reward se</th>" not in text
+    bo8 = re.search(r'<tr data-method="best_of_8">(.*?)</tr>', text).group(1)
+    assert '<span class="best" title="best of the methods">0.756</span>' in bo8
+    assert "–" in bo8  # no ranking accuracy for best-of-n
+    # the proxy RM's interval above gold's for best_of_8: named as gamed; idealized accuracy
+    assert "best_of_8 (0.836 by the proxy RM vs 0.641 by gold)" in text
+    assert "Idealized ranking accuracy" in text and "0.945" in text
+    assert "Check the judges" not in text
+    assert 'id="fig-judges"' in text
+
+
+def test_a_judge_that_does_not_give_sft_half_against_itself_is_flagged():
+    result = lab_result()
+    result["methods"]["sft"].update(win_rate_vs_sft_pool=0.9336,
+                                    win_rate_ci_pool=[0.9129, 0.9543])
+    text = lab_report_html(result)
+    assert "Check the judges: SFT against itself should win half the time" in text
+    assert "the annotator pool gives 0.934" in text
+
+
+def test_reward_model_section():
+    text = lab_report_html(lab_result())
+    assert '<th title="expected calibration error' in text
+    assert re.search(r">ECE</th><td>0.151</td>", text)
+    for label, value in (("accuracy", "0.771"), ("accuracy vs gold", "0.798"),
+                         ("reward–length Pearson r", "-0.413"),
+                         ("“longer wins” rule accuracy", "0.376"),
+                         ("“shorter wins” rule accuracy", "0.624"),
+                         ("solved by a length rule", "no"), ("mean confidence", "0.770")):
+        assert re.search(rf">{re.escape(label)}</th><td>{re.escape(value)}</td>", text), label
+    assert "<th>train accuracy</th><td>0.812</td>" in text
+    assert "mean_prob" not in re.search(r'<table class="kv" id="rm-calibration">(.*?)</table>',
+                                   text, flags=re.S).group(1)  # the bins are the figure
+    caption = dict((i, c) for i, c, _ in figures(text))["fig-reliability"]
+    assert "ECE = 0.151" in caption and "diagonal" in caption
+
+
+def test_annotators_data_and_files():
+    text = lab_report_html(lab_result())
+    table = re.search(r'<table class="kv" id="annotators">(.*?)</table>', text,
+                      flags=re.S).group(1)
+    joined = re.sub(r"<th title=\"[^\"]*\">", "<th>", table)
+    for label, value in (("pairwise agreement", "0.889"), ("Krippendorff's α", "0.750"),
+                         ("agreement with gold", "0.948"), ("items", "199"),
+                         ("annotations", "599")):
+        assert f"<th>{html_escaped(label)}</th><td>{value}</td>" in joined, label
+    assert ">feedback store</th><td" in text and "/tmp/lab/stages/abc/feedback.db" in text
+    # the old place of feedback_store (result["data"]) still shows
+    result = lab_result()
+    result["data"]["feedback_store"] = result.pop("feedback_store")
+    assert "/tmp/lab/stages/abc/feedback.db" in lab_report_html(result)
+
+
+def test_length_drift_figure_against_sft():
+    result = small_result()
+    text = lab_report_html(result)
+    assert 'id="fig-length"' in text and "longer is not better" in text
+    del result["methods"]["sft"]["mean_length"]  # no reference length: no figure
+    assert 'id="fig-length"' not in lab_report_html(result)
+
+
+def test_write_lab_report_writes_the_assets(tmp_path):
+    result = lab_result()
+    path = write_lab_report(result, tmp_path / "out" / "lab.html")
+    assert path == tmp_path / "out" / "lab.html"
+    text = path.read_text(encoding="utf-8")
+    folder = tmp_path / "out" / "lab_files"
+    found = figures(text)
+    assert len(found) == len(ALL_FIGURES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"{ident}.png" for ident, _, _ in found] + ["result.json"])
+    for ident, _, png in found:  # the same image as the inline one
+        assert (folder / f"{ident}.png").read_bytes() == png
+    assert json.loads((folder / "result.json").read_text(encoding="utf-8")) == result
+    assert "lab_files/" in text and not re.search(r'(src|href)="(?!data:|#)', text)
+    # a second report with fewer figures leaves no stale PNG behind
+    write_lab_report(small_result(), path)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "fig-length.png", "fig-reward-kl.png", "fig-win-rate.png", "result.json"]
+    assert json.loads((folder / "result.json").read_text(encoding="utf-8")) == small_result()
+    # assets=False: the HTML only
+    other = write_lab_report(result, tmp_path / "bare.html", assets=False)
+    assert other.is_file() and not (tmp_path / "bare_files").exists()
+    assert "bare_files" not in other.read_text(encoding="utf-8")
 
 
 # --- the CLI -------------------------------------------------------------------------------------
@@ -190,7 +404,8 @@ def test_cli_lab_report_renders_a_saved_json(tmp_path):
     res = CliRunner().invoke(app, ["lab", "report", str(saved), "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert f"report: {out}" in res.stdout
-    assert len(png_images(out.read_text(encoding="utf-8"))) == 4
+    assert len(png_images(out.read_text(encoding="utf-8"))) == 5
+    assert (out.parent / "r_files" / "result.json").is_file()
     res = CliRunner().invoke(app, ["lab", "report", str(saved), "-o", str(out), "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout) == {"ok": True, "report": str(out)}
 
@@ -277,7 +492,7 @@ def test_report_in_headless_chromium(tmp_path):
     executable = _chromium()
     if executable is None:
         pytest.skip("no chromium binary (apt-get install chromium)")
-    result = full_result()
+    result = lab_result()
     page_file = write_lab_report(result, tmp_path / "report.html")
     shot = tmp_path / "report.png"
     with sync_playwright() as p:
@@ -298,15 +513,26 @@ def test_report_in_headless_chromium(tmp_path):
             first_cells = page.eval_on_selector_all(
                 "#methods tbody tr td:first-child", "tds => tds.map(td => td.textContent)")
             title = page.title()
+            board = page.eval_on_selector_all(
+                "#leaderboard tbody tr td:nth-child(2)", "tds => tds.map(td => td.textContent)")
+            captions = page.eval_on_selector_all(
+                "figure", "fs => fs.map(f => f.querySelector('figcaption')?.innerText ?? '')")
+            # the page fits the window: no horizontal scrolling, the methods table included
+            overflow = page.evaluate(
+                "[document.documentElement.scrollWidth, document.querySelector('#methods')"
+                ".scrollWidth - document.querySelector('#methods').parentElement.clientWidth]")
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
     assert errors == []
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
-    assert len(widths) == 4 and all(w > 0 for w in widths)
+    assert len(widths) == len(ALL_FIGURES) and all(w > 0 for w in widths)
+    assert len(captions) == len(ALL_FIGURES) and all(len(c) > 60 for c in captions)
+    assert board == [m + ("anchor" if m == "sft" else "") for m, *_ in LEADERBOARD]
+    assert overflow[0] <= 1200 and overflow[1] <= 0
     assert n_rows == len(result["methods"])
     assert "sft" in sft_text and "reference" in sft_text and "0.580" in sft_text
     assert first_cells[2].startswith(EVIL)  # the escaped name shows as text
     assert title == "prefkit lab report: sort"
     width, height = check_png(shot.read_bytes())
-    assert width == 1200 and height > 1500 and shot.stat().st_size > 50_000
+    assert width == 1200 and height > 4000 and shot.stat().st_size > 200_000

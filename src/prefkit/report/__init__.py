@@ -1,5 +1,5 @@
 """Reports: figures and self-contained HTML reports."""
 
-from .html import lab_report_html, write_lab_report
+from .html import assets_dir, lab_report_html, write_lab_report
 
-__all__ = ["lab_report_html", "write_lab_report"]
+__all__ = ["assets_dir", "lab_report_html", "write_lab_report"]

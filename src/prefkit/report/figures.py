@@ -220,3 +220,174 @@ def _finite(value: Any) -> float | None:
         return None
     out = float(value)
     return out if np.isfinite(out) else None
+
+
+_GREEN = "#2e8b57"
+
+
+def plot_lab_leaderboard(models: Sequence[str], rating: Sequence[float],
+                         low: Sequence[float | None], high: Sequence[float | None],
+                         target: Target, ranks: Sequence[Any] | None = None,
+                         reference: str | None = "sft",
+                         title: str = "Arena leaderboard (gold-judged pairwise)") -> Target:
+    """Ratings sorted best on top, 95% bootstrap intervals as whiskers, each labelled with its
+    rating (and rank when ``ranks`` is given); the reference (the anchor) is grey with a
+    dashed vertical line at its rating."""
+    plt = _pyplot()
+    r = np.asarray(rating, dtype=float)
+    order = np.argsort(-r, kind="stable")
+    n = len(models)
+    fig, ax = plt.subplots(figsize=(7.5, max(2.4, 0.36 * n + 1.3)))
+    for row, i in enumerate(order):
+        name, w, lo, hi = models[i], r[i], low[i], high[i]
+        ref = name == reference
+        color = _GREY if ref else _BLUE
+        if lo is not None and hi is not None:
+            ax.errorbar([w], [row], xerr=[[max(w - lo, 0.0)], [max(hi - w, 0.0)]], fmt="o",
+                        color=color, ecolor=_GREY if ref else _LIGHT_BLUE, capsize=3)
+        else:
+            ax.plot([w], [row], "o", color=color)
+        label = f"{w:.0f}" + (f"  (rank {ranks[i]})" if ranks is not None else "")
+        right = hi if hi is not None else w
+        ax.annotate(label, (right, row), xytext=(6, 0), textcoords="offset points",
+                    va="center", fontsize=8, color=color)
+        if ref:
+            ax.axvline(w, color=_GREY, linestyle="--", linewidth=1)
+    names = [models[i] + (" (anchor)" if models[i] == reference else "") for i in order]
+    ax.set_yticks(range(n), names)
+    ax.set_ylim(n - 0.5, -0.5)  # best on top, as in the table
+    ends = [h if h is not None else v for v, h in zip(r, high, strict=True)]
+    starts = [lo if lo is not None else v for v, lo in zip(r, low, strict=True)]
+    span = max(max(ends) - min(starts), 1.0)
+    ax.set_xlim(min(starts) - 0.05 * span, max(ends) + 0.2 * span)  # room for the labels
+    ax.set_xlabel("rating (Bradley-Terry, Elo scale), 95% bootstrap interval")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, target)
+
+
+def plot_judge_win_rates(methods: Sequence[str],
+                         judges: Mapping[str, tuple[Sequence[float | None],
+                                                    Sequence[float | None],
+                                                    Sequence[float | None]]],
+                         target: Target, reference: str | None = "sft",
+                         title: str = "Win rate vs SFT by judge") -> Target:
+    """One row per method (first on top), one marker per judge (``judges`` maps a judge's
+    label to its win rates, lower and upper 95% bounds; a None win rate is not drawn), the
+    judges side by side within the row, a dashed line at 0.5 (a tie with SFT)."""
+    plt = _pyplot()
+    n, k = len(methods), len(judges)
+    fig, ax = plt.subplots(figsize=(7.5, max(2.6, 0.5 * n + 1.4)))
+    colors = [_BLUE, _GREEN, _ORANGE, _GREY]
+    markers = ["o", "s", "D", "^"]
+    offsets = np.linspace(-0.22, 0.22, k) if k > 1 else np.zeros(1)
+    for j, (label, (win, low, high)) in enumerate(judges.items()):
+        color = colors[j % len(colors)]
+        first = True
+        for i in range(n):
+            w, lo, hi = win[i], low[i], high[i]
+            if w is None:
+                continue
+            y = i + offsets[j]
+            kwargs = {"label": label} if first else {}
+            first = False
+            if lo is not None and hi is not None:
+                ax.errorbar([w], [y], xerr=[[max(w - lo, 0.0)], [max(hi - w, 0.0)]],
+                            fmt=markers[j % len(markers)], color=color, ecolor=color,
+                            elinewidth=1.2, capsize=2.5, markersize=5, **kwargs)
+            else:
+                ax.plot([w], [y], markers[j % len(markers)], color=color, markersize=5,
+                        **kwargs)
+    for i in range(n - 1):
+        ax.axhline(i + 0.5, color="#e4e8ec", linewidth=0.8)
+    ax.axvline(0.5, color=_GREY, linestyle="--", linewidth=1)
+    ax.set_yticks(range(n), [m + (" (reference)" if m == reference else "") for m in methods])
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_xlabel("win rate vs SFT (ties count half), 95% interval")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="lower center", ncol=max(k, 1), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, target)
+
+
+def plot_reliability_diagram(bins: Sequence[Mapping[str, Any]], target: Target,
+                             ece: float | None = None,
+                             title: str = "Reward model calibration") -> Target:
+    """A reliability diagram (as :func:`prefkit.evaluate.calibration.plot_reliability`, to
+    any target): observed frequency per bin as bars, the diagonal of perfect calibration,
+    each bin's mean predicted probability as a dot and its count above the bar; ``ece`` goes
+    into the title. Bins are dicts with ``lo``, ``hi``, ``count``, ``mean_prob`` and
+    ``accuracy`` (empty bins are skipped)."""
+    plt = _pyplot()
+    filled = [b for b in bins if _finite(b.get("count")) and _finite(b.get("accuracy"))
+              is not None and _finite(b.get("lo")) is not None
+              and _finite(b.get("hi")) is not None]
+    if not filled:
+        raise ValueError("no non-empty calibration bin")
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    ax.plot([0, 1], [0, 1], "--", color=_GREY, label="perfect calibration")
+    centers = [(b["lo"] + b["hi"]) / 2 for b in filled]
+    widths = [b["hi"] - b["lo"] for b in filled]
+    accuracy = [b["accuracy"] for b in filled]
+    ax.bar(centers, accuracy, width=widths, edgecolor=_BLUE, color=_LIGHT_BLUE, alpha=0.8,
+           label="observed frequency")
+    means = [(c, _finite(b.get("mean_prob"))) for c, b in zip(centers, filled, strict=True)]
+    means = [(c, m) for c, m in means if m is not None]
+    if means:
+        ax.plot([m for _, m in means], [m for _, m in means], "o", color="#c0392b",
+                markersize=4, label="mean predicted probability")
+    for x, a, b in zip(centers, accuracy, filled, strict=True):
+        ax.annotate(str(b["count"]), (x, min(a, 0.95)), textcoords="offset points",
+                    xytext=(0, 3), ha="center", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("predicted probability (reward model)")
+    ax.set_ylabel("observed frequency (pool labels)")
+    ax.set_title(title + (f", ECE = {ece:.3f}" if ece is not None else ""))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, target)
+
+
+def plot_length_drift(methods: Sequence[str], length_delta: Sequence[float],
+                      gold_delta: Sequence[float], target: Target,
+                      gold_se: Sequence[float | None] | None = None,
+                      reference_length: float | None = None,
+                      title: str = "Length drift vs gold reward (relative to SFT)") -> Target:
+    """Two panels sharing the method rows (first on top): the change of mean answer length
+    from SFT's (left) and the change of mean gold reward from SFT's with ± se whiskers
+    (right); longer answers are orange, shorter blue, gains green and losses red."""
+    plt = _pyplot()
+    n = len(methods)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, max(2.6, 0.38 * n + 1.4)),
+                                      sharey=True)
+    y = np.arange(n)
+    dl = np.asarray(length_delta, dtype=float)
+    dg = np.asarray(gold_delta, dtype=float)
+    left.barh(y, dl, color=[_ORANGE if v > 0 else _BLUE for v in dl], alpha=0.85)
+    err = None
+    if gold_se is not None and all(s is not None for s in gold_se):
+        err = np.asarray(gold_se, dtype=float)
+    right.barh(y, dg, xerr=err, color=[_GREEN if v > 0 else "#c0392b" for v in dg],
+               alpha=0.85, ecolor=_GREY, capsize=3)
+    for ax in (left, right):
+        ax.axvline(0, color=_GREY, linewidth=1)
+        ax.grid(axis="x", alpha=0.3)
+    for i, v in enumerate(dl):
+        left.annotate(f"{v:+.2f}", (v, i), xytext=(4 if v >= 0 else -4, 0),
+                      textcoords="offset points", va="center",
+                      ha="left" if v >= 0 else "right", fontsize=7)
+    span = max(float(np.max(np.abs(dl))) if n else 0.0, 1e-6)
+    left.set_xlim(-1.35 * span, 1.35 * span)
+    left.set_yticks(y, list(methods))
+    left.set_ylim(n - 0.5, -0.5)
+    ref = f" (SFT: {reference_length:.2f})" if reference_length is not None else ""
+    left.set_xlabel(f"mean length − SFT's, words{ref}")
+    right.set_xlabel("mean gold reward − SFT's (± se)")
+    left.set_title("longer (orange) or shorter (blue)?", fontsize=10)
+    right.set_title("better (green) or worse (red)?", fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, target)
