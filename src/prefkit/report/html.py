@@ -460,9 +460,10 @@ def _training_figure(curves: Any) -> _Fig | None:
     except ValueError:  # no curve has any of the plotted keys
         return None
     return _figure(png, "training curves per method",
-                   "Gold reward, proxy (reward-model) reward and KL to SFT at each training "
-                   "step, one line per method: a proxy that keeps rising while the gold reward "
-                   "stalls or falls is reward over-optimization.", "fig-training")
+                   "Gold reward, proxy (reward-model) reward and KL to SFT of each training "
+                   "step's rollouts (that step's prompt batch, so methods sharing a seed share "
+                   "its ups and downs), one line per method: a proxy that keeps rising while "
+                   "the gold reward stalls or falls is reward over-optimization.", "fig-training")
 
 
 # --- sections -----------------------------------------------------------------------------------
