@@ -28,6 +28,32 @@ def test_aligned_methods_beat_sft_with_known_gold(quick_run):
 
 
 @pytest.mark.slow
+def test_evaluation_suite_in_the_loop(quick_run):
+    """Win rates by the three judges, the gold-judged arena leaderboard, ranking accuracies,
+    the reward model on held-out pairs and the annotators' agreement."""
+    methods = quick_run["methods"]
+    for name, m in methods.items():
+        if name == "sft":
+            assert m["win_rate_vs_sft_pool"] == m["win_rate_vs_sft_proxy_rm"] == 0.5
+            continue
+        lo, hi = m["win_rate_ci_pool"]
+        assert lo <= m["win_rate_vs_sft_pool"] <= hi
+        assert m["win_rate_vs_sft_proxy_rm"] > 0.5, name  # every method climbs the proxy
+    board = {row["model"]: row for row in quick_run["leaderboard"]}
+    assert set(board) == set(methods)
+    assert board["sft"]["rating"] == 1000.0  # the anchor
+    assert max(r["rank"] for r in board.values()) == board["sft"]["rank"]  # SFT is last
+    for name in ("best_of_8", "grpo", "ppo", "lipo"):
+        assert board[name]["ci_low"] > 1000.0, (name, board[name])
+    # ranking accuracy of the SFT policy on gold-ordered held-out pairs, and the ideal policy's
+    assert 0.5 < methods["sft"]["ranking_accuracy"] < quick_run["idealized_ranking_accuracy"]
+    rm = quick_run["reward_model"]["heldout"]
+    assert rm["n"] > 50 and rm["accuracy"] > 0.65 and 0 <= rm["calibration"]["ece"] < 0.3
+    agree = quick_run["annotators"]
+    assert 0.7 < agree["pairwise_agreement"] < 1.0 and agree["gold_agreement"] > 0.85
+
+
+@pytest.mark.slow
 def test_online_methods_record_gold_and_proxy_per_iteration(quick_run):
     for name in ("grpo", "ppo"):
         curve = quick_run["training_curves"][name]
@@ -44,7 +70,7 @@ def test_online_methods_record_gold_and_proxy_per_iteration(quick_run):
 def test_every_online_method_beats_sft(tmp_path):
     """The rest of the online methods (quick config: grpo and ppo) against the proxy reward
     model: gold win rate against SFT with a 95% CI above 50%."""
-    methods = ["reinforce", "rloo", "dr_grpo", "remax", "online_dpo", "online_raft"]
+    methods = ["reinforce", "rloo", "dr_grpo", "remax", "online_dpo", "online_ipo", "online_raft"]
     run = run_lab(workdir=str(tmp_path), **{**QUICK, "methods": methods, "best_of_n": 1,
                                             "overopt_length_bias": 0.0})
     for name in methods:
@@ -70,6 +96,25 @@ def test_same_seed_same_numbers(quick_run, tmp_path):
     assert again["methods"] == quick_run["methods"]
     assert again["data"] == quick_run["data"]
     assert again["overoptimization"] == quick_run["overoptimization"]
+    assert again["leaderboard"] == quick_run["leaderboard"]
+
+
+@pytest.mark.slow
+def test_stages_are_cached_and_a_rerun_resumes(quick_run, tmp_path):
+    """A rerun in the same workdir reuses every finished stage (the stage key covers every
+    setting); dropping one method's cached result recomputes just that method."""
+    import time
+    from pathlib import Path
+
+    stage = Path(quick_run["stage"])
+    assert Path(quick_run["feedback_store"]).exists()
+    (stage / "methods" / "dpo.json").unlink()
+    start = time.perf_counter()
+    again = run_lab(workdir=str(stage.parent.parent), **QUICK)
+    assert again["methods"] == quick_run["methods"]
+    assert again["stage"] == quick_run["stage"]
+    assert (stage / "methods" / "dpo.json").exists()
+    assert time.perf_counter() - start < 60
 
 
 @pytest.mark.slow

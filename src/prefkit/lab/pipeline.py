@@ -1,32 +1,43 @@
-"""The lab loop, first slice: SFT policy -> samples -> simulated annotators -> reward model ->
-direct alignment and best-of-N -> evaluation against the gold reward.
+"""The lab loop: SFT policy -> samples -> simulated annotators -> feedback store -> reward model
+-> offline and online alignment, best-of-N -> evaluation against the gold reward -> report.
 
 ``run_lab(LabConfig(...))``:
 
 1. the task's cached SFT base model (:func:`prefkit.lab.base_model.build_base_model`);
 2. ``n_prompts`` training prompts, ``k`` samples each from the SFT policy
    (:func:`prefkit.models.generate.sample`), paired (0 vs 1, 2 vs 3, ...) and labelled by a
-   simulated annotator pool (:func:`prefkit.lab.annotators.alpacafarm_pool`) into ``pairs.jsonl``;
-3. a Bradley-Terry reward model on those pairs (:func:`prefkit.train.reward.train_reward`);
-4. every method: ``raft`` (fine-tune on the reward model's best of ``best_of_n`` samples per
-   prompt), each direct loss in ``methods`` (unpaired losses such as ``kto`` get each pair's
+   simulated annotator pool (:func:`prefkit.lab.annotators.alpacafarm_pool`); the labels are
+   kept in a :class:`~prefkit.data.store.FeedbackStore` and the training pairs read back from it
+   (``pairs.jsonl``); the pool's agreement (pairwise, Krippendorff's alpha, with gold);
+3. a Bradley-Terry reward model on those pairs (:func:`prefkit.train.reward.train_reward`) --
+   the proxy reward -- and its report on held-out pool-labelled pairs (accuracy, calibration,
+   agreement with gold, length correlation);
+4. every method of ``methods``: ``raft`` (fine-tune on the reward model's best of ``best_of_n``
+   samples per prompt); each direct loss (unpaired losses such as ``kto`` get each pair's
    chosen answer as desirable and rejected as undesirable; listwise losses such as ``lipo`` get
-   the pool's K-wise rankings of each prompt's samples;
-   :func:`prefkit.train.preference.train_preference`, the SFT model as policy and reference),
-   and ``best_of_n`` (``n`` SFT samples, the proxy reward model picks one);
+   the pool's K-wise rankings; :func:`prefkit.train.preference.train_preference`, the SFT model
+   as policy and reference); the online methods of :data:`ONLINE_METHODS` against the proxy
+   reward model (:func:`prefkit.train.online.train_online`; gold and proxy reward recorded per
+   iteration as ``training_curves``); and ``best_of_n`` (``n`` SFT samples, the proxy picks);
+5. evaluation on ``n_eval`` held-out prompts, one sample per prompt (same seed for every
+   policy): gold reward mean, win rate against the SFT policy's answer judged by the gold
+   reward, the annotator pool (both orders) and the proxy reward model, each with a 95% CI
+   (ties half), length-controlled win rate, mean length, KL to the SFT policy (k1 on the
+   policy's own samples), ranking accuracy on held-out gold-ordered pairs (and the idealized
+   ranking accuracy of the KL-regularized optimum); then a leaderboard of all policies from
+   gold-judged pairwise comparisons rated with the arena engine (Elo scale, bootstrap CIs);
 6. over-optimization: a second reward model is trained on the same samples labelled by a
    length-biased annotator (``overopt_length_bias``, gold units per relative length difference);
    best-of-n with it for n in ``overopt_ns`` gives the proxy and gold curves
    (:func:`prefkit.evaluate.best_of_n_curve`, :func:`prefkit.evaluate.overoptimization_curve`):
    the proxy keeps rising while the gold reward peaks and falls.
-5. evaluation on ``n_eval`` held-out prompts, one sample per prompt (same seed for every
-   policy): gold reward mean, gold win rate against the SFT policy's sample with a 95% CI
-   (ties half), length-controlled win rate, mean length, and the KL to the SFT policy (k1 on the
-   policy's own samples).
 
-Same config and seed -> the same numbers. Stages write under ``workdir``; the SFT model and the
-reference log-probs are cached across runs (the rest is recomputed: a run takes seconds to a
-couple of minutes on 2 cores).
+Caching: the SFT model and reference log-probs are cached across runs; every other stage is
+cached under ``workdir/stages/<key>/`` where the key hashes every setting but ``methods`` and
+the paths: a rerun reuses the reward model and each finished method, and an interrupted run
+resumes at the first missing one. Each use of the annotator pool has its own random stream, so
+a stage's numbers do not depend on which stages ran before it: same config and seed -> the
+same numbers, cached or not.
 """
 
 from __future__ import annotations
@@ -143,7 +154,7 @@ def _evaluate(texts: list[str], prompts: list[str], task, sft_texts: list[str], 
 
 
 ONLINE_METHODS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo",
-                  "online_raft")
+                  "online_ipo", "online_raft")
 
 
 def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: list[str],
@@ -151,7 +162,7 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
     """One online method against the proxy reward model; the gold reward of every rollout is
     recorded (not used for training) for the over-optimization-over-steps curves."""
     from ..models.load import load_model
-    from ..rewards.sources import ModelReward
+    from ..rewards.sources import BTPreference, ModelReward
     from ..train.online import OnlineConfig, train_online
 
     algo = "raft" if method == "online_raft" else method
@@ -164,14 +175,18 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
 
     cfg = OnlineConfig(algo=algo, output_dir=str(work / method), iterations=config.rl_iterations,
                        prompts_per_iteration=config.rl_prompts_per_iteration,
-                       num_generations=config.rl_generations, kl_coef=config.kl_coef,
+                       num_generations=2 if algo == "online_ipo" else config.rl_generations,
+                       kl_coef=config.kl_coef,
                        learning_rate=config.rl_learning_rate, temperature=config.temperature,
                        batch_size=config.batch_size, lr_scheduler="constant",
                        logging_steps=10_000, save_steps=0, save_final=False, progress=False,
                        seed=config.seed)
+    reward: Any = ModelReward(rm.model, tokenizer)
+    if algo == "online_ipo":  # the reward model's Bradley-Terry preference between 2 samples
+        reward = BTPreference(reward)
     with quiet:
-        result = train_online(cfg, reward=ModelReward(rm.model, tokenizer), prompts=prompts,
-                              model=policy, tokenizer=tokenizer, monitor=gold)
+        result = train_online(cfg, reward=reward, prompts=prompts, model=policy,
+                              tokenizer=tokenizer, monitor=gold)
     curve = [{"step": it["iteration"], "gold_reward": it["gold_reward"],
               "proxy_reward": it["reward"], "kl": it["kl"]} for it in result.iterations]
     return result.model.eval(), curve
@@ -264,12 +279,155 @@ def _overoptimization(config: LabConfig, task, sft, tokenizer, sft_path: str, it
                for k, v in summary.items()}}
 
 
+def _stage_key(config: LabConfig, task) -> str:
+    """Content key of a run's stages: every setting except where files go and which methods
+    run (each method's result is cached under the key by its name)."""
+    import hashlib
+
+    from .base_model import CACHE_VERSION
+
+    data = {k: v for k, v in asdict(config).items() if k not in ("workdir", "cache_dir",
+                                                                 "methods")}
+    data |= {"task_settings": task.config(), "cache_version": CACHE_VERSION,
+             "stage_version": STAGE_VERSION}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+STAGE_VERSION = 2
+"""Bumped when a stage's computation changes, so cached stages of older runs are not reused."""
+
+
+def _cached(path: Path, compute) -> Any:
+    """``compute()`` once: its JSON result is kept at ``path`` (written atomically)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
+    return value
+
+
+def _store_pairs(labels: list, db: Path) -> list[dict]:
+    """Keep the annotations in a :class:`~prefkit.data.store.FeedbackStore` (SQLite) and read
+    the training pairs back from it: the lab's feedback goes through the same store as human
+    feedback (ties are kept in the store and left out of the pairs)."""
+    from ..data.store import FeedbackStore
+
+    store = FeedbackStore(str(db))
+    try:
+        store.add(labels)
+        rows = [{"prompt": c.prompt, "chosen": c.chosen, "rejected": c.rejected}
+                for c in store.iter_records(kind="comparison") if not c.outcome.is_tie]
+    finally:
+        store.close()
+    order = {(c.prompt, c.chosen, c.rejected): i for i, c in enumerate(labels)}
+    rows.sort(key=lambda r: order.get((r["prompt"], r["chosen"], r["rejected"]), len(order)))
+    return rows
+
+
+def _judge_win_rates(prompts: list[str], texts: list[str], sft_texts: list[str], pool, rm,
+                     tokenizer) -> dict[str, Any]:
+    """Win rate against the SFT answers judged by (ii) the simulated pool (each pair shown in
+    both orders, against its position bias) and (iii) the proxy reward model."""
+    from ..evaluate import win_rate
+    from ..rewards.scoring import score_groups
+
+    prefs = []
+    for p, t, s in zip(prompts, texts, sft_texts, strict=True):
+        a, b = " " + t, " " + s
+        if t == s:  # the same answer: a tie, whatever a judge would say
+            prefs.append(0.5)
+            continue
+        votes = [pool.compare(p, a, b), pool.compare(p, b, a)]
+        prefs.append(np.mean([0.5 if v.outcome.is_tie else float(v.chosen == a) for v in votes]))
+    scores = score_groups(rm.model, prompts, [[" " + t, " " + s] for t, s in zip(texts, sft_texts,
+                                                                              strict=True)],
+                          tokenizer=rm.tokenizer).numpy()
+    diff = scores[:, 0] - scores[:, 1]
+    same = np.array([t == s for t, s in zip(texts, sft_texts, strict=True)])
+    proxy = np.where(same | (np.abs(diff) < 1e-5), 0.5, (diff > 0).astype(float))
+    out = {}
+    for name, x in (("pool", np.array(prefs)), ("proxy_rm", proxy)):
+        wr = win_rate(x)
+        out[f"win_rate_vs_sft_{name}"] = round(wr["win_rate"], 4)
+        out[f"win_rate_ci_{name}"] = [round(wr["ci_low"], 4), round(wr["ci_high"], 4)]
+    return out
+
+
+def _leaderboard(texts: dict[str, list[str]], prompts: list[str], task,
+                 seed: int) -> list[dict]:
+    """Every pair of policies judged by the gold reward on every evaluation prompt, rated with
+    the arena engine (Bradley-Terry, ties as half wins, 200 bootstrap rounds)."""
+    from ..rank.aggregate import aggregate_pairwise
+    from ..rank.leaderboard import bt_leaderboard
+
+    names = list(texts)
+    gold = np.array([[task.gold_reward(p, texts[m][i]) for i, p in enumerate(prompts)]
+                     for m in names])
+    a, b, outcome = [], [], []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            diff = gold[i] - gold[j]
+            a += [i] * len(diff)
+            b += [j] * len(diff)
+            outcome += np.where(diff > 0, 0, np.where(diff < 0, 1, 2)).tolist()
+    counts = aggregate_pairwise(np.array(a), np.array(b), np.array(outcome), len(names))
+    board = bt_leaderboard(counts, names, bootstrap=200, seed=seed, min_votes=1,
+                           anchor=("sft", 1000.0))
+    return [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}
+            for row in board.rows()]
+
+
+def _heldout_pairs(sft, tokenizer, task, prompts: list[str], seed: int, temperature: float
+                   ) -> list[tuple[str, str, str]]:
+    """Two SFT samples per evaluation prompt, ordered (chosen, rejected) by the gold reward
+    (pairs with equal gold or identical answers are left out)."""
+    from ..models.generate import sample
+
+    out = []
+    for p, (x, y) in zip(prompts, sample(sft, tokenizer, prompts, k=2, temperature=temperature,
+                                         seed=seed), strict=True):
+        gx, gy = task.gold_reward(p, x), task.gold_reward(p, y)
+        if gx != gy and x != y and x.strip() and y.strip():
+            out.append((p, x, y) if gx > gy else (p, y, x))
+    return out
+
+
+def _ranking_accuracy(policy, tokenizer, pairs) -> float:
+    from ..evaluate import ranking_accuracy
+
+    prompts = [p for p, _, _ in pairs]
+    lc = _completion_logps(policy, tokenizer, prompts, [c for _, c, _ in pairs])
+    lr = _completion_logps(policy, tokenizer, prompts, [r for _, _, r in pairs])
+    return round(float(ranking_accuracy(lc, lr)), 4)
+
+
+def _rm_report(rm, pool, pairs, task) -> dict[str, Any]:
+    """The proxy reward model on held-out pairs labelled by the pool: accuracy, calibration
+    (ECE, reliability bins), agreement with the gold reward, reward-length correlation."""
+    from ..evaluate.rm import evaluate_pairs
+    from ..rewards.scoring import score_pairs
+
+    labelled = pool.annotate_pairs([(p, " " + c, " " + r) for p, c, r in pairs])
+    kept = [c for c in labelled if not c.outcome.is_tie]
+    rc, rr = score_pairs(rm.model, [c.prompt for c in kept], [c.chosen for c in kept],
+                         [c.rejected for c in kept], tokenizer=rm.tokenizer)
+    gold = [task.gold_reward(c.prompt, c.chosen.strip()) > task.gold_reward(c.prompt,
+                                                                              c.rejected.strip())
+            for c in kept]
+    return evaluate_pairs(rc.numpy(), rr.numpy(), gold=np.array(gold),
+                          chosen_lengths=_lengths([c.chosen for c in kept]),
+                          rejected_lengths=_lengths([c.rejected for c in kept]))
+
+
 def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]:
     """Run the loop (module docstring); returns one JSON-ready dict."""
-    from ..lab.annotators import alpacafarm_pool
+    from ..lab.annotators import agreement, alpacafarm_pool
     from ..lab.base_model import build_base_model
     from ..lab.tasks import get_task
     from ..models.generate import sample
+    from ..rewards import RewardModel
     from ..rewards.scoring import score_groups
     from ..train.preference import PreferenceConfig, train_preference
     from ..train.reward import RewardConfig, train_reward
@@ -279,6 +437,8 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
     work.mkdir(parents=True, exist_ok=True)
     cache = Path(config.cache_dir) if config.cache_dir else work / "cache"
     task = get_task(config.task)
+    stage = work / "stages" / _stage_key(config, task)
+    (stage / "methods").mkdir(parents=True, exist_ok=True)
     quiet = contextlib.redirect_stderr(io.StringIO())
     with quiet:
         sft, tokenizer, info = build_base_model(task, cache / "base", seed=config.seed)
@@ -287,31 +447,50 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
     train_prompts = [task.sample_prompt(rng) for _ in range(config.n_prompts)]
     eval_prompts = [task.sample_prompt(rng) for _ in range(config.n_eval)]
 
-    # 2. samples -> simulated annotators -> pairs
+    # 2. samples -> simulated annotators -> the feedback store -> pairs
     samples = sample(sft, tokenizer, train_prompts, k=config.k, temperature=config.temperature,
                      seed=config.seed)
-    pool = alpacafarm_pool(lambda p, r: task.gold_reward(p, r), n=config.pool_size,
-                           scale=config.pool_scale, training=config.training_flips,
-                           seed=config.seed)
+    def pool_for(tag: str):
+        """The annotator pool with its own random stream per use, so a stage's labels do not
+        depend on which other stages ran before it (cached stages are skipped on a rerun)."""
+        import zlib
+
+        return alpacafarm_pool(lambda p, r: task.gold_reward(p, r), n=config.pool_size,
+                               scale=config.pool_scale, training=config.training_flips,
+                               seed=config.seed if tag == "labels" else
+                               config.seed * 1_000_003 + zlib.crc32(tag.encode()))
+
+    pool = pool_for("labels")
     items = [(p, " " + s[i], " " + s[i + 1]) for p, s in zip(train_prompts, samples,
                                                              strict=True)
              for i in range(0, config.k - 1, 2)
              if s[i] != s[i + 1] and s[i].strip() and s[i + 1].strip()]
     labels = pool.annotate_pairs(items)
-    rows = [{"prompt": c.prompt, "chosen": c.chosen, "rejected": c.rejected}
-            for c in labels if not c.outcome.is_tie]
+    rows = _store_pairs(labels, stage / "feedback.db")
     pairs = _write(work / "pairs.jsonl", rows)
     gold_agree = float(np.mean([task.gold_reward(r["prompt"], r["chosen"].strip())
                                 >= task.gold_reward(r["prompt"], r["rejected"].strip())
                                 for r in rows]))
+    annotators = _cached(stage / "agreement.json", lambda: _rounded(agreement(
+        pool_for("agreement"), items[:200], n_repeats=3, seed=config.seed)))
 
     common = dict(batch_size=config.batch_size, lr_scheduler="constant", logging_steps=10_000,
                   save_steps=0, save_final=False, progress=False, seed=config.seed)
-    # 3. reward model
-    with quiet:
-        rm = train_reward(RewardConfig(model=sft_path, data=pairs, objective="bt",
-                                       output_dir=str(work / "rm"), max_steps=config.rm_steps,
-                                       learning_rate=config.rm_learning_rate, **common))
+    # 3. reward model (cached with the stage)
+    rm_dir = stage / "reward_model"
+    if (rm_dir / "reward_config.json").exists():
+        rm_model = RewardModel.from_pretrained(rm_dir)
+        rm_accuracy = json.loads((stage / "reward_model.json").read_text())["train_accuracy"]
+    else:
+        with quiet:
+            trained_rm = train_reward(RewardConfig(
+                model=sft_path, data=pairs, objective="bt", output_dir=str(work / "rm"),
+                max_steps=config.rm_steps, learning_rate=config.rm_learning_rate, **common))
+        rm_accuracy = round(trained_rm.fit.metrics.get("accuracy", float("nan")), 4)
+        trained_rm.model.save_pretrained(rm_dir)
+        (stage / "reward_model.json").write_text(json.dumps({"train_accuracy": rm_accuracy}))
+        rm_model = RewardModel.from_pretrained(rm_dir)  # the same weights as a rerun loads
+    rm = _RM(rm_model.eval(), tokenizer)
 
     # 5. the SFT baseline's evaluation samples (the same seed for every policy)
     def eval_samples(model) -> list[str]:
@@ -319,54 +498,115 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
                                      temperature=config.temperature, seed=config.seed + 1)]
 
     sft_texts = eval_samples(sft)
-    results: dict[str, Any] = {"sft": _evaluate(sft_texts, eval_prompts, task, sft_texts,
-                                                sft, tokenizer)}
-    # 4a. direct alignment methods (and RAFT: fine-tune on the reward model's best samples)
+    heldout = _heldout_pairs(sft, tokenizer, task, eval_prompts, config.seed + 4,
+                             config.temperature)
+    rm_report = _cached(stage / "rm_report.json",
+                        lambda: _rm_report(rm, pool_for("rm_report"), heldout, task))
+
+    def evaluate(texts: list[str], policy=None, name: str = "sft") -> dict[str, Any]:
+        out = _evaluate(texts, eval_prompts, task, sft_texts, sft, tokenizer, policy=policy)
+        out |= _judge_win_rates(eval_prompts, texts, sft_texts, pool_for(f"judge:{name}"), rm,
+                                tokenizer)
+        out["ranking_accuracy"] = _ranking_accuracy(policy if policy is not None else sft,
+                                                    tokenizer, heldout)
+        out["texts"] = texts
+        return out
+
+    results: dict[str, Any] = {"sft": _cached(stage / "methods" / "sft.json",
+                                              lambda: evaluate(sft_texts))}
     curves: dict[str, list[dict]] = {}
+    # 4a. every method (each cached: an interrupted run resumes at the first missing one)
     for method in config.methods:
-        if method in ONLINE_METHODS:
-            policy, curves[method] = _online(config, method, task, sft_path, rm, train_prompts,
-                                             work, quiet)
-            results[method] = _evaluate(eval_samples(policy), eval_prompts, task, sft_texts,
-                                        sft, tokenizer, policy=policy)
-            results[method]["kind"] = "online"
-            continue
-        data, loss, lr = pairs, method, config.learning_rate
-        if method == "raft":
-            data = _raft_data(config, sft, tokenizer, rm, train_prompts, work)
-            loss, lr = "sft", config.raft_learning_rate
-        elif _loss_kind(method) == "unpaired":
-            data = _binary_data(rows, work)
-        elif _loss_kind(method) == "listwise":
-            data = _ranking_data(pool, train_prompts, samples, work)
-        with quiet:
-            trained = train_preference(PreferenceConfig(
-                model=sft_path, data=data, loss=loss, beta=config.beta,
-                output_dir=str(work / method), max_steps=config.steps, learning_rate=lr,
-                reference_cache=str(cache / "reference"), **common))
-        policy = trained.model.eval()
-        results[method] = _evaluate(eval_samples(policy), eval_prompts, task,
-                                    sft_texts, sft, tokenizer, policy=policy)
+        def compute(method: str = method) -> dict[str, Any]:
+            if method in ONLINE_METHODS:
+                policy, curve = _online(config, method, task, sft_path, rm, train_prompts,
+                                        work, quiet)
+                res = evaluate(eval_samples(policy), policy, method)
+                return {**res, "kind": "online", "curve": curve}
+            data, loss, lr = pairs, method, config.learning_rate
+            if method == "raft":
+                data = _raft_data(config, sft, tokenizer, rm, train_prompts, work)
+                loss, lr = "sft", config.raft_learning_rate
+            elif _loss_kind(method) == "unpaired":
+                data = _binary_data(rows, work)
+            elif _loss_kind(method) == "listwise":
+                data = _ranking_data(pool_for("rankings"), train_prompts, samples, work)
+            with quiet:
+                trained = train_preference(PreferenceConfig(
+                    model=sft_path, data=data, loss=loss, beta=config.beta,
+                    output_dir=str(work / method), max_steps=config.steps, learning_rate=lr,
+                    reference_cache=str(cache / "reference"), **common))
+            policy = trained.model.eval()
+            return {**evaluate(eval_samples(policy), policy, method), "kind": "offline"}
+
+        safe = method.replace("/", "_").replace("*", "x")
+        res = _cached(stage / "methods" / f"{safe}.json", compute)
+        if "curve" in res:
+            curves[method] = res.pop("curve")
+        results[method] = res
     # 4b. best-of-N with the proxy reward model
     if config.best_of_n > 1:
-        cands = sample(sft, tokenizer, eval_prompts, k=config.best_of_n,
-                       temperature=config.temperature, seed=config.seed + 2)
-        proxy = score_groups(rm.model, eval_prompts, [[" " + c for c in cs] for cs in cands],
-                             tokenizer=rm.tokenizer)
-        picked = [cs[int(torch.argmax(r))] for cs, r in zip(cands, proxy, strict=True)]
-        res = _evaluate(picked, eval_prompts, task, sft_texts, sft, tokenizer)
-        n = config.best_of_n
-        res["kl_to_sft"] = round(float(np.log(n) - (n - 1) / n), 4)  # the analytic bound
-        results[f"best_of_{n}"] = res
+        def best_of_n() -> dict[str, Any]:
+            cands = sample(sft, tokenizer, eval_prompts, k=config.best_of_n,
+                           temperature=config.temperature, seed=config.seed + 2)
+            proxy = score_groups(rm.model, eval_prompts, [[" " + c for c in cs] for cs in cands],
+                                 tokenizer=rm.tokenizer)
+            picked = [cs[int(torch.argmax(r))] for cs, r in zip(cands, proxy, strict=True)]
+            res = evaluate(picked, name=f"best_of_{config.best_of_n}")
+            res["ranking_accuracy"] = None  # a sampling procedure, not a policy with log-probs
+            n = config.best_of_n
+            res["kl_to_sft"] = round(float(np.log(n) - (n - 1) / n), 4)  # the analytic bound
+            res["kind"] = "sampling"
+            return res
+
+        results[f"best_of_{config.best_of_n}"] = _cached(
+            stage / "methods" / f"best_of_{config.best_of_n}.json", best_of_n)
     overopt = None
     if config.overopt_length_bias > 0:
-        overopt = _overoptimization(config, task, sft, tokenizer, sft_path, items, eval_prompts,
-                                    work, common, quiet)
-    return {"config": asdict(config), "sft_model": sft_path,
+        overopt = _cached(stage / "overoptimization.json", lambda: _overoptimization(
+            config, task, sft, tokenizer, sft_path, items, eval_prompts, work, common, quiet))
+    texts = {name: res.pop("texts") for name, res in results.items()}
+    leaderboard = _leaderboard(texts, eval_prompts, task, config.seed)
+    ideal = _idealized(sft, tokenizer, task, heldout, config.beta)
+    return {"config": asdict(config), "sft_model": sft_path, "stage": str(stage),
             "data": {"pairs": len(rows), "ties_dropped": len(labels) - len(rows),
                      "identical_or_empty_samples_dropped":
                          config.n_prompts * (config.k // 2) - len(items),
-                     "labels_agreeing_with_gold": round(gold_agree, 4)},
-            "reward_model": {"train_accuracy": round(rm.fit.metrics.get("accuracy", float("nan")),
-                                                     4)},
-            "methods": results, "overoptimization": overopt, "training_curves": curves}
+                     "labels_agreeing_with_gold": round(gold_agree, 4),
+                     "heldout_pairs": len(heldout)},
+            "feedback_store": str(stage / "feedback.db"),
+            "annotators": annotators,
+            "reward_model": {"train_accuracy": rm_accuracy, "heldout": rm_report},
+            "methods": results, "leaderboard": leaderboard,
+            "idealized_ranking_accuracy": ideal,
+            "overoptimization": overopt, "training_curves": curves}
+
+
+@dataclass
+class _RM:
+    """The proxy reward model with the tokenizer it scores with."""
+
+    model: Any
+    tokenizer: Any
+
+
+def _idealized(sft, tokenizer, task, pairs, beta: float) -> float:
+    """Ranking accuracy of the ideal KL-regularised policy (reference = SFT, reward = gold)."""
+    from ..evaluate import idealized_ranking_accuracy
+
+    prompts = [p for p, _, _ in pairs]
+    lc = _completion_logps(sft, tokenizer, prompts, [c for _, c, _ in pairs])
+    lr = _completion_logps(sft, tokenizer, prompts, [r for _, _, r in pairs])
+    gc = [task.gold_reward(p, c) for p, c, _ in pairs]
+    gr = [task.gold_reward(p, r) for p, _, r in pairs]
+    return round(float(idealized_ranking_accuracy(lc, lr, gc, gr, beta)), 4)
+
+
+def _rounded(obj: Any, digits: int = 4) -> Any:
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_rounded(v, digits) for v in obj]
+    return obj

@@ -38,6 +38,7 @@ from ..models.packing import PromptGroup
 from .scoring import packed_outputs
 
 __all__ = [
+    "BTPreference",
     "FunctionReward",
     "GPMPreference",
     "ModelReward",
@@ -247,6 +248,25 @@ class GPMPreference:
             with torch.no_grad():
                 probs[idx] = torch.sigmoid(head.logit(e[:, 0], e[:, 1])).cpu()
         return torch.stack([probs, 1.0 - probs], dim=1)
+
+
+@dataclass
+class BTPreference:
+    """A scalar reward source as a preference between two samples: ``P(0 beats 1) =
+    sigmoid((r0 - r1) / temperature)`` (Bradley-Terry) in column 0, its complement in column 1
+    -- lets ``online_ipo`` run on an ordinary reward model."""
+
+    source: Callable
+    temperature: float = 1.0
+    name: str = "bt_preference"
+
+    def __call__(self, prompts, completions, prompt_ids=None, completion_ids=None
+                 ) -> torch.Tensor:
+        r = self.source(prompts, completions, prompt_ids, completion_ids).float()
+        if r.shape[1] != 2:
+            raise ValueError(f"a preference compares 2 samples per prompt, got {r.shape[1]}")
+        p = torch.sigmoid((r[:, 0] - r[:, 1]) / self.temperature)
+        return torch.stack([p, 1.0 - p], dim=1)
 
 
 def _import_function(path: str) -> Callable:
