@@ -12,7 +12,8 @@ mechanism TRL gets from ``generation_kwargs``); prefkit's own sampler is unchang
 
 Timing (nothing in src/ is edited; wrappers live in this process):
 - step = interval between consecutive ``on_step_end`` callbacks;
-- rollout = ``_Online.collect`` (sampling, reward, the no-grad "old" log-prob forward, the
+- rollout = ``_Online.collect`` (sampling, reward, the no-grad "old" log-prob forward when the
+  update is off-policy or the KL is in the reward, the
   reference forward when beta > 0, advantages, collation) -- one call per step;
 - generate = the ``model.generate`` calls inside it; training = step - rollout.
 """
@@ -69,14 +70,21 @@ def main() -> None:
         start = time.perf_counter()
         batches = original_collect(self, iteration)
         rollout_seconds.append(time.perf_counter() - start)
-        if iteration == 0 and "logps" not in first:
-            b = batches[0]  # one micro-batch: rows are prompt-major (i * G + j)
-            first["logps"] = [row[m].tolist() for row, m in zip(b["old"], b["mask"],
-                                                                  strict=True)]
         return batches
+
+    # the first update's forward: on-policy GRPO/RLOO need no separate "old" log-prob pass, so
+    # the sampled tokens' log-probs under the initial weights are those of the first step
+    original_record = online._Online._record_kl
+
+    def record_kl(self, logps, batch):
+        if "logps" not in first:  # one micro-batch: rows are prompt-major (i * G + j)
+            first["logps"] = [row[m].tolist() for row, m in zip(logps.detach(), batch["mask"],
+                                                                  strict=True)]
+        return original_record(self, logps, batch)
 
     online.collect_rollout = collect_rollout
     online._Online.collect = collect
+    online._Online._record_kl = record_kl
 
     stamps: list[float] = []
 
