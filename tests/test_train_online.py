@@ -569,3 +569,104 @@ def test_online_ipo_with_a_general_preference_raises_gold_reward(sft, tmp_path):
     gain, res = _learn(sft, tmp_path, "online_ipo", preference, num_generations=2)
     print(f"online_ipo: gold {sft[4]:.3f} -> +{gain:.3f}")
     assert gain > LEARNING_MARGIN, (gain, res.iterations[-1])
+
+
+# ----------------------------------------------------------------------------- GPM and self
+
+
+def test_gpm_preference_is_the_head_logit(small):
+    """P(sample 0 beats 1) = sigmoid(scale * <R e0, e1>) from the GPM embeddings, computed
+    here from a direct forward; the two columns sum to 1."""
+    from prefkit.rewards.sources import GPMPreference
+
+    model, tok, info = small
+    rm, _ = RewardModel.from_spec(info["path"], head="gpm", gpm_dim=4, seed=3)
+    ps = prompts(5)
+    ro = collect_rollout(TransformersBackend(SamplingSettings(max_new_tokens=8)), model, tok,
+                         ps, n=2, seed=4)
+    got = GPMPreference(rm, tok)(ro.prompts, ro.completions, ro.prompt_ids, ro.completion_ids)
+    assert got.shape == (5, 2)
+    assert torch.allclose(got.sum(1), torch.ones(5))
+    groups = ro.groups()
+    batch = pack_groups(groups, max_length=max(g.packed_length for g in groups), pad_id=0)
+    with torch.no_grad():
+        e = rm(batch).embeddings.float()
+        a, b = e[:, 0].unflatten(-1, (-1, 2)), e[:, 1].unflatten(-1, (-1, 2))
+        logit = rm.head.scale * (a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]).sum(-1)
+    assert torch.allclose(got[:, 0], torch.sigmoid(logit), atol=1e-5)
+    assert (got[:, 0] - 0.5).abs().max() > 1e-4  # a random head still has preferences
+
+
+def test_self_reward_is_the_current_policys_implicit_reward(small):
+    """reward='self': beta * (log pi - log pi_ref) of the live policy, recomputed as it
+    changes."""
+    from prefkit.models.logprobs import sequence_logps
+    from prefkit.train.online import self_reward
+
+    model, tok, _ = small
+    policy = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ps = prompts(4)
+    ro = collect_rollout(TransformersBackend(SamplingSettings(max_new_tokens=8)), policy, tok,
+                         ps, n=3, seed=2)
+    source = self_reward(policy, model, tok, beta=0.2)
+    got = source(ro.prompts, ro.completions, ro.prompt_ids, ro.completion_ids)
+    groups = ro.groups()
+    batch = pack_groups(groups, max_length=max(g.packed_length for g in groups), pad_id=0)
+    with torch.no_grad():
+        want = 0.2 * (sequence_logps(policy, batch).sum - sequence_logps(model, batch).sum)
+    assert torch.allclose(got, want, atol=1e-4)
+    with torch.no_grad():  # the policy moves: so does its reward
+        next(policy.parameters()).add_(0.1)
+    assert not torch.allclose(source(ro.prompts, ro.completions, ro.prompt_ids,
+                                     ro.completion_ids), got, atol=1e-4)
+
+
+def test_self_rewarding_online_dpo_runs_from_a_moved_policy(small, tmp_path):
+    """The self-rewarding loop: online DPO labelled by the policy's own implicit reward
+    against the SFT reference; pairs are decisive (non-zero rewards) and the policy moves."""
+    model, tok, _ = small
+    policy = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    start = [p.detach().clone() for p in policy.parameters()]
+    cfg = OnlineConfig(algo="online-dpo", iterations=2, prompts_per_iteration=8,
+                       num_generations=4, learning_rate=1e-3, max_new_tokens=8,
+                       output_dir=str(tmp_path), save_steps=0, save_final=False,
+                       progress=False, lr_scheduler="constant")
+    assert cfg.algo == "online_dpo"
+    res = train_online(cfg, reward="self", prompts=prompts(16), model=policy, tokenizer=tok,
+                       reference=model)
+    assert all(it["reward"] != 0.0 for it in res.iterations)
+    assert res.fit.metrics["examples"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(start, policy.parameters(), strict=True))
+    with pytest.raises(ValueError, match="reward 'gold'"):
+        train_online(cfg, reward="gold", prompts=prompts(16), model=policy, tokenizer=tok)
+
+
+def test_cli_train_online(small, tmp_path):
+    from typer.testing import CliRunner
+
+    from prefkit.cli import app
+
+    _, _, info = small
+    base = ["train", "online", "--model", info["path"], "--prompts", "lab:sort:16",
+            "--output-dir", str(tmp_path / "run"), "--set", "save_steps=0",
+            "--set", "max_new_tokens=8", "--json"]
+    ok = CliRunner().invoke(app, [*base, "--reward", "gold:sort", "--algo", "rloo",
+                                  "--iterations", "2", "--prompts-per-iteration", "8",
+                                  "--save-model", str(tmp_path / "policy")])
+    assert ok.exit_code == 0, ok.output
+    out = json.loads(ok.stdout)
+    assert out["algo"] == "rloo" and out["steps"] == 2 and len(out["iterations"]) == 2
+    assert (tmp_path / "policy" / "config.json").exists()
+    bad = CliRunner().invoke(app, [*base, "--reward", "nope", "--algo", "grpo"])
+    assert bad.exit_code == 2 and "KIND:ARGUMENT" in json.loads(bad.stdout)["error"]
+    missing = CliRunner().invoke(app, ["train", "online", "--model", info["path"], "--json"])
+    assert missing.exit_code == 2 and "--prompts" in json.loads(missing.stdout)["error"]
+    wrong = CliRunner().invoke(app, [*base, "--reward", "gold:sort", "--algo", "grpo",
+                                     "--set", "num_generations=1"])
+    assert wrong.exit_code == 2 and "G=1" in json.loads(wrong.stdout)["error"]

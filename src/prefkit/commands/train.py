@@ -111,9 +111,10 @@ def online(
         help="Prompts file (.txt one a line, or JSONL with 'prompt'), or lab:TASK[:N] "
              "(N prompts of a lab task).")] = None,
     reward: Annotated[str | None, typer.Option(
-        help="rm:PATH, implicit:POLICY[,REF], gold:TASK or python:module:function.")] = None,
+        help="rm:PATH, implicit:POLICY[,REF], gold:TASK, python:module:function, or self "
+             "(the policy's own implicit reward).")] = None,
     algo: Annotated[str | None, typer.Option(
-        help="ppo, reinforce, rloo, grpo, dr_grpo, remax, online_dpo, online_ipo or raft.")
+        help="ppo, reinforce, rloo, grpo, dr_grpo, remax, online-dpo, online-ipo or raft.")
     ] = None,
     iterations: Annotated[int | None, typer.Option(help="Rollout/update iterations.")] = None,
     num_generations: Annotated[int | None, typer.Option(
@@ -152,7 +153,8 @@ def online(
     try:
         policy, tokenizer = resolve_model(cfg)
         prompt_list = resolve_prompts(cfg.prompts, seed=cfg.seed)
-        source = reward_from_spec(cfg.reward, tokenizer=tokenizer)
+        source = ("self" if cfg.reward == "self"
+                  else reward_from_spec(cfg.reward, tokenizer=tokenizer))
     except (ValueError, FileNotFoundError) as exc:
         raise bad_input(str(exc), as_json) from None
     result = train_online(cfg, reward=source, prompts=prompt_list, model=policy,

@@ -83,7 +83,7 @@ from .rollout import (
 
 __all__ = ["ALGORITHMS", "OnlineConfig", "OnlineResult", "OnlineTrainingError",
            "PolicyWithValue", "best_of_n", "read_prompts", "resolve_model", "resolve_prompts",
-           "train_online", "west_of_n_pairs"]
+           "self_reward", "train_online", "west_of_n_pairs"]
 
 ALGORITHMS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo",
               "online_ipo", "raft")
@@ -157,6 +157,7 @@ class OnlineConfig(LoopConfig):
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ConfigError(f"invalid OnlineConfig.iterations={self.iterations}: must be >= 1")
+        self.algo = self.algo.replace("-", "_")  # the CLI's online-dpo == online_dpo
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"invalid OnlineConfig.algo={self.algo!r}: choose one of "
                               f"{', '.join(ALGORITHMS)}")
@@ -787,10 +788,15 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     needs_copy = reference is None and not hasattr(model, "disable_adapter")
     online_needs_ref = (config.kl_coef > 0 and config.algo != "raft") or config.algo in (
         "online_dpo", "online_ipo")
-    if needs_copy and online_needs_ref:
+    self_rewarding = isinstance(reward, str) and reward == "self"
+    if needs_copy and (online_needs_ref or self_rewarding):
         reference = copy.deepcopy(model).eval()
         for p in reference.parameters():
             p.requires_grad_(False)
+    if self_rewarding:
+        reward = self_reward(module.policy, reference, tokenizer, beta=config.beta)
+    elif isinstance(reward, str):
+        raise ValueError(f"reward {reward!r}: pass a reward source (or 'self')")
     online = _Online(config, module, tokenizer, reward, prompts, accelerator, reference, shaping,
                      monitor)
     module.train()
@@ -799,6 +805,34 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     online.finalize_kl()
     return OnlineResult(fit=result, iterations=online.iterations, model=model,
                         tokenizer=tokenizer, algo=config.algo)
+
+
+def self_reward(policy: nn.Module, reference: nn.Module | None, tokenizer: Any, *,
+                beta: float = 0.1) -> Callable:
+    """The policy judges its own samples: the implicit reward ``beta * (log pi - log pi_ref)``
+    of the CURRENT policy (it changes as training goes), as in self-rewarding / DPO-implicit-
+    reward bootstrapping loops (Yuan et al. 2024; Chen et al. 2024, "Bootstrapping Language
+    Models with DPO Implicit Rewards"). Start from a policy that already differs from its
+    reference (e.g. after one round of offline DPO): at the reference itself every reward is 0.
+    With LoRA (``reference=None``) the reference is the policy with its adapters disabled."""
+    from ..models.load import reference_context
+    from ..rewards.implicit import ImplicitReward
+    from ..rewards.sources import ModelReward
+
+    class _AdapterReference(nn.Module):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args, **kwargs):
+            with reference_context(self.model):
+                return self.model(*args, **kwargs)
+
+    ref = reference
+    if ref is None:
+        ref = _AdapterReference(policy)
+    return ModelReward(ImplicitReward(policy, ref, beta=beta, tokenizer=tokenizer), tokenizer,
+                       name="self")
 
 
 def resolve_model(config: OnlineConfig) -> tuple[nn.Module, Any]:
