@@ -252,28 +252,39 @@ def _lab_tour(console: Console, work: Path, keep: bool = True) -> dict[str, Any]
     import contextlib
     import io
 
-    from .lab.pipeline import QUICK, run_lab
+    from .lab.pipeline import run_lab
+    from .report import write_lab_report
 
-    console.print("\n9. The loop (`prefkit lab run --quick`): an SFT policy for 'sort: 7 3 9' "
-                  "samples answers, a pool of biased simulated annotators labels pairs, a reward "
-                  "model is trained, the policy is aligned offline (DPO, IPO, RPO, KTO, LiPO, "
-                  "RAFT) and online against the reward model (GRPO, PPO, RLOO), and every "
-                  "policy is judged against the SFT policy by the gold reward:")
+    console.print("\n9. The loop (`prefkit lab run`, the default config): an SFT policy for "
+                  "'sort: 7 3 9' samples answers, a pool of biased simulated annotators labels "
+                  "pairs into the feedback store, a reward model is trained, the policy is "
+                  "aligned offline (DPO, RPO, IPO, SimPO, KTO, LiPO, RAFT) and online against "
+                  "the reward model (GRPO, PPO, RLOO), best-of-8 samples with it, and every "
+                  "policy is judged by the gold reward:")
     with contextlib.redirect_stderr(io.StringIO()):
-        result = run_lab(workdir=str(work / "lab"), **{**QUICK, "methods": [
-            "dpo", "ipo", "rpo", "kto", "lipo", "raft", "grpo", "ppo", "rloo"]})
-    table = Table("method", "gold reward", "win rate vs SFT (95% CI)", "KL to SFT", "length")
+        result = run_lab(workdir=str(work / "lab"))
+    table = Table("method", "gold reward", "win rate vs SFT (95% CI)", "LC win rate",
+                  "KL to SFT", "length")
     for name, m in result["methods"].items():
         table.add_row(name, f"{m['gold_reward']:.3f}",
                       f"{m['win_rate_vs_sft']:.2f} ({m['win_rate_ci'][0]:.2f}-"
-                      f"{m['win_rate_ci'][1]:.2f})",
+                      f"{m['win_rate_ci'][1]:.2f})", f"{m['lc_win_rate_vs_sft']:.2f}",
                       "-" if m["kl_to_sft"] is None else f"{m['kl_to_sft']:.2f}",
                       f"{m['mean_length']:.1f}")
     console.print(table)
-    console.print("  every method beats the SFT policy on gold win rate; with a 10x larger "
-                  "learning rate plain DPO over-optimizes instead (longer, worse answers)")
-    from .report import write_lab_report
-
+    board = Table("rank", "policy", "Elo (95% CI)", "wins-losses-ties",
+                  title="leaderboard: every pair of policies judged by the gold reward")
+    for row in result["leaderboard"]:
+        board.add_row(str(row["rank"]), row["model"],
+                      f"{row['rating']:.0f} ({row['ci_low']:.0f}-{row['ci_high']:.0f})",
+                      f"{row['wins']}-{row['losses']}-{row['ties']}")
+    console.print(board)
+    over = result["overoptimization"]
+    peak = over["x_at_gold_max"]
+    console.print(f"  over-optimization: best-of-n against a length-biased reward model - the "
+                  f"proxy keeps rising while the gold reward peaks at n = {peak:g} "
+                  f"and falls; {result['reward_model']['heldout']['accuracy']:.2f} held-out "
+                  f"accuracy for the proxy reward model")
     if keep:
         report = write_lab_report(result, work / "lab" / "report.html")
         console.print(f"  the full report (tables and figures): {report}")

@@ -71,7 +71,7 @@ class LabConfig:
     pool_scale: float = 0.3
     training_flips: bool = False
     methods: list[str] = field(default_factory=lambda: ["dpo", "rpo", "ipo", "simpo", "kto",
-                                                        "lipo", "raft"])
+                                                        "lipo", "raft", "grpo", "ppo", "rloo"])
     best_of_n: int = 8
     steps: int = 120
     batch_size: int = 16
@@ -321,7 +321,8 @@ def _store_pairs(labels: list, db: Path) -> list[dict]:
                 for c in store.iter_records(kind="comparison") if not c.outcome.is_tie]
     finally:
         store.close()
-    order = {(c.prompt, c.chosen, c.rejected): i for i, c in enumerate(labels)}
+    order = {(c.prompt, c.chosen, c.rejected): i for i, c in enumerate(labels)
+             if not c.outcome.is_tie}
     rows.sort(key=lambda r: order.get((r["prompt"], r["chosen"], r["rejected"]), len(order)))
     return rows
 
