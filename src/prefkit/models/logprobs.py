@@ -2,7 +2,8 @@
 
 :func:`sequence_logps` runs the transformer body once over a :class:`PackedBatch` (prompts
 shared by their K responses) or a :class:`PaddedBatch`, keeps the hidden states only at the
-positions that predict completion tokens, and applies the LM head to those positions in
+positions that predict completion tokens (computing the last layer only there:
+:mod:`prefkit.models.prune`), and applies the LM head to those positions in
 chunks, computing ``logit[target] - logsumexp(logits)`` per chunk -- a ``[N, L, vocab]``
 log-softmax is never built and the head never runs on prompt positions. With gradients on
 and more than one chunk, each chunk is recomputed in the backward pass (activation
@@ -23,6 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from prefkit.models.packing import PackedBatch, PaddedBatch, additive_mask
+from prefkit.models.prune import hidden_at
 
 __all__ = ["SequenceLogps", "sequence_logps", "sequence_logps_padded", "token_logps"]
 
@@ -162,15 +164,10 @@ def _completion_logps_decoder(
     chunk_size: int,
     recompute: bool | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    out = decoder(
-        input_ids=batch.input_ids,
-        attention_mask=mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-    )
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     rows, cols = batch.logit_positions[:, 0], batch.logit_positions[:, 1]
-    selected = hidden[rows, cols]  # [N, H]: completion-predicting positions only
+    # [N, H]: completion-predicting positions only (the last layer runs only there)
+    selected = hidden_at(decoder, rows, cols, input_ids=batch.input_ids, attention_mask=mask,
+                         position_ids=batch.position_ids, use_cache=False)
     if recompute is None:
         recompute = torch.is_grad_enabled() and selected.shape[0] > chunk_size
     return _chunked_logps(head, selected, batch.target_ids, chunk_size, recompute), selected

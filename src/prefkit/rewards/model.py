@@ -37,6 +37,7 @@ from transformers import PreTrainedTokenizerBase
 from prefkit.models.load import LoraSettings, load_model, load_tokenizer
 from prefkit.models.logprobs import model_attention_mask
 from prefkit.models.packing import PackedBatch, PaddedBatch, PromptGroup
+from prefkit.models.prune import hidden_at
 from prefkit.rewards.heads import HELPSTEER2_ATTRIBUTES, RewardHead, build_head
 
 __all__ = ["HEAD_FILE", "CONFIG_FILE", "RewardModel", "RewardOutput"]
@@ -268,13 +269,14 @@ class RewardModel(nn.Module):
         count attended tokens only and the reward is read at the last attended token."""
         return self(input_ids, attention_mask, return_features=return_features)
 
-    def _hidden(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor
+    def _hidden_at(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor,
+        rows: torch.Tensor, cols: torch.Tensor,
     ) -> torch.Tensor:
-        out = self.backbone(
-            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-        )
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        """Final hidden states at ``(rows, cols)``; the backbone's last layer runs only there
+        (:func:`prefkit.models.prune.hidden_at`)."""
+        return hidden_at(self.backbone, rows, cols, input_ids=input_ids, attention_mask=mask,
+                         position_ids=position_ids, use_cache=False)
 
     def _apply_head(
         self,
@@ -299,7 +301,6 @@ class RewardModel(nn.Module):
 
     def _packed(self, batch: PackedBatch, return_features: bool) -> RewardOutput:
         mask = model_attention_mask(self.backbone, batch)
-        hidden = self._hidden(batch.input_ids, mask, batch.position_ids)
         shape = (batch.n_groups, batch.k_max)
         n_slots = shape[0] * shape[1]
         rows, cols = batch.logit_positions[:, 0], batch.logit_positions[:, 1]
@@ -315,7 +316,8 @@ class RewardModel(nn.Module):
         row = row.scatter(0, batch.segment, rows)
         ends = batch.completion_lengths.to(cols.device).cumsum(dim=1).flatten()
         present = batch.response_mask.to(cols.device).flatten()
-        features = hidden[row[present], start[present] + ends[present]]
+        features = self._hidden_at(batch.input_ids, mask, batch.position_ids, row[present],
+                                   start[present] + ends[present])
         return self._apply_head(features, present, shape, return_features)
 
     def _padded(
@@ -324,11 +326,12 @@ class RewardModel(nn.Module):
         if attention_mask.dim() != 2:
             raise ValueError(f"attention_mask must be [rows, length], not {attention_mask.dim()}D")
         positions = _positions_from_mask(attention_mask)
-        hidden = self._hidden(input_ids, attention_mask, positions)
         last = _last_attended(attention_mask)
-        features = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        present = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-        return self._apply_head(features, present, (hidden.shape[0], 1), return_features)
+        n = input_ids.shape[0]
+        features = self._hidden_at(input_ids, attention_mask, positions,
+                                   torch.arange(n, device=input_ids.device), last)
+        present = torch.ones(n, dtype=torch.bool, device=input_ids.device)
+        return self._apply_head(features, present, (n, 1), return_features)
 
     def _padded_batch(self, batch: PaddedBatch, return_features: bool) -> RewardOutput:
         rows = self._padded(batch.input_ids, batch.attention_mask, return_features)
