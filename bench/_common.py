@@ -29,6 +29,20 @@ def matmul_gflops(n: int = 1024, repeats: int = 5) -> dict:
     return {"matmul_float32_gflops": round(2 * n**3 / best / 1e9, 1), "matmul_lib": lib}
 
 
+def matmul_peak(dtype_name: str = "float32", threads: int = 2, n: int = 2048,
+                repeats: int = 5) -> float:
+    """Best-of-``repeats`` GFLOP/s of an ``n``-cube torch matmul in ``dtype_name`` on
+    ``threads`` threads (the peak training throughput is reported against)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()

@@ -34,32 +34,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from _common import machine  # noqa: E402
+from _common import machine, matmul_peak  # noqa: E402
 from _dpo_setup import build_world  # noqa: E402
 
 BATCH = 8
 RESPONSE_LEN = 64
-
-
-def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` GFLOP/s of an ``n``-cube matmul in ``dtype_name`` on 2 threads."""
-    import torch
-
-    torch.set_num_threads(2)
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def run(script: str, *args: str) -> dict:

@@ -68,31 +68,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from _common import machine  # noqa: E402
+from _common import machine, matmul_peak  # noqa: E402
 from _online_setup import build_world, read_prompts  # noqa: E402
 
 LOGP_TOL = 1e-4
 LOSS0_TOL = 1e-5
-
-
-def matmul_peak(threads: int = 2, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` float32 GFLOP/s of an ``n``-cube matmul on ``threads`` threads."""
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def run(script: str, world: Path, settings: dict) -> dict:
@@ -247,7 +231,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     world = Path(tempfile.mkdtemp(prefix="prefkit_online_bench_"))
     info = build_world(world)
-    peak = matmul_peak(args.threads)
+    peak = matmul_peak("float32", args.threads)
     params = info["params"]
     completions = args.prompts_per_step * args.num_generations
     prompt_len = statistics.fmean(info["prompt_lengths"])

@@ -67,6 +67,16 @@ def test_online_methods_record_gold_and_proxy_per_iteration(quick_run):
 
 
 @pytest.mark.slow
+def test_offline_methods_record_curves_over_training_steps(quick_run):
+    curve = quick_run["training_curves"]["dpo"]
+    assert [c["step"] for c in curve] == list(range(0, QUICK["steps"] + 1, 20))
+    assert curve[0]["kl"] == 0.0  # step 0 is the SFT policy itself
+    assert curve[-1]["kl"] > curve[0]["kl"]
+    assert curve[-1]["gold_reward"] > curve[0]["gold_reward"]
+    assert curve[-1]["proxy_reward"] > curve[0]["proxy_reward"]
+
+
+@pytest.mark.slow
 def test_every_online_method_beats_sft(tmp_path):
     """The rest of the online methods (quick config: grpo and ppo) against the proxy reward
     model: gold win rate against SFT with a 95% CI above 50%."""

@@ -185,30 +185,9 @@ def plot_reliability(bins: list[dict[str, Any]], path: str | os.PathLike,
     """Write a reliability diagram (PNG): observed accuracy per bin as bars, the diagonal
     of perfect calibration, mean confidence per bin as dots, and each bin's count above
     its bar. ``bins`` is the output of :func:`reliability_bins`. Returns the path."""
-    from prefkit.report.figures import _pyplot
+    from prefkit.report.figures import plot_reliability_diagram
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "--", color="#888888", label="perfect calibration")
-    filled = [b for b in bins if b["count"]]
-    centers = [(b["lo"] + b["hi"]) / 2 for b in filled]
-    widths = [b["hi"] - b["lo"] for b in filled]
-    accuracy = [b["accuracy"] for b in filled]
-    ax.bar(centers, accuracy, width=widths, edgecolor="#1f5fa8", color="#7a9cc6",
-           alpha=0.8, label="observed accuracy")
-    ax.plot(centers, [b["mean_prob"] for b in filled], "o", color="#c0392b", markersize=4,
-            label="mean confidence")
-    for x, a, b in zip(centers, accuracy, filled, strict=True):
-        ax.annotate(str(b["count"]), (x, min(a, 0.95)), textcoords="offset points",
-                    xytext=(0, 3), ha="center", fontsize=7)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("predicted probability")
-    ax.set_ylabel("observed frequency")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    plot_reliability_diagram(bins, out, title=title, xlabel="predicted probability",
+                             ylabel="observed frequency")
     return out

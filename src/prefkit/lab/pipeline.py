@@ -16,9 +16,12 @@
    samples per prompt); each direct loss (unpaired losses such as ``kto`` get each pair's
    chosen answer as desirable and rejected as undesirable; listwise losses such as ``lipo`` get
    the pool's K-wise rankings; :func:`prefkit.train.preference.train_preference`, the SFT model
-   as policy and reference); the online methods of :data:`ONLINE_METHODS` against the proxy
-   reward model (:func:`prefkit.train.online.train_online`; gold and proxy reward recorded per
-   iteration as ``training_curves``); and ``best_of_n`` (``n`` SFT samples, the proxy picks);
+   as policy and reference; every ``curve_every`` steps the gold reward, proxy reward and KL of
+   its samples on ``curve_prompts`` held-out prompts are recorded); the online methods of
+   :data:`ONLINE_METHODS` against the proxy reward model
+   (:func:`prefkit.train.online.train_online`; gold and proxy reward and KL recorded per
+   iteration) -- both as ``training_curves``, the over-optimization curves over training
+   steps; and ``best_of_n`` (``n`` SFT samples, the proxy picks);
 5. evaluation on ``n_eval`` held-out prompts, one sample per prompt (same seed for every
    policy): gold reward mean, win rate against the SFT policy's answer judged by the gold
    reward, the annotator pool (both orders) and the proxy reward model, each with a 95% CI
@@ -87,6 +90,8 @@ class LabConfig:
     rl_generations: int = 4
     rl_learning_rate: float = 1e-4
     kl_coef: float = 0.05
+    curve_every: int = 20  # offline methods: gold / proxy / KL on curve_prompts every N steps
+    curve_prompts: int = 64
     seed: int = 0
 
 
@@ -192,6 +197,41 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
     return result.model.eval(), curve
 
 
+def _offline_curve(config: LabConfig, task, sft, tokenizer, rm, prompts: list[str]):
+    """A training callback recording, every ``curve_every`` optimizer steps, the gold reward,
+    the proxy reward and the KL to the SFT policy of the policy's samples on ``prompts`` (the
+    over-optimization curve over training steps of an offline method)."""
+    from ..evaluate import kl_estimate
+    from ..models.generate import sample
+    from ..rewards.scoring import score_groups
+    from ..train.loop import Callback
+
+    class Curve(Callback):
+        def __init__(self) -> None:
+            self.points: list[dict] = []
+
+        def record(self, step: int, model) -> None:
+            policy = getattr(model, "module", model)
+            texts = [s[0] for s in sample(policy, tokenizer, prompts, k=1,
+                                          temperature=config.temperature,
+                                          seed=config.seed + 5)]
+            gold = np.mean([task.gold_reward(p, t) for p, t in zip(prompts, texts,
+                                                                    strict=True)])
+            proxy = score_groups(rm.model, prompts, [[" " + t] for t in texts],
+                                 tokenizer=rm.tokenizer)[:, 0].mean()
+            lp = _completion_logps(policy, tokenizer, prompts, texts)
+            lr = _completion_logps(sft, tokenizer, prompts, texts)
+            self.points.append({"step": step, "gold_reward": round(float(gold), 6),
+                                "proxy_reward": round(float(proxy), 6),
+                                "kl": round(kl_estimate(lp, lr, estimator="k1")["kl"], 6)})
+
+        def on_step_end(self, step: int, model) -> None:
+            if step % config.curve_every == 0:
+                self.record(step, model)
+
+    return Curve()
+
+
 def _loss_kind(spec: str) -> str:
     from .. import losses
 
@@ -293,7 +333,7 @@ def _stage_key(config: LabConfig, task) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 """Bumped when a stage's computation changes, so cached stages of older runs are not reused."""
 
 
@@ -532,13 +572,20 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
                 data = _binary_data(rows, work)
             elif _loss_kind(method) == "listwise":
                 data = _ranking_data(pool_for("rankings"), train_prompts, samples, work)
+            curve = (_offline_curve(config, task, sft, tokenizer, rm,
+                                    eval_prompts[:config.curve_prompts])
+                     if config.curve_every > 0 else None)
+            if curve is not None:
+                curve.record(0, sft)
             with quiet:
                 trained = train_preference(PreferenceConfig(
                     model=sft_path, data=data, loss=loss, beta=config.beta,
                     output_dir=str(work / method), max_steps=config.steps, learning_rate=lr,
-                    reference_cache=str(cache / "reference"), **common))
+                    reference_cache=str(cache / "reference"), **common),
+                    callbacks=[curve] if curve is not None else ())
             policy = trained.model.eval()
-            return {**evaluate(eval_samples(policy), policy, method), "kind": "offline"}
+            res = {**evaluate(eval_samples(policy), policy, method), "kind": "offline"}
+            return res | ({"curve": curve.points} if curve is not None else {})
 
         safe = method.replace("/", "_").replace("*", "x")
         res = _cached(stage / "methods" / f"{safe}.json", compute)

@@ -314,9 +314,11 @@ def plot_judge_win_rates(methods: Sequence[str],
 
 def plot_reliability_diagram(bins: Sequence[Mapping[str, Any]], target: Target,
                              ece: float | None = None,
-                             title: str = "Reward model calibration") -> Target:
-    """A reliability diagram (as :func:`prefkit.evaluate.calibration.plot_reliability`, to
-    any target): observed frequency per bin as bars, the diagonal of perfect calibration,
+                             title: str = "Reward model calibration",
+                             xlabel: str = "predicted probability (reward model)",
+                             ylabel: str = "observed frequency (pool labels)") -> Target:
+    """A reliability diagram (:func:`prefkit.evaluate.calibration.plot_reliability` writes it
+    to a file): observed frequency per bin as bars, the diagonal of perfect calibration,
     each bin's mean predicted probability as a dot and its count above the bar; ``ece`` goes
     into the title. Bins are dicts with ``lo``, ``hi``, ``count``, ``mean_prob`` and
     ``accuracy`` (empty bins are skipped)."""
@@ -343,8 +345,8 @@ def plot_reliability_diagram(bins: Sequence[Mapping[str, Any]], target: Target,
                     xytext=(0, 3), ha="center", fontsize=7)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel("predicted probability (reward model)")
-    ax.set_ylabel("observed frequency (pool labels)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title + (f", ECE = {ece:.3f}" if ece is not None else ""))
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
