@@ -269,17 +269,19 @@ def test_resume_continues_exactly(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one(world, tmp_path):
+@pytest.mark.parametrize("loss,data", [("dpo", "pairs"), ("kto", "binary")])
+def test_two_processes_train_like_one(world, tmp_path, loss, data):
     """`prefkit train preference` under torchrun (2 CPU processes, gloo, batch 4 each) ends
-    with the parameters of one process with batch 8."""
+    with the parameters of one process with batch 8 (KTO: its batch KL estimate is gathered
+    over the processes)."""
     import os
     import subprocess
     import sys
 
     from transformers import AutoModelForCausalLM
 
-    common = ["train", "preference", "--model", world["model"], "--data", world["pairs"],
-              "--loss", "dpo", "--max-steps", "3", "--learning-rate", "3e-3",
+    common = ["train", "preference", "--model", world["model"], "--data", world[data],
+              "--loss", loss, "--max-steps", "3", "--learning-rate", "3e-3",
               "--set", "lr_scheduler=constant", "--set", "save_final=false",
               "--set", f"reference_cache={tmp_path / 'cache'}", "--json"]
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1")

@@ -192,10 +192,14 @@ class PreferenceTask:
                 out["ref_logps"] = ref
             return out
         if self.kind == "unpaired":
+            # KTO's KL estimate is a (detached) batch statistic: gathered over processes, so W
+            # processes with batch b estimate it on the same W*b mismatched pairs as one
+            # process with batch W*b
             out = {"logps": sums[:, 0], "lengths": counts[:, 0], "labels": batch["labels"],
-                   "kl_logps": lp.sum[n:, 0]}
+                   "kl_logps": _gather_detached(lp.sum[n:, 0])}
             if ref is not None:
-                out |= {"ref_logps": ref[:, 0], "ref_kl_logps": batch["shadow_ref"]}
+                out |= {"ref_logps": ref[:, 0],
+                        "ref_kl_logps": _gather_detached(batch["shadow_ref"])}
             return out
         return {"logps": sums[:, 0], "lengths": counts[:, 0]}  # sft: the best response
 
@@ -207,6 +211,26 @@ class PreferenceTask:
             metrics_sum={k: v.detach().float().nan_to_num(0.0).sum() for k, v in
                          metrics.items()},
             n_tokens=batch["packed"].n_tokens)
+
+
+def _gather_detached(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (1D, detached) concatenated over all data-parallel processes in rank order (sizes
+    may differ); ``x`` itself when running alone."""
+    import torch.distributed as dist
+
+    x = x.detach()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    world = dist.get_world_size()
+    size = torch.tensor([x.numel()], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    width = int(max(int(s) for s in sizes))
+    padded = torch.zeros(width, dtype=x.dtype, device=x.device)
+    padded[:x.numel()] = x
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:int(s)] for part, s in zip(parts, sizes, strict=True)])
 
 
 # --------------------------------------------------------------------------- the run
