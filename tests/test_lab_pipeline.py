@@ -137,3 +137,26 @@ def test_cli_quick_json(tmp_path):
     assert set(out["methods"]) == {"sft", "rpo"}
     bad = CliRunner().invoke(app, ["lab", "run", "--set", "no_such_field=1", "--json"])
     assert bad.exit_code == 2 and "no_such_field" in json.loads(bad.stdout)["error"]
+
+
+@pytest.mark.slow
+def test_ratings_feedback_through_the_store(tmp_path):
+    """feedback=ratings: the pool rates every distinct sample (gold + rating noise), the ratings
+    go into the feedback store, pairs with a score gap come out of it and train the reward
+    model the methods then use."""
+    from prefkit.data.store import FeedbackStore
+
+    run = run_lab(workdir=str(tmp_path), **{**QUICK, "feedback": "ratings", "methods": ["dpo"],
+                                            "best_of_n": 4, "overopt_length_bias": 0.0})
+    data = run["data"]
+    assert data["feedback"] == "ratings" and data["pairs"] > 100
+    assert data["labels_agreeing_with_gold"] > 0.7
+    store = FeedbackStore(run["feedback_store"])
+    try:
+        assert store.count(kind="rating") == data["labels"] and store.count(kind="comparison") == 0
+    finally:
+        store.close()
+    assert run["reward_model"]["heldout"]["accuracy"] > 0.6
+    methods = run["methods"]
+    assert methods["dpo"]["gold_reward"] > methods["sft"]["gold_reward"]
+    assert methods["best_of_4"]["win_rate_ci"][0] > 0.5

@@ -6,8 +6,10 @@
 1. the task's cached SFT base model (:func:`prefkit.lab.base_model.build_base_model`);
 2. ``n_prompts`` training prompts, ``k`` samples each from the SFT policy
    (:func:`prefkit.models.generate.sample`), paired (0 vs 1, 2 vs 3, ...) and labelled by a
-   simulated annotator pool (:func:`prefkit.lab.annotators.alpacafarm_pool`); the labels are
-   kept in a :class:`~prefkit.data.store.FeedbackStore` and the training pairs read back from it
+   simulated annotator pool (:func:`prefkit.lab.annotators.alpacafarm_pool`) -- or, with
+   ``feedback="ratings"``, each distinct sample rated by one annotator (gold + rating noise)
+   and pairs made from rating gaps of at least ``rating_min_gap``; the labels are kept in a
+   :class:`~prefkit.data.store.FeedbackStore` and the training pairs read back from it
    (``pairs.jsonl``); the pool's agreement (pairwise, Krippendorff's alpha, with gold);
 3. a Bradley-Terry reward model on those pairs (:func:`prefkit.train.reward.train_reward`) --
    the proxy reward -- and its report on held-out pool-labelled pairs (accuracy, calibration,
@@ -69,6 +71,8 @@ class LabConfig:
     n_prompts: int = 256
     k: int = 4
     n_eval: int = 256
+    feedback: str = "pairs"  # "pairs" (the pool compares 2 samples) or "ratings" (see below)
+    rating_min_gap: float = 0.1  # ratings -> pairs: the smallest score gap that makes a pair
     temperature: float = 1.0
     pool_size: int = 6
     pool_scale: float = 0.3
@@ -367,6 +371,26 @@ def _store_pairs(labels: list, db: Path) -> list[dict]:
     return rows
 
 
+def _store_ratings(ratings: list, db: Path, min_gap: float) -> list[dict]:
+    """Absolute ratings (each sample scored by one annotator of the pool: its gold reward plus
+    the annotator's rating noise) kept in the feedback store, read back and turned into pairs
+    of responses to the same prompt whose scores differ by at least ``min_gap``
+    (:func:`prefkit.data.convert.ratings_to_pairs`)."""
+    from ..data.convert import ratings_to_pairs
+    from ..data.store import FeedbackStore
+
+    store = FeedbackStore(str(db))
+    try:
+        store.add(ratings)
+        stored = list(store.iter_records(kind="rating"))
+    finally:
+        store.close()
+    order = {(r.prompt, r.response): i for i, r in enumerate(ratings)}
+    stored.sort(key=lambda r: order.get((r.prompt, r.response), len(order)))
+    return [{"prompt": c.prompt, "chosen": c.chosen, "rejected": c.rejected}
+            for c in ratings_to_pairs(stored, min_gap=min_gap)]
+
+
 def _judge_win_rates(prompts: list[str], texts: list[str], sft_texts: list[str], pool, rm,
                      tokenizer) -> dict[str, Any]:
     """Win rate against the SFT answers judged by (ii) the simulated pool (each pair shown in
@@ -506,8 +530,16 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
                                                              strict=True)
              for i in range(0, config.k - 1, 2)
              if s[i] != s[i + 1] and s[i].strip() and s[i + 1].strip()]
-    labels = pool.annotate_pairs(items)
-    rows = _store_pairs(labels, stage / "feedback.db")
+    if config.feedback == "pairs":
+        labels = pool.annotate_pairs(items)
+        rows = _store_pairs(labels, stage / "feedback.db")
+    elif config.feedback == "ratings":
+        labels = [pool.rate(p, " " + c, scale=(-10.0, 10.0))
+                  for p, cs in zip(train_prompts, samples, strict=True)
+                  for c in dict.fromkeys(c for c in cs if c.strip())]
+        rows = _store_ratings(labels, stage / "feedback.db", config.rating_min_gap)
+    else:
+        raise ValueError(f"feedback must be 'pairs' or 'ratings', got {config.feedback!r}")
     pairs = _write(work / "pairs.jsonl", rows)
     gold_agree = float(np.mean([task.gold_reward(r["prompt"], r["chosen"].strip())
                                 >= task.gold_reward(r["prompt"], r["rejected"].strip())
@@ -617,7 +649,9 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
     leaderboard = _leaderboard(texts, eval_prompts, task, config.seed)
     ideal = _idealized(sft, tokenizer, task, heldout, config.beta)
     return {"config": asdict(config), "sft_model": sft_path, "stage": str(stage),
-            "data": {"pairs": len(rows), "ties_dropped": len(labels) - len(rows),
+            "data": {"feedback": config.feedback, "labels": len(labels), "pairs": len(rows),
+                     "ties_dropped": (len(labels) - len(rows)
+                                      if config.feedback == "pairs" else None),
                      "identical_or_empty_samples_dropped":
                          config.n_prompts * (config.k // 2) - len(items),
                      "labels_agreeing_with_gold": round(gold_agree, 4),
