@@ -675,3 +675,15 @@ def test_cli_train_online(small, tmp_path):
     wrong = CliRunner().invoke(app, [*base, "--reward", "gold:sort", "--algo", "grpo",
                                      "--set", "num_generations=1"])
     assert wrong.exit_code == 2 and "G=1" in json.loads(wrong.stdout)["error"]
+
+
+def test_pairwise_judge_record_on_identical_answers_is_a_tie():
+    """A judge returning comparison records (the lab's annotators) that always picks its first
+    argument: two copies of one answer tie instead of the first copy winning."""
+    from types import SimpleNamespace
+
+    def first_wins(prompt, a, b):
+        return SimpleNamespace(chosen=a, outcome=SimpleNamespace(is_tie=False))
+
+    got = PairwiseJudgeReward(first_wins, symmetric=False)(["p"], [["x", "x", "y"]])
+    assert torch.allclose(got, torch.tensor([[0.75, 0.75, 0.0]]))  # x-x tie, x beats y twice

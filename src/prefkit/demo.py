@@ -252,6 +252,7 @@ def _lab_tour(console: Console, work: Path, keep: bool = True) -> dict[str, Any]
     import contextlib
     import io
 
+    from .commands.lab import leaderboard_table, methods_table
     from .lab.pipeline import run_lab
     from .report import write_lab_report
 
@@ -263,22 +264,8 @@ def _lab_tour(console: Console, work: Path, keep: bool = True) -> dict[str, Any]
                   "policy is judged by the gold reward:")
     with contextlib.redirect_stderr(io.StringIO()):
         result = run_lab(workdir=str(work / "lab"))
-    table = Table("method", "gold reward", "win rate vs SFT (95% CI)", "LC win rate",
-                  "KL to SFT", "length")
-    for name, m in result["methods"].items():
-        table.add_row(name, f"{m['gold_reward']:.3f}",
-                      f"{m['win_rate_vs_sft']:.2f} ({m['win_rate_ci'][0]:.2f}-"
-                      f"{m['win_rate_ci'][1]:.2f})", f"{m['lc_win_rate_vs_sft']:.2f}",
-                      "-" if m["kl_to_sft"] is None else f"{m['kl_to_sft']:.2f}",
-                      f"{m['mean_length']:.1f}")
-    console.print(table)
-    board = Table("rank", "policy", "Elo (95% CI)", "wins-losses-ties",
-                  title="leaderboard: every pair of policies judged by the gold reward")
-    for row in result["leaderboard"]:
-        board.add_row(str(row["rank"]), row["model"],
-                      f"{row['rating']:.0f} ({row['ci_low']:.0f}-{row['ci_high']:.0f})",
-                      f"{row['wins']}-{row['losses']}-{row['ties']}")
-    console.print(board)
+    console.print(methods_table(result))
+    console.print(leaderboard_table(result["leaderboard"]))
     over = result["overoptimization"]
     peak = over["x_at_gold_max"]
     console.print(f"  over-optimization: best-of-n against a length-biased reward model - the "

@@ -61,19 +61,39 @@ def run(
     if as_json:
         print_json(result)
         return
+    stdout.print(methods_table(result, title=f"lab: {cfg.task}"))
+    if result.get("leaderboard"):
+        stdout.print(leaderboard_table(result["leaderboard"]))
+    if result.get("report"):
+        stdout.print(f"report: {result['report']}", markup=False)
+
+
+def methods_table(result: dict[str, Any], title: str | None = None):
+    """The lab's per-method numbers as a rich table (the CLI's and the demo's)."""
     from rich.table import Table
 
-    table = Table("method", "gold reward", "win rate vs SFT (95% CI)", "LC win rate", "KL",
-                  "length", title=f"lab: {cfg.task}")
+    table = Table("method", "gold reward", "win rate vs SFT (95% CI)", "LC win rate",
+                  "KL to SFT", "length", title=title)
     for name, m in result["methods"].items():
         table.add_row(name, f"{m['gold_reward']:.3f}",
                       f"{m['win_rate_vs_sft']:.3f} ({m['win_rate_ci'][0]:.3f}-"
                       f"{m['win_rate_ci'][1]:.3f})", f"{m['lc_win_rate_vs_sft']:.3f}",
                       "-" if m["kl_to_sft"] is None else f"{m['kl_to_sft']:.2f}",
                       f"{m['mean_length']:.1f}")
-    stdout.print(table)
-    if result.get("report"):
-        stdout.print(f"report: {result['report']}", markup=False)
+    return table
+
+
+def leaderboard_table(rows: list[dict[str, Any]]):
+    """The gold-judged arena leaderboard of the lab's policies as a rich table."""
+    from rich.table import Table
+
+    board = Table("rank", "policy", "Elo (95% CI)", "wins-losses-ties",
+                  title="leaderboard: every pair of policies judged by the gold reward")
+    for row in rows:
+        board.add_row(str(row["rank"]), row["model"],
+                      f"{row['rating']:.0f} ({row['ci_low']:.0f}-{row['ci_high']:.0f})",
+                      f"{row['wins']}-{row['losses']}-{row['ties']}")
+    return board
 
 
 def _write_report(result: dict[str, Any], path: Path) -> None:

@@ -103,11 +103,8 @@ class ModelReward:
                  ) -> torch.Tensor:
         g = _check_shape(prompts, completions)
         if self.same_tokenizer and prompt_ids is not None and completion_ids is not None:
-            groups = [PromptGroup(list(p), [list(c) or [self._eos()] for c in cs])
-                      for p, cs in zip(prompt_ids, completion_ids, strict=True)]
-            out = torch.zeros(len(groups), g)
-            for idx, o in packed_outputs(self.model, groups, pad_id=self._pad(),
-                                         batch_size=self.batch_size):
+            out = torch.zeros(len(prompts), g)
+            for idx, o in self._outputs(prompt_ids, completion_ids):
                 values = getattr(o, self.field)
                 if values is None:
                     raise ValueError(f"the reward model has no output {self.field!r}")
@@ -121,6 +118,13 @@ class ModelReward:
         texts = [[self.separator + c for c in cs] for cs in completions]
         return score_groups(self.model, list(prompts), texts, tokenizer=tokenizer,
                             batch_size=self.batch_size)
+
+    def _outputs(self, prompt_ids, completion_ids):
+        """``(indices, RewardOutput)`` per packed batch of the sampled ids (one prefix-shared
+        group per prompt; an empty completion is scored as EOS)."""
+        groups = [PromptGroup(list(p), [list(c) or [self._eos()] for c in cs])
+                  for p, cs in zip(prompt_ids, completion_ids, strict=True)]
+        return packed_outputs(self.model, groups, pad_id=self._pad(), batch_size=self.batch_size)
 
     def _tok(self):
         return self.tokenizer or getattr(self.model, "tokenizer", None)
@@ -136,11 +140,12 @@ class ModelReward:
         return int(tok.eos_token_id)
 
 
-def _win_probability(value: Any, first: str) -> float:
+def _win_probability(value: Any, first: str, second: str) -> float:
     """A judge's answer as P(first beats second): a float in [0, 1], or a comparison record
-    with ``chosen`` and ``outcome`` (the lab's annotators: a tie counts 0.5)."""
+    with ``chosen`` and ``outcome`` (the lab's annotators: a tie counts 0.5; so does a record
+    comparing an answer with itself, whose ``chosen`` cannot tell the two apart)."""
     if hasattr(value, "outcome") and hasattr(value, "chosen"):
-        if value.outcome.is_tie:
+        if value.outcome.is_tie or first.strip() == second.strip():
             return 0.5
         return 1.0 if str(value.chosen).strip() == first.strip() else 0.0
     if not isinstance(value, int | float):
@@ -173,9 +178,9 @@ class PairwiseJudgeReward:
         for i, (prompt, cs) in enumerate(zip(prompts, completions, strict=True)):
             for a in range(g):
                 for b in range(a + 1, g):
-                    p = _win_probability(self.judge(prompt, cs[a], cs[b]), cs[a])
+                    p = _win_probability(self.judge(prompt, cs[a], cs[b]), cs[a], cs[b])
                     if self.symmetric:
-                        q = _win_probability(self.judge(prompt, cs[b], cs[a]), cs[b])
+                        q = _win_probability(self.judge(prompt, cs[b], cs[a]), cs[b], cs[a])
                         p = 0.5 * (p + 1.0 - q)
                     out[i, a] += p
                     out[i, b] += 1.0 - p
@@ -220,33 +225,24 @@ class RewardShaping:
 
 
 @dataclass
-class GPMPreference:
+class GPMPreference(ModelReward):
     """A general preference between the two samples of each prompt from a GPM reward model
     (:class:`~prefkit.rewards.heads.GPMHead`): column 0 of the ``[P, 2]`` output is
     ``P(sample 0 beats sample 1) = sigmoid(scale * <R e0, e1>)`` and column 1 its complement --
     the preference signal of ``online_ipo`` (it can be intransitive, which no scalar reward is).
-    """
+    Scores the sampled ids (the GPM must share the policy's tokenizer)."""
 
-    model: Any
-    tokenizer: Any = None
-    batch_size: int = 16
     name: str = "gpm"
 
     def __call__(self, prompts, completions, prompt_ids, completion_ids) -> torch.Tensor:
         g = _check_shape(prompts, completions)
         if g != 2:
             raise ValueError(f"a general preference compares 2 samples per prompt, got {g}")
-        reader = ModelReward(self.model, self.tokenizer, field="embeddings",
-                             batch_size=self.batch_size)
-        groups = [PromptGroup(list(p), [list(c) or [reader._eos()] for c in cs])
-                  for p, cs in zip(prompt_ids, completion_ids, strict=True)]
-        probs = torch.zeros(len(groups))
-        head = self.model.head
-        for idx, out in packed_outputs(self.model, groups, pad_id=reader._pad(),
-                                       batch_size=self.batch_size):
+        probs = torch.zeros(len(prompts))
+        for idx, out in self._outputs(prompt_ids, completion_ids):
             e = out.embeddings.float()
             with torch.no_grad():
-                probs[idx] = torch.sigmoid(head.logit(e[:, 0], e[:, 1])).cpu()
+                probs[idx] = torch.sigmoid(self.model.head.logit(e[:, 0], e[:, 1])).cpu()
         return torch.stack([probs, 1.0 - probs], dim=1)
 
 

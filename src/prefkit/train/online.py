@@ -323,6 +323,7 @@ class _Online:
             config.algo == "ppo" or config.ppo_epochs > 1 or config.num_minibatches > 1
             or (self.kl_in == "reward" and config.kl_coef > 0))
         self._kl_sum = self._kl_n = 0.0
+        self._pending_kl = False
         if config.algo == "online_dpo":
             self.pair_loss = losses.combine(losses.parse_loss_spec(config.dpo_loss))
             if self.pair_loss.loss_spec.kind != "pairwise":
@@ -439,7 +440,7 @@ class _Online:
         self._log_iteration(iteration, ro, raw, scores, mean_kl)
         if mean_kl is not None:
             self._after_kl(iteration, mean_kl)
-        items = self._items(ro, scores, baseline, old, ref, values, masks, seq_kl)
+        items = self._items(ro, groups, scores, baseline, old, ref, values, masks, seq_kl)
         return self._micro_batches(items, iteration)
 
     def _after_kl(self, iteration: int, mean_kl: float) -> None:
@@ -456,27 +457,22 @@ class _Online:
 
     def finalize_kl(self) -> None:
         """Without an "old" forward the KL of an iteration's samples to the reference is
-        measured by the first pass of its update (same weights); record it once all processes
-        are done with that pass."""
-        if self.needs_old or not self.needs_reference or not self.iterations:
+        measured by the first pass of its update (same weights); record it (and write the
+        iteration's line to ``rollouts.jsonl``) once all processes are done with that pass."""
+        if not self._pending_kl:
             return
-        if self.iterations[-1].get("kl") is not None:
-            return
+        self._pending_kl = False
         total = torch.tensor([self._kl_sum, self._kl_n], dtype=torch.float64,
                              device=self.acc.device)
         if self.acc.num_processes > 1:
             total = self.acc.reduce(total, reduction="sum")
         self._kl_sum = self._kl_n = 0.0
-        if float(total[1]) == 0:
-            return
-        mean_kl = float(total[0] / total[1])
         stats = self.iterations[-1]
-        stats["kl"] = round(mean_kl, 6)
-        if self.acc.is_main_process and self.log_path.exists():
-            lines = self.log_path.read_text(encoding="utf-8").splitlines()
-            lines[-1] = json.dumps(stats)
-            self.log_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self._after_kl(stats["iteration"], mean_kl)
+        if float(total[1]) > 0:
+            stats["kl"] = round(float(total[0] / total[1]), 6)
+        self._write_stats(stats)
+        if stats["kl"] is not None:
+            self._after_kl(stats["iteration"], stats["kl"])
 
     def _record_kl(self, logps: torch.Tensor, batch: dict[str, Any]) -> None:
         if self.needs_old or not self.needs_reference or not batch.get("first_pass"):
@@ -535,13 +531,20 @@ class _Online:
             stats.update({k: round(glob(torch.as_tensor(v)), 6)
                           for k, v in self.monitor(ro).items()})
         self.iterations.append(stats)
+        # without an "old" pass the KL comes from the update: the line is written then
+        self._pending_kl = mean_kl is None and self.needs_reference and not self.needs_old
+        if not self._pending_kl:
+            self._write_stats(stats)
+
+    def _write_stats(self, stats: dict[str, Any]) -> None:
         if self.acc.is_main_process:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(stats) + "\n")
 
     # ---- per-algorithm targets for each prompt group
-    def _items(self, ro, scores, baseline, old, ref, values, masks, seq_kl) -> list[dict]:
+    def _items(self, ro, groups, scores, baseline, old, ref, values, masks, seq_kl
+               ) -> list[dict]:
         cfg, algo = self.cfg, self.cfg.algo
         p = len(ro.prompts)
         coef = float(self.kl_ctl.value)
@@ -556,7 +559,6 @@ class _Online:
                 adv_seq = rl.get_advantage(algo)(s)
         items = []
         ppo_adv = []
-        groups = ro.groups()
         for i in range(p):
             item = {"group": groups[i], "old": old[i], "ref": ref[i], "mask": masks[i],
                     "scores": scores[i]}
