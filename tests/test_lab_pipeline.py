@@ -160,3 +160,9 @@ def test_ratings_feedback_through_the_store(tmp_path):
     methods = run["methods"]
     assert methods["dpo"]["gold_reward"] > methods["sft"]["gold_reward"]
     assert methods["best_of_4"]["win_rate_ci"][0] > 0.5
+
+
+def test_bad_lab_settings_are_bad_input():
+    for setting, expected in (("feedback=bogus", "feedback"), ("methods=", "methods")):
+        bad = CliRunner().invoke(app, ["lab", "run", "--set", setting, "--json"])
+        assert bad.exit_code == 2 and expected in json.loads(bad.stdout)["error"], bad.output

@@ -687,3 +687,18 @@ def test_pairwise_judge_record_on_identical_answers_is_a_tie():
 
     got = PairwiseJudgeReward(first_wins, symmetric=False)(["p"], [["x", "x", "y"]])
     assert torch.allclose(got, torch.tensor([[0.75, 0.75, 0.0]]))  # x-x tie, x beats y twice
+
+
+def test_read_prompts_names_file_line_and_field(tmp_path):
+    from prefkit.train.online import read_prompts
+
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "a"}\n{bad\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl: line 2: malformed JSON"):
+        read_prompts(str(bad))
+    bad.write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl: record 2: field 'prompt'"):
+        read_prompts(str(bad))
+    good = tmp_path / "p.txt"
+    good.write_text("one\n\ntwo\n")
+    assert read_prompts(str(good)) == ["one", "two"]

@@ -98,6 +98,15 @@ class LabConfig:
     curve_prompts: int = 64
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from ..train.config import ConfigError
+
+        if self.feedback not in ("pairs", "ratings"):
+            raise ConfigError(f"invalid LabConfig.feedback={self.feedback!r}: choose pairs or "
+                              "ratings")
+        if not self.methods:
+            raise ConfigError("LabConfig.methods is empty: name at least one method")
+
 
 QUICK = dict(n_prompts=128, n_eval=128,
              methods=["dpo", "rpo", "kto", "lipo", "raft", "grpo", "ppo"], steps=120,
@@ -533,13 +542,11 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
     if config.feedback == "pairs":
         labels = pool.annotate_pairs(items)
         rows = _store_pairs(labels, stage / "feedback.db")
-    elif config.feedback == "ratings":
+    else:  # ratings (LabConfig checks the value)
         labels = [pool.rate(p, " " + c, scale=(-10.0, 10.0))
                   for p, cs in zip(train_prompts, samples, strict=True)
                   for c in dict.fromkeys(c for c in cs if c.strip())]
         rows = _store_ratings(labels, stage / "feedback.db", config.rating_min_gap)
-    else:
-        raise ValueError(f"feedback must be 'pairs' or 'ratings', got {config.feedback!r}")
     pairs = _write(work / "pairs.jsonl", rows)
     gold_agree = float(np.mean([task.gold_reward(r["prompt"], r["chosen"].strip())
                                 >= task.gold_reward(r["prompt"], r["rejected"].strip())

@@ -733,8 +733,21 @@ def read_prompts(path: str) -> list[str]:
         return [line.strip() for line in p.read_text(encoding="utf-8").splitlines()
                 if line.strip()]
     text = p.read_text(encoding="utf-8")
-    rows = (json.loads(text) if p.suffix == ".json"
-            else [json.loads(line) if line.strip() else None for line in text.splitlines()])
+    if p.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a list of records with a 'prompt' field")
+    else:
+        rows = []
+        for i, line in enumerate(text.splitlines(), start=1):
+            try:
+                rows.append(json.loads(line) if line.strip() else None)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {i}: malformed JSON ({exc.msg}); expected "
+                                 "one record with a 'prompt' field per line") from None
     out = []
     for i, row in enumerate(rows, start=1):
         if row is None:
