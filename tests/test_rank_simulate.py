@@ -174,3 +174,50 @@ def test_bad_arguments():
         simulate_convergence(5, k=6)
     with pytest.raises(ValueError, match="noise"):
         simulate_convergence(5, noise=1.5)
+
+
+def _first_pair(state):
+    """A custom matchmaker: always items 0 and 1 (module level: picklable)."""
+    return [0, 1]
+
+
+def test_custom_strategy_callable_sees_the_state_and_is_validated():
+    seen = []
+
+    def round_robin(state):
+        seen.append(state)
+        n = len(state.mu)
+        i, j = divmod(state.t % (n * (n - 1)), n - 1)
+        return [i, j + (j >= i)]
+
+    run = simulate_convergence(8, k=2, method="bt", strategy=round_robin, seed=3,
+                               max_votes=2000)
+    assert run["strategy"] == "round_robin" and run["votes"] is not None
+    assert [s.t for s in seen[:3]] == [0, 1, 2]
+    first = seen[0]
+    truth = np.random.default_rng(np.random.SeedSequence(3).spawn(3)[0]).normal(size=8)
+    np.testing.assert_array_equal(first.truth, truth)
+    assert first.k == 2 and first.noise == 0.0 and first.cov.shape == (8, 8)
+    # the pair counts the strategy sees are those of the votes so far
+    counts = seen[5].pair_counts
+    assert counts.sum() - np.trace(counts) == 2 * 5 and np.trace(counts) == 2 * 5
+    # a strategy that always asks for the same pair never ranks 8 items
+    stuck = simulate_convergence(8, k=2, method="bt", strategy=_first_pair, seed=3,
+                                 max_votes=200)
+    assert stuck["votes"] is None
+
+    def bad(state):
+        return [0, 0]
+
+    with pytest.raises(ValueError, match="strategy 'bad' must return 2 distinct items"):
+        simulate_convergence(8, k=2, strategy=bad, max_votes=10)
+    with pytest.raises(ValueError, match="or a callable"):
+        simulate_convergence(8, k=2, strategy="nope", max_votes=10)
+
+
+def test_table_accepts_custom_strategies_in_worker_processes():
+    rows = convergence_table(n_items_list=(6,), ks=(2,), noises=(0.0,),
+                             combos=[("bt", _first_pair)], seeds=(0, 1), max_votes=60,
+                             processes=2)
+    assert [r["strategy"] for r in rows] == ["_first_pair"]
+    assert rows[0]["votes_per_seed"] == [None, None]

@@ -39,6 +39,14 @@ PL stages' ``diag(w) - w w^T``, so consecutive choices between refits differ); f
 ``diag(sigma^2)``; for ``elo`` ``diag(1 / (alpha + n_i / 4))`` with ``n_i`` the item's pairwise
 votes (each at most ``1/4`` Fisher information).
 
+Custom strategies: any callable ``strategy(state: MatchState) -> items`` (``k`` distinct item
+ids) can be passed instead of a name, to try a new matchmaker under the same voters, raters and
+convergence rule; :class:`MatchState` gives it the rater's posterior, the pair counts, the vote
+count, its random generator and -- for oracle baselines (upper bounds on what matchmaking can
+achieve), never for a real matchmaker -- the hidden truth and the noise. With
+``processes > 1`` in :func:`convergence_table` the callable must be picklable (a module-level
+function).
+
 Convergence: ``votes`` is the vote count at the first check where tau >= ``target_tau`` and
 stays >= ``target_tau`` at the next two checks (three checks in a row; the run stops there). If
 ``max_votes`` is reached first it is ``None``.
@@ -49,7 +57,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +81,8 @@ QUICK = {"n_items_list": (20,), "ks": (2, 4), "noises": (0.0, 0.2), "seeds": (0,
 """A preset for :func:`convergence_table` that runs in seconds: ``convergence_table(**QUICK)``."""
 
 __all__ = [
-    "DEFAULT_COMBOS", "METHODS", "QUICK", "STRATEGIES", "convergence_table", "kendall_tau",
+    "DEFAULT_COMBOS", "METHODS", "QUICK", "STRATEGIES", "MatchState", "convergence_table",
+    "kendall_tau", "strategy_name",
     "pl_information", "plot_convergence", "simulate_convergence",
 ]
 
@@ -284,6 +294,47 @@ def _make_rater(method: str, n: int, alpha: float, refit_every: int, refit_fract
 # --------------------------------------------------------------------------- simulation
 
 
+@dataclass(frozen=True)
+class MatchState:
+    """What a custom matchmaker (``strategy`` callable) sees before vote ``t + 1``.
+
+    ``mu`` ``[n]`` and ``cov`` ``[n, n]``: the rater's posterior mean and covariance of the
+    log-strengths in logits (the inputs of
+    :func:`~prefkit.rank.matchmaking.information_gain_match`; for BT / PL the Laplace posterior,
+    refitted lazily as for ``"infogain"``). ``pair_counts`` ``[n, n]`` (a read-only copy): how
+    often each two items were in the same match (the diagonal: how often each item played).
+    ``rng``: the strategy's own random stream (seeded). ``truth`` and ``noise``: the hidden
+    log-strengths and the label noise -- only for oracle baselines that estimate what
+    matchmaking could do at best; a real matchmaker must not read them.
+    """
+
+    k: int
+    t: int
+    mu: np.ndarray
+    cov: np.ndarray
+    pair_counts: np.ndarray
+    rng: np.random.Generator
+    truth: np.ndarray
+    noise: float
+
+
+Strategy = str | Callable[[MatchState], np.ndarray]
+
+
+def strategy_name(strategy: Strategy) -> str:
+    """A strategy's name in tables: the string itself or the callable's ``__name__``."""
+    return strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "custom")
+
+
+def _check_items(items, n_items: int, k: int, name: str) -> np.ndarray:
+    items = np.asarray(items, dtype=np.int64).reshape(-1)
+    if (len(items) != k or len(np.unique(items)) != k or items.min() < 0
+            or items.max() >= n_items):
+        raise ValueError(f"strategy {name!r} must return {k} distinct items in "
+                         f"0..{n_items - 1}, got {items.tolist()}")
+    return items
+
+
 def _draw_vote(items: np.ndarray, s: np.ndarray, noise: float,
                rng: np.random.Generator) -> np.ndarray:
     """A ranking (best first) of ``items`` from the truth ``s``, as in the module docstring."""
@@ -305,7 +356,7 @@ def simulate_convergence(
     *,
     k: int = 2,
     method: str = "pl",
-    strategy: str = "infogain",
+    strategy: Strategy = "infogain",
     noise: float = 0.0,
     max_votes: int | None = None,
     check_every: int | None = None,
@@ -339,8 +390,9 @@ def simulate_convergence(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not callable(strategy) and strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES} or a callable, got "
+                         f"{strategy!r}")
     if not 2 <= k <= n_items:
         raise ValueError(f"k must be in 2..n_items={n_items}, got {k}")
     if not 0.0 <= noise <= 1.0:
@@ -361,7 +413,14 @@ def simulate_convergence(
     streak = 0
     votes: int | None = None
     for v in range(1, max_votes + 1):
-        if strategy == "random":
+        if callable(strategy):
+            mu, cov = rater.posterior()
+            counts = pair_counts.copy()
+            counts.setflags(write=False)
+            state = MatchState(k=k, t=v - 1, mu=mu, cov=cov, pair_counts=counts,
+                               rng=match_rng, truth=s, noise=noise)
+            items = _check_items(strategy(state), n_items, k, strategy_name(strategy))
+        elif strategy == "random":
             items = random_match(n_items, k, match_rng)
         elif strategy == "ucb":
             mu, sigma, scale = rater.ucb_inputs()
@@ -385,8 +444,8 @@ def simulate_convergence(
     return {
         "votes": votes, "checks": checks, "tau": taus,
         "final_tau": taus[-1] if taus else None,
-        "n_items": n_items, "k": k, "method": method, "strategy": strategy, "noise": noise,
-        "seed": seed, "max_votes": max_votes, "check_every": check_every,
+        "n_items": n_items, "k": k, "method": method, "strategy": strategy_name(strategy),
+        "noise": noise, "seed": seed, "max_votes": max_votes, "check_every": check_every,
         "target_tau": target_tau, "seconds": time.perf_counter() - start,
     }
 
@@ -408,7 +467,7 @@ def convergence_table(
     n_items_list: Iterable[int] = (20, 50),
     ks: Iterable[int] = (2, 4),
     noises: Iterable[float] = (0.0, 0.1, 0.2),
-    combos: Iterable[tuple[str, str]] = DEFAULT_COMBOS,
+    combos: Iterable[tuple[str, Strategy]] = DEFAULT_COMBOS,
     seeds: Iterable[int] = (0, 1, 2),
     max_votes: int | None = None,
     check_every: int | None = None,
@@ -419,9 +478,11 @@ def convergence_table(
     """One row per (n_items, k, noise, method, strategy): ``votes`` = median over ``seeds``
     of :func:`simulate_convergence`'s ``votes`` (a run that never converged counts as infinity;
     None if the median is), plus ``votes_per_seed``, ``converged`` (how many seeds reached the
-    target), ``final_tau_median`` and ``seconds`` (summed over seeds). Extra ``kwargs`` go to
-    :func:`simulate_convergence`; ``processes > 1`` runs the simulations in that many worker
-    processes (same results). Use ``convergence_table(**QUICK)`` for a fast preset."""
+    target), ``final_tau_median`` and ``seconds`` (summed over seeds). A ``combos`` strategy may
+    be a callable (see :class:`MatchState`; its row is named by :func:`strategy_name`). Extra
+    ``kwargs`` go to :func:`simulate_convergence`; ``processes > 1`` runs the simulations in
+    that many worker processes (same results). Use ``convergence_table(**QUICK)`` for a fast
+    preset."""
     seeds = tuple(seeds)
     cells = [(n_items, k, noise, method, strategy)
              for n_items in n_items_list for k in ks for noise in noises
@@ -447,7 +508,8 @@ def convergence_table(
         votes = [r["votes"] for r in runs]
         rows.append({
             "n_items": n_items, "k": k, "noise": noise, "method": method,
-            "strategy": strategy, "votes": _median_votes(votes), "votes_per_seed": votes,
+            "strategy": strategy_name(strategy), "votes": _median_votes(votes),
+            "votes_per_seed": votes,
             "converged": sum(v is not None for v in votes), "seeds": len(seeds),
             "final_tau_median": float(np.median([r["final_tau"] for r in runs])),
             "max_votes": runs[0]["max_votes"], "target_tau": target_tau,
