@@ -16,6 +16,7 @@ from prefkit.rank.simulate import (
     pl_information,
     plot_convergence,
     simulate_convergence,
+    simulated_truth,
 )
 
 
@@ -197,6 +198,7 @@ def test_custom_strategy_callable_sees_the_state_and_is_validated():
     first = seen[0]
     truth = np.random.default_rng(np.random.SeedSequence(3).spawn(3)[0]).normal(size=8)
     np.testing.assert_array_equal(first.truth, truth)
+    np.testing.assert_array_equal(simulated_truth(8, 3), truth)
     assert first.k == 2 and first.noise == 0.0 and first.cov.shape == (8, 8)
     # the pair counts the strategy sees are those of the votes so far
     counts = seen[5].pair_counts

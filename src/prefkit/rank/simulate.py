@@ -82,7 +82,7 @@ QUICK = {"n_items_list": (20,), "ks": (2, 4), "noises": (0.0, 0.2), "seeds": (0,
 
 __all__ = [
     "DEFAULT_COMBOS", "METHODS", "QUICK", "STRATEGIES", "MatchState", "convergence_table",
-    "kendall_tau", "strategy_name",
+    "kendall_tau", "simulated_truth", "strategy_name",
     "pl_information", "plot_convergence", "simulate_convergence",
 ]
 
@@ -326,6 +326,13 @@ def strategy_name(strategy: Strategy) -> str:
     return strategy if isinstance(strategy, str) else getattr(strategy, "__name__", "custom")
 
 
+def simulated_truth(n_items: int, seed: int) -> np.ndarray:
+    """The hidden log-strengths ``s ~ N(0, 1)`` of :func:`simulate_convergence` for ``(n_items,
+    seed)`` (the first of the seed's three random streams)."""
+    truth_seq = np.random.SeedSequence(seed).spawn(3)[0]
+    return np.random.default_rng(truth_seq).normal(size=n_items)
+
+
 def _check_items(items, n_items: int, k: int, name: str) -> np.ndarray:
     items = np.asarray(items, dtype=np.int64).reshape(-1)
     if (len(items) != k or len(np.unique(items)) != k or items.min() < 0
@@ -402,8 +409,8 @@ def simulate_convergence(
     check_every = max(1, n_items // 2) if check_every is None else int(check_every)
     refit_every = max(1, n_items // 10) if refit_every is None else int(refit_every)
     start = time.perf_counter()
-    truth_seq, vote_seq, match_seq = np.random.SeedSequence(seed).spawn(3)
-    s = np.random.default_rng(truth_seq).normal(size=n_items)
+    _, vote_seq, match_seq = np.random.SeedSequence(seed).spawn(3)
+    s = simulated_truth(n_items, seed)
     vote_rng = np.random.default_rng(vote_seq)
     match_rng = np.random.default_rng(match_seq)
     rater = _make_rater(method, n_items, alpha, refit_every, refit_fraction)
