@@ -198,3 +198,15 @@ def test_simulate_writes_table_and_plot(tmp_path):
     assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
     bad = _invoke("simulate", "--combos", "elo", "--json")
     assert bad.exit_code == 2 and "METHOD:STRATEGY" in json.loads(bad.stdout)["error"]
+    held = _invoke("simulate", "--models", 8, "--k", 2, "--noise", "0", "--combos",
+                   "trueskill:ucb", "--seeds", "0,1", "--hold", 2, "--out", out, "--json")
+    assert held.exit_code == 0, held.output
+    row = json.loads(held.stdout)["table"][0]
+    assert row["votes_per_seed"] == convergence_table(
+        n_items_list=(8,), ks=(2,), noises=(0.0,), combos=[("trueskill", "ucb")],
+        seeds=(0, 1), hold=2.0)[0]["votes_per_seed"]
+    assert all(v is None or v >= t for v, t in zip(row["votes_per_seed"],
+                                                   row["votes_three_checks_per_seed"],
+                                                   strict=True))
+    bad_hold = _invoke("simulate", "--models", 8, "--hold", "0.5", "--json")
+    assert bad_hold.exit_code == 2 and "hold must be > 1" in json.loads(bad_hold.stdout)["error"]

@@ -223,3 +223,68 @@ def test_table_accepts_custom_strategies_in_worker_processes():
                              processes=2)
     assert [r["strategy"] for r in rows] == ["_first_pair"]
     assert rows[0]["votes_per_seed"] == [None, None]
+
+
+def _held_reference(checks, tau, target, hold):
+    """First check c with tau >= target at every check up to the first check >= hold * c,
+    at least three checks (written independently of the simulator's running bookkeeping)."""
+    for a, c in enumerate(checks):
+        end = next((b for b in range(a, len(checks)) if checks[b] >= hold * c), None)
+        if end is None:
+            return None
+        end = max(end, a + 2)
+        if end < len(checks) and all(t >= target for t in tau[a:end + 1]):
+            return c
+    return None
+
+
+@pytest.mark.parametrize("method,strategy,k", [("trueskill", "ucb", 2), ("bt", "random", 3),
+                                               ("elo", "random", 2)])
+def test_hold_rule_requires_the_ranking_to_stay_right(method, strategy, k):
+    full = simulate_convergence(12, k=k, method=method, strategy=strategy, seed=2,
+                                max_votes=2500, stop_at_target=False, hold=2.0)
+    expected = _held_reference(full["checks"], full["tau"], 0.9, 2.0)
+    assert full["votes"] == expected
+    # the three-checks count comes from the same run and is never later
+    plain = simulate_convergence(12, k=k, method=method, strategy=strategy, seed=2,
+                                 max_votes=2500)
+    assert full["votes_three_checks"] == plain["votes"] == plain["votes_three_checks"]
+    if expected is not None:
+        assert full["votes_three_checks"] <= expected
+        stopped = simulate_convergence(12, k=k, method=method, strategy=strategy, seed=2,
+                                       max_votes=2500, hold=2.0)
+        assert stopped["votes"] == expected and stopped["checks"][-1] >= 2 * expected
+    with pytest.raises(ValueError, match="hold must be > 1"):
+        simulate_convergence(12, hold=1.0)
+
+
+def test_hold_rule_differs_from_three_checks_for_a_wandering_rater():
+    # TrueSkill's estimate keeps moving: on some seed it passes three checks in a row and
+    # falls below the target again, so the stricter rule counts more votes
+    runs = [simulate_convergence(12, k=2, method="trueskill", strategy="ucb", seed=s,
+                                 max_votes=3000, hold=2.0) for s in range(6)]
+    assert any(r["votes"] is None or r["votes"] > r["votes_three_checks"] for r in runs)
+    assert all(r["votes"] is None or r["votes"] >= r["votes_three_checks"] for r in runs)
+
+
+def test_static_trueskill_rater_has_no_dynamics():
+    from prefkit.rank.simulate import _make_rater
+    from prefkit.rank.skill import TAU, initial_state, rate
+
+    drifting, static = _make_rater("trueskill", 4, 0.1, 1, 0.0), _make_rater(
+        "trueskill_static", 4, 0.1, 1, 0.0)
+    assert drifting.tau == TAU > 0 and static.tau == 0.0
+    votes = [np.array([0, 1]), np.array([2, 0]), np.array([1, 3])]
+    expected = initial_state(4)
+    for v in votes:
+        static.update(v)
+        expected = rate(expected, v, np.arange(2), beta=static.beta, tau=0.0,
+                        draw_probability=static.draw_probability)
+    np.testing.assert_allclose(static.estimate(), expected.mu)
+    # the dynamics add variance before every update: the same votes leave more uncertainty
+    for v in votes:
+        drifting.update(v)
+    assert np.all(np.asarray(drifting.state.sigma) > np.asarray(static.state.sigma))
+    run = simulate_convergence(10, k=2, method="trueskill_static", strategy="ucb", seed=1,
+                               max_votes=3000)
+    assert run["votes"] is not None and run["final_tau"] >= 0.9

@@ -369,32 +369,37 @@ def simulate(
     k: Annotated[str, typer.Option("--k", help="Models per vote, e.g. 2,4")] = "2,4",
     noise: Annotated[str, typer.Option(help="Label noise levels, e.g. 0,0.1,0.2")] = "0,0.1",
     combos: Annotated[str, typer.Option(
-        help="method:strategy pairs (methods elo, bt, trueskill, pl; strategies random, ucb, "
-             "infogain)")] = "elo:random,bt:random,trueskill:ucb,pl:infogain",
+        help="method:strategy pairs (methods elo, bt, trueskill, trueskill_static, pl; "
+             "strategies random, ucb, infogain)")
+    ] = "elo:random,bt:random,trueskill:ucb,pl:infogain",
     seeds: Annotated[str, typer.Option(help="Seeds (the median over them is reported)")
                      ] = "0,1,2",
     max_votes: Annotated[int | None, typer.Option(help="Give up after this many votes.")
                          ] = None,
     target_tau: Annotated[float, typer.Option(help="Kendall tau that counts as converged.")
                           ] = 0.9,
+    hold: Annotated[float | None, typer.Option(
+        help="Stricter rule: the ranking must stay at the target until the votes grow by this "
+             "factor (e.g. 2); default: three checks in a row.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for table.json and convergence.png")
                    ] = Path("arena-simulation"),
     as_json: JsonOpt = False,
 ) -> None:
     """Votes to convergence (Kendall tau >= target vs hidden true strengths) for rating
     methods x matchmaking strategies x K x label noise; writes a table and a PNG plot."""
-    from ..rank.simulate import convergence_table, plot_convergence
+    from ..rank.simulate import METHODS, convergence_table, plot_convergence
 
     pairs = []
     for combo in _csv(combos, str):
         method, sep, strategy = combo.partition(":")
-        if not sep or method not in ("elo", "bt", "trueskill", "pl") or strategy not in \
+        if not sep or method not in METHODS or strategy not in \
                 STRATEGIES:
             raise bad_input(f"bad combo {combo!r}: expected METHOD:STRATEGY", as_json)
         pairs.append((method, strategy))
     table = convergence_table(
         n_items_list=_csv(models, int), ks=_csv(k, int), noises=_csv(noise, float),
-        combos=pairs, seeds=_csv(seeds, int), max_votes=max_votes, target_tau=target_tau)
+        combos=pairs, seeds=_csv(seeds, int), max_votes=max_votes, target_tau=target_tau,
+        hold=hold)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(__import__("json").dumps(table, indent=1, default=float))
     png = plot_convergence(table, out / "convergence.png")
