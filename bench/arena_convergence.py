@@ -165,6 +165,10 @@ def main() -> None:
         # configuration, the peer in some run of every configuration)
         "agree": all(c["prefkit"] is not None for c in hold["configs"])
         and all(r["converged"] > 0 for r in table if (r["method"], r["strategy"]) == PEER),
+        "agree_three_checks": all(
+            c["prefkit"] is not None for c in three["configs"])
+        and all(any(v is not None for v in r["votes_three_checks_per_seed"]) for r in table
+                if (r["method"], r["strategy"]) == PEER),
         "goal": {"ratio_min": 1.5, "met": ratio is not None and ratio >= 1.5},
         "table": table,
         "png": str(png),
