@@ -122,6 +122,13 @@ def test_elo_pl_and_bayes_on_battles(battles):
     bayes = _rank(battles["jsonl"], "--method", "bayes", "--bootstrap", "0")
     top = bayes["leaderboard"][0]
     assert top["rating"] == pytest.approx(top["mu"] - 3 * top["sigma"], abs=2e-3)
+    # without dynamics the skills stop drifting: the same votes leave every sigma smaller
+    static = _rank(battles["jsonl"], "--method", "bayes", "--skill-tau", "0")
+    assert static["settings"]["tau"] == 0.0 and bayes["settings"]["tau"] > 0
+    sigma = {r["model"]: r["sigma"] for r in bayes["leaderboard"]}
+    assert all(r["sigma"] < sigma[r["model"]] for r in static["leaderboard"])
+    ratings = _ratings(static)
+    assert spearmanr([ratings[m] for m in MODELS], strength).statistic >= 0.95
 
 
 def test_kwise_rankings_with_models(tmp_path):

@@ -47,6 +47,9 @@ def rank(
         help="MODEL=RATING: shift ratings so MODEL has RATING (default: mean 1000).")] = None,
     min_votes: Annotated[int, typer.Option(help="Flag models with fewer votes.")] = 20,
     k_factor: Annotated[float, typer.Option("--k", help="Online Elo K factor.")] = 4.0,
+    skill_tau: Annotated[float | None, typer.Option(
+        help="bayes: TrueSkill dynamics, the skill drift added before every update (default "
+             "25/300, TrueSkill's and K-Sort's); 0 for a fixed pool of models.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (bootstrap, orderings).")] = 0,
     plot: Annotated[Path | None, typer.Option(help="Write the leaderboard figure (PNG).")
                     ] = None,
@@ -67,7 +70,8 @@ def rank(
     elif method == "elo":
         result = _rank_elo(votes, k_factor, bootstrap, seed, anchor_pair, plot)
     else:
-        result = _rank_kwise(votes, method, alpha, bootstrap, seed, anchor_pair, plot)
+        result = _rank_kwise(votes, method, alpha, bootstrap, seed, anchor_pair, plot,
+                             skill_tau)
     if as_json:
         print_json(result)
         return
@@ -182,15 +186,18 @@ def _rank_elo(votes, k_factor, permutations, seed, anchor, plot) -> dict[str, An
     return result
 
 
-def _rank_kwise(votes, method, alpha, bootstrap, seed, anchor, plot) -> dict[str, Any]:
+def _rank_kwise(votes, method, alpha, bootstrap, seed, anchor, plot,
+                skill_tau=None) -> dict[str, Any]:
     from ..data.battles import load_kwise_votes
 
     data = load_kwise_votes(votes)
     n = len(data.models)
     if n < 2:
         raise ValueError(f"{votes}: votes between at least 2 models are needed")
-    ranker = _rank_pl if method == "pl" else _rank_bayes
-    result = ranker(data, alpha, bootstrap, seed, anchor)
+    if method == "pl":
+        result = _rank_pl(data, alpha, bootstrap, seed, anchor)
+    else:
+        result = _rank_bayes(data, skill_tau)
     result.update(votes=len(data.rankings), models=n)
     if plot:
         from ..report.figures import plot_leaderboard
@@ -253,21 +260,25 @@ def _rank_pl(data, alpha, bootstrap, seed, anchor) -> dict[str, Any]:
             "problems": problems}
 
 
-def _rank_bayes(data, *_unused) -> dict[str, Any]:
-    from ..rank.skill import conservative_score, initial_state, rate_many
+def _rank_bayes(data, skill_tau: float | None) -> dict[str, Any]:
+    from ..rank.skill import TAU, conservative_score, initial_state, rate_many
 
+    tau = TAU if skill_tau is None else float(skill_tau)
+    if not tau >= 0:
+        raise ValueError(f"--skill-tau must be >= 0, got {skill_tau}")
     n = len(data.models)
     matches = []
     for tiers in data.rankings:
         items = [i for tier in tiers for i in tier]
         ranks = [r for r, tier in enumerate(tiers) for _ in tier]
         matches.append((items, ranks))
-    state = rate_many(initial_state(n), matches)
+    state = rate_many(initial_state(n), matches, tau=tau)
     score = conservative_score(state)
     rows = [{"rank": r + 1, "model": data.models[i], "rating": round(float(score[i]), 3),
              "mu": round(float(state.mu[i]), 3), "sigma": round(float(state.sigma[i]), 3)}
             for r, i in enumerate(np.argsort(-score))]
-    return {"method": "bayes", "settings": {"score": "mu - 3 sigma", "order": "file order"},
+    return {"method": "bayes", "settings": {"score": "mu - 3 sigma", "order": "file order",
+                                            "tau": tau},
             "leaderboard": rows, "problems": []}
 
 
