@@ -398,13 +398,13 @@ def simulate(
 ) -> None:
     """Votes to convergence (Kendall tau >= target vs hidden true strengths) for rating
     methods x matchmaking strategies x K x label noise; writes a table and a PNG plot."""
-    from ..rank.simulate import METHODS, convergence_table, plot_convergence
+    from ..rank.simulate import METHODS as SIMULATED_RATERS
+    from ..rank.simulate import convergence_table, plot_convergence
 
     pairs = []
     for combo in _csv(combos, str):
         method, sep, strategy = combo.partition(":")
-        if not sep or method not in METHODS or strategy not in \
-                STRATEGIES:
+        if not sep or method not in SIMULATED_RATERS or strategy not in STRATEGIES:
             raise bad_input(f"bad combo {combo!r}: expected METHOD:STRATEGY", as_json)
         pairs.append((method, strategy))
     table = convergence_table(

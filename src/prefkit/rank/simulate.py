@@ -441,7 +441,6 @@ def simulate_convergence(
     taus: list[float] = []
     streak = 0
     three_checks: int | None = None
-    held: int | None = None  # the first check of the current run of checks at the target
     votes: int | None = None
     for v in range(1, max_votes + 1):
         if callable(strategy):
@@ -468,14 +467,13 @@ def simulate_convergence(
             checks.append(v)
             taus.append(tau)
             streak = streak + 1 if tau >= target_tau else 0
-            held = (held or v) if tau >= target_tau else None
             if streak >= 3 and three_checks is None:
                 three_checks = checks[-3]
             if votes is None:
                 if hold is None:
                     votes = three_checks
-                elif held is not None and streak >= 3 and v >= hold * held:
-                    votes = held
+                elif streak >= 3 and v >= hold * checks[-streak]:
+                    votes = checks[-streak]  # the first check of the run at the target
                 if votes is not None and stop_at_target:
                     break
     return {
