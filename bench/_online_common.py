@@ -60,3 +60,14 @@ def rss_mb() -> float:
 
 def emit(**fields) -> None:
     print(json.dumps({**fields, "peak_rss_mb": peak_rss_mb()}))
+
+
+def emit_run(*, t0: float, stamps: list[float], gen: GenerateTimer, rewards: RewardLog,
+             threads: int, **fields) -> None:
+    """The JSON line of a finished run: ``fields`` plus the step times from the optimizer-step
+    ``stamps`` (taken after ``t0``), what ``generate`` produced and the rewards."""
+    emit(**fields,
+         first_step_seconds=stamps[0] - t0 if stamps else None,
+         step_seconds=[b - a for a, b in zip(stamps, stamps[1:], strict=False)],
+         generate_seconds=gen.seconds, generate_new_tokens=gen.new_tokens,
+         generate_rows=gen.rows, generate_eos=gen.eos, rewards=rewards.calls, threads=threads)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _online_common import GenerateTimer, RewardLog, emit, rss_mb, setup_threads  # noqa: E402
+from _online_common import GenerateTimer, RewardLog, emit_run, rss_mb, setup_threads  # noqa: E402
 from _online_setup import low_share, read_prompts  # noqa: E402
 
 
@@ -109,14 +109,10 @@ def main() -> None:
                                  tokenizer=tokenizer, callbacks=[Clock()])
     train_seconds = time.perf_counter() - t0
     losses = [h["loss"] for h in result.fit.history if "loss" in h]
-    emit(side="prefkit", algo=s["algo"], init_seconds=init_seconds, train_seconds=train_seconds,
-         rss_before_training_mb=rss_before_training,
-         first_step_seconds=stamps[0] - t0 if stamps else None,
-         step_seconds=[b - a for a, b in zip(stamps, stamps[1:], strict=False)],
-         rollout_seconds=rollout_seconds, generate_seconds=gen.seconds,
-         generate_new_tokens=gen.new_tokens, generate_rows=gen.rows, generate_eos=gen.eos,
-         rewards=rewards.calls, losses=losses, first=first,
-         threads=torch.get_num_threads())
+    emit_run(side="prefkit", algo=s["algo"], init_seconds=init_seconds,
+             train_seconds=train_seconds, rss_before_training_mb=rss_before_training,
+             rollout_seconds=rollout_seconds, losses=losses, first=first, t0=t0,
+             stamps=stamps, gen=gen, rewards=rewards, threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _online_common import GenerateTimer, RewardLog, emit, rss_mb, setup_threads  # noqa: E402
+from _online_common import GenerateTimer, RewardLog, emit_run, rss_mb, setup_threads  # noqa: E402
 from _online_setup import low_share, read_prompts  # noqa: E402
 
 
@@ -116,15 +116,11 @@ def main() -> None:
     trainer.train()
     train_seconds = time.perf_counter() - t0
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    emit(side="trl", algo=s["algo"], init_seconds=init_seconds, train_seconds=train_seconds,
-         rss_before_training_mb=rss_before_training,
-         first_step_seconds=stamps[0] - t0 if stamps else None,
-         step_seconds=[b - a for a, b in zip(stamps, stamps[1:], strict=False)],
-         rollout_seconds=rollout_seconds, generate_seconds=gen.seconds,
-         generate_new_tokens=gen.new_tokens, generate_rows=gen.rows, generate_eos=gen.eos,
-         rewards=rewards.calls, losses=[h["loss"] for h in logs], first=first,
-         trl_step_time=[h.get("step_time") for h in logs],
-         threads=torch.get_num_threads())
+    emit_run(side="trl", algo=s["algo"], init_seconds=init_seconds,
+             train_seconds=train_seconds, rss_before_training_mb=rss_before_training,
+             rollout_seconds=rollout_seconds, losses=[h["loss"] for h in logs], first=first,
+             trl_step_time=[h.get("step_time") for h in logs], t0=t0, stamps=stamps,
+             gen=gen, rewards=rewards, threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":
