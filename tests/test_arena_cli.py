@@ -215,5 +215,8 @@ def test_simulate_writes_table_and_plot(tmp_path):
     assert all(v is None or v >= t for v, t in zip(row["votes_per_seed"],
                                                    row["votes_three_checks_per_seed"],
                                                    strict=True))
+    text = _invoke("simulate", "--models", 8, "--k", 2, "--noise", "0", "--combos",
+                   "trueskill:ucb", "--seeds", "0,1", "--hold", 2, "--out", out)
+    assert text.exit_code == 0 and "three checks" in text.stdout and "held x2" in text.stdout
     bad_hold = _invoke("simulate", "--models", 8, "--hold", "0.5", "--json")
     assert bad_hold.exit_code == 2 and "hold must be > 1" in json.loads(bad_hold.stdout)["error"]

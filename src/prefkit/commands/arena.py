@@ -420,9 +420,16 @@ def simulate(
         return
     from rich.table import Table
 
-    view = Table("models", "K", "noise", "method", "strategy", "votes to target")
+    columns = ["models", "K", "noise", "method", "strategy", "votes to target"]
+    if hold is not None:
+        columns[-1] = f"votes to target, held x{hold:g}"
+        columns.append("three checks in a row")
+    view = Table(*columns)
     for row in table:
-        view.add_row(str(row.get("n_items")), str(row.get("k")), str(row.get("noise")),
-                     row.get("method", ""), row.get("strategy", ""), str(row.get("votes")))
+        cells = [str(row.get("n_items")), str(row.get("k")), str(row.get("noise")),
+                 row.get("method", ""), row.get("strategy", ""), str(row.get("votes"))]
+        if hold is not None:
+            cells.append(str(row.get("votes_three_checks")))
+        view.add_row(*cells)
     stdout.print(view)
     stdout.print(f"plot: {png}")
