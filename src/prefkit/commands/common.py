@@ -89,14 +89,22 @@ def finish_training(out: dict[str, Any], save_model: str | None, save: Callable[
                     as_json: bool) -> bool:
     """The end of a training command: ``save(save_model)`` on the main process only (under data
     parallelism every process holds the same weights), the JSON object on the main process with
-    ``--json``. Returns True when the caller should print its human-readable summary."""
+    ``--json``. Returns True when the caller should print its human-readable summary.
+
+    With several processes, all wait for the save and then close the process group: a process
+    that exits with the group still open can abort in the collective backend's shutdown
+    ("terminate called without an active exception", seen with gloo under torchrun)."""
     from accelerate import PartialState
 
-    main = PartialState().is_main_process
+    state = PartialState()
+    main = state.is_main_process
     if save_model:
         if main:
             save(save_model)
         out["saved_model"] = save_model
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        state.destroy_process_group()
     if not main:
         return False
     if as_json:
