@@ -49,12 +49,22 @@ class BTResult:
     (``[n+1, n+1]`` with Davidson's ``log nu`` last)."""
 
     def covariance(self) -> np.ndarray:
-        """Laplace covariance of the centred parameters (pseudo-inverse of the information)."""
-        n = len(self.params)
-        info = self.hessian[:n, :n] if self.hessian is not None else None
-        if info is None:
+        """Laplace covariance of the centred parameters ``P theta`` (``P = I - 1 1^T / n``):
+        ``P [I^-1]_theta P`` with ``I`` the information of the log-posterior (the prior
+        ``alpha`` included; Davidson's ``log nu`` marginalized out, not held fixed).
+
+        The all-ones direction is an eigenvector of ``I`` (the likelihood depends on rating
+        differences only, so ``I 1 = alpha 1``), so adding ``1 1^T / n`` to the rating block
+        makes ``I`` invertible without a prior and leaves every centred direction unchanged;
+        ``P`` then drops the all-ones direction. Without a prior this is the pseudo-inverse
+        of the information; with one, the covariance of the centred parameters under it."""
+        if self.hessian is None:
             raise ValueError("no Hessian stored")
-        return np.linalg.pinv(info + np.ones((n, n)) / n) - np.ones((n, n)) / n
+        n = len(self.params)
+        info = self.hessian.copy()
+        info[:n, :n] += 1.0 / n
+        centre = np.eye(n) - 1.0 / n
+        return centre @ np.linalg.inv(info)[:n, :n] @ centre
 
 
 def _half_terms(theta: np.ndarray, c: PairCounts):
