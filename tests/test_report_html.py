@@ -484,6 +484,22 @@ def _chromium() -> str | None:
     return path if Path(path).exists() else None
 
 
+# [page width, methods table width - the width of its box]: > 0 = it overflows
+FITS = ("[document.documentElement.scrollWidth, document.querySelector('#methods').scrollWidth"
+        " - document.querySelector('#methods').parentElement.clientWidth]")
+# elements reaching past the window that no horizontally scrolling box holds
+SPILLS = """() => {
+  const out = [];
+  for (const e of document.querySelectorAll('main *')) {
+    if (e.getBoundingClientRect().right <= window.innerWidth + 1) continue;
+    let box = e.parentElement;
+    while (box && getComputedStyle(box).overflowX !== 'auto') box = box.parentElement;
+    if (!box) out.push(e.tagName.toLowerCase() + (e.id ? '#' + e.id : ''));
+  }
+  return out;
+}"""
+
+
 def test_report_in_headless_chromium(tmp_path):
     try:
         from playwright.sync_api import sync_playwright
@@ -518,10 +534,21 @@ def test_report_in_headless_chromium(tmp_path):
             captions = page.eval_on_selector_all(
                 "figure", "fs => fs.map(f => f.querySelector('figcaption')?.innerText ?? '')")
             # the page fits the window: no horizontal scrolling, the methods table included
-            overflow = page.evaluate(
-                "[document.documentElement.scrollWidth, document.querySelector('#methods')"
-                ".scrollWidth - document.querySelector('#methods').parentElement.clientWidth]")
+            overflow = page.evaluate(FITS)
             page.screenshot(path=str(shot), full_page=True)
+            # ... in a wider font too (a fresh machine has only DejaVu, `.ci/run`; monospace is
+            # wider than any sans), so the result does not hang on this machine's fonts
+            page.add_style_tag(content="body, table { font-family: monospace !important; }")
+            overflow_mono = page.evaluate(FITS)
+            # a phone-sized window: the page itself never scrolls sideways; what cannot fit
+            # (the wide tables) scrolls inside its own box
+            narrow = browser.new_page(viewport={"width": 480, "height": 900})
+            narrow.goto(page_file.as_uri(), wait_until="load")
+            narrow_width, spills = narrow.evaluate("document.documentElement.scrollWidth"), \
+                narrow.evaluate(SPILLS)
+            methods_box = narrow.evaluate(
+                "getComputedStyle(document.querySelector('#methods').parentElement).overflowX")
+            narrow.screenshot(path=str(tmp_path / "narrow.png"), full_page=True)
         finally:
             browser.close()
     assert errors == []
@@ -529,7 +556,10 @@ def test_report_in_headless_chromium(tmp_path):
     assert len(widths) == len(ALL_FIGURES) and all(w > 0 for w in widths)
     assert len(captions) == len(ALL_FIGURES) and all(len(c) > 60 for c in captions)
     assert board == [m + ("anchor" if m == "sft" else "") for m, *_ in LEADERBOARD]
-    assert overflow[0] <= 1200 and overflow[1] <= 0
+    assert overflow[0] <= 1200 and overflow[1] <= 0, overflow
+    assert overflow_mono[0] <= 1200 and overflow_mono[1] <= 0, overflow_mono
+    assert narrow_width == 480 and spills == [] and methods_box == "auto"
+    assert check_png((tmp_path / "narrow.png").read_bytes())[0] == 480
     assert n_rows == len(result["methods"])
     assert "sft" in sft_text and "reference" in sft_text and "0.580" in sft_text
     assert first_cells[2].startswith(EVIL)  # the escaped name shows as text

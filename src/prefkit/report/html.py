@@ -17,6 +17,10 @@ rules); annotator agreement (``result["annotators"]``); the over-optimization cu
 (``result["overoptimization"]["curve"]``); per-method training curves
 (``result["training_curves"]``); and any other top-level entries.
 
+Layout: the page fits a 1200-px window with only the fonts a fresh machine has (DejaVu; the
+methods table puts each interval under its value and wraps long method names); in a narrower
+window the page itself never scrolls sideways, the wide tables scroll inside their own box.
+
 :func:`write_lab_report` also writes ``<stem>_files/`` beside the HTML: every figure as a PNG
 (named by its figure id) and ``result.json`` (the whole result, every number).
 """
@@ -106,9 +110,9 @@ h3 { font-size: 15px; margin: 18px 0 6px; color: var(--muted); }
 .headline { margin: 14px 0 0; padding: 10px 14px; background: var(--head);
             border-left: 4px solid var(--accent); border-radius: 3px; }
 .headline span { display: block; }
-nav.toc { margin: 12px 0 0; font-size: 13px; color: var(--muted); }
-nav.toc a { color: var(--accent); text-decoration: none; margin-right: 12px;
-            white-space: nowrap; }
+nav.toc { display: flex; flex-wrap: wrap; gap: 2px 14px; margin: 12px 0 0; font-size: 13px;
+          color: var(--muted); }
+nav.toc a { color: var(--accent); text-decoration: none; white-space: nowrap; }
 code { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace;
        font-size: 13px; background: var(--ref); padding: 1px 4px; border-radius: 3px; }
 table { border-collapse: collapse; margin: 6px 0 10px; font-size: 14px; }
@@ -124,19 +128,20 @@ table.kv th { text-align: left; font-weight: 500; color: var(--muted); backgroun
               white-space: nowrap; }
 table.kv td { font-variant-numeric: tabular-nums; padding-right: 26px; }
 table.kv td.wrap { word-break: break-all; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table.wide { width: 100%; }
 table.wide th, table.wide td { padding: 5px 8px; }
 table.wide tbody tr:hover { background: #f7fafd; }
 table.wide tr.reference { background: var(--ref); color: var(--muted); }
-table.wide td.method { font-weight: 600; white-space: nowrap; }
+table.wide td.method { font-weight: 600; overflow-wrap: anywhere; min-width: 8.5em; }
 #leaderboard { width: auto; min-width: 640px; }
-#methods { font-size: 13.5px; }
+#methods { font-size: 13.5px; min-width: 860px; }
 #methods thead th { white-space: normal; vertical-align: bottom; }
 #methods thead th.group { vertical-align: middle; }
+#methods .ci, #methods .se { display: block; }
 .badge { display: inline-block; margin-left: 6px; padding: 0 6px; border-radius: 9px;
          font-size: 11px; font-weight: 500; color: #fff; background: #8a949e;
-         vertical-align: 1px; }
+         vertical-align: 1px; white-space: nowrap; }
 .best { font-weight: 700; color: var(--accent); }
 .warn { color: #a4481b; }
 .cards { display: flex; flex-wrap: wrap; gap: 14px 40px; }
@@ -250,7 +255,8 @@ def _kv_table(items: Iterable[tuple[Any, ...]], per_row: int = 1, table_id: str 
             wrap = ' class="wrap"' if isinstance(value, str) and len(value) > 40 else ""
             cells.append(f"<th{title}>{_e(key)}</th><td{wrap}>{_fmt(value)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="kv"{ident}>\n' + "\n".join(rows) + "\n</table>"
+    return (f'<div class="scroll"><table class="kv"{ident}>\n' + "\n".join(rows)
+            + "\n</table></div>")
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -635,8 +641,8 @@ def _curve_table(curve: Sequence[Mapping[str, Any]]) -> str:
             cols.setdefault(str(key), None)
     head = "".join(f'<th class="num">{_e(k)}</th>' for k in cols)
     body = "\n".join("<tr>" + "".join(_cell(p.get(k)) for k in cols) + "</tr>" for p in curve)
-    return (f'<table id="overopt-curve">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n'
-            "</tbody>\n</table>")
+    return (f'<div class="scroll"><table id="overopt-curve">\n<thead><tr>{head}</tr></thead>\n'
+            f"<tbody>\n{body}\n</tbody>\n</table></div>")
 
 
 def _flat_items(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
