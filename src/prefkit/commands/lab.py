@@ -35,24 +35,9 @@ def run(
     """SFT policy -> samples -> simulated annotators -> reward model -> direct alignment and
     best-of-N -> gold-judged evaluation (win rate vs SFT with CIs, LC win rate, KL, length),
     then a self-contained HTML report (its path is the JSON output's "report")."""
-    import yaml
+    from ..lab.pipeline import run_lab
 
-    from ..lab.pipeline import QUICK, LabConfig, run_lab
-    from ..train.config import ConfigError, config_from_dict, parse_overrides
-
-    data: dict = dict(QUICK) if quick else {}
-    try:
-        if config:
-            loaded = yaml.safe_load(open(config, encoding="utf-8")) or {}
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{config}: expected a mapping of LabConfig fields")
-            data.update(loaded)
-        data.update(parse_overrides(set_ or []))
-        if workdir:
-            data["workdir"] = workdir
-        cfg = config_from_dict(LabConfig, data, source=config or "overrides")
-    except ConfigError as exc:
-        raise bad_input(str(exc), as_json) from None
+    cfg = _lab_config(config, quick, workdir, set_ or [], as_json)
     if report and no_report:
         raise bad_input("--report and --no-report exclude each other", as_json)
     result = run_lab(cfg)
@@ -66,6 +51,60 @@ def run(
         stdout.print(leaderboard_table(result["leaderboard"]))
     if result.get("report"):
         stdout.print(f"report: {result['report']}", markup=False)
+
+
+def _lab_config(path: str | None, quick: bool, workdir: str | None, set_: list[str],
+                as_json: bool):
+    """The run's :class:`~prefkit.lab.config.LabConfig`: the quick defaults (``--quick``), then
+    the YAML file, then ``--workdir`` and the ``--set`` overrides. Every setting is checked here,
+    before any work; an error names the file (line and column for YAML syntax) or ``--set``."""
+    from ..lab.config import QUICK, LabConfig
+    from ..train.config import ConfigError, config_from_dict, parse_overrides
+
+    data: dict[str, Any] = dict(QUICK) if quick else {}
+    try:
+        if path:
+            data.update(read_yaml_mapping(path, "LabConfig settings"))
+            config_from_dict(LabConfig, data, source=path)  # the file's own errors name it
+        data.update(parse_overrides(set_))
+        if workdir:
+            data["workdir"] = workdir
+        return config_from_dict(LabConfig, data, source="--set" if set_ else "--workdir")
+    except ConfigError as exc:
+        raise bad_input(str(exc), as_json) from None
+
+
+def read_yaml_mapping(path: str, what: str) -> dict[str, Any]:
+    """The top-level mapping of the YAML file ``path`` (empty file: ``{}``); a file that cannot
+    be read, invalid YAML (with its line and column) or another top-level value is a
+    :class:`~prefkit.train.config.ConfigError` naming the file."""
+    import yaml
+
+    from ..train.config import ConfigError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {exc.problem or exc.context}"
+                          ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of {what} at the top level, got a "
+                          f"{type(loaded).__name__}")
+    return loaded
 
 
 def methods_table(result: dict[str, Any], title: str | None = None):

@@ -51,73 +51,16 @@ import contextlib
 import io
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["LabConfig", "QUICK", "run_lab"]
+from .config import ONLINE_METHODS, QUICK, LabConfig
 
-
-@dataclass
-class LabConfig:
-    """One lab run (module docstring)."""
-
-    task: str = "sort"
-    workdir: str = "lab-runs"
-    cache_dir: str | None = None  # SFT models and reference log-probs; default workdir/cache
-    n_prompts: int = 256
-    k: int = 4
-    n_eval: int = 256
-    feedback: str = "pairs"  # "pairs" (the pool compares 2 samples) or "ratings" (see below)
-    rating_min_gap: float = 0.1  # ratings -> pairs: the smallest score gap that makes a pair
-    temperature: float = 1.0
-    pool_size: int = 6
-    pool_scale: float = 0.3
-    training_flips: bool = False
-    methods: list[str] = field(default_factory=lambda: ["dpo", "rpo", "ipo", "simpo", "kto",
-                                                        "lipo", "raft", "grpo", "ppo", "rloo"])
-    best_of_n: int = 8
-    steps: int = 120
-    batch_size: int = 16
-    learning_rate: float = 1e-5  # direct losses (larger rates over-optimize: see QUICK)
-    rm_learning_rate: float = 1e-4
-    raft_learning_rate: float = 1e-4
-    beta: float = 0.1
-    rm_steps: int = 150
-    overopt_length_bias: float = 1.0  # 0 turns the over-optimization stage off
-    overopt_ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
-    rl_iterations: int = 12  # online methods (ppo, grpo, ...): rollout/update iterations
-    rl_prompts_per_iteration: int = 32
-    rl_generations: int = 4
-    rl_learning_rate: float = 1e-4
-    kl_coef: float = 0.05
-    curve_every: int = 20  # offline methods: gold / proxy / KL on curve_prompts every N steps
-    curve_prompts: int = 64
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        from ..train.config import ConfigError
-
-        if self.feedback not in ("pairs", "ratings"):
-            raise ConfigError(f"invalid LabConfig.feedback={self.feedback!r}: choose pairs or "
-                              "ratings")
-        if not self.methods:
-            raise ConfigError("LabConfig.methods is empty: name at least one method")
-
-
-QUICK = dict(n_prompts=128, n_eval=128,
-             methods=["dpo", "rpo", "kto", "lipo", "raft", "grpo", "ppo"], steps=120,
-             rm_steps=80, best_of_n=8, rl_iterations=10)
-"""Overrides for a run of well under two minutes (the tests' config).
-
-Finding on the sort task: the direct losses need a small learning rate. At 1e-5 (120 steps)
-DPO, RPO, IPO and SimPO all beat SFT (DPO: gold 0.58 -> 0.66, win rate 0.59, KL 0.26); at 1e-4
-plain DPO and SimPO over-optimize -- answers three times longer, gold below zero, KL 20-37 --
-probably because pushing down the rejected answers (filler words, then EOS) also pushes down the
-EOS that ends the chosen ones, while DPO + NLL on the chosen answers (``rpo``) still improves."""
+__all__ = ["ONLINE_METHODS", "QUICK", "LabConfig", "run_lab"]
 
 
 def _write(path: Path, rows: list[dict]) -> str:
@@ -169,10 +112,6 @@ def _evaluate(texts: list[str], prompts: list[str], task, sft_texts: list[str], 
     else:
         out["kl_to_sft"] = None
     return out
-
-
-ONLINE_METHODS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo",
-                  "online_ipo", "online_raft")
 
 
 def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: list[str],
