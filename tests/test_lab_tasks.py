@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 import torch
 
+from prefkit.lab import base_model
 from prefkit.lab.base_model import BaseModelSettings, build_base_model, evaluate_policy
 from prefkit.lab.tasks import (
     TASKS,
@@ -147,21 +147,55 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_base_model_cache_hit_and_miss(tmp_path):
+def test_base_model_cache_hit_and_miss(tmp_path, monkeypatch):
     task = SortTask(max_len=4)
     model, tok, info = build_base_model(task, tmp_path, **TINY)
     assert not info["cached"] and info["final_nll"] is not None
-    t0 = time.perf_counter()
+    trained: list[int] = []
+    monkeypatch.setattr(base_model, "_train", lambda *a, **k: trained.append(1) or {})
     again, tok2, info2 = build_base_model(task, tmp_path, settings=BaseModelSettings(**TINY))
-    assert time.perf_counter() - t0 < 2.0
+    assert trained == []  # a cache hit trains nothing
     assert info2["cached"] and info2["path"] == info["path"]
     assert _same_weights(model, again)
     assert tok2.get_vocab() == tok.get_vocab()
     # a changed SFT setting, task setting or seed trains a new model in a new folder
     _, _, other = build_base_model(task, tmp_path, **{**TINY, "seed": 1})
     _, _, other_task = build_base_model(SortTask(max_len=5), tmp_path, **TINY)
-    assert not other["cached"] and not other_task["cached"]
+    assert not other["cached"] and not other_task["cached"] and trained == [1, 1]
     assert len({info["path"], other["path"], other_task["path"]}) == 3
+
+
+def test_base_model_key_follows_the_code(tmp_path, monkeypatch):
+    """A model cached by other code is never reused: the key covers the prefkit version and the
+    source of every prefkit module the builder imports (not of the modules it does not)."""
+    import shutil
+
+    import prefkit
+    from prefkit.lab import code_key
+
+    task, settings = SortTask(max_len=4), BaseModelSettings(**TINY)
+    key = base_model._cache_key(task, settings)
+    assert base_model._cache_key(task, settings) == key
+    assert {"prefkit.train.loop", "prefkit.models.logprobs", "prefkit.models.prune",
+            "prefkit.lab.tasks", "prefkit.losses.sft"} <= set(
+                code_key.imported_modules("prefkit.lab.base_model"))
+    with monkeypatch.context() as m:
+        m.setattr(prefkit, "__version__", "99.0")
+        assert base_model._cache_key(task, settings) != key
+    # a copy of the package to edit: a numerics change in the training loop changes the key
+    copy = tmp_path / "prefkit"
+    shutil.copytree(code_key._ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(code_key, "_ROOT", copy)
+    assert base_model._cache_key(task, settings) == key  # same sources, same key
+    (copy / "rank" / "bt.py").write_text("# not imported by the builder\n")
+    assert base_model._cache_key(task, settings) == key
+    _, _, before = build_base_model(task, tmp_path / "cache", settings=settings)
+    loop = copy / "train" / "loop.py"
+    loop.write_text(loop.read_text() + "\n# a numerics change\n")
+    assert base_model._cache_key(task, settings) != key
+    _, _, after = build_base_model(task, tmp_path / "cache", settings=settings)
+    assert not after["cached"] and after["path"] != before["path"]
+    assert after["code"]["source"] != before["code"]["source"]
 
 
 @pytest.mark.slow

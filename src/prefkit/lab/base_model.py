@@ -7,9 +7,11 @@ completion-only NLL of :func:`~prefkit.models.logprobs.sequence_logps` over prom
 
 The result is saved with ``save_pretrained`` (model + tokenizer + ``info.json`` +
 ``metrics.jsonl``) under ``folder/<task>-<hash>``, where the hash covers the task name and
-settings, the model sizes, the SFT settings, the seed and :data:`CACHE_VERSION`; a second call
-with the same settings loads from disk without training. (Editing a task's CODE does not
-change the hash: bump :data:`CACHE_VERSION` or use a new folder.)
+settings, the model sizes, the SFT settings, the seed, :data:`CACHE_VERSION` and the code
+(:func:`code_key`: the prefkit, torch and transformers versions and a hash of the source of
+this module and of every prefkit module it imports -- the task, tokenizer, model, packing,
+log-prob, loss and training-loop code); a second call with the same settings and code loads
+from disk without training, and a model cached by other code is never reused.
 
 Wall time on the 2-core lab CPU (shared with other jobs), sort task with 3-5 numbers, hidden
 128, 2 layers, intermediate 512 (0.53M parameters), 300 steps of 32 examples (the defaults):
@@ -44,9 +46,11 @@ from ..train.config import LoopConfig
 from ..train.loop import StepOutput, build_dataloader, fit
 from .tasks import Task, mean_gold_reward
 
-__all__ = ["CACHE_VERSION", "BaseModelSettings", "build_base_model", "evaluate_policy"]
+__all__ = ["CACHE_VERSION", "BaseModelSettings", "build_base_model", "code_key",
+           "evaluate_policy"]
 
-#: Part of the cache key; bump it when the training recipe or a task's code changes.
+#: Part of the cache key (with :func:`code_key`, which follows the code by itself); bump it
+#: when what a cached model means changes in a way the code hash cannot see.
 CACHE_VERSION = 2  # 2: the lab tokenizer adds BOS itself
 
 
@@ -71,9 +75,23 @@ class BaseModelSettings:
     seed: int = 0
 
 
+def code_key() -> dict[str, str]:
+    """What the cache key knows of the code that builds the model: the prefkit, torch and
+    transformers versions and :func:`~prefkit.lab.code_key.code_hash` of this module (its
+    source and that of every prefkit module it imports, directly or not)."""
+    import transformers
+
+    from .. import __version__
+    from .code_key import code_hash
+
+    return {"prefkit": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "source": code_hash(__name__)}
+
+
 def _cache_key(task: Task, settings: BaseModelSettings) -> str:
     payload = {
         "version": CACHE_VERSION,
+        "code": code_key(),
         "task": task.name,
         "task_config": task.config(),
         "settings": asdict(settings),
@@ -178,6 +196,7 @@ def build_base_model(
             "task": task.name,
             "task_config": task.config(),
             "settings": asdict(settings),
+            "code": code_key(),
             "n_params": sum(p.numel() for p in model.parameters()),
             "train_seconds": time.perf_counter() - t0,
             **stats,

@@ -271,16 +271,17 @@ def _overoptimization(config: LabConfig, task, sft, tokenizer, sft_path: str, it
                for k, v in summary.items()}}
 
 
-def _stage_key(config: LabConfig, task) -> str:
+def _stage_key(config: LabConfig, task, base_key: str) -> str:
     """Content key of a run's stages: every setting except where files go and which methods
-    run (each method's result is cached under the key by its name)."""
+    run (each method's result is cached under the key by its name), the SFT base model's key
+    ``base_key`` (which follows its code), the prefkit version and :data:`STAGE_VERSION`."""
     import hashlib
 
-    from .base_model import CACHE_VERSION
+    from .. import __version__
 
     data = {k: v for k, v in asdict(config).items() if k not in ("workdir", "cache_dir",
                                                                  "methods")}
-    data |= {"task_settings": task.config(), "cache_version": CACHE_VERSION,
+    data |= {"task_settings": task.config(), "base_model": base_key, "prefkit": __version__,
              "stage_version": STAGE_VERSION}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -450,12 +451,12 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
     work.mkdir(parents=True, exist_ok=True)
     cache = Path(config.cache_dir) if config.cache_dir else work / "cache"
     task = get_task(config.task)
-    stage = work / "stages" / _stage_key(config, task)
-    (stage / "methods").mkdir(parents=True, exist_ok=True)
     quiet = contextlib.redirect_stderr(io.StringIO())
     with quiet:
         sft, tokenizer, info = build_base_model(task, cache / "base", seed=config.seed)
     sft_path = info["path"]
+    stage = work / "stages" / _stage_key(config, task, info["key"])
+    (stage / "methods").mkdir(parents=True, exist_ok=True)
     rng = random.Random(config.seed)
     train_prompts = [task.sample_prompt(rng) for _ in range(config.n_prompts)]
     eval_prompts = [task.sample_prompt(rng) for _ in range(config.n_eval)]
