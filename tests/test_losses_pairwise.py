@@ -170,7 +170,9 @@ def test_fdpo_reverse_kl_is_dpo():
 BIG = 1e5  # log-ratio gap; beta * BIG = 1e4
 _LSE = math.log1p(-math.exp(-1.0))  # log(1 - e^-1)
 
-# name -> (loss when chosen is far better, loss when chosen is far worse); None = only finite
+# name -> (loss when chosen is far better, loss when chosen is far worse); inf = the exact
+# loss overflows every dtype (f-DPO forward KL / alpha: beta * e^(a * 1e5)), see
+# test_losses_exact.py
 LIMITS = {
     "dpo": (0.0, 1e4),
     "cdpo": (0.1 * 1e4, 0.9 * 1e4),
@@ -188,8 +190,8 @@ LIMITS = {
     "orpo": (1.0, BIG + 1.0 + 0.1 * (BIG + 1.0 + (-1.0 - _LSE))),
     "fdpo:reverse_kl": (0.0, 1e4),
     "fdpo:js": (0.0, 1e4 - 0.1 * math.log(2)),
-    "fdpo:forward_kl": (0.0, None),
-    "fdpo:alpha": (0.0, None),
+    "fdpo:forward_kl": (0.0, math.inf),
+    "fdpo:alpha": (0.0, math.inf),
 }
 
 
@@ -201,7 +203,7 @@ def _big_inputs(sign: float, dtype=torch.float32):
 
 @pytest.mark.parametrize("key", sorted(LIMITS))
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_huge_margins_are_finite_with_correct_limit(key, sign):
+def test_huge_margins_have_the_exact_limit(key, sign):
     hp = dict(EXPECTED[key][0])
     hp.pop("label_smoothing", None)
     hp.pop("alpha", None)
@@ -211,14 +213,15 @@ def test_huge_margins_are_finite_with_correct_limit(key, sign):
     inp = _big_inputs(sign)
     loss, _ = losses.call_loss(_loss_name(key), inp, **hp)
     loss.sum().backward()
-    assert torch.isfinite(loss).all()
+    want = LIMITS[key][0 if sign > 0 else 1]
+    if math.isinf(want):
+        assert loss.item() == math.inf
+        assert inp["chosen_logps"].grad.item() == -math.inf  # pushed up, never NaN
+        assert torch.isfinite(inp["rejected_logps"].grad).all()
+        return
     assert torch.isfinite(inp["chosen_logps"].grad).all()
     assert torch.isfinite(inp["rejected_logps"].grad).all()
-    want = LIMITS[key][0 if sign > 0 else 1]
-    if want is None:
-        assert loss.item() > 1e4
-    else:
-        assert loss.item() == pytest.approx(want, rel=1e-5, abs=1e-4)
+    assert loss.item() == pytest.approx(want, rel=1e-5, abs=1e-4)
 
 
 # ---------------------------------------------------------------- gradients

@@ -7,6 +7,8 @@ the completion tokens under the policy), ``ref_chosen_logps``, ``ref_rejected_lo
 
 Notation: log-ratio ``rho = logp - ref_logp``; implicit reward ``r = beta * rho``;
 ``h`` = the logit the loss acts on (for DPO ``h = r_w - r_l``); ``sig`` = logistic.
+Nothing is clamped: ``-log sig`` is ``F.logsigmoid`` (exact; ``F.softplus`` returns x itself
+above 20), and the exponential / odds forms are in log space (:mod:`.stable`).
 All losses return ``(loss [B], metrics)`` with detached ``[B]`` metrics named as in TRL:
 ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``
 (1.0 when ``r_w > r_l``), ``logps/chosen``, ``logps/rejected``.
@@ -22,9 +24,7 @@ from torch import Tensor
 
 from .registry import LossOutput, register
 from .sft import nll, per_token
-
-# exp() arguments are clamped here so f-divergence rewards stay finite in float32.
-_EXP_CLAMP = 50.0
+from .stable import log_odds, log_sigmoid_log_odds_ratio, neg_logsigmoid_exp_diff
 
 
 def _pair_metrics(
@@ -56,14 +56,6 @@ def _ref_metrics(
 def _check_eps(eps: float, upper: float, name: str) -> None:
     if not 0.0 <= eps < upper:
         raise ValueError(f"{name} must be in [0, {upper}), got {eps}")
-
-
-def log1mexp(x: Tensor) -> Tensor:
-    """Stable ``log(1 - exp(x))`` for ``x < 0`` (Maechler 2012); x is clamped to <= -1e-6."""
-    x = x.clamp(max=-1e-6)
-    near = torch.log(-torch.expm1(x.clamp(min=-math.log(2.0))))
-    far = torch.log1p(-torch.exp(x.clamp(max=-math.log(2.0))))
-    return torch.where(x > -math.log(2.0), near, far)
 
 
 # --------------------------------------------------------------------------- DPO family
@@ -114,7 +106,7 @@ def cdpo(
     cw, cl = chosen_logps - ref_chosen_logps, rejected_logps - ref_rejected_logps
     h = beta * (cw - cl)
     eps = label_smoothing
-    loss = (1.0 - eps) * F.softplus(-h) + eps * F.softplus(h)
+    loss = -(1.0 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)
     return loss, _ref_metrics(beta, cw, cl, chosen_logps, rejected_logps)
 
 
@@ -142,7 +134,7 @@ def rdpo(
     cw, cl = chosen_logps - ref_chosen_logps, rejected_logps - ref_rejected_logps
     h = beta * (cw - cl)
     eps = label_smoothing
-    loss = ((1.0 - eps) * F.softplus(-h) - eps * F.softplus(h)) / (1.0 - 2.0 * eps)
+    loss = (eps * F.logsigmoid(-h) - (1.0 - eps) * F.logsigmoid(h)) / (1.0 - 2.0 * eps)
     return loss, _ref_metrics(beta, cw, cl, chosen_logps, rejected_logps)
 
 
@@ -220,21 +212,19 @@ def rpo(
     return loss, _ref_metrics(beta, cw, cl, chosen_logps, rejected_logps, nll_loss=nll_w)
 
 
-def _f_prime_gap(cw: Tensor, cl: Tensor, divergence: str, f_alpha: float) -> Tensor:
-    """f'(pi/ref)(y_w) - f'(pi/ref)(y_l), additive constants dropped, on log-ratios cw, cl."""
+def _fdpo_loss(cw: Tensor, cl: Tensor, beta: float, divergence: str, f_alpha: float) -> Tensor:
+    """-log sig(beta * (f'(u_w) - f'(u_l))) on log-ratios cw, cl, additive constants dropped."""
     if divergence == "reverse_kl":  # f(u) = u log u, f'(u) = log u + 1
-        return cw - cl
-    if divergence == "forward_kl":  # f(u) = -log u, f'(u) = -1/u
-        return torch.exp((-cl).clamp(max=_EXP_CLAMP)) - torch.exp((-cw).clamp(max=_EXP_CLAMP))
+        return -F.logsigmoid(beta * (cw - cl))
     if divergence == "js":  # f'(u) = log(2u / (1 + u)) = log 2 + log sig(log u)
-        return F.logsigmoid(cw) - F.logsigmoid(cl)
-    if divergence == "alpha":  # f'(u) = (1 - u^-a) / a
-        a = f_alpha
-        if not 0.0 < a < 1.0:
-            raise ValueError(f"f_alpha must be in (0, 1), got {a}")
-        el = torch.exp((-a * cl).clamp(max=_EXP_CLAMP))
-        ew = torch.exp((-a * cw).clamp(max=_EXP_CLAMP))
-        return (el - ew) / a
+        return -F.logsigmoid(beta * (F.logsigmoid(cw) - F.logsigmoid(cl)))
+    if divergence in ("forward_kl", "alpha"):
+        # f'(u) = (1 - u^-a) / a (forward KL: a = 1, f'(u) = -1/u + 1), so
+        # h = beta / a * (exp(-a cl) - exp(-a cw)), exact in log space for any log-ratios
+        if divergence == "alpha" and not 0.0 < f_alpha < 1.0:
+            raise ValueError(f"f_alpha must be in (0, 1), got {f_alpha}")
+        a = 1.0 if divergence == "forward_kl" else f_alpha
+        return neg_logsigmoid_exp_diff(-a * cl, -a * cw, beta / a)
     raise ValueError(
         f"unknown divergence {divergence!r}; choose reverse_kl, forward_kl, js or alpha"
     )
@@ -260,13 +250,15 @@ def fdpo(
       forward_kl: f'(u) = -1/u
       js:         f'(u) = log(2u / (1 + u))
       alpha:      f'(u) = (1 - u^(-a)) / a,   a = f_alpha in (0, 1)
-    exp() arguments are clamped at 50 so huge log-ratios stay finite.
+    forward_kl and alpha are computed in log space with no clamp (see
+    :func:`prefkit.losses.stable.neg_logsigmoid_exp_diff`): exact for any log-ratios; a
+    loss too large for the dtype is +inf, as the true value is (e.g. e^1000).
 
     Args: four summed log-prob tensors [B]; beta; divergence; f_alpha.
     Metrics ``rewards/*`` report beta * log(pi/ref) (f' is increasing, so accuracies match).
     """
     cw, cl = chosen_logps - ref_chosen_logps, rejected_logps - ref_rejected_logps
-    loss = -F.logsigmoid(beta * _f_prime_gap(cw, cl, divergence, f_alpha))
+    loss = _fdpo_loss(cw, cl, beta, divergence, f_alpha)
     return loss, _ref_metrics(beta, cw, cl, chosen_logps, rejected_logps)
 
 
@@ -395,7 +387,7 @@ def nca_pair(
     """
     cw, cl = chosen_logps - ref_chosen_logps, rejected_logps - ref_rejected_logps
     rw, rl = beta * cw, beta * cl
-    loss = F.softplus(-rw) + 0.5 * F.softplus(rw) + 0.5 * F.softplus(rl)
+    loss = -F.logsigmoid(rw) - 0.5 * F.logsigmoid(-rw) - 0.5 * F.logsigmoid(-rl)
     return loss, _pair_metrics(rw, rl, chosen_logps, rejected_logps)
 
 
@@ -468,16 +460,20 @@ def orpo(
     Reference Model", arXiv 2403.07691.
     Formula: m = logp / |y| (per-token mean); log odds(m) = m - log(1 - exp(m));
     loss = -m_w - beta * log sig(log odds(m_w) - log odds(m_l)). beta is the paper's
-    lambda (default 0.1); log(1 - exp(m)) is computed stably (log1mexp).
+    lambda (default 0.1). The odds-ratio term is exact in log space up to m = 0 with no
+    clamp (:func:`prefkit.losses.stable.log_sigmoid_log_odds_ratio`): p_w = 1 gives 0,
+    p_l = 1 gives +inf, both = 1 the limit along p_w = p_l (log 2).
 
     Args: chosen/rejected summed log-probs and lengths [B]; beta (= lambda).
     Extra metrics: ``nll_loss``, ``log_odds_ratio``, ``log_odds_chosen``.
     """
     mw = per_token(chosen_logps, chosen_lengths)
     ml = per_token(rejected_logps, rejected_lengths)
-    log_odds = (mw - log1mexp(mw)) - (ml - log1mexp(ml))
-    ratio = F.logsigmoid(log_odds)
+    ratio = log_sigmoid_log_odds_ratio(mw, ml)
     loss = -mw - beta * ratio
+    with torch.no_grad():  # metric only; 0 where both odds are infinite (p_w = p_l = 1)
+        diff = log_odds(mw) - log_odds(ml)
+        log_odds_diff = torch.where(diff.isnan(), torch.zeros_like(diff), diff)
     metrics = _pair_metrics(
         beta * mw,
         beta * ml,
@@ -485,6 +481,6 @@ def orpo(
         rejected_logps,
         nll_loss=-mw,
         log_odds_ratio=ratio,
-        log_odds_chosen=log_odds,
+        log_odds_chosen=log_odds_diff,
     )
     return loss, metrics
