@@ -22,9 +22,10 @@ model could achieve, so tests and benchmarks can assert on the numbers that matt
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any
+
+from scipy.special import expit
 
 from .wordworld import gold_reward, word_pools
 
@@ -35,7 +36,8 @@ CYCLE = {"paper": "rock", "scissors": "paper", "rock": "scissors"}
 
 
 def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
+    """The logistic function for any x (scipy's expit: no overflow at x = -1000)."""
+    return float(expit(x))
 
 
 def _prompt(rng: random.Random, words: dict[str, list[str]], n: int = 3) -> str:
