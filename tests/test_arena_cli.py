@@ -85,12 +85,18 @@ def test_parquet_input_streams_to_the_same_counts(battles):
 
 
 def test_style_control_finds_the_length_effect(battles):
-    board = _rank(battles["jsonl"], "--style-control", "--bootstrap", "5")
+    # FastChat's convention: a light penalty on the summed likelihood finds the effect (0.8)
+    board = _rank(battles["jsonl"], "--style-control", "--style-convention", "fastchat",
+                  "--bootstrap", "5")
     sc = board["style_control"]
-    assert sc["features"] == ["sum_assistant_tokens"]
+    assert sc["features"] == ["sum_assistant_tokens"] and sc["convention"] == "fastchat"
     assert 0.6 < sc["coefficients"]["sum_assistant_tokens"] < 1.0
     controlled = {r["model"]: r["rating"] for r in sc["leaderboard"]}
     assert spearmanr([controlled[m] for m in MODELS], battles["strength"]).statistic == 1.0
+    # arena-rank's (the default): penalty 1.0 per vote shrinks the coefficient several-fold
+    default = _rank(battles["jsonl"], "--style-control", "--bootstrap", "0")["style_control"]
+    assert default["convention"] == "arena-rank"
+    assert 0 < default["coefficients"]["sum_assistant_tokens"] < 0.2
 
 
 def test_davidson_ties_and_anchor(battles):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,8 @@ from .common import JsonOpt, bad_input, cli_errors, print_json, stdout
 app = typer.Typer(help="Arena leaderboards from pairwise or K-wise votes.", no_args_is_help=True)
 
 METHODS = ("bt", "elo", "pl", "bayes")
+CI_METHODS = ("bootstrap", "sandwich")
+STYLE_CONVENTIONS = ("arena-rank", "fastchat")
 
 
 def _check_exists(path: str) -> None:
@@ -25,9 +28,72 @@ def _parse_anchor(anchor: str | None) -> tuple[str, float] | None:
         return None
     name, sep, value = anchor.rpartition("=")
     try:
+        if not sep or not name:
+            raise ValueError
         return name, float(value)
     except ValueError:
         raise ValueError(f"--anchor must be MODEL=RATING, got {anchor!r}") from None
+
+
+def _anchor_index(anchor: tuple[str, float] | None, models: list[str], votes: str
+                  ) -> tuple[int, float] | None:
+    """``(index, rating)`` of the anchor model; an unknown name is bad input, listing the
+    models there are."""
+    if anchor is None:
+        return None
+    if anchor[0] not in models:
+        raise ValueError(f"--anchor {anchor[0]}: no such model in {votes}; the models are: "
+                         f"{', '.join(sorted(models))}")
+    return models.index(anchor[0]), anchor[1]
+
+
+def _writable_target(path: Path, option: str) -> None:
+    """Bad input (naming ``option`` and the path) unless a file can be written at ``path``."""
+    from ..data.io import check_output_path
+
+    try:
+        check_output_path(path)
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None
+
+
+def _png_path(text: str | None, default_name: str, option: str) -> Path | None:
+    """Where a figure goes: the path itself when it ends ``.png``; ``path/default_name`` when
+    it is a folder (an existing one, or one written with a trailing slash). Checked before any
+    work is done."""
+    if text is None:
+        return None
+    path = Path(text)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        path = path / default_name
+    elif path.suffix.lower() != ".png":
+        raise ValueError(f"{option} {path}: expected a file path ending .png (or a folder, "
+                         f"which gets {default_name})")
+    _writable_target(path, option)
+    return path
+
+
+def _plot_board(path: Path, models: list[str], rating: np.ndarray, low: np.ndarray | None,
+                high: np.ndarray | None, title: str) -> str:
+    """The leaderboard figure; whiskers always reach the point (a percentile interval from few
+    bootstrap rounds need not contain the estimate)."""
+    from ..report.figures import plot_leaderboard
+
+    if low is not None and high is not None:
+        low, high = np.minimum(low, rating), np.maximum(high, rating)
+    return _write_figure(plot_leaderboard, path, "--plot", models, rating, low, high,
+                         title=title)
+
+
+def _write_figure(plot_fn, path: Path, option: str, *args, **kwargs) -> str:
+    """``plot_fn(*args, path, **kwargs)`` into ``path`` (folders created); an OS error is bad
+    input naming the path."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return plot_fn(*args, path, **kwargs)
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot write the figure ({exc.strerror or exc})"
+                         ) from None
 
 
 @app.command()
@@ -39,9 +105,22 @@ def rank(
     ties: Annotated[str, typer.Option(help="BT ties: half (FastChat) or davidson")] = "half",
     bootstrap: Annotated[int, typer.Option(
         help="Bootstrap rounds for 95% intervals (elo: random orderings).")] = 100,
+    ci: Annotated[str, typer.Option(
+        help="bt: 95% intervals by bootstrap (--bootstrap rounds) or sandwich (robust "
+             "standard errors, arena-rank's default; no resampling).")] = "bootstrap",
     style_control: Annotated[bool, typer.Option(
-        "--style-control", help="BT with style covariates (length, markdown counts, ...)")
+        "--style-control", help="bt: also ratings with style covariates regressed out "
+                                "(response length, markdown headers, lists, bold).")
     ] = False,
+    style_convention: Annotated[str, typer.Option(
+        help="Style control as arena-rank (LMArena today: mean likelihood, penalty 1.0 on the "
+             "style coefficients only, votes weighted by inverse pair frequency) or fastchat "
+             "(compute_style_control: summed likelihood, 0.5 on log10-unit ratings and "
+             "coefficients).")] = "arena-rank",
+    style_features: Annotated[str | None, typer.Option(
+        help="Comma-separated style features (conv_metadata names without the side marker, "
+             "or length, headers, lists, bold); default: Chatbot Arena's four, those present."
+    )] = None,
     alpha: Annotated[float, typer.Option(help="L2 prior strength (0 = plain MLE).")] = 0.0,
     anchor: Annotated[str | None, typer.Option(
         help="MODEL=RATING: shift ratings so MODEL has RATING (default: mean 1000).")] = None,
@@ -51,10 +130,12 @@ def rank(
         help="bayes: TrueSkill dynamics, the skill drift added before every update (default "
              "25/300, TrueSkill's and K-Sort's); 0 for a fixed pool of models.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (bootstrap, orderings).")] = 0,
-    plot: Annotated[Path | None, typer.Option(help="Write the leaderboard figure (PNG).")
-                    ] = None,
-    winrate_plot: Annotated[Path | None, typer.Option(
-        help="Write observed vs predicted win-rate matrices (PNG).")] = None,
+    plot: Annotated[str | None, typer.Option(
+        help="Write the leaderboard figure: FILE.png, or a folder (gets leaderboard.png).")
+    ] = None,
+    winrate_plot: Annotated[str | None, typer.Option(
+        help="bt: observed vs predicted win-rate matrices: FILE.png, or a folder (gets "
+             "winrates.png).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rate models from votes; intervals, CI-aware ranks and every data problem reported."""
@@ -63,9 +144,36 @@ def rank(
         raise bad_input(f"--method must be one of {', '.join(METHODS)}, got {method!r}", as_json)
     if ties not in ("half", "davidson"):
         raise bad_input(f"--ties must be half or davidson, got {ties!r}", as_json)
+    if ci not in CI_METHODS:
+        raise bad_input(f"--ci must be one of {', '.join(CI_METHODS)}, got {ci!r}", as_json)
+    if style_convention not in STYLE_CONVENTIONS:
+        raise bad_input(f"--style-convention must be one of {', '.join(STYLE_CONVENTIONS)}, "
+                        f"got {style_convention!r}", as_json)
+    if bootstrap < 0:
+        raise bad_input(f"--bootstrap must be >= 0, got {bootstrap}", as_json)
+    bt_only = [name for name, used in (("--style-control", style_control),
+                                       ("--winrate-plot", winrate_plot is not None),
+                                       ("--ci sandwich", ci == "sandwich"),
+                                       ("--style-features", style_features is not None))
+               if used]
+    if method != "bt" and bt_only:
+        raise bad_input(f"{', '.join(bt_only)}: only with --method bt", as_json)
+    if method == "bayes" and anchor is not None:
+        raise bad_input("--anchor: --method bayes reports mu - 3 sigma on TrueSkill's own "
+                        "scale; it cannot be anchored", as_json)
+    if ci == "sandwich" and ties != "half":
+        raise bad_input("--ci sandwich is implemented for --ties half (the model arena-rank "
+                        "and FastChat fit)", as_json)
+    features = None if style_features is None else _csv(style_features, str)
+    if features == []:
+        raise bad_input("--style-features: no feature named", as_json)
+    plot = _png_path(plot, "leaderboard.png", "--plot")
+    winrate_plot = _png_path(winrate_plot, "winrates.png", "--winrate-plot")
     anchor_pair = _parse_anchor(anchor)
     if method == "bt":
-        result = _rank_bt(votes, ties, bootstrap, style_control, alpha, anchor_pair, min_votes,
+        style = (dict(convention=style_convention, features=features) if style_control
+                 else None)
+        result = _rank_bt(votes, ties, bootstrap, ci, style, alpha, anchor_pair, min_votes,
                           seed, plot, winrate_plot)
     elif method == "elo":
         result = _rank_elo(votes, k_factor, bootstrap, seed, anchor_pair, plot)
@@ -78,7 +186,7 @@ def rank(
     _print_board(result)
 
 
-def _rank_bt(votes, ties, bootstrap, style_control, alpha, anchor, min_votes, seed, plot,
+def _rank_bt(votes, ties, bootstrap, ci, style, alpha, anchor, min_votes, seed, plot,
              winrate_plot) -> dict[str, Any]:
     from ..data.battles import aggregate_battle_file
     from ..rank import bt_leaderboard, win_rate_matrices
@@ -86,71 +194,35 @@ def _rank_bt(votes, ties, bootstrap, style_control, alpha, anchor, min_votes, se
     counts, models, extra = aggregate_battle_file(votes)
     if counts.n_items < 2:
         raise ValueError(f"{votes}: votes between at least 2 models are needed")
+    anchor_at = _anchor_index(anchor, models, votes)
     board = bt_leaderboard(counts, models, ties=ties, alpha=alpha, bootstrap=bootstrap,
-                           seed=seed, anchor=anchor, min_votes=min_votes)
+                           seed=seed, anchor=anchor, min_votes=min_votes, ci=ci)
     result = {"votes": int(round(counts.n_votes)), "models": len(models), **extra,
               **board.to_dict()}
     observed, predicted = win_rate_matrices(counts, board.params, board.tie_param)
     result["win_rates"] = {"models": models, "observed": _matrix(observed),
                            "predicted": _matrix(predicted)}
-    if style_control:
-        result["style_control"] = _style(votes, models, board, bootstrap, alpha, seed, anchor)
-    if plot:
-        from ..report.figures import plot_leaderboard
+    if style is not None:
+        from .arena_style import style_board
 
-        result["plot"] = plot_leaderboard(models, board.rating, board.ci_low, board.ci_high,
-                                          plot, title=f"Bradley-Terry ({ties} ties)")
+        result["style_control"] = style_board(votes, models, board.rating, ci=ci,
+                                              bootstrap=bootstrap, seed=seed, anchor=anchor_at,
+                                              **style)
+    if plot:
+        result["plot"] = _plot_board(plot, models, board.rating, board.ci_low, board.ci_high,
+                                     f"Bradley-Terry ({ties} ties)")
     if winrate_plot:
         from ..report.figures import plot_win_rates
 
         order = list(board.order())
-        result["winrate_plot"] = plot_win_rates(
-            [models[i] for i in order], observed[np.ix_(order, order)],
-            predicted[np.ix_(order, order)], winrate_plot)
+        result["winrate_plot"] = _write_figure(
+            plot_win_rates, winrate_plot, "--winrate-plot", [models[i] for i in order],
+            observed[np.ix_(order, order)], predicted[np.ix_(order, order)])
     return result
 
 
 def _matrix(m: np.ndarray) -> list[list[float | None]]:
     return [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in m]
-
-
-def _style(votes, models, board, bootstrap, alpha, seed, anchor) -> dict[str, Any]:
-    from ..data.battles import load_battle_arrays
-    from ..rank import bootstrap_bt_style, fit_bt_style, style_covariates, to_elo
-
-    arrays = load_battle_arrays(votes, with_style=True)
-    if arrays.models != models:  # same file, same order of first appearance
-        raise RuntimeError("model order differs between passes")
-    usable = ~(np.isnan(arrays.style_a).any(axis=1) | np.isnan(arrays.style_b).any(axis=1))
-    x, _, _ = style_covariates(arrays.style_a[usable], arrays.style_b[usable])
-    a, b, o = arrays.a[usable], arrays.b[usable], arrays.outcome[usable]
-    y = np.where(o == 0, 1.0, np.where(o == 1, 0.0, 0.5))
-    style_alpha = alpha if alpha > 0 else 0.5
-    fit = fit_bt_style(len(models), a, b, y, x, alpha=style_alpha)
-    anchor_at = ((models.index(anchor[0]), anchor[1])
-                 if anchor and anchor[0] in models else None)
-    rating = to_elo(fit.params, anchor=anchor_at)
-    out: dict[str, Any] = {
-        "features": arrays.style_names, "votes_used": int(usable.sum()),
-        "alpha": style_alpha,
-        "coefficients": {n: round(float(c), 4) for n, c in zip(arrays.style_names,
-                                                                fit.style_coef, strict=True)},
-    }
-    low = high = None
-    if bootstrap:
-        samples = bootstrap_bt_style(len(models), a, b, y, x, rounds=bootstrap,
-                                     alpha=style_alpha, seed=seed, initial=fit)
-        elo = np.array([to_elo(s, anchor=anchor_at) for s in samples])
-        low, high = np.percentile(elo, [2.5, 97.5], axis=0)
-    rows = []
-    for i in np.argsort(-rating):
-        row = {"model": models[i], "rating": round(float(rating[i]), 2),
-               "rating_without_control": round(float(board.rating[i]), 2)}
-        if low is not None:
-            row.update(ci_low=round(float(low[i]), 2), ci_high=round(float(high[i]), 2))
-        rows.append(row)
-    out["leaderboard"] = rows
-    return out
 
 
 def _rank_elo(votes, k_factor, permutations, seed, anchor, plot) -> dict[str, Any]:
@@ -161,8 +233,9 @@ def _rank_elo(votes, k_factor, permutations, seed, anchor, plot) -> dict[str, An
     n = len(arrays.models)
     score = np.where(arrays.outcome == 0, 1.0, np.where(arrays.outcome == 1, 0.0, 0.5))
     ratings = online_elo(n, arrays.a, arrays.b, score, k=k_factor)
-    if anchor and anchor[0] in arrays.models:
-        ratings = ratings + anchor[1] - ratings[arrays.models.index(anchor[0])]
+    anchor_at = _anchor_index(anchor, arrays.models, votes)
+    if anchor_at is not None:
+        ratings = ratings + anchor_at[1] - ratings[anchor_at[0]]
     rows = [{"rank": r + 1, "model": arrays.models[i], "rating": round(float(ratings[i]), 2)}
             for r, i in enumerate(np.argsort(-ratings))]
     result: dict[str, Any] = {"method": "elo", "votes": len(arrays.a), "models": n,
@@ -179,10 +252,8 @@ def _rank_elo(votes, k_factor, permutations, seed, anchor, plot) -> dict[str, An
             "max_spread": round(float(np.max(sens["spread"])), 2),
         }
     if plot:
-        from ..report.figures import plot_leaderboard
-
-        result["plot"] = plot_leaderboard(arrays.models, ratings, None, None, plot,
-                                          title=f"Online Elo (K={k_factor})")
+        result["plot"] = _plot_board(plot, arrays.models, ratings, None, None,
+                                     f"Online Elo (K={k_factor})")
     return result
 
 
@@ -195,13 +266,12 @@ def _rank_kwise(votes, method, alpha, bootstrap, seed, anchor, plot,
     if n < 2:
         raise ValueError(f"{votes}: votes between at least 2 models are needed")
     if method == "pl":
-        result = _rank_pl(data, alpha, bootstrap, seed, anchor)
+        result = _rank_pl(data, alpha, bootstrap, seed, _anchor_index(anchor, data.models,
+                                                                       votes))
     else:
         result = _rank_bayes(data, skill_tau)
     result.update(votes=len(data.rankings), models=n)
     if plot:
-        from ..report.figures import plot_leaderboard
-
         rating = np.array([0.0] * n)
         low = high = None
         for row in result["leaderboard"]:
@@ -213,11 +283,11 @@ def _rank_kwise(votes, method, alpha, bootstrap, seed, anchor, plot,
                 i = data.models.index(row["model"])
                 low[i], high[i] = row["ci_low"], row["ci_high"]
         title = "Plackett-Luce" if method == "pl" else "Bayesian skill (mu - 3 sigma)"
-        result["plot"] = plot_leaderboard(data.models, rating, low, high, plot, title=title)
+        result["plot"] = _plot_board(plot, data.models, rating, low, high, title)
     return result
 
 
-def _rank_pl(data, alpha, bootstrap, seed, anchor) -> dict[str, Any]:
+def _rank_pl(data, alpha, bootstrap, seed, anchor_at) -> dict[str, Any]:
     from ..rank import ci_ranks, to_elo
     from ..rank.plackett_luce import fit_plackett_luce
 
@@ -231,8 +301,6 @@ def _rank_pl(data, alpha, bootstrap, seed, anchor) -> dict[str, Any]:
                          "infinite (a model never lost or never won); a Gaussian prior "
                          f"alpha={fit_alpha} keeps it finite"})
         fit = fit_plackett_luce(n, data.rankings, alpha=fit_alpha)
-    anchor_at = (data.models.index(anchor[0]), anchor[1]) if anchor and anchor[0] in \
-        data.models else None
     rating = to_elo(fit.params, anchor=anchor_at)
     low = high = None
     if bootstrap:
@@ -299,11 +367,19 @@ def _print_board(result: dict[str, Any]) -> None:
         stdout.print(f"[yellow]problem[/yellow] {problem['problem']}: {problem['message']}")
     if "style_control" in result:
         sc = result["style_control"]
-        stdout.print(f"style control ({', '.join(sc['features'])}): coefficients "
+        stdout.print(f"style control ({sc['convention']} convention; "
+                     f"{', '.join(sc['features'])}; {sc['votes_used']} votes): coefficients "
                      f"{sc['coefficients']}")
         for row in sc["leaderboard"]:
-            stdout.print(f"  {row['model']:<30} {row['rating']:>8} (without control "
+            interval = (f" [{row['ci_low']}, {row['ci_high']}]" if "ci_low" in row else "")
+            stdout.print(f"  {row['model']:<30} {row['rating']:>8}{interval} (without control "
                          f"{row['rating_without_control']})")
+        for problem in sc["problems"]:
+            stdout.print(f"[yellow]problem[/yellow] style control {problem['problem']}: "
+                         f"{problem['message']}")
+    for key in ("plot", "winrate_plot"):
+        if key in result:
+            stdout.print(f"{key.replace('_', ' ')}: {result[key]}")
     if "order_sensitivity" in result:
         stdout.print(f"order sensitivity over {result['order_sensitivity']['permutations']} "
                      f"orderings: max spread {result['order_sensitivity']['max_spread']} points")
@@ -407,14 +483,20 @@ def simulate(
         if not sep or method not in SIMULATED_RATERS or strategy not in STRATEGIES:
             raise bad_input(f"bad combo {combo!r}: expected METHOD:STRATEGY", as_json)
         pairs.append((method, strategy))
+    table_path, png = out / "table.json", out / "convergence.png"
+    for path in (table_path, png):  # before the simulations, not after
+        _writable_target(path, "--out")
     table = convergence_table(
         n_items_list=_csv(models, int), ks=_csv(k, int), noises=_csv(noise, float),
         combos=pairs, seeds=_csv(seeds, int), max_votes=max_votes, target_tau=target_tau,
         hold=hold)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.json").write_text(__import__("json").dumps(table, indent=1, default=float))
-    png = plot_convergence(table, out / "convergence.png")
-    result = {"table": table, "plot": str(png), "table_path": str(out / "table.json")}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        table_path.write_text(__import__("json").dumps(table, indent=1, default=float))
+    except OSError as exc:
+        raise ValueError(f"--out {table_path}: cannot write ({exc.strerror or exc})") from None
+    _write_figure(plot_convergence, png, "--out", table)
+    result = {"table": table, "plot": str(png), "table_path": str(table_path)}
     if as_json:
         print_json(result)
         return

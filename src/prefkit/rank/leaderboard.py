@@ -1,5 +1,6 @@
-"""Leaderboards from pairwise votes: Bradley-Terry ratings on the Elo scale, bootstrap
-intervals, CI-aware ranks, and every problem of the data reported, never hidden:
+"""Leaderboards from pairwise votes: Bradley-Terry ratings on the Elo scale, bootstrap or
+sandwich (robust, :mod:`~prefkit.rank.sandwich`) intervals, CI-aware ranks, and every problem of
+the data reported, never hidden:
 
 - a comparison graph in several pieces: the components are listed and models are rated within
   their own component (ratings of different components are not comparable);
@@ -22,8 +23,10 @@ from scipy.sparse.csgraph import connected_components
 from .aggregate import PairCounts
 from .bootstrap import bootstrap_bt, ci_ranks, percentile_intervals
 from .bt import bt_probabilities, fit_bradley_terry, mle_exists, to_elo
+from .sandwich import bt_sandwich_covariance, normal_intervals
 
 FALLBACK_ALPHA = 0.01
+CI_METHODS = ("bootstrap", "sandwich")
 
 
 @dataclass
@@ -101,11 +104,24 @@ def bt_leaderboard(
     min_votes: int = 20,
     scale: float = 400.0,
     init: float = 1000.0,
+    ci: str = "bootstrap",
 ) -> Leaderboard:
-    """Bradley-Terry leaderboard with bootstrap intervals and problem reports (see module)."""
+    """Bradley-Terry leaderboard with 95% intervals and problem reports (see module).
+    ``ci="bootstrap"``: percentiles of ``bootstrap`` resamples (0: no intervals);
+    ``ci="sandwich"``: rating -+ 1.96 robust standard errors (half ties only). With an
+    ``anchor`` the intervals are those of the difference to the anchor model."""
     n = counts.n_items
     if len(models) != n:
         raise ValueError(f"{len(models)} model names for {n} models")
+    if ci not in CI_METHODS:
+        raise ValueError(f"ci must be one of {', '.join(CI_METHODS)}, got {ci!r}")
+    if ci == "sandwich" and ties != "half":
+        raise ValueError("sandwich intervals are implemented for half ties (ties='half'), the "
+                         "model arena-rank and FastChat fit")
+    intervals = ci == "sandwich" or bootstrap > 0
+    if anchor is not None and anchor[0] not in models:
+        raise ValueError(f"anchor model {anchor[0]!r} has no votes; the models are: "
+                         f"{', '.join(sorted(models))}")
     labels = components(counts)
     votes = counts.votes_per_item()
     wins, losses = counts.wins_per_item(), counts.losses_per_item()
@@ -114,7 +130,7 @@ def bt_leaderboard(
     rating = np.full(n, init)
     params = np.zeros(n)
     low = high = None
-    if bootstrap:
+    if intervals:
         low, high = np.full(n, init), np.full(n, init)
     tie_param = None
     groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
@@ -159,7 +175,13 @@ def bt_leaderboard(
         if anchor is not None and anchor[0] in models and models.index(anchor[0]) in members:
             anchor_at = (int(np.flatnonzero(members == models.index(anchor[0]))[0]), anchor[1])
         rating[members] = to_elo(fit.params, scale=scale, init=init, anchor=anchor_at)
-        if bootstrap:
+        if ci == "sandwich":
+            lo, hi = normal_intervals(fit.params,
+                                      bt_sandwich_covariance(sub, fit.params, alpha=sub_alpha),
+                                      anchor=None if anchor_at is None else anchor_at[0])
+            low[members] = rating[members] + scale / np.log(10.0) * (lo - fit.params)
+            high[members] = rating[members] + scale / np.log(10.0) * (hi - fit.params)
+        elif bootstrap:
             boot = bootstrap_bt(sub, bootstrap, ties=ties, alpha=sub_alpha, seed=seed,
                                 initial_params=fit.params)
             elo_samples = np.array([to_elo(s, scale=scale, init=init, anchor=anchor_at)
@@ -174,7 +196,7 @@ def bt_leaderboard(
                                             "prior"})
     rank = np.ones(n, dtype=np.int64)
     for members in groups:
-        if bootstrap:
+        if intervals:
             rank[members] = ci_ranks(low[members], high[members])
         else:
             order = np.argsort(-rating[members])
@@ -186,7 +208,8 @@ def bt_leaderboard(
                                     "their ratings are uncertain"})
     return Leaderboard(models, rating, low, high, rank, labels_sorted, votes, wins, losses,
                        n_ties, params, "bt", tie_param, problems,
-                       {"ties": ties, "alpha": alpha, "bootstrap": bootstrap, "seed": seed,
+                       {"ties": ties, "alpha": alpha, "ci": ci if intervals else None,
+                        "bootstrap": bootstrap if ci == "bootstrap" else 0, "seed": seed,
                         "anchor": list(anchor) if anchor else None, "min_votes": min_votes})
 
 
