@@ -370,3 +370,107 @@ def test_load_config_errors_name_key_and_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError):
         parse_overrides(["no_equals"])
+
+
+# --- one run per output folder (never prune or resume another run's checkpoints) ----------
+
+
+def _train(tmp_path, name="run", **kw):
+    c = cfg(tmp_path, name, **kw)
+    return fit(make_model(), step_fn, DataLoader(make_data(16), batch_size=4), c)
+
+
+def test_new_run_in_a_folder_of_another_run_is_refused_and_its_checkpoints_kept(tmp_path):
+    """The old run's higher-numbered checkpoints used to count as the newest three, so the new
+    run's own checkpoints were pruned at once."""
+    from prefkit.train.run_dir import RunConflictError
+
+    _train(tmp_path, max_steps=60, save_steps=10, learning_rate=1e-2)
+    before = [p.name for p in list_checkpoints(tmp_path / "run")]
+    assert before == ["checkpoint-40", "checkpoint-50", "checkpoint-60"]
+    with pytest.raises(RunConflictError) as exc:
+        _train(tmp_path, max_steps=20, save_steps=10, learning_rate=3e-2)
+    message = str(exc.value)
+    assert str(tmp_path / "run") in message and "--overwrite" in message
+    assert "learning_rate: 0.01 there, 0.03 now" in message
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == before
+
+
+def test_same_run_started_over_without_resume_is_refused(tmp_path):
+    from prefkit.train.run_dir import RunConflictError
+
+    _train(tmp_path, max_steps=6, save_steps=3)
+    with pytest.raises(RunConflictError, match=r"checkpoint-6.*--resume-from latest"):
+        _train(tmp_path, max_steps=4, save_steps=2)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-3",
+                                                                      "checkpoint-6"]
+
+
+def test_overwrite_clears_only_prefkit_files(tmp_path):
+    _train(tmp_path, max_steps=6, save_steps=3, learning_rate=1e-2)
+    run = tmp_path / "run"
+    (run / "notes.txt").write_text("mine")
+    (run / "checkpoint-mine").mkdir()  # not a prefkit checkpoint name pattern with a number
+    res = _train(tmp_path, max_steps=2, save_steps=1, learning_rate=3e-2, overwrite=True)
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-1", "checkpoint-2"]
+    assert res.steps == 2 and [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    assert (run / "notes.txt").read_text() == "mine" and (run / "checkpoint-mine").is_dir()
+    identity = json.loads((run / "run_config.json").read_text())
+    assert identity["config_class"] == "LoopConfig"
+    assert identity["config"]["learning_rate"] == 3e-2
+
+
+def test_folder_with_user_files_only_or_a_rerun_without_checkpoints_is_fine(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "README.md").write_text("my notes")
+    first = _train(tmp_path, max_steps=3)
+    again = _train(tmp_path, max_steps=3)  # the same run again: nothing resumable to lose
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in first.history]
+    assert (run / "README.md").read_text() == "my notes"
+
+
+@pytest.mark.parametrize("changes", [
+    {"learning_rate": 3e-2},
+    {"batch_size": 2},
+    {"gradient_accumulation_steps": 2},
+    {"lr_scheduler": "linear"},
+    {"warmup_steps": 2},
+    {"seed": 1},
+    {"weight_decay": 0.1},
+])
+def test_resume_with_other_maths_is_refused_naming_each_field(tmp_path, changes):
+    """A resume that changes the maths used to be accepted (the new learning rate silently
+    ignored: the optimizer state came from the checkpoint)."""
+    from prefkit.train.run_dir import RunConflictError
+
+    _train(tmp_path, max_steps=4, save_steps=2)
+    with pytest.raises(RunConflictError) as exc:
+        _train(tmp_path, max_steps=8, save_steps=2, resume_from="latest", **changes)
+    message = str(exc.value)
+    assert "checkpoint-4" in message
+    for key, value in changes.items():
+        assert f"{key}: " in message and f"{value!r} now" in message
+
+
+def test_resume_may_change_length_logging_and_saving(tmp_path):
+    full = _train(tmp_path, "full", max_steps=8)
+    _train(tmp_path, max_steps=4, save_steps=4)
+    res = _train(tmp_path, max_steps=8, save_steps=3, logging_steps=2, progress=True,
+                 save_total_limit=None, resume_from="latest")
+    assert [h["step"] for h in res.history] == [6, 8]
+    losses = {h["step"]: h["loss"] for h in full.history}
+    assert res.history[-1]["loss"] == pytest.approx((losses[7] + losses[8]) / 2, abs=1e-12)
+
+
+def test_resume_from_an_older_checkpoint_with_newer_ones_present_is_refused(tmp_path):
+    from prefkit.train.run_dir import RunConflictError
+
+    _train(tmp_path, max_steps=6, save_steps=2, save_total_limit=None)
+    with pytest.raises(RunConflictError, match="checkpoint-6"):
+        _train(tmp_path, max_steps=6, save_steps=2,
+               resume_from=str(tmp_path / "run" / "checkpoint-2"))
+    # into a fresh folder it is fine (a branch of the run)
+    res = _train(tmp_path, "branch", max_steps=6, resume_from=str(tmp_path / "run" /
+                                                                   "checkpoint-2"))
+    assert [h["step"] for h in res.history] == [3, 4, 5, 6]

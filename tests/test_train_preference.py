@@ -76,6 +76,7 @@ def _config(world, tmp_path, **kw):
                 max_steps=10, batch_size=8, learning_rate=3e-3, lr_scheduler="constant",
                 logging_steps=1, save_steps=0, save_final=False, progress=False,
                 reference_cache=str(tmp_path / "cache"), shuffle=False, seed=0)
+    base["overwrite"] = "resume_from" not in kw  # scratch folders, reused within a test
     base.update(kw)
     return PreferenceConfig(**base)
 

@@ -3,65 +3,50 @@ stdout); exit codes: 0 success, 2 bad input, 1 internal error."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import importlib
+from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .commands.common import cli_errors, print_json
-from .commands.data import app as data_app
+
+#: Command groups: name -> the module whose ``app`` (a typer.Typer) holds its commands. A group
+#: is imported only when it runs (or for --help), so `prefkit data ...` never loads torch.
+GROUPS = {
+    "data": "prefkit.commands.data",
+    "arena": "prefkit.commands.arena",
+    "store": "prefkit.commands.store",
+    "models": "prefkit.commands.models",
+    "train": "prefkit.commands.train",
+    "rm": "prefkit.commands.rm",
+    "lab": "prefkit.commands.lab",
+}
+
+
+class _LazyGroups(TyperGroup):
+    """The top-level group: the :data:`GROUPS` sub-commands, each built from its module on
+    first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*GROUPS, *super().list_commands(ctx)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Any:
+        if cmd_name in GROUPS:
+            group = typer.main.get_group(importlib.import_module(GROUPS[cmd_name]).app)
+            group.name = cmd_name
+            return group
+        return super().get_command(ctx, cmd_name)
+
 
 app = typer.Typer(
+    cls=_LazyGroups,
     help="prefkit: learning from human feedback - collect, model, optimize, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(data_app, name="data")
-
-
-def _add_arena() -> None:
-    from .commands.arena import app as arena_app
-
-    app.add_typer(arena_app, name="arena", help="Arena leaderboards, next matches, simulations.")
-
-
-_add_arena()
-
-
-def _add_store() -> None:
-    from .commands.store import app as store_app
-
-    app.add_typer(store_app, name="store", help="The feedback store: import, export, stats.")
-
-
-_add_store()
-
-
-def _add_train() -> None:
-    from .commands.train import app as train_app
-
-    app.add_typer(train_app, name="train", help="Train policies: direct preference losses.")
-
-
-_add_train()
-
-
-def _add_rm() -> None:
-    from .commands.rm import app as rm_app
-
-    app.add_typer(rm_app, name="rm", help="Reward models: train, score, evaluate.")
-
-
-_add_rm()
-
-
-def _add_lab() -> None:
-    from .commands.lab import app as lab_app
-
-    app.add_typer(lab_app, name="lab", help="The lab: the whole loop on simulated feedback.")
-
-
-_add_lab()
 
 
 @app.command()

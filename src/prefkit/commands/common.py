@@ -1,12 +1,19 @@
-"""Shared CLI plumbing: the `--json` contract (one JSON object on stdout, logs on stderr) and
-exit codes (0 success, 2 bad input naming file/line/field, 1 internal error)."""
+"""Shared CLI plumbing: the `--json` contract (one JSON object on stdout, logs on stderr),
+exit codes (0 success, 2 bad input naming file/line/field, 1 internal error, 130 interrupted)
+and training-command flags built from the config dataclasses (:func:`config_flags`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
+import os
+import shlex
 import sys
 import traceback
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -16,7 +23,7 @@ from rich.markup import escape
 
 from ..data.errors import RecordError
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
@@ -39,7 +46,8 @@ def bad_input(message: str, as_json: bool, **extra: Any) -> typer.Exit:
 
 def cli_errors(func: Callable) -> Callable:
     """Map exceptions to the exit-code contract: RecordError / ValueError / missing files are
-    bad input (2); anything else is an internal error (1) with a traceback on stderr."""
+    bad input (2); Ctrl-C is 130 (with where a training run stopped and how to resume it);
+    anything else is an internal error (1) with a traceback on stderr."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -48,6 +56,8 @@ def cli_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
+        except KeyboardInterrupt as exc:
+            raise interrupted(exc, as_json) from None
         except RecordError as exc:
             raise bad_input(str(exc), as_json, detail=exc.to_dict()) from None
         except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
@@ -61,13 +71,138 @@ def cli_errors(func: Callable) -> Callable:
     return wrapper
 
 
+def command_line(ctx: Any, resume: bool) -> str:
+    """The command of click context ``ctx`` rebuilt from its parsed parameters (``prefkit train
+    preference --model ... [--resume-from latest]``), for a user to copy."""
+    words = ["prefkit", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "resume_from" or value is None or value == () or value is False:
+            continue
+        if param.param_type_name != "option":
+            words += [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
+        elif param.is_flag and param.secondary_opts:
+            words.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            words.append(param.opts[0])
+        elif param.multiple:
+            for item in value:
+                words += [param.opts[0], str(item)]
+        else:
+            words += [param.opts[0], str(value)]
+    if resume:
+        words += ["--resume-from", "latest"]
+    return shlex.join(words)
+
+
+def interrupted(exc: KeyboardInterrupt, as_json: bool) -> typer.Exit:
+    """Ctrl-C (exit code 130): for a training run (:class:`~prefkit.train.loop.
+    TrainingInterrupted`) where it stopped, its last checkpoint and the command that resumes
+    it (or restarts it when no checkpoint was saved yet)."""
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: the main process reports
+        return typer.Exit(EXIT_INTERRUPTED)
+    step = getattr(exc, "step", None)
+    checkpoint = getattr(exc, "checkpoint", None)
+    info: dict[str, Any] = {"ok": False, "interrupted": True}
+    if step is None:
+        message = "interrupted before training started; nothing was trained"
+    else:
+        info |= {"step": step, "total_steps": exc.total, "output_dir": exc.output_dir,
+                 "checkpoint": checkpoint}
+        ctx = getattr(exc, "context", None)
+        if checkpoint:
+            info["resume_command"] = command_line(ctx, resume=True) if ctx else None
+            message = (f"interrupted after step {step} of {exc.total}; last checkpoint: "
+                       f"{checkpoint}. Resume with:\n  {info['resume_command']}")
+        else:
+            info["restart_command"] = command_line(ctx, resume=False) if ctx else None
+            message = (f"interrupted after step {step} of {exc.total}; no checkpoint was saved "
+                       f"yet (in {exc.output_dir}), so the run starts over with:\n  "
+                       f"{info['restart_command']}")
+    stderr.print(f"[yellow]{escape(message)}[/yellow]")
+    if as_json:
+        print_json({**info, "error": message})
+    return typer.Exit(EXIT_INTERRUPTED)
+
+
+# ---------------------------------------------------------------------------------------------
+# training commands: flags from config fields
+
+
+def _flag_type(tp: Any) -> Any:
+    """The type typer parses for a config field annotated ``tp`` (Optional stripped)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _flag_type(args[0])
+    if tp not in (str, int, float, bool):
+        raise TypeError(f"config field type {tp} cannot be a flag: keep it for --set")
+    return tp
+
+
+def config_flags(cls: type, names: Sequence[str]) -> Callable[[Callable], Callable]:
+    """Give a typer command one ``--flag`` per config field in ``names`` of dataclass ``cls``,
+    defined once: the type from the field's annotation, the help text from its
+    ``metadata["help"]`` (plus the allowed choices), the shown default from its default, and
+    the default ``None`` meaning "not given" (the YAML file or the field default applies).
+    Booleans become ``--name/--no-name``. The decorated function takes the given values as a
+    keyword argument ``flags`` (``{name: value or None}``), to pass to :func:`config_from_cli`;
+    every other field stays reachable with ``--set name=value``. A Ctrl-C carries the command's
+    click context (``exc.context``) so :func:`interrupted` can print the resume command."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+
+    def option_for(name: str) -> inspect.Parameter:
+        f = fields[name]
+        tp = _flag_type(hints[name])
+        flag = "--" + name.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}"] if tp is bool else [flag]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown: Any = False if default in (None, "") else str(default)
+        help_text = f.metadata["help"]
+        opt = typer.Option(*decls, help=help_text, show_default=shown)
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=Annotated[tp | None, opt])
+
+    # typer passes the click context to a parameter annotated typer.Context: kept on a Ctrl-C
+    # so that the message can give the exact command that resumes the run
+    context = inspect.Parameter("_typer_context", inspect.Parameter.KEYWORD_ONLY,
+                                annotation=typer.Context)
+    generated = [option_for(n) for n in names]
+
+    def decorate(func: Callable) -> Callable:
+        sig = inspect.signature(func, eval_str=True)
+        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                for p in sig.parameters.values() if p.name != "flags"]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            ctx = kwargs.pop(context.name, None)
+            flags = {n: kwargs.pop(n, None) for n in names}
+            try:
+                return func(*args, flags=flags, **kwargs)
+            except KeyboardInterrupt as exc:
+                exc.context = ctx  # type: ignore[attr-defined]
+                raise
+
+        params = [context, *generated, *rest]
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
+
+
 def config_from_cli(cls: type, config_path: str | None, flags: dict[str, Any],
                     set_: list[str] | None, as_json: bool,
-                    required: tuple[str, ...] = ("model", "data")) -> Any:
+                    required: tuple[str, ...] = ("model", "data"),
+                    check_output_dir: bool = True) -> Any:
     """A training config (``cls``, a :class:`~prefkit.train.config.LoopConfig` subclass) from a
     YAML file, then the explicit flags (``None`` = not given), then ``--set key=value`` pairs;
     bad keys or values are bad input. ``model`` and ``data`` are required; ``--json`` turns the
-    progress bar off."""
+    progress bar off. With ``check_output_dir`` the output folder is checked at once (another
+    run there, a resume with other settings: :mod:`prefkit.train.run_dir`), before any model is
+    loaded; training checks it again."""
     from ..train.config import ConfigError, load_config, parse_overrides
 
     overrides = {k: v for k, v in flags.items() if v is not None}
@@ -82,7 +217,21 @@ def config_from_cli(cls: type, config_path: str | None, flags: dict[str, Any],
                         + " are required (or set them in --config)", as_json)
     if as_json:
         cfg.progress = False
+    if check_output_dir:
+        check_run_start(cfg, as_json)
     return cfg
+
+
+def check_run_start(cfg: Any, as_json: bool) -> None:
+    """Bad input (exit 2) when ``cfg`` may not start or resume in its output folder."""
+    from ..train.checkpoint import resolve_resume
+    from ..train.config import ConfigError
+    from ..train.run_dir import check_run_dir
+
+    try:
+        check_run_dir(cfg, resolve_resume(cfg.output_dir, cfg.resume_from))
+    except (ConfigError, FileNotFoundError) as exc:
+        raise bad_input(str(exc), as_json) from None
 
 
 def finish_training(out: dict[str, Any], save_model: str | None, save: Callable[[str], Any],

@@ -16,10 +16,12 @@ from typing import Annotated, Any
 
 import typer
 
+from ..train.reward import RewardConfig
 from .common import (
     JsonOpt,
     bad_input,
     cli_errors,
+    config_flags,
     config_from_cli,
     finish_training,
     print_json,
@@ -76,37 +78,27 @@ def _shape(rows: list[dict], path: str) -> str:
                      f"prompt+response fields, got {sorted(first)}")
 
 
+#: Config fields that are flags of `prefkit rm train` (every other one: --set).
+TRAIN_FLAGS = ("model", "data", "objective", "head", "lora", "output_dir", "max_steps",
+               "batch_size", "learning_rate", "eval_data", "resume_from", "overwrite")
+
+
 @app.command("train")
 @cli_errors
+@config_flags(RewardConfig, TRAIN_FLAGS)
 def train(
-    model: Annotated[str | None, typer.Option(help="Backbone checkpoint or tiny-model file.")
-                     ] = None,
-    data: Annotated[str | None, typer.Option(help="Pairs, rankings or ratings.")] = None,
-    objective: Annotated[str | None, typer.Option(
-        help="bt, bt_ties, pl_rm, regression, gpm, odin, 'bt+0.01*reward_centering'")] = None,
-    head: Annotated[str | None, typer.Option(
-        help="scalar | multi | gpm | odin | ensemble (default: from the objective)")] = None,
-    lora: Annotated[bool | None, typer.Option("--lora/--no-lora")] = None,
-    config: Annotated[str | None, typer.Option(help="YAML file with any config fields.")
-                      ] = None,
-    output_dir: Annotated[str | None, typer.Option()] = None,
-    max_steps: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    learning_rate: Annotated[float | None, typer.Option()] = None,
-    eval_data: Annotated[str | None, typer.Option()] = None,
-    resume_from: Annotated[str | None, typer.Option()] = None,
+    flags: dict[str, Any],
+    config: Annotated[str | None, typer.Option(
+        help="YAML file with any config fields (flags and --set override it).")] = None,
     save_model: Annotated[str | None, typer.Option(help="Save the reward model here.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Any config field: k=v")
-                    ] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Any other RewardConfig field: --set warmup_steps=10 (repeatable).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a reward model (prompt computed once per pair or ranking)."""
-    from ..train.reward import RewardConfig, train_reward
+    from ..train.reward import train_reward
 
-    flags = {"model": model, "data": data, "objective": objective, "head": head, "lora": lora,
-             "output_dir": output_dir, "max_steps": max_steps, "batch_size": batch_size,
-             "learning_rate": learning_rate, "eval_data": eval_data,
-             "resume_from": resume_from}
     cfg = config_from_cli(RewardConfig, config, flags, set_, as_json)
     result = train_reward(cfg)
     out = result.to_dict()

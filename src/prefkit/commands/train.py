@@ -1,19 +1,25 @@
-"""`prefkit train ...`: direct preference optimization (and, later, reward models and RL).
+"""`prefkit train ...`: policies from feedback -- direct preference losses (DPO, IPO, SimPO,
+KTO, LiPO, ...) and online RL (PPO, GRPO, RLOO, ReMax, online DPO, RAFT, ...).
 
-Every flag maps onto a field of :class:`prefkit.train.preference.PreferenceConfig`; a YAML file
-(``--config run.yaml``) sets the same fields and ``--set key=value`` any other one. Runs
+Every flag is a field of the run's config dataclass (:class:`~prefkit.train.preference.
+PreferenceConfig`, :class:`~prefkit.train.online.OnlineConfig`), declared once there: its type,
+default and help text become the flag (:func:`~prefkit.commands.common.config_flags`). A YAML
+file (``--config run.yaml``) sets the same fields and ``--set key=value`` any other one. Runs
 unchanged under ``accelerate launch`` / ``torchrun`` (data parallel).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from ..train.online import OnlineConfig
+from ..train.preference import PreferenceConfig
 from .common import (
     JsonOpt,
     cli_errors,
+    config_flags,
     config_from_cli,
     finish_training,
     print_json,
@@ -21,48 +27,39 @@ from .common import (
     stdout,
 )
 
-app = typer.Typer(no_args_is_help=True, help="Train policies from feedback.")
+app = typer.Typer(no_args_is_help=True,
+                  help="Train policies: direct preference losses and online RL.")
+
+ConfigOpt = Annotated[str | None, typer.Option(
+    help="YAML file with any config fields (flags and --set override it).")]
+SaveModelOpt = Annotated[str | None, typer.Option(
+    help="Save the trained policy (and tokenizer) to this folder.")]
+
+#: Config fields that are flags of `prefkit train preference` (every other one: --set).
+PREFERENCE_FLAGS = ("model", "data", "loss", "beta", "lora", "output_dir", "max_steps",
+                    "batch_size", "learning_rate", "eval_data", "resume_from", "overwrite")
+#: Config fields that are flags of `prefkit train online`.
+ONLINE_FLAGS = ("model", "prompts", "reward", "algo", "iterations", "num_generations",
+                "prompts_per_iteration", "learning_rate", "kl_coef", "lora", "output_dir",
+                "resume_from", "overwrite")
 
 
 @app.command("preference")
 @cli_errors
+@config_flags(PreferenceConfig, PREFERENCE_FLAGS)
 def preference(
-    model: Annotated[str | None, typer.Option(
-        help="Checkpoint directory, or a .json/.yaml tiny-model file.")] = None,
-    data: Annotated[str | None, typer.Option(
-        help="Training records (pairs, rankings or binary labels).")] = None,
-    loss: Annotated[str | None, typer.Option(
-        help="Loss spec, e.g. dpo, ipo, simpo, kto, lipo, 'dpo+0.2*sft', 'ipo(beta=0.5)'.")
-    ] = None,
-    beta: Annotated[float | None, typer.Option(help="beta for every term that takes one.")
-                    ] = None,
-    lora: Annotated[bool | None, typer.Option(
-        "--lora/--no-lora", help="Train LoRA adapters; the reference is the base model.")
-    ] = None,
-    config: Annotated[str | None, typer.Option(help="YAML file with any config fields.")
-                      ] = None,
-    output_dir: Annotated[str | None, typer.Option(help="Checkpoints and metrics.jsonl.")
-                          ] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Examples per micro-batch.")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    eval_data: Annotated[str | None, typer.Option(help="Evaluation records.")] = None,
-    resume_from: Annotated[str | None, typer.Option(
-        help="Checkpoint folder, or 'latest' in output_dir.")] = None,
-    save_model: Annotated[str | None, typer.Option(
-        help="Save the trained policy (and tokenizer) to this folder.")] = None,
+    flags: dict[str, Any],
+    config: ConfigOpt = None,
+    save_model: SaveModelOpt = None,
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Any other config field: --set warmup_steps=10 (repeatable).")] = None,
+        "--set", help="Any other PreferenceConfig field: --set warmup_steps=10 (repeatable).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a causal LM on preference data with any direct loss (DPO, IPO, SimPO, ORPO, KTO,
     LiPO, ...): prompts computed once per group of responses, reference log-probs cached."""
-    from ..train.preference import PreferenceConfig, save_policy, train_preference
+    from ..train.preference import save_policy, train_preference
 
-    flags = {"model": model, "data": data, "loss": loss, "beta": beta, "lora": lora,
-             "output_dir": output_dir, "max_steps": max_steps, "batch_size": batch_size,
-             "learning_rate": learning_rate, "eval_data": eval_data,
-             "resume_from": resume_from}
     cfg = config_from_cli(PreferenceConfig, config, flags, set_, as_json)
     result = train_preference(cfg)
     out = result.to_dict()
@@ -103,35 +100,11 @@ def list_losses(as_json: JsonOpt = False) -> None:
 
 @app.command("online")
 @cli_errors
+@config_flags(OnlineConfig, ONLINE_FLAGS)
 def online(
-    model: Annotated[str | None, typer.Option(
-        help="Policy checkpoint directory, a tiny-model file, or lab:TASK (the lab's cached "
-             "SFT model of that task).")] = None,
-    prompts: Annotated[str | None, typer.Option(
-        help="Prompts file (.txt one a line, or JSONL with 'prompt'), or lab:TASK[:N] "
-             "(N prompts of a lab task).")] = None,
-    reward: Annotated[str | None, typer.Option(
-        help="rm:PATH, implicit:POLICY[,REF], gold:TASK, python:module:function, or self "
-             "(the policy's own implicit reward).")] = None,
-    algo: Annotated[str | None, typer.Option(
-        help="ppo, reinforce, rloo, grpo, dr_grpo, remax, online-dpo, online-ipo or raft.")
-    ] = None,
-    iterations: Annotated[int | None, typer.Option(help="Rollout/update iterations.")] = None,
-    num_generations: Annotated[int | None, typer.Option(
-        help="Completions per prompt (group size).")] = None,
-    prompts_per_iteration: Annotated[int | None, typer.Option(
-        help="Prompts per iteration (global).")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    kl_coef: Annotated[float | None, typer.Option(help="KL coefficient.")] = None,
-    lora: Annotated[bool | None, typer.Option(
-        "--lora/--no-lora", help="Train LoRA adapters; the reference is the base model.")
-    ] = None,
-    config: Annotated[str | None, typer.Option(help="YAML file with any config fields.")
-                      ] = None,
-    output_dir: Annotated[str | None, typer.Option(
-        help="Checkpoints, metrics.jsonl and rollouts.jsonl.")] = None,
-    save_model: Annotated[str | None, typer.Option(
-        help="Save the trained policy (and tokenizer) to this folder.")] = None,
+    flags: dict[str, Any],
+    config: ConfigOpt = None,
+    save_model: SaveModelOpt = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Any other OnlineConfig field: --set max_new_tokens=64 (repeatable).")
     ] = None,
@@ -140,16 +113,13 @@ def online(
     """Online RL from any reward: sample from the policy, score, update (PPO, RLOO, GRPO,
     ReMax, REINFORCE, online DPO, online IPO, RAFT); each prompt computed once for its
     samples."""
+    from ..models.load import save_model as save_pretrained
     from ..rewards.sources import reward_from_spec
-    from ..train.online import OnlineConfig, resolve_model, resolve_prompts, train_online
-    from .common import bad_input
+    from ..train.online import resolve_model, resolve_prompts, train_online
+    from .common import bad_input, check_run_start
 
-    flags = {"model": model, "prompts": prompts, "reward": reward, "algo": algo,
-             "iterations": iterations, "num_generations": num_generations,
-             "prompts_per_iteration": prompts_per_iteration, "learning_rate": learning_rate,
-             "kl_coef": kl_coef, "lora": lora, "output_dir": output_dir}
     cfg = config_from_cli(OnlineConfig, config, flags, set_, as_json,
-                          required=("model", "prompts", "reward"))
+                          required=("model", "prompts", "reward"), check_output_dir=False)
     try:
         policy, tokenizer = resolve_model(cfg)
         prompt_list = resolve_prompts(cfg.prompts, seed=cfg.seed)
@@ -157,15 +127,13 @@ def online(
                   else reward_from_spec(cfg.reward, tokenizer=tokenizer))
     except (ValueError, FileNotFoundError) as exc:
         raise bad_input(str(exc), as_json) from None
+    check_run_start(cfg, as_json)
     result = train_online(cfg, reward=source, prompts=prompt_list, model=policy,
                           tokenizer=tokenizer)
     out = result.to_dict()
 
-    def save(folder: str) -> None:
-        policy.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    if not finish_training(out, save_model, save, as_json):
+    if not finish_training(out, save_model, lambda folder: save_pretrained(policy, tokenizer,
+                                                                             folder), as_json):
         return
     first, last = out["iterations"][0], out["iterations"][-1]
     stdout.print(f"{cfg.algo}: {out['steps']} steps, reward {first['reward']:.4g} -> "

@@ -18,6 +18,12 @@
   For another ``model_type`` the remaining keys go to ``AutoConfig.for_model``. Unless the file
   sets them, ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` come from the tokenizer.
 
+A directory may also hold LoRA adapters (``adapter_config.json``, as :func:`save_model` writes
+them): the base model is loaded from the path the adapters record, which :func:`save_model`
+makes absolute (or from ``base_model/`` inside the folder, where :func:`save_model` puts a base
+that exists only in memory), then the adapters on top; so a saved policy loads from any working
+directory.
+
 Nothing is ever downloaded. LoRA (peft) is optional; :func:`reference_context` turns the
 adapters off so the same weights serve as the frozen reference model.
 """
@@ -50,10 +56,13 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "reference_context",
+    "save_model",
     "tiny_llama_config",
 ]
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+ADAPTER_CONFIG = "adapter_config.json"
+BASE_MODEL_DIR = "base_model"  # where save_model puts a LoRA base that exists only in memory
 
 
 @dataclass(frozen=True)
@@ -196,12 +205,17 @@ def load_model(
         torch.manual_seed(seed)
         if path.is_dir():
             tokenizer = load_tokenizer(path)
+            adapters = (path / ADAPTER_CONFIG).is_file()
+            # an absolute name_or_path: LoRA adapters saved from this model record it as their
+            # base, so they load from any working directory
             model = AutoModelForCausalLM.from_pretrained(
-                str(path),
+                str(_adapter_base(path) if adapters else path.resolve()),
                 local_files_only=True,
                 dtype=torch_dtype,
                 attn_implementation=attn_implementation,
             )
+            if adapters:
+                model.load_adapter(str(path.resolve()))
         elif path.suffix.lower() in CONFIG_SUFFIXES:
             data = _read_model_file(path)
             tokenizer_dir = (path.parent / str(data["tokenizer"])).resolve()
@@ -224,6 +238,56 @@ def load_model(
         if lora is not None:
             model = apply_lora(model, lora)
     return model, tokenizer
+
+
+def _adapter_base(folder: Path) -> Path:
+    """The base-model folder of the LoRA adapters saved in ``folder``: the recorded path (as
+    is, relative paths from the current directory), else ``folder/base_model``."""
+    recorded = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    candidates = [Path(recorded)] if recorded else []
+    candidates.append(folder / BASE_MODEL_DIR)
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        f"{folder}: LoRA adapters whose base model {recorded!r} is not a model folder here "
+        f"(relative paths count from the current directory, {Path.cwd()}); run from the folder "
+        "the policy was trained in, or edit base_model_name_or_path in "
+        f"{folder / ADAPTER_CONFIG}")
+
+
+def save_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase | None,
+               folder: str | Path) -> Path:
+    """Save a causal LM (DDP-style ``.module`` wrappers unwrapped) and its tokenizer so that
+    :func:`load_model` loads ``folder`` from any working directory.
+
+    LoRA (peft) models are saved as adapters that record their base model's absolute path
+    (:func:`load_model` gives models an absolute ``name_or_path``). A base that exists nowhere on
+    disk (built from a ``.json``/``.yaml`` model file, or in memory) is saved into
+    ``folder/base_model`` (adapters removed, not merged) and recorded there.
+    """
+    from peft import PeftModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    inner = getattr(model, "module", model)
+    if isinstance(inner, PeftModel):
+        config = inner.peft_config[inner.active_adapter]
+        base = config.base_model_name_or_path
+        if base and (Path(base) / "config.json").is_file():
+            config.base_model_name_or_path = str(Path(base).resolve())
+        else:
+            import copy
+
+            base_dir = folder / BASE_MODEL_DIR
+            copy.deepcopy(inner).unload().save_pretrained(base_dir)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(base_dir)
+            config.base_model_name_or_path = str(base_dir.resolve())
+    inner.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
 
 
 def reference_context(model: nn.Module) -> contextlib.AbstractContextManager:

@@ -80,6 +80,7 @@ from .checkpoint import (
 )
 from .config import LoopConfig
 from .reporting import JsonlWriter, ProgressBar, format_record
+from .run_dir import RunConflictError, check_run_dir, clear_run_dir, run_record, write_run_config
 from .schedule import make_scheduler, warmup_steps_for
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "FitResult",
     "NonFiniteLossError",
     "StepOutput",
+    "TrainingInterrupted",
     "build_dataloader",
     "fit",
     "make_accelerator",
@@ -118,6 +120,22 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(message)
         self.step = step
         self.micro_batch = micro_batch
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during :func:`fit`: where the run stopped and what can resume it.
+
+    ``step``: optimizer steps completed; ``total``: steps planned; ``checkpoint``: the newest
+    complete checkpoint in ``output_dir`` (None when none was saved yet)."""
+
+    def __init__(self, *, step: int, total: int, output_dir: str,
+                 checkpoint: str | None) -> None:
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint saved yet"
+        super().__init__(f"interrupted after step {step} of {total} ({where})")
+        self.step = step
+        self.total = total
+        self.output_dir = output_dir
+        self.checkpoint = checkpoint
 
 
 class Callback:
@@ -399,6 +417,7 @@ class _Loop:
         self.acc = acc = accelerator or make_accelerator(config)
         _check_world_size(acc)
         self.out_dir = Path(config.output_dir)
+        resume = self._claim_output_dir()
         set_seed(config.seed)
 
         if optimizer is None:
@@ -441,7 +460,6 @@ class _Loop:
         self.last_eval: dict[str, Any] = {}
         self.saved_step = -1
 
-        resume = resolve_resume(self.out_dir, config.resume_from)
         if resume is not None:
             self._load(resume)
         self.writer = None
@@ -456,29 +474,52 @@ class _Loop:
 
     # -- checkpoints --------------------------------------------------------------------------
 
+    def _claim_output_dir(self) -> Path | None:
+        """Check that this run may start or continue in ``output_dir`` (every process, reads
+        only; :mod:`.run_dir`), then, on the main process, clear it (``overwrite``) and write
+        ``run_config.json``. Returns the checkpoint to resume, if any."""
+        acc, cfg = self.acc, self.cfg
+        resume = resolve_resume(self.out_dir, cfg.resume_from)
+        check_run_dir(cfg, resume)
+        if resume is not None:
+            saved = read_trainer_state(resume).get("num_processes")
+            if saved is not None and saved != acc.num_processes:
+                raise RunConflictError(
+                    f"cannot resume {resume}: it was saved by {saved} process(es), this run has "
+                    f"{acc.num_processes}; the global batch (batch_size x "
+                    "gradient_accumulation_steps x processes) and the data order would change. "
+                    f"Resume with {saved} process(es)")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if cfg.overwrite:
+                clear_run_dir(self.out_dir)
+            write_run_config(cfg)
+        acc.wait_for_everyone()
+        return resume
+
     def _state(self) -> dict[str, Any]:
         return {
             "global_step": self.step,
+            "total_steps": self.total,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "num_processes": self.acc.num_processes,
             "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps,
             "window": dataclasses.asdict(self.window),
             "metric_keys": self.keys,
-            "config": dataclasses.asdict(self.cfg),
+            **run_record(self.cfg),
         }
 
     def _load(self, path: Path) -> None:
         self.acc.load_state(str(path))
         st = read_trainer_state(path)
-        for key in ("num_processes", "gradient_accumulation_steps"):
-            now = self.acc.num_processes if key == "num_processes" else getattr(self.cfg, key)
-            if st.get(key) != now:
-                warnings.warn(
-                    f"resuming {path} saved with {key}={st.get(key)} under {key}={now}: the "
-                    "data position and batch composition will not match the original run",
-                    stacklevel=3,
-                )
+        before = st.get("total_steps")
+        if before not in (None, self.total) and (self.cfg.lr_scheduler != "constant"
+                                                 or self.cfg.warmup_ratio):
+            what = (f"the {self.cfg.lr_scheduler} schedule" if self.cfg.lr_scheduler !=
+                    "constant" else "the warm-up (warmup_ratio)")
+            warnings.warn(f"resuming {path} with {self.total} instead of {before} total steps: "
+                          f"{what} follows the new length from here on", stacklevel=3)
         self.step = st["global_step"]
         self.epoch = st["epoch"]
         self.batch_in_epoch = st["batch_in_epoch"]
@@ -729,6 +770,11 @@ class _Loop:
                 self.evaluate(bar)
             if cfg.save_final and self.saved_step != self.step and self.step > 0:
                 self._save()
+        except KeyboardInterrupt:
+            ckpts = list_checkpoints(self.out_dir)
+            raise TrainingInterrupted(step=self.step, total=self.total,
+                                      output_dir=str(self.out_dir),
+                                      checkpoint=str(ckpts[-1]) if ckpts else None) from None
         finally:
             bar.close()
         if acc.log_with:

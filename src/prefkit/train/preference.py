@@ -33,45 +33,62 @@ import torch
 from .. import losses
 from ..models.logprobs import sequence_logps
 from ..models.packing import PromptGroup, pack_groups, truncate_groups
-from .config import LoopConfig, option
+from .config import AT_LEAST_1, FRACTION, POSITIVE, LoopConfig, config_help, option
 from .loop import Callback, FitResult, StepOutput, build_dataloader, fit, make_accelerator
+from .loss_spec import POLICY_KINDS, check_loss_spec
 from .preference_data import DataReport, PreferenceExample, records_to_examples
 from .reference import reference_logps
 
 __all__ = ["PreferenceConfig", "PreferenceResult", "PreferenceTask", "train_preference"]
+
+LOOP_HELP = config_help(LoopConfig)
 
 
 @dataclass
 class PreferenceConfig(LoopConfig):
     """Everything a preference run needs: the loop's settings plus model, data and loss."""
 
-    model: str = option("Checkpoint directory, or a .json/.yaml tiny-model file.", "")
+    output_dir: str = option(LOOP_HELP["output_dir"], "runs/preference", identity=False)
+    model: str = option("Checkpoint directory, or a .json/.yaml tiny-model file "
+                        "(`prefkit models init` makes one).", "", path=True)
     data: str = option("Training records: JSONL / JSON / Parquet / HF dataset folder "
-                      "(pairs, rankings or binary labels, any prefkit-readable format).", "")
-    eval_data: str | None = option("Evaluation records (same formats).")
+                       "(pairs, rankings or binary labels, any prefkit-readable format).", "",
+                       path=True)
+    eval_data: str | None = option("Evaluation records (same formats).", path=True,
+                                   identity=False)
     eval_fraction: float = option("Hold out this share of the training records for eval when "
-                                 "no eval_data is given.", 0.0)
+                                  "no eval_data is given.", 0.0, bounds=FRACTION)
     loss: str = option("Loss spec: a registered name or a weighted sum, e.g. 'dpo', "
-                      "'dpo+0.2*sft', 'ipo(beta=0.5)'. `prefkit train losses` lists them.",
-                      "dpo")
+                       "'dpo+0.2*sft', 'ipo(beta=0.5)'. `prefkit train losses` lists them.",
+                       "dpo")
     beta: float | None = option("beta for every loss term that takes one (None: each loss's "
-                               "default).")
+                                "default).", bounds=POSITIVE)
     reference: str = option("'auto' (the starting policy; with LoRA the adapters disabled), "
-                           "or a checkpoint directory of a separate reference model.", "auto")
+                            "or a checkpoint directory of a separate reference model.", "auto",
+                            path=True)
     reference_cache: str | None = option("Folder for cached reference log-probs ('none' to "
-                                        "disable; default ~/.cache/prefkit/reference).")
-    lora: bool = option("Train LoRA adapters (peft) instead of all weights.", False)
-    lora_r: int = option("LoRA rank.", 8)
-    lora_alpha: int = option("LoRA alpha (scale alpha / r).", 16)
-    dtype: str = option("Weight dtype: float32 or bfloat16.", "float32")
+                                         "disable; default ~/.cache/prefkit/reference).",
+                                         identity=False)
+    lora: bool = option("Train LoRA adapters (peft) instead of all weights; the reference is "
+                        "the base model (adapters disabled).", False)
+    lora_r: int = option("LoRA rank.", 8, bounds=AT_LEAST_1)
+    lora_alpha: int = option("LoRA alpha (scale alpha / r).", 16, bounds=POSITIVE)
+    dtype: str = option("Weight dtype: float32 or bfloat16.", "float32",
+                        choices=("float32", "bfloat16"))
     max_length: int = option("Max tokens of prompt + one response (longer responses are cut "
-                            "from the right).", 1024)
-    max_prompt_length: int | None = option("Max prompt tokens (cut from the left).")
+                             "from the right).", 1024, bounds=AT_LEAST_1)
+    max_prompt_length: int | None = option("Max prompt tokens (cut from the left).",
+                                           bounds=AT_LEAST_1)
     pack_length: int | None = option("Row capacity when packing several prompt groups per "
-                                    "row; default: one group per row, rows as long as the "
-                                    "longest group of the micro-batch.")
-    chunk_size: int = option("Completion positions per LM-head chunk.", 1024)
+                                     "row; default: one group per row, rows as long as the "
+                                     "longest group of the micro-batch.", bounds=AT_LEAST_1)
+    chunk_size: int = option("Completion positions per LM-head chunk.", 1024,
+                             bounds=AT_LEAST_1, identity=False)
     shuffle: bool = option("Shuffle the training records each epoch.", True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_loss_spec(self.loss, field=f"{type(self).__name__}.loss", kinds=POLICY_KINDS)
 
 
 @dataclass
@@ -364,10 +381,8 @@ def train_preference(config: PreferenceConfig, *, model: torch.nn.Module | None 
 
 
 def save_policy(result: PreferenceResult, folder: str | Path) -> Path:
-    """Save the trained policy (merged LoRA adapters are saved as adapters) and tokenizer."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model = getattr(result.model, "module", result.model)
-    model.save_pretrained(folder)
-    result.tokenizer.save_pretrained(folder)
-    return folder
+    """Save the trained policy and tokenizer (LoRA as adapters that record their base model's
+    absolute path: :func:`prefkit.models.load.save_model`); loads from any directory."""
+    from ..models.load import save_model
+
+    return save_model(result.model, result.tokenizer, folder)

@@ -34,40 +34,71 @@ import torch
 from .. import losses
 from ..data.records import Comparison, Outcome, Ranking, Rating
 from ..models.packing import PromptGroup, pack_groups, truncate_groups
-from .config import LoopConfig, option
+from ..rewards.heads import HEADS as _HEAD_CLASSES
+from .config import (
+    AT_LEAST_1,
+    FRACTION,
+    POSITIVE,
+    Bounds,
+    ConfigError,
+    LoopConfig,
+    config_help,
+    option,
+)
 from .loop import Callback, FitResult, StepOutput, build_dataloader, fit, make_accelerator
+from .loss_spec import check_loss_spec
 from .preference_data import DataReport, tokenize_example
 
 __all__ = ["RewardConfig", "RewardResult", "RewardTask", "train_reward"]
+
+HEADS = tuple(_HEAD_CLASSES)
 
 
 @dataclass
 class RewardConfig(LoopConfig):
     """A reward-model run: the loop's settings plus model, data, objective and head."""
 
-    model: str = option("Backbone: checkpoint directory or .json/.yaml tiny-model file.", "")
-    data: str = option("Training records: pairs, rankings or attribute ratings.", "")
-    eval_data: str | None = option("Evaluation records (same kinds).")
-    eval_fraction: float = option("Hold out this share of the records for eval.", 0.0)
+    output_dir: str = option(config_help(LoopConfig)["output_dir"], "runs/reward",
+                             identity=False)
+    model: str = option("Backbone: checkpoint directory or .json/.yaml tiny-model file "
+                        "(`prefkit models init` makes one).", "", path=True)
+    data: str = option("Training records: pairs, rankings or attribute ratings.", "",
+                       path=True)
+    eval_data: str | None = option("Evaluation records (same kinds).", path=True,
+                                   identity=False)
+    eval_fraction: float = option("Hold out this share of the records for eval.", 0.0,
+                                  bounds=FRACTION)
     objective: str = option("Loss spec of kind 'reward': bt, bt_ties, pl_rm, regression, gpm, "
-                           "odin, or a sum such as 'bt+0.01*reward_centering'.", "bt")
+                            "odin, or a sum such as 'bt+0.01*reward_centering'.", "bt")
     head: str | None = option("scalar | multi | gpm | odin | ensemble (default: from the "
-                             "objective).")
+                              "objective).", choices=HEADS)
     attributes: list[str] | None = option("Rating attributes to regress (default: every "
-                                         "attribute in the data, sorted).")
+                                          "attribute in the data, sorted).")
     attribute_weights: list[float] | None = option("Weights combining the attributes into one "
-                                                  "reward (default: uniform).")
-    ensemble_size: int = option("Members of an ensemble head.", 4)
-    gpm_dim: int = option("GPM embedding size (even).", 8)
+                                                   "reward (default: uniform).")
+    ensemble_size: int = option("Members of an ensemble head.", 4, bounds=AT_LEAST_1)
+    gpm_dim: int = option("GPM embedding size (even).", 8, bounds=Bounds(2))
     margin_from_strength: bool = option("Use a comparison's strength as the BT margin.", False)
     lora: bool = option("Train LoRA adapters plus the head instead of all weights.", False)
-    lora_r: int = option("LoRA rank.", 8)
-    lora_alpha: int = option("LoRA alpha.", 16)
-    dtype: str = option("Weight dtype: float32 or bfloat16.", "float32")
-    max_length: int = option("Max tokens of prompt + one response.", 1024)
-    max_prompt_length: int | None = option("Max prompt tokens (cut from the left).")
-    pack_length: int | None = option("Row capacity when packing several groups per row.")
+    lora_r: int = option("LoRA rank.", 8, bounds=AT_LEAST_1)
+    lora_alpha: int = option("LoRA alpha.", 16, bounds=POSITIVE)
+    dtype: str = option("Weight dtype: float32 or bfloat16.", "float32",
+                        choices=("float32", "bfloat16"))
+    max_length: int = option("Max tokens of prompt + one response.", 1024, bounds=AT_LEAST_1)
+    max_prompt_length: int | None = option("Max prompt tokens (cut from the left).",
+                                           bounds=AT_LEAST_1)
+    pack_length: int | None = option("Row capacity when packing several groups per row.",
+                                     bounds=AT_LEAST_1)
     shuffle: bool = option("Shuffle the training records each epoch.", True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_loss_spec(self.objective, field=f"{type(self).__name__}.objective",
+                        kinds=("reward",),
+                        trained="reward models")
+        if self.gpm_dim % 2:
+            raise ConfigError(f"invalid RewardConfig.gpm_dim={self.gpm_dim}: expected an even "
+                              "number >= 2")
 
 
 @dataclass
