@@ -690,15 +690,155 @@ def test_pairwise_judge_record_on_identical_answers_is_a_tie():
 
 
 def test_read_prompts_names_file_line_and_field(tmp_path):
+    """--prompts goes through prefkit's readers: their messages name file, line and field."""
+    from prefkit.data.errors import RecordError
     from prefkit.train.online import read_prompts
 
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"prompt": "a"}\n{bad\n')
-    with pytest.raises(ValueError, match=r"p\.jsonl: line 2: malformed JSON"):
+    with pytest.raises(RecordError, match=r"p\.jsonl:2: \[malformed_json\]"):
         read_prompts(str(bad))
     bad.write_text('{"prompt": "a"}\n{"text": "b"}\n')
-    with pytest.raises(ValueError, match=r"p\.jsonl: record 2: field 'prompt'"):
+    with pytest.raises(RecordError, match=r"p\.jsonl:2: \[missing_field\] field 'prompt'"):
+        read_prompts(str(bad))
+    bad.write_text('{"prompt": "a"}\n{"prompt": 7}\n')
+    with pytest.raises(RecordError, match=r"p\.jsonl:2: \[wrong_type\] field 'prompt'"):
+        read_prompts(str(bad))
+    bad.write_text("\n")
+    with pytest.raises(ValueError, match=r"p\.jsonl.*(no prompts|no_records)"):
         read_prompts(str(bad))
     good = tmp_path / "p.txt"
     good.write_text("one\n\ntwo\n")
     assert read_prompts(str(good)) == ["one", "two"]
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        read_prompts(str(tmp_path / "missing.jsonl"))
+
+
+def test_read_prompts_from_every_reader(tmp_path):
+    """JSONL, JSON arrays, Parquet, dataset folders (FOLDER::split) and conversational prompts
+    (issue 12 item 10: Parquet failed with a UTF-8 error, folders and messages were refused)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prefkit.train.online import read_prompts, resolve_prompts
+
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "sort: 2 1"}]
+    rows = [{"prompt": "sort: 3 1 2", "chosen": "1 2 3", "rejected": "3 2 1"},
+            {"prompt": "sort: 5 4", "chosen": "4 5", "rejected": "5 4"}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows),
+                          "test": datasets.Dataset.from_list(rows[:1])}
+                         ).save_to_disk(str(tmp_path / "ds"))
+    texts = ["sort: 3 1 2", "sort: 5 4"]
+    for name in ("a.jsonl", "a.json", "a.parquet", "ds::train"):
+        assert read_prompts(str(tmp_path / name)) == texts, name
+        assert resolve_prompts(str(tmp_path / name)) == texts, name
+    assert read_prompts(f"{tmp_path / 'ds'}::test") == texts[:1]
+    (tmp_path / "chat.jsonl").write_text(json.dumps({"prompt": chat}) + "\n"
+                                         + json.dumps({"prompt": "plain"}) + "\n")
+    assert read_prompts(str(tmp_path / "chat.jsonl")) == [chat, "plain"]
+    (tmp_path / "badchat.jsonl").write_text(json.dumps({"prompt": [{"role": "user"}]}) + "\n")
+    with pytest.raises(ValueError, match=r"badchat\.jsonl:1: .*field 'prompt\[0\]\.content'"):
+        read_prompts(str(tmp_path / "badchat.jsonl"))
+
+
+def test_conversational_prompts_are_sampled_through_the_chat_template(small):
+    model, tok, _ = small
+    tok = copy.deepcopy(tok)
+    tok.chat_template = ("{% for m in messages %}{{ m.content }} {% endfor %}"
+                         "{% if add_generation_prompt %}{% endif %}")
+    chat = [{"role": "user", "content": "sort: 3 1 2"}]
+    backend = TransformersBackend(SamplingSettings(max_new_tokens=6))
+    as_chat = collect_rollout(backend, model, tok, [chat], n=2, seed=4)
+    as_text = collect_rollout(backend, model, tok, ["sort: 3 1 2"], n=2, seed=4)
+    assert as_chat.prompts == [chat]
+    assert as_chat.prompt_ids == as_text.prompt_ids  # the template renders the same text here
+    assert as_chat.completion_ids == as_text.completion_ids
+
+
+def test_long_prompts_are_cut_to_max_prompt_length_and_counted(small, tmp_path):
+    """A prompt of ~200k words is sampled from its last max_prompt_length tokens; the cut
+    prompts are counted per iteration and in the result (issue 12 item 2)."""
+    model, tok, _ = small
+    rng = random.Random(5)
+    huge = "sort: " + " ".join(str(rng.randint(0, 9)) for _ in range(200_000)) + " 3 1 2"
+    ps = [huge] + prompts(7)
+    seen = []
+
+    def reward(prompt, completion):
+        seen.append(prompt)
+        return gold(prompt, completion) if len(prompt) < 1000 else 0.0
+
+    cfg = config(tmp_path, algo="reinforce", iterations=2, max_new_tokens=4, kl_coef=0.0,
+                 max_prompt_length=8)
+    res = train_online(cfg, reward=FunctionReward(reward), prompts=ps,
+                       model=copy.deepcopy(model), tokenizer=tok)
+    assert [it["prompts_truncated"] for it in res.iterations] == [1, 1]  # 8 prompts / iteration
+    out = res.to_dict()
+    assert out["truncation"]["max_prompt_length"] == 8
+    assert out["truncation"]["prompts_truncated"] == 2
+    assert huge in seen  # the reward sees the prompt as given
+    ro = collect_rollout(TransformersBackend(SamplingSettings(max_new_tokens=2,
+                                                              max_prompt_length=8)),
+                         model, tok, [huge], n=1, seed=0)
+    assert bool(ro.prompt_truncated[0]) and len(ro.prompt_ids[0]) == 8
+    assert ro.prompt_ids[0][1:] == tok.convert_tokens_to_ids(huge.split()[-7:])
+
+
+def test_default_max_prompt_length_comes_from_the_model(small):
+    model, _, _ = small
+    limit = model.config.max_position_embeddings
+    assert OnlineConfig(max_new_tokens=10).resolved_max_prompt_length(model) == min(
+        1024, limit - 10)
+    assert OnlineConfig(max_prompt_length=5).resolved_max_prompt_length(model) == 5
+    with pytest.raises(ConfigError, match="max_prompt_length"):
+        OnlineConfig(max_prompt_length=0)
+
+
+def test_python_reward_module_in_the_current_folder(tmp_path, monkeypatch):
+    """python:module:function finds a module in the working folder without PYTHONPATH=.
+    (issue 12 item 10); a missing module or function is a clear error."""
+    from prefkit.rewards.sources import reward_from_spec
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])
+    (tmp_path / "my_reward_mod.py").write_text(
+        "def length(prompt, completion):\n    return float(len(completion))\n")
+    src = reward_from_spec("python:my_reward_mod:length")
+    assert src(["p"], [["ab", "abcd"]]).tolist() == [[2.0, 4.0]]
+    by_file = reward_from_spec("python:my_reward_mod.py:length")
+    assert by_file(["p"], [["abc"]]).tolist() == [[3.0]]
+    with pytest.raises(ValueError, match=r"no module named 'no_such_mod'.*current folder"):
+        reward_from_spec("python:no_such_mod:f")
+    with pytest.raises(ValueError, match=r"my_reward_mod.*has no function 'nope'"):
+        reward_from_spec("python:my_reward_mod:nope")
+
+
+def test_cli_train_online_python_reward_from_cwd_and_parquet_prompts(small, tmp_path,
+                                                                      monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from prefkit.cli import app
+
+    _, _, info = small
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cli_reward_mod.py").write_text(
+        "def score(prompt, completion):\n    return float(len(completion))\n")
+    pq.write_table(pa.Table.from_pylist([{"prompt": p} for p in prompts(8)]),
+                   tmp_path / "p.parquet")
+    base = ["train", "online", "--model", info["path"], "--prompts", "p.parquet",
+            "--output-dir", str(tmp_path / "run"), "--set", "save_steps=0",
+            "--set", "max_new_tokens=4", "--algo", "rloo", "--iterations", "1",
+            "--prompts-per-iteration", "8", "--json"]
+    ok = CliRunner().invoke(app, [*base, "--reward", "python:cli_reward_mod:score"])
+    assert ok.exit_code == 0, ok.output
+    out = json.loads(ok.stdout)
+    assert out["truncation"]["prompts_truncated"] == 0
+    missing = CliRunner().invoke(app, [*base, "--reward", "python:cli_reward_mod:nope"])
+    assert missing.exit_code == 2
+    assert "has no function 'nope'" in json.loads(missing.stdout)["error"]

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from prefkit.models.bounded import bound_text
 from prefkit.models.load import LoraSettings, load_model, load_tokenizer
 from prefkit.models.logprobs import model_attention_mask
 from prefkit.models.packing import PackedBatch, PaddedBatch, PromptGroup
@@ -381,6 +382,9 @@ class RewardModel(nn.Module):
             raise ValueError("score needs a tokenizer (pass tokenizer=...)")
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if max_length is not None:  # tokenize only what the budget can keep (bounded memory)
+            prompts = [bound_text(tokenizer, p, max_length, keep="tail")[0] for p in prompts]
+            responses = [bound_text(tokenizer, r, max_length, keep="head")[0] for r in responses]
         pairs = enumerate(zip(prompts, responses, strict=True))
         groups = [self._group(tokenizer, p, r, i) for i, (p, r) in pairs]
         if max_length is not None:
@@ -417,7 +421,9 @@ class RewardModel(nn.Module):
         the prompt (chat template for messages) once, the completion is what follows, EOS
         appended); sequences are packed ``batch_size`` at a time (the result does not depend
         on ``batch_size``). ``max_length`` keeps the LAST ``max_length - 1`` prompt tokens and
-        cuts the response so the sequence fits. ``tokenizer`` defaults to ``self.tokenizer``.
+        cuts the response so the sequence fits (only a window of each text proportional to
+        ``max_length`` is tokenized, so memory does not grow with the input's size).
+        ``tokenizer`` defaults to ``self.tokenizer``.
         """
         out = self.score_outputs(
             prompts, responses, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -89,6 +90,11 @@ class ModelReward:
     re-tokenization -- right when the reward model was trained with the policy's tokenizer (as in
     the lab). Otherwise each text is re-tokenized with ``tokenizer`` as ``prompt + separator +
     completion``.
+
+    ``max_length``: tokens of ``prompt + completion`` the model scores (the prompt keeps its
+    last tokens: :func:`~prefkit.rewards.scoring.fit_group`); None: the model's
+    ``max_position_embeddings``, at most :data:`~prefkit.rewards.scoring.DEFAULT_MAX_LENGTH`.
+    ``truncated`` counts the prompts and completions it had to cut so far.
     """
 
     model: Any
@@ -98,6 +104,8 @@ class ModelReward:
     field: str = "rewards"
     batch_size: int = 16
     name: str = "reward_model"
+    max_length: int | None = None
+    truncated: int = 0
 
     def __call__(self, prompts, completions, prompt_ids=None, completion_ids=None
                  ) -> torch.Tensor:
@@ -110,20 +118,37 @@ class ModelReward:
                     raise ValueError(f"the reward model has no output {self.field!r}")
                 out[idx] = values[:, :g].float().cpu()
             return out
-        from .scoring import score_groups
+        from .scoring import score_prompt_groups, tokenize_groups
 
         if self.field != "rewards":
             raise ValueError("field other than 'rewards' needs same_tokenizer=True")
-        tokenizer = self.tokenizer or getattr(self.model, "tokenizer", None)
+        tokenizer = self._tok()
+        if tokenizer is None:
+            raise ValueError("scoring text needs the reward model's tokenizer")
         texts = [[self.separator + c for c in cs] for cs in completions]
-        return score_groups(self.model, list(prompts), texts, tokenizer=tokenizer,
-                            batch_size=self.batch_size)
+        groups, report = tokenize_groups(tokenizer, list(prompts), texts,
+                                         max_length=self._max_length())
+        self.truncated += report.prompts + report.responses
+        return score_prompt_groups(self.model, groups, pad_id=self._pad(),
+                                   batch_size=self.batch_size)[0][:, :g]
+
+    def _max_length(self) -> int:
+        from .scoring import default_max_length
+
+        return self.max_length if self.max_length is not None else default_max_length(self.model)
 
     def _outputs(self, prompt_ids, completion_ids):
         """``(indices, RewardOutput)`` per packed batch of the sampled ids (one prefix-shared
-        group per prompt; an empty completion is scored as EOS)."""
-        groups = [PromptGroup(list(p), [list(c) or [self._eos()] for c in cs])
-                  for p, cs in zip(prompt_ids, completion_ids, strict=True)]
+        group per prompt; an empty completion is scored as EOS), fitted to the budget."""
+        from .scoring import fit_group
+
+        budget = self._max_length()
+        groups = []
+        for p, cs in zip(prompt_ids, completion_ids, strict=True):
+            group, prompt_cut, n_cut = fit_group(
+                PromptGroup(list(p), [list(c) or [self._eos()] for c in cs]), budget)
+            self.truncated += prompt_cut + n_cut
+            groups.append(group)
         return packed_outputs(self.model, groups, pad_id=self._pad(), batch_size=self.batch_size)
 
     def _tok(self):
@@ -266,18 +291,51 @@ class BTPreference:
 
 
 def _import_function(path: str) -> Callable:
+    """``function`` of ``module:function`` (or ``module.function``), or of ``FILE.py:function``.
+
+    The current working folder is searched too (after the installed packages, so a local file
+    cannot shadow one), so ``python:my_rewards:fn`` finds ``./my_rewards.py`` without
+    ``PYTHONPATH=.``. A missing module, a missing function or an error while importing the
+    module raises ``ValueError`` naming it."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+
+    spec = f"python:{path}"
     module_name, _, attr = path.rpartition(":")
     if not module_name:
         module_name, _, attr = path.rpartition(".")
-    import importlib
-
+    if not module_name or not attr:
+        raise ValueError(f"reward {spec!r}: expected python:module:function")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"reward 'python:{path}': cannot import {attr!r} from "
-                         f"{module_name!r} ({exc})") from None
+        if module_name.endswith(".py"):
+            file = Path(module_name)
+            if not file.is_file():
+                raise ValueError(f"reward {spec!r}: no such file {file}")
+            loader_spec = importlib.util.spec_from_file_location(file.stem, file)
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.split(".")[0] == exc.name.split(".")[0]:
+            raise ValueError(f"reward {spec!r}: no module named {exc.name!r} in the current "
+                             f"folder ({cwd}) or the installed packages") from None
+        raise ValueError(f"reward {spec!r}: importing {module_name!r} failed: {exc}") from None
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's module failed to import: bad input
+        raise ValueError(f"reward {spec!r}: importing {module_name!r} failed: "
+                         f"{type(exc).__name__}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise ValueError(f"reward {spec!r}: module {module_name!r} has no function {attr!r}")
     if not callable(fn):
-        raise ValueError(f"reward 'python:{path}' is not callable")
+        raise ValueError(f"reward {spec!r}: {module_name}.{attr} is not callable")
     return fn
 
 

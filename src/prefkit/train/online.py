@@ -58,6 +58,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ from torch import nn
 
 from .. import losses
 from ..losses import rl
+from ..models.bounded import preview
 from ..models.logprobs import sequence_logps
 from ..models.packing import pack_groups
 from .checkpoint import list_checkpoints
@@ -87,6 +89,8 @@ __all__ = ["ALGORITHMS", "OnlineConfig", "OnlineResult", "OnlineTrainingError",
 
 ALGORITHMS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo",
               "online_ipo", "raft")
+DEFAULT_MAX_PROMPT_LENGTH = 1024
+"""Prompt tokens kept by default (when the model's positions allow that many)."""
 _CRITIC_FREE = {"reinforce": "reinforce", "rloo": "rloo", "grpo": "grpo", "dr_grpo": "dr_grpo",
                 "remax": "remax"}
 
@@ -101,8 +105,11 @@ class OnlineConfig(LoopConfig):
     """An online run: the loop's settings plus sampling, reward and algorithm settings."""
 
     model: str = option("Policy checkpoint directory, or a .json/.yaml tiny-model file.", "")
-    prompts: str = option("Prompts: a JSONL/JSON file with a 'prompt' field or a .txt file "
-                          "(one prompt a line).", "")
+    prompts: str = option("Prompts: records with a 'prompt' column (text, or a list of "
+                          "{role, content} messages rendered with the chat template) in any "
+                          "file prefkit reads (JSONL, JSON, Parquet, a dataset folder, "
+                          "FOLDER::split), a .txt file (one prompt a line) or lab:TASK[:N].",
+                          "")
     reward: str = option("Reward source (CLI): 'rm:PATH' (a prefkit reward model), "
                          "'implicit:POLICY[,REFERENCE]', 'python:module:function' "
                          "(fn(prompt, completion) -> float), 'gold:TASK' (a lab task's gold "
@@ -116,6 +123,10 @@ class OnlineConfig(LoopConfig):
     ppo_epochs: int = option("Passes over each rollout.", 1)
     num_minibatches: int = option("Optimizer steps per pass over a rollout.", 1)
     max_new_tokens: int = option("Length cap of a completion (EOS included).", 32)
+    max_prompt_length: int | None = option(
+        "Max prompt tokens: a longer prompt keeps its last tokens (BOS first); cut prompts are "
+        "counted (prompts_truncated). None: the policy's max_position_embeddings minus "
+        "max_new_tokens, at most 1024.")
     temperature: float = option("Sampling temperature (log-probs are at temperature 1: keep 1 "
                                 "for on-policy gradients).", 1.0)
     top_k: int | None = option("Top-k sampling (None: off).")
@@ -174,6 +185,9 @@ class OnlineConfig(LoopConfig):
                               "samples)")
         if self.algo == "raft" and not 1 <= self.raft_keep <= g:
             raise ConfigError(f"raft_keep={self.raft_keep} must be in [1, num_generations={g}]")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ConfigError(f"invalid OnlineConfig.max_prompt_length={self.max_prompt_length}"
+                              ": must be >= 1 (or None for the model's limit)")
         for name in ("ppo_epochs", "num_minibatches", "prompts_per_iteration"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"invalid OnlineConfig.{name}={getattr(self, name)}: >= 1")
@@ -187,6 +201,17 @@ class OnlineConfig(LoopConfig):
     @property
     def steps_per_iteration(self) -> int:
         return self.ppo_epochs * self.num_minibatches
+
+    def resolved_max_prompt_length(self, model: nn.Module | None) -> int:
+        """``max_prompt_length``, or the default: the room the model's positions leave for
+        ``max_new_tokens`` (``max_position_embeddings - max_new_tokens``), at most
+        :data:`DEFAULT_MAX_PROMPT_LENGTH`."""
+        if self.max_prompt_length is not None:
+            return self.max_prompt_length
+        from ..models.bounded import model_max_length
+
+        limit = model_max_length(model, cap=DEFAULT_MAX_PROMPT_LENGTH + self.max_new_tokens)
+        return max(1, min(DEFAULT_MAX_PROMPT_LENGTH, limit - self.max_new_tokens))
 
     def resolved_kl_in(self) -> str:
         if self.kl_in != "auto":
@@ -213,11 +238,12 @@ class OnlineResult:
     model: Any
     tokenizer: Any
     algo: str
+    truncation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"algo": self.algo, "steps": self.fit.steps, "metrics": self.fit.metrics,
-                "iterations": self.iterations, "checkpoints": self.fit.checkpoints,
-                "seconds": round(self.fit.seconds, 3)}
+                "iterations": self.iterations, "truncation": self.truncation,
+                "checkpoints": self.fit.checkpoints, "seconds": round(self.fit.seconds, 3)}
 
 
 class PolicyWithValue(nn.Module):
@@ -294,7 +320,8 @@ class _Online:
     def __init__(self, config: OnlineConfig, module: PolicyWithValue, tokenizer: Any,
                  reward: Callable, prompts: Sequence[str], accelerator: Any,
                  reference: nn.Module | None, shaping: Any,
-                 monitor: Callable[[Rollout], dict[str, torch.Tensor]] | None = None) -> None:
+                 monitor: Callable[[Rollout], dict[str, torch.Tensor]] | None = None,
+                 max_prompt_length: int | None = None) -> None:
         self.cfg = config
         self.monitor = monitor
         self.module = module
@@ -307,7 +334,9 @@ class _Online:
         self.backend = TransformersBackend(SamplingSettings(
             max_new_tokens=config.max_new_tokens, temperature=config.temperature,
             top_k=config.top_k, top_p=config.top_p, stop=list(config.stop),
-            batch_size=config.sampling_batch_size))
+            batch_size=config.sampling_batch_size, max_prompt_length=max_prompt_length))
+        self.truncation = {"max_prompt_length": max_prompt_length, "prompts_truncated": 0,
+                           "completions_truncated": 0}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.kl_in = config.resolved_kl_in()
         self.kl_kind = config.resolved_kl_estimator()
@@ -498,12 +527,17 @@ class _Online:
         r = self.acc.process_index
         return shaped[r * n:(r + 1) * n]
 
-    def _global_mean(self, x: torch.Tensor) -> float:
+    def _global_totals(self, x: torch.Tensor) -> tuple[float, float]:
+        """(sum, count) of ``x`` over all processes."""
         total = torch.tensor([float(x.sum()), float(x.numel())], dtype=torch.float64,
                              device=self.acc.device)
         if self.acc.num_processes > 1:
             total = self.acc.reduce(total, reduction="sum")
-        return float(total[0] / total[1].clamp(min=1))
+        return float(total[0]), float(total[1])
+
+    def _global_mean(self, x: torch.Tensor) -> float:
+        total, count = self._global_totals(x)
+        return total / max(count, 1.0)
 
     def _check_rewards(self, raw: torch.Tensor, ro: Rollout, iteration: int) -> None:
         bad = (~torch.isfinite(raw)).nonzero()
@@ -512,7 +546,8 @@ class _Online:
             ckpts = list_checkpoints(self.cfg.output_dir)
             raise OnlineTrainingError(
                 f"non-finite reward {float(raw[i, j])} at iteration {iteration} for prompt "
-                f"{ro.prompts[i]!r}, completion {ro.completions[i][j]!r} ({len(bad)} of "
+                f"{preview(ro.prompts[i])}, completion {preview(ro.completions[i][j])} "
+                f"({len(bad)} of "
                 f"{raw.numel()} rewards); last checkpoint: "
                 f"{str(ckpts[-1]) if ckpts else 'none'}")
 
@@ -527,6 +562,11 @@ class _Online:
                  "length": round(glob(ro.lengths()), 3),
                  "truncated": round(glob(ro.truncated), 4), "empty": round(glob(ro.empty), 4),
                  "stopped": round(glob(ro.stopped), 4)}
+        cut = ro.prompt_truncated if ro.prompt_truncated is not None else torch.zeros(0)
+        stats["prompts_truncated"] = int(self._global_totals(cut.float())[0])
+        self.truncation["prompts_truncated"] += stats["prompts_truncated"]
+        self.truncation["completions_truncated"] += int(
+            self._global_totals(ro.truncated.float())[0])
         if self.monitor is not None:
             stats.update({k: round(glob(torch.as_tensor(v)), 6)
                           for k, v in self.monitor(ro).items()})
@@ -724,44 +764,39 @@ class _RolloutStream:
 # ----------------------------------------------------------------------------- the run
 
 
-def read_prompts(path: str) -> list[str]:
-    """Prompts from a .txt file (one a line) or a JSONL/JSON file of records with 'prompt'."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"prompts file does not exist: {path}")
-    if p.suffix == ".txt":
-        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from None
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a list of records with a 'prompt' field")
+def read_prompts(path: str) -> list[Any]:
+    """Prompts from a ``.txt`` file (one a line, blank lines skipped) or from the ``prompt``
+    column of any source prefkit reads (:func:`prefkit.data.io.iter_rows`: JSONL, JSON arrays,
+    Parquet, ``datasets`` folders, ``FOLDER::split``). A prompt is text or a conversation
+    (a list of ``{role, content}`` messages, rendered later with the chat template); a bad row
+    raises :class:`~prefkit.data.errors.RecordError` naming the file, the row and the field."""
+    from ..data.errors import FieldError, RecordError
+    from ..data.formats import need_text
+    from ..data.io import iter_rows, row_kind_of, source_kind
+
+    file = Path(path.split("::", 1)[0])
+    if not file.exists():
+        raise FileNotFoundError(f"prompts file does not exist: {file}")
+    if file.suffix == ".txt":
+        with open(file, encoding="utf-8") as fh:
+            out: list[Any] = [line.strip() for line in fh if line.strip()]
     else:
-        rows = []
-        for i, line in enumerate(text.splitlines(), start=1):
+        row_kind = row_kind_of(source_kind(path))
+        out = []
+        for row in iter_rows(path):
+            if row.error is not None:
+                raise row.error
             try:
-                rows.append(json.loads(line) if line.strip() else None)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {i}: malformed JSON ({exc.msg}); expected "
-                                 "one record with a 'prompt' field per line") from None
-    out = []
-    for i, row in enumerate(rows, start=1):
-        if row is None:
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ValueError(f"{path}: record {i}: field 'prompt' must be a string")
-        out.append(row["prompt"])
+                out.append(need_text(row.data, "prompt"))
+            except FieldError as exc:
+                raise RecordError.from_field(exc, path, row.line, row_kind) from None
     if not out:
         raise ValueError(f"{path}: no prompts")
     return out
 
 
 def train_online(config: OnlineConfig, *, reward: Callable | None = None,
-                 prompts: Sequence[str] | None = None, model: nn.Module | None = None,
+                 prompts: Sequence[Any] | None = None, model: nn.Module | None = None,
                  tokenizer: Any = None, reference: nn.Module | None = None,
                  shaping: Any = None, callbacks: Sequence[Callback] = (),
                  monitor: Callable[[Rollout], dict[str, Any]] | None = None) -> OnlineResult:
@@ -769,9 +804,11 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
 
     ``reward``: a reward source (``source(prompts, completions, prompt_ids, completion_ids)
     -> [P, G]``); for ``online_ipo`` it returns ``P(sample 0 beats sample 1)`` in column 0.
-    ``prompts``: the prompt list (else ``config.prompts`` is read). ``model``/``tokenizer``:
-    the policy (else loaded from ``config.model``). ``reference``: a separate frozen
-    reference (default: LoRA adapters disabled, else a frozen copy of the starting policy).
+    ``prompts``: the prompt list, text or conversations (else ``config.prompts`` is read);
+    each keeps its last ``config.resolved_max_prompt_length(model)`` tokens.
+    ``model``/``tokenizer``: the policy (else loaded from ``config.model``). ``reference``: a
+    separate frozen reference (default: LoRA adapters disabled, else a frozen copy of the
+    starting policy).
     ``shaping``: a :class:`prefkit.rewards.sources.RewardShaping` (default from the config).
     ``monitor(rollout) -> {name: [P, G] values}``: extra per-iteration statistics of the samples
     (e.g. a held-back gold reward), averaged into :attr:`OnlineResult.iterations`.
@@ -813,13 +850,17 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     elif isinstance(reward, str):
         raise ValueError(f"reward {reward!r}: pass a reward source (or 'self')")
     online = _Online(config, module, tokenizer, reward, prompts, accelerator, reference, shaping,
-                     monitor)
+                     monitor, max_prompt_length=config.resolved_max_prompt_length(model))
     module.train()
     result = fit(module, online.step, _RolloutStream(online), config, accelerator=accelerator,
                  callbacks=callbacks)
     online.finalize_kl()
+    if online.truncation["prompts_truncated"]:
+        warnings.warn(f"{online.truncation['prompts_truncated']} sampled prompts were longer "
+                      f"than max_prompt_length={online.truncation['max_prompt_length']} tokens "
+                      "and kept their last tokens", stacklevel=2)
     return OnlineResult(fit=result, iterations=online.iterations, model=model,
-                        tokenizer=tokenizer, algo=config.algo)
+                        tokenizer=tokenizer, algo=config.algo, truncation=online.truncation)
 
 
 def self_reward(policy: nn.Module, reference: nn.Module | None, tokenizer: Any, *,
@@ -868,13 +909,16 @@ def resolve_model(config: OnlineConfig) -> tuple[nn.Module, Any]:
     return load_model(config.model, dtype=config.dtype, lora=lora, seed=config.seed)
 
 
-def resolve_prompts(spec: str, *, seed: int = 0) -> list[str]:
-    """Prompts from a file (:func:`read_prompts`) or ``lab:TASK[:N]`` (N sampled prompts of a
-    lab task, default 256)."""
+def resolve_prompts(spec: str, *, seed: int = 0) -> list[Any]:
+    """Prompts from a file or dataset (:func:`read_prompts`) or ``lab:TASK[:N]`` (N sampled
+    prompts of a lab task, default 256)."""
     if spec.startswith("lab:"):
         from ..lab.tasks import get_task
 
         name, _, n = spec[4:].partition(":")
+        if n and not (n.isdigit() and int(n) > 0):
+            raise ValueError(f"prompts {spec!r}: N in lab:TASK:N must be a positive integer, "
+                             f"got {n!r}")
         task = get_task(name)
         rng = random.Random(seed)
         return [task.sample_prompt(rng) for _ in range(int(n) if n else 256)]

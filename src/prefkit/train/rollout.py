@@ -11,7 +11,13 @@
   top_p=..., top_k=..., max_tokens=..., stop=..., seed=...))`` and return each output's
   ``token_ids`` and ``text``; everything downstream (log-probs, rewards, the update) is the same.
 * :class:`Rollout` -- one batch of prompts with their ``G`` completions (text and ids), which
-  completions hit the length limit, were cut by a stop string or came out empty.
+  prompts were cut to ``max_prompt_length`` and which completions hit the length limit, were
+  cut by a stop string or came out empty.
+
+Prompts are text or conversations (lists of ``{role, content}`` messages, rendered with the
+chat template); a prompt longer than ``SamplingSettings.max_prompt_length`` tokens keeps its
+last tokens (BOS first), and only a window of its characters proportional to that budget is
+ever tokenized (:func:`prefkit.models.generate.encode_prompt_truncated`).
 
 Completions are scored by the policy in training with the prompt computed ONCE for its
 ``G`` completions (:meth:`Rollout.groups` gives prefix-shared :class:`PromptGroup` rows).
@@ -27,7 +33,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..models.generate import encode_prompt, sample
+from ..models.generate import encode_prompt_truncated, sample
 from ..models.packing import PromptGroup
 
 __all__ = ["GenerationBackend", "Rollout", "SamplingSettings", "TransformersBackend",
@@ -36,7 +42,8 @@ __all__ = ["GenerationBackend", "Rollout", "SamplingSettings", "TransformersBack
 
 @dataclass
 class SamplingSettings:
-    """How completions are sampled."""
+    """How completions are sampled (``max_prompt_length``: prompt tokens kept, the last ones;
+    None: no limit)."""
 
     max_new_tokens: int = 32
     temperature: float = 1.0
@@ -44,6 +51,7 @@ class SamplingSettings:
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
     batch_size: int = 64
+    max_prompt_length: int | None = None
 
 
 class GenerationBackend(Protocol):
@@ -67,7 +75,7 @@ class TransformersBackend:
                             max_new_tokens=s.max_new_tokens,
                             temperature=0.0 if greedy else s.temperature, top_k=s.top_k,
                             top_p=s.top_p, seed=seed, batch_size=s.batch_size, return_ids=True,
-                            row_offset=row_offset)
+                            row_offset=row_offset, max_prompt_length=s.max_prompt_length)
         return texts, ids
 
 
@@ -91,15 +99,18 @@ class Rollout:
 
     ``truncated[i, j]``: completion hit ``max_new_tokens`` without EOS or a stop string.
     ``empty[i, j]``: it had no token at all (it is scored and trained as the single token EOS).
+    ``prompt_truncated[i]``: prompt ``i`` was cut to ``max_prompt_length`` tokens
+    (``prompt_ids`` holds what the policy saw; ``prompts`` the prompt as given).
     """
 
-    prompts: list[str]
+    prompts: list[Any]
     prompt_ids: list[list[int]]
     completions: list[list[str]]
     completion_ids: list[list[list[int]]]
     truncated: torch.Tensor
     empty: torch.Tensor
     stopped: torch.Tensor
+    prompt_truncated: torch.Tensor | None = None
 
     @property
     def group_size(self) -> int:
@@ -148,11 +159,14 @@ def collect_rollout(backend: GenerationBackend, model: Any, tokenizer: Any,
         trunc.append(row_trunc)
         empty.append(row_empty)
         stopped.append(row_stop)
-    return Rollout(prompts=list(prompts), prompt_ids=[encode_prompt(tokenizer, p) for p in prompts],
+    encoded = [encode_prompt_truncated(tokenizer, p, settings.max_prompt_length)
+               for p in prompts]
+    return Rollout(prompts=list(prompts), prompt_ids=[ids for ids, _ in encoded],
                    completions=out_texts, completion_ids=out_ids,
                    truncated=torch.tensor(trunc, dtype=torch.bool),
                    empty=torch.tensor(empty, dtype=torch.bool),
-                   stopped=torch.tensor(stopped, dtype=torch.bool))
+                   stopped=torch.tensor(stopped, dtype=torch.bool),
+                   prompt_truncated=torch.tensor([cut for _, cut in encoded], dtype=torch.bool))
 
 
 def token_grid(segment: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor, int]:
