@@ -1,12 +1,17 @@
 """`prefkit rm ...`: train, score and evaluate reward models.
 
-Input rows for ``score`` and ``eval`` (JSONL / JSON / Parquet / HF datasets):
+Input rows for ``score`` and ``eval`` come through prefkit's readers (JSONL / JSON / Parquet /
+HF dataset folders, ``FOLDER::split``) and are checked field by field
+(:mod:`prefkit.rewards.inputs`; a bad row is exit 2 naming file, row and field):
 
-- pairs: ``prompt, chosen, rejected`` (TRL / RewardBench, optional ``subset``);
+- pairs: ``prompt, chosen, rejected`` (TRL / RewardBench, optional ``subset``; any comparison
+  format with a winner);
 - K-response sets: ``prompt, responses`` (+ ``ranking`` best first for ``eval``);
 - single responses: ``prompt, response`` (or ``completion``) -- ``score`` only.
 
 Conversational prompts/responses (lists of ``{role, content}``) go through the chat template.
+Every sequence scored is at most ``--max-length`` tokens (prompts keep their last tokens,
+responses their first; :mod:`prefkit.rewards.scoring`), whatever the size of the input.
 """
 
 from __future__ import annotations
@@ -15,67 +20,84 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..train.reward import RewardConfig
 from .common import (
     JsonOpt,
-    bad_input,
     cli_errors,
     config_flags,
     config_from_cli,
     finish_training,
     print_json,
+    stderr,
     stdout,
 )
 
 app = typer.Typer(no_args_is_help=True, help="Reward models: train, score, evaluate.")
 
 
-def _load_scorer(model: str, implicit_reference: str | None, beta: float, implicit: bool):
-    """A saved reward model, or a DPO policy's implicit reward (--implicit)."""
+MaxLengthOpt = Annotated[int | None, typer.Option(
+    help="Max tokens of prompt + one response (default: the model's max_position_embeddings, "
+         "at most 4096). Longer prompts keep their last tokens, responses their first; cuts "
+         "are counted in the output.")]
+MaxPromptLengthOpt = Annotated[int | None, typer.Option(
+    help="Max prompt tokens (default: as many as leave room for the longest response of the "
+         "group, and at least half of --max-length).")]
+ImplicitOpt = Annotated[bool, typer.Option(
+    help="Score with a DPO policy's implicit reward beta * (log pi - log pi_ref). Without "
+         "--reference it is REFERENCE-FREE, beta * log pi(y|x), which ranks responses "
+         "differently (a warning says so).")]
+ReferenceOpt = Annotated[str | None, typer.Option(
+    help="Reference model of --implicit (usually the SFT model the policy started from).")]
+REFERENCE_FREE_NOTE = ("--implicit without --reference: rewards are reference-free, "
+                       "beta * log pi(y|x), not DPO's beta * log(pi / pi_ref); pass "
+                       "--reference SFT_MODEL for the implicit reward the policy was trained "
+                       "with")
+
+
+def _load_scorer(model: str, implicit_reference: str | None, beta: float, implicit: bool
+                 ) -> tuple[Any, dict[str, Any]]:
+    """A saved reward model, or a DPO policy's implicit reward (--implicit); and what the output
+    should say about the reference (``{}`` for a reward model)."""
     if implicit or implicit_reference:
         from ..rewards.implicit import ImplicitReward
 
-        return ImplicitReward.from_paths(model, implicit_reference, beta=beta)
+        info: dict[str, Any] = {"reference": implicit_reference}
+        if implicit_reference is None:
+            info["note"] = REFERENCE_FREE_NOTE
+            stderr.print(f"[yellow]warning:[/yellow] {escape(REFERENCE_FREE_NOTE)}")
+        return ImplicitReward.from_paths(model, implicit_reference, beta=beta), info
     from ..rewards import RewardModel
 
     if not (Path(model) / "reward_config.json").exists():
         raise ValueError(f"{model}: not a prefkit reward model folder (no reward_config.json); "
                          "train one with `prefkit rm train --save-model`, or score a DPO policy "
                          "with --implicit")
-    return RewardModel.from_pretrained(model)
+    return RewardModel.from_pretrained(model), {}
 
 
-def _rows(path: str) -> list[dict[str, Any]]:
-    from ..data.io import iter_rows
+def _score(scorer: Any, data: Any, batch_size: int, max_length: int | None,
+           max_prompt_length: int | None) -> tuple[Any, Any, Any]:
+    """(rewards [N, Kmax], completion lengths [N, Kmax], Truncation) of the groups of ``data``
+    (a :class:`~prefkit.rewards.inputs.ScoreInput`) within the token budget."""
+    from ..rewards.scoring import default_max_length, score_prompt_groups, tokenize_groups
 
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    rows = []
-    for row in iter_rows(path):
-        if row.error is not None:
-            raise row.error
-        rows.append(row.data)
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return rows
-
-
-def _shape(rows: list[dict], path: str) -> str:
-    first = rows[0]
-    for shape, keys in (("pairs", ("prompt", "chosen", "rejected")),
-                        ("sets", ("prompt", "responses"))):
-        if all(k in first for k in keys):
-            missing = [(i, k) for i, r in enumerate(rows) for k in keys if k not in r]
-            if missing:
-                i, k = missing[0]
-                raise ValueError(f"{path}: record {i + 1}: missing field {k!r} (expected the "
-                                 f"{shape} columns {', '.join(keys)})")
-            return shape
-    if "prompt" in first and ("response" in first or "completion" in first):
-        return "single"
-    raise ValueError(f"{path}: record 1: expected prompt+chosen+rejected, prompt+responses or "
-                     f"prompt+response fields, got {sorted(first)}")
+    tokenizer = scorer.tokenizer
+    if tokenizer is None:
+        raise ValueError("the model folder has no tokenizer to score text with")
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"--max-length must be >= 2, got {max_length}")
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise ValueError(f"--max-prompt-length must be >= 1, got {max_prompt_length}")
+    budget = max_length if max_length is not None else default_max_length(scorer)
+    groups, truncation = tokenize_groups(tokenizer, data.prompts, data.responses,
+                                         max_length=budget, max_prompt_length=max_prompt_length)
+    if truncation.prompts or truncation.responses:
+        stderr.print(f"note: {truncation.summary()}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rewards, lengths = score_prompt_groups(scorer, groups, pad_id=pad, batch_size=batch_size)
+    return rewards, lengths, truncation
 
 
 #: Config fields that are flags of `prefkit rm train` (every other one: --set).
@@ -117,47 +139,42 @@ def train(
 def score(
     model: Annotated[str, typer.Argument(help="Reward model folder (or a policy with "
                                               "--implicit).")],
-    data: Annotated[str, typer.Argument(help="Rows to score.")],
+    data: Annotated[str, typer.Argument(help="Rows to score (a file, a dataset folder or "
+                                             "FOLDER::split).")],
     out: Annotated[str, typer.Option(help="Output JSONL: the input rows plus rewards.")
                    ] = "scores.jsonl",
-    batch_size: Annotated[int, typer.Option()] = 16,
-    implicit: Annotated[bool, typer.Option(help="Score with a DPO policy's implicit reward.")
-                        ] = False,
-    reference: Annotated[str | None, typer.Option(help="Reference for --implicit.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompt groups per forward.")] = 16,
+    max_length: MaxLengthOpt = None,
+    max_prompt_length: MaxPromptLengthOpt = None,
+    implicit: ImplicitOpt = False,
+    reference: ReferenceOpt = None,
     beta: Annotated[float, typer.Option(help="beta of the implicit reward.")] = 0.1,
     as_json: JsonOpt = False,
 ) -> None:
     """Add rewards to every row: ``reward`` (single), ``chosen_reward``/``rejected_reward``
-    (pairs) or ``rewards`` (sets)."""
+    (pairs: the preferred response and the other) or ``rewards`` (sets)."""
     import orjson
 
-    from ..rewards.scoring import score_groups
+    from ..rewards.inputs import read_score_input
 
-    rows = _rows(data)
-    shape = _shape(rows, data)
-    scorer = _load_scorer(model, reference, beta, implicit)
-    if shape == "pairs":
-        responses = [[r["chosen"], r["rejected"]] for r in rows]
-    elif shape == "sets":
-        responses = [list(r["responses"]) for r in rows]
-    else:
-        responses = [[r.get("response", r.get("completion"))] for r in rows]
-    rewards = score_groups(scorer, [r["prompt"] for r in rows], responses,
-                           tokenizer=scorer.tokenizer, batch_size=batch_size)
+    rows = read_score_input(data)
+    scorer, info = _load_scorer(model, reference, beta, implicit)
+    rewards, _, truncation = _score(scorer, rows, batch_size, max_length, max_prompt_length)
     with open(out, "wb") as fh:
-        for row, values in zip(rows, rewards.tolist(), strict=True):
-            if shape == "pairs":
+        for row, group, values in zip(rows.rows, rows.responses, rewards.tolist(), strict=True):
+            if rows.shape == "pairs":
                 row = {**row, "chosen_reward": values[0], "rejected_reward": values[1]}
-            elif shape == "sets":
-                row = {**row, "rewards": values[: len(row["responses"])]}
+            elif rows.shape == "sets":
+                row = {**row, "rewards": values[: len(group)]}
             else:
                 row = {**row, "reward": values[0]}
             fh.write(orjson.dumps(row) + b"\n")
-    result = {"scored": len(rows), "shape": shape, "out": out}
+    result = {"scored": len(rows.rows), "shape": rows.shape, "out": out,
+              "truncation": truncation.to_dict(), **info}
     if as_json:
         print_json(result)
     else:
-        stdout.print(f"scored {len(rows)} {shape} rows -> {out}")
+        stdout.print(f"scored {len(rows.rows)} {rows.shape} rows -> {out}")
 
 
 @app.command("eval")
@@ -166,59 +183,120 @@ def evaluate(
     model: Annotated[str, typer.Argument(help="Reward model folder (or a policy with "
                                               "--implicit).")],
     data: Annotated[str, typer.Argument(help="Pairs (prompt, chosen, rejected[, subset]) or "
-                                             "sets (prompt, responses, ranking).")],
-    batch_size: Annotated[int, typer.Option()] = 16,
+                                             "sets (prompt, responses, ranking): a file, a "
+                                             "dataset folder or FOLDER::split.")],
+    batch_size: Annotated[int, typer.Option(help="Prompt groups per forward.")] = 16,
     bins: Annotated[int, typer.Option(help="Calibration bins.")] = 10,
     plot: Annotated[str | None, typer.Option(help="Reliability diagram PNG.")] = None,
     gold_column: Annotated[str | None, typer.Option(
         help="Boolean column: True when the gold annotator prefers chosen.")] = None,
-    implicit: Annotated[bool, typer.Option(help="Evaluate a DPO policy's implicit reward.")
-                        ] = False,
-    reference: Annotated[str | None, typer.Option(help="Reference for --implicit.")] = None,
+    max_length: MaxLengthOpt = None,
+    max_prompt_length: MaxPromptLengthOpt = None,
+    implicit: ImplicitOpt = False,
+    reference: ReferenceOpt = None,
     beta: Annotated[float, typer.Option(help="beta of the implicit reward.")] = 0.1,
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy (ties wrong and half), RewardBench sections, calibration (ECE, reliability
     diagram), reward-length correlation, the "longer wins" / "shorter wins" rules per subset,
-    agreement with a gold annotator; best-of-K accuracy for ranked sets."""
+    agreement with a gold annotator; best-of-K accuracy for ranked sets. Prints a summary;
+    --json prints the full report."""
     import numpy as np
 
     from ..evaluate.calibration import plot_reliability
     from ..evaluate.rm import evaluate_pairs, evaluate_sets
-    from ..rewards.scoring import score_groups
+    from ..rewards.inputs import read_score_input
 
-    rows = _rows(data)
-    shape = _shape(rows, data)
-    if shape == "single":
-        raise bad_input(f"{data}: eval needs pairs or ranked sets, got single responses", as_json)
-    scorer = _load_scorer(model, reference, beta, implicit)
-    prompts = [r["prompt"] for r in rows]
-    if shape == "pairs":
-        rewards, lengths = score_groups(scorer, prompts, [[r["chosen"], r["rejected"]]
-                                                          for r in rows],
-                                        tokenizer=scorer.tokenizer, batch_size=batch_size,
-                                        with_lengths=True)
-        subsets = [str(r["subset"]) for r in rows] if "subset" in rows[0] else None
-        gold = (np.array([bool(r[gold_column]) for r in rows]) if gold_column else None)
-        report = evaluate_pairs(rewards[:, 0].numpy(), rewards[:, 1].numpy(), subsets=subsets,
-                                chosen_lengths=lengths[:, 0].numpy(),
-                                rejected_lengths=lengths[:, 1].numpy(), gold=gold,
+    rows = read_score_input(data, need_ranking=True, gold_column=gold_column)
+    scorer, info = _load_scorer(model, reference, beta, implicit)
+    rewards, lengths, truncation = _score(scorer, rows, batch_size, max_length,
+                                          max_prompt_length)
+    if rows.shape == "pairs":
+        report = evaluate_pairs(rewards[:, 0].numpy(), rewards[:, 1].numpy(),
+                                subsets=rows.subsets, chosen_lengths=lengths[:, 0].numpy(),
+                                rejected_lengths=lengths[:, 1].numpy(),
+                                gold=None if rows.gold is None else np.array(rows.gold),
                                 n_bins=bins)
         if plot:
             report["plot"] = str(plot_reliability(report["calibration"]["bins"], plot))
     else:
-        if "ranking" not in rows[0]:
-            raise bad_input(f"{data}: sets need a 'ranking' (best first) to evaluate", as_json)
-        rewards, lengths = score_groups(scorer, prompts, [list(r["responses"]) for r in rows],
-                                        tokenizer=scorer.tokenizer, batch_size=batch_size,
-                                        with_lengths=True)
-        best = np.array([r["ranking"][0] if not isinstance(r["ranking"][0], list)
-                         else r["ranking"][0][0] for r in rows])
         mask = ~np.isnan(rewards.numpy())
-        report = evaluate_sets(np.nan_to_num(rewards.numpy()), best, lengths=lengths.numpy(),
-                               mask=mask)
-    report["data"] = data
+        report = evaluate_sets(np.nan_to_num(rewards.numpy()), np.array(rows.best),
+                               lengths=lengths.numpy(), mask=mask)
+    report.update(data=data, truncation=truncation.to_dict(), **info)
     if as_json:
         print_json(report)
         return
-    stdout.print_json(data=report)
+    _print_eval_summary(report, rows.shape)
+
+
+def _print_eval_summary(report: dict[str, Any], shape: str) -> None:
+    """The human-readable form of an ``rm eval`` report (--json has everything)."""
+    from rich.table import Table
+
+    def num(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    if shape != "pairs":
+        stdout.print(f"{report['n_sets']} sets of up to {report['k']} responses "
+                     f"({report['data']}): best-of-K accuracy {num(report['best_of_k_accuracy'])}"
+                     f" (ties wrong {num(report['best_of_k_accuracy_ties_wrong'])}, chance "
+                     f"{num(report['chance'])})")
+        length = report.get("length")
+        if length:
+            flag = "  [bold]solved by a length rule[/bold]" if length["solved_by_length_rule"] \
+                else ""
+            stdout.print(f"length: reward-length correlation (Spearman) "
+                         f"{num(length['correlation']['spearman'])}; the longest is best "
+                         f"{num(length['longest_is_best'])}, the shortest "
+                         f"{num(length['shortest_is_best'])}{flag}")
+    else:
+        stdout.print(f"{report['n']} pairs ({report['data']}): accuracy {report['accuracy']:.3f} "
+                     f"(ties as half {report['accuracy_ties_half']:.3f}; {report['n_ties']} "
+                     f"ties), mean margin {report['mean_margin']:.3f}")
+        cal = report["calibration"]
+        stdout.print(f"calibration: ECE {cal['ece']:.3f} over {len(cal['bins'])} bins, mean "
+                     f"confidence {cal['mean_confidence']:.3f}")
+        _print_subsets(report, Table, num)
+        if "gold" in report:
+            gold = report["gold"]
+            stdout.print(f"gold annotator: agreement {num(gold['agreement'])}, Cohen's kappa "
+                         f"{num(gold['cohen_kappa'])} ({gold['n']} pairs)")
+        if report.get("plot"):
+            stdout.print(f"reliability diagram: {report['plot']}")
+    if "note" in report:
+        stdout.print(f"[yellow]note:[/yellow] {escape(report['note'])}")
+    stdout.print("(the full report: --json)")
+
+
+def _print_subsets(report: dict[str, Any], table_cls: Any, num: Any) -> None:
+    """RewardBench sections and a per-subset table with the length rules' flags."""
+    length = report.get("length", {})
+    rules = length.get("rules", {})
+    if length:
+        overall = rules.get("overall", {})
+        stdout.print(f"length: reward-length correlation (Spearman) "
+                     f"{num(length['correlation']['spearman'])}; \"longer wins\" would score "
+                     f"{num(overall.get('longer_wins'))}, \"shorter wins\" "
+                     f"{num(overall.get('shorter_wins'))}")
+    bench = report.get("rewardbench")
+    if not bench:
+        return
+    sections = bench["sections"]
+    if sections:
+        stdout.print("RewardBench: overall " + num(bench["overall"]) + "; " + ", ".join(
+            f"{name} {num(v['score'])} (n={v['n']})" for name, v in sections.items()))
+    section_of = {s: name for name, v in sections.items() for s in v["subsets"]}
+    table = table_cls("subset", "section", "n", "accuracy", "longer wins", "length rule")
+    per_rule = rules.get("subsets", {})
+    for subset, v in bench["subsets"].items():
+        rule = per_rule.get(subset, {})
+        table.add_row(subset, section_of.get(subset, "(other)"), str(v["n"]),
+                      num(v["accuracy"]), num(rule.get("longer_wins")),
+                      "solves it" if rule.get("solved_by_length_rule") else "")
+    stdout.print(table)
+    flagged = rules.get("flagged", [])
+    if flagged:
+        stdout.print(f"{len(flagged)} subset(s) are solved by a length rule (>= "
+                     f"{rules['flag_threshold']:.2f}): their accuracy says little beyond length "
+                     "preference")
