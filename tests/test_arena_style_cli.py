@@ -117,3 +117,32 @@ def test_sandwich_bad_combinations_exit_2(votes):
         result = runner.invoke(app, ["arena", "rank", str(votes["path"]), *args, "--json"])
         assert result.exit_code == 2, (args, result.output)
         assert words in json.loads(result.stdout)["error"]
+
+
+def test_parquet_struct_column_gives_the_rows_style_counts(votes, tmp_path):
+    """Chatbot Arena's Parquet layout (conv_metadata a struct, nested counts structs) is read
+    column by column: the same counts, names and leaderboard as the row reader of the JSONL."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prefkit.data.battles import load_battle_arrays
+    from prefkit.data.parquet_style import parquet_style_counts
+
+    records = [dict(r) for r in votes["records"]]
+    records[0] = {**records[0], "conv_metadata": None}  # no metadata: every feature missing
+    meta = dict(records[1]["conv_metadata"])
+    meta["header_count_a"] = {**meta["header_count_a"], "h2": None}  # one nested count missing
+    records[1] = {**records[1], "conv_metadata": meta}
+    jsonl, parquet = tmp_path / "v.jsonl", tmp_path / "v.parquet"
+    jsonl.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    pq.write_table(pa.Table.from_pylist(records), parquet, row_group_size=250)
+    rows = load_battle_arrays(jsonl, with_style=True)
+    names, side_a, side_b = parquet_style_counts(parquet)
+    assert names == rows.style_names
+    assert "context_tokens" in names and "header_count" in names
+    np.testing.assert_array_equal(side_a, rows.style_a)
+    np.testing.assert_array_equal(side_b, rows.style_b)
+    assert np.isnan(side_a[0]).all() and np.isnan(side_a[1, names.index("header_count")])
+    by_file = [_rank(path, "--style-control", "--ci", "sandwich")["style_control"]
+               for path in (jsonl, parquet)]
+    assert by_file[0] == by_file[1] and by_file[0]["votes_used"] == 598

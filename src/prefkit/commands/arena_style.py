@@ -16,6 +16,8 @@ def style_board(votes: str, models: list[str], plain_rating: np.ndarray, *, conv
     """Ratings with the style covariates regressed out, next to the uncontrolled ones; votes
     without every chosen feature are left out (and counted)."""
     from ..data.battles import load_battle_arrays
+    from ..data.io import source_kind
+    from ..data.parquet_style import parquet_style_counts
     from ..rank import aggregate_pairwise, normal_intervals, to_elo
     from ..rank.bt import mle_exists
     from ..rank.leaderboard import FALLBACK_ALPHA
@@ -29,7 +31,17 @@ def style_board(votes: str, models: list[str], plain_rating: np.ndarray, *, conv
         with_rating_prior,
     )
 
-    arrays = load_battle_arrays(votes, with_style=True)
+    columns = parquet_style_counts(votes) if source_kind(votes) == "parquet" else None
+    if columns is not None:  # a Parquet struct column: summed in Arrow, not row by row
+        arrays = load_battle_arrays(votes)
+        arrays.style_names, arrays.style_a, arrays.style_b = columns
+        if len(arrays.style_a) != len(arrays.a):
+            raise RuntimeError("style rows and vote rows differ in number")
+        if not arrays.style_names:
+            raise ValueError(f"{votes}: no style features (conv_metadata / style with "
+                             "..._a / ..._b counts) for style control")
+    else:
+        arrays = load_battle_arrays(votes, with_style=True)
     if arrays.models != models:  # same file, same order of first appearance
         raise RuntimeError("model order differs between passes")
     names = resolve_features(features, arrays.style_names)

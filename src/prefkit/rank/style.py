@@ -41,6 +41,7 @@ import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.sparse import csr_matrix
 from scipy.special import expit
 
 from .bt import LN10
@@ -164,48 +165,76 @@ def _row_weights(a, b, settings: StyleSettings) -> np.ndarray:
     return inverse_pair_weights(a, b, settings.min_pair_count)
 
 
-def _loglik(theta, gamma, a, b, x, y, w, lam_theta, lam_gamma):
+@dataclass
+class _Design:
+    """The vote rows of a style fit and what every Newton step reuses: ``z_k = (e_a - e_b,
+    x_k)`` as a sparse ``[n, N]`` difference operator plus the covariates."""
+
+    n: int
+    a: np.ndarray
+    b: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    pair_key: np.ndarray
+    diff: csr_matrix
+
+    @classmethod
+    def build(cls, n_items: int, a, b, y, x) -> _Design:
+        a = np.asarray(a, dtype=np.int64)
+        b = np.asarray(b, dtype=np.int64)
+        x = np.asarray(x, dtype=float).reshape(len(a), -1)
+        rows = np.arange(len(a))
+        diff = csr_matrix((np.r_[np.ones(len(a)), -np.ones(len(a))],
+                           (np.r_[a, b], np.r_[rows, rows])), shape=(n_items, len(a)))
+        return cls(n_items, a, b, x, np.asarray(y, dtype=float), a * n_items + b, diff)
+
+    def logits(self, theta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+        return theta[self.a] - theta[self.b] + self.x @ gamma
+
+    def score(self, r: np.ndarray) -> np.ndarray:
+        """``sum_k r_k z_k``."""
+        return np.concatenate([self.diff @ r, self.x.T @ r])
+
+    def stacked(self, v: np.ndarray) -> np.ndarray:
+        """``sum_k v_k z_k z_k^T``, ``[n + d, n + d]`` (the rating block is a weighted graph
+        Laplacian)."""
+        n = self.n
+        pair = np.bincount(self.pair_key, v, n * n).reshape(n, n)
+        block_tt = -(pair + pair.T)
+        block_tt[np.arange(n), np.arange(n)] = pair.sum(axis=1) + pair.sum(axis=0)
+        vx = v[:, None] * self.x
+        block_tg = self.diff @ vx
+        return np.block([[block_tt, block_tg], [block_tg.T, self.x.T @ vx]])
+
+
+def _objective(design: _Design, theta, gamma, w, lam_theta, lam_gamma):
     """Weighted log-likelihood, the penalized objective (to maximize, in summed units) and
     the logits."""
-    z = theta[a] - theta[b] + x @ gamma
+    z = design.logits(theta, gamma)
     # y log s(z) + (1 - y) log s(-z) = y z - log(1 + e^z)
-    loglik = float(np.sum(w * (y * z - np.logaddexp(0.0, z))))
+    loglik = float(np.sum(w * (design.y * z - np.logaddexp(0.0, z))))
     return loglik, loglik - 0.5 * (lam_theta * float(theta @ theta)
                                    + lam_gamma * float(gamma @ gamma)), z
 
 
-def _stacked(n, a, b, x, v):
-    """``sum_k v_k z_k z_k^T`` for ``z_k = (e_a - e_b, x_k)``: the ``[n + d, n + d]`` matrix
-    assembled from scatters (the rating block is a weighted graph Laplacian)."""
-    pair = np.bincount(a * n + b, v, n * n).reshape(n, n)
-    block_tt = -(pair + pair.T)
-    block_tt[np.arange(n), np.arange(n)] = pair.sum(axis=1) + pair.sum(axis=0)
-    vx = v[:, None] * x
-    block_tg = np.empty((n, x.shape[1]))
-    for k in range(x.shape[1]):
-        block_tg[:, k] = np.bincount(a, vx[:, k], n) - np.bincount(b, vx[:, k], n)
-    return np.block([[block_tt, block_tg], [block_tg.T, x.T @ vx]])
-
-
-def _derivatives(theta, gamma, z, a, b, x, y, w, n, lam_theta, lam_gamma):
+def _derivatives(design: _Design, theta, gamma, z, w, lam_theta, lam_gamma):
     """Gradient and information (negative Hessian) of the penalized objective."""
+    n, d = design.n, design.x.shape[1]
     p = expit(z)
-    r = w * (y - p)
-    g_theta = np.bincount(a, r, n) - np.bincount(b, r, n) - lam_theta * theta
-    g_gamma = x.T @ r - lam_gamma * gamma
-    info = _stacked(n, a, b, x, w * p * (1 - p))
-    info[np.diag_indices(n + x.shape[1])] += np.r_[np.full(n, lam_theta),
-                                                   np.full(x.shape[1], lam_gamma)]
-    return np.concatenate([g_theta, g_gamma]), info
+    penalty = np.r_[np.full(n, lam_theta), np.full(d, lam_gamma)]
+    grad = design.score(w * (design.y - p)) - penalty * np.concatenate([theta, gamma])
+    info = design.stacked(w * p * (1 - p))
+    info[np.diag_indices(n + d)] += penalty
+    return grad, info
 
 
-def _fit_rows(n, a, b, y, x, w, lam_theta, lam_gamma, max_iter, tol, initial):
+def _fit_rows(design: _Design, w, lam_theta, lam_gamma, max_iter, tol, initial):
     """Newton's method on the summed objective (penalties already multiplied by ``D``)."""
-    d = x.shape[1]
+    n, d = design.n, design.x.shape[1]
     theta, gamma = ((np.zeros(n), np.zeros(d)) if initial is None
                     else (np.array(initial[0], float), np.array(initial[1], float)))
-    loglik, obj, z = _loglik(theta, gamma, a, b, x, y, w, lam_theta, lam_gamma)
-    grad, info = _derivatives(theta, gamma, z, a, b, x, y, w, n, lam_theta, lam_gamma)
+    loglik, obj, z = _objective(design, theta, gamma, w, lam_theta, lam_gamma)
+    grad, info = _derivatives(design, theta, gamma, z, w, lam_theta, lam_gamma)
     converged, n_iter = False, 0
     for n_iter in range(1, max_iter + 1):
         if np.max(np.abs(grad)) < tol * max(1.0, w.sum() / 1e4):
@@ -216,21 +245,16 @@ def _fit_rows(n, a, b, y, x, w, lam_theta, lam_gamma, max_iter, tol, initial):
         step = np.linalg.solve(info, grad)
         t = 1.0
         while True:  # backtracking on the objective alone; derivatives only once accepted
-            new_loglik, new_obj, new_z = _loglik(theta + t * step[:n], gamma + t * step[n:],
-                                                 a, b, x, y, w, lam_theta, lam_gamma)
+            new_loglik, new_obj, new_z = _objective(design, theta + t * step[:n],
+                                                    gamma + t * step[n:], w, lam_theta,
+                                                    lam_gamma)
             if new_obj >= obj - 1e-12 * abs(obj) or t < 1e-8:
                 break
             t *= 0.5
         theta, gamma, loglik, obj = theta + t * step[:n], gamma + t * step[n:], new_loglik, \
             new_obj
-        grad, info = _derivatives(theta, gamma, new_z, a, b, x, y, w, n, lam_theta, lam_gamma)
+        grad, info = _derivatives(design, theta, gamma, new_z, w, lam_theta, lam_gamma)
     return StyleResult(theta - theta.mean(), gamma, n_iter, converged, loglik)
-
-
-def _prepare(a, b, y, x):
-    a = np.asarray(a, dtype=np.int64)
-    b = np.asarray(b, dtype=np.int64)
-    return a, b, np.asarray(y, dtype=float), np.asarray(x, dtype=float).reshape(len(a), -1)
 
 
 def fit_bt_style(
@@ -245,10 +269,10 @@ def fit_bt_style(
     the rows (frequency weights: ``D`` counts them), on top of the settings' pair weights.
     Warns when Newton's method does not converge (e.g. a model that never won, without a
     rating penalty)."""
-    a, b, y, x = _prepare(a, b, y, x)
-    freq = np.ones(len(a)) if weights is None else np.asarray(weights, dtype=float)
+    design = _Design.build(n_items, a, b, y, x)
+    freq = np.ones(len(design.a)) if weights is None else np.asarray(weights, dtype=float)
     scale = settings.denominator(freq.sum())
-    result = _fit_rows(n_items, a, b, y, x, freq * _row_weights(a, b, settings),
+    result = _fit_rows(design, freq * _row_weights(design.a, design.b, settings),
                        scale * settings.rating_penalty, scale * settings.coef_penalty,
                        max_iter, tol, initial)
     if not result.converged:
@@ -264,19 +288,19 @@ def bootstrap_bt_style(
 ) -> np.ndarray:
     """``[rounds, n_items]`` centred ratings from resampled vote rows (multinomial row counts,
     the pair weights of the full data kept, as arena-rank's bootstrap does)."""
-    a, b, y, x = _prepare(a, b, y, x)
+    design = _Design.build(n_items, a, b, y, x)
     rng = np.random.default_rng(seed)
     if initial is None:
         initial = fit_bt_style(n_items, a, b, y, x, settings=settings)
-    n_rows = len(a)
-    pair_w = _row_weights(a, b, settings)
+    n_rows = len(design.a)
+    pair_w = _row_weights(design.a, design.b, settings)
     scale = settings.denominator(n_rows)
     out = np.empty((rounds, n_items))
     start = (initial.params, initial.style_coef)
     for r in range(rounds):
         # multinomial(N, uniform) counts, drawn as a bincount of N uniform row picks
         counts = np.bincount(rng.integers(0, n_rows, n_rows), minlength=n_rows)
-        out[r] = _fit_rows(n_items, a, b, y, x, counts * pair_w, scale * settings.rating_penalty,
+        out[r] = _fit_rows(design, counts * pair_w, scale * settings.rating_penalty,
                            scale * settings.coef_penalty, 20, 1e-6, start).params
     return out
 
@@ -304,19 +328,19 @@ def style_sandwich_covariance(
     covariates that go with particular models leave ``A`` nearly singular, and the ridge also
     narrows the intervals of models with few votes. With ``ridge=0`` the all-ones direction (free
     without a rating penalty) is projected out exactly."""
-    a, b, y, x = _prepare(a, b, y, x)
-    n, d, n_rows = n_items, x.shape[1], len(a)
-    v = _row_weights(a, b, settings)
+    design = _Design.build(n_items, a, b, y, x)
+    n, d, n_rows = n_items, design.x.shape[1], len(design.a)
+    v = _row_weights(design.a, design.b, settings)
     beta = np.concatenate([result.params, result.style_coef])
-    p = expit(result.params[a] - result.params[b] + x @ result.style_coef)
+    p = expit(design.logits(result.params, result.style_coef))
     penalty = settings.denominator(n_rows) * np.r_[np.full(n, settings.rating_penalty),
                                                    np.full(d, settings.coef_penalty)]
-    hess = _stacked(n, a, b, x, v * p * (1 - p))
+    hess = design.stacked(v * p * (1 - p))
     if settings.sandwich == "penalized":
         hess[np.diag_indices(n + d)] += penalty
     hess[np.diag_indices(n + d)] += (settings.sandwich_ridge if ridge is None else ridge) * n_rows
     g = penalty * beta
-    meat = _stacked(n, a, b, x, (v * (y - p)) ** 2)
+    meat = design.stacked((v * (design.y - p)) ** 2)
     meat -= np.outer(g, g) / (n_rows if settings.sandwich == "penalized" else n_rows**2)
     hess[:n, :n] += 1.0 / n  # the all-ones direction: free, and absent from the scores
     bread = np.linalg.inv(hess)
