@@ -454,3 +454,62 @@ def test_to_kind_never_invents(records, target):
     assert report.used >= passed
     if target in ("ranking", "rating", "critique"):
         assert report.used == passed and len(out) == passed
+
+
+# ---------------------------------------------------------------------------------------------
+# `prefkit data convert`: nothing converts -> exit 2 with the ledger, no output left behind
+# ---------------------------------------------------------------------------------------------
+
+
+def _convert(*args):
+    import json
+
+    from typer.testing import CliRunner
+
+    from prefkit.commands.data import app
+
+    result = CliRunner().invoke(app, ["convert", *map(str, args), "--json"])
+    assert "Traceback" not in result.stdout + result.stderr
+    return result, json.loads(result.stdout)
+
+
+def _pairs_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                    '{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    return path
+
+
+def test_cli_convert_that_drops_everything_exits_2_and_writes_nothing(tmp_path):
+    source, out = _pairs_file(tmp_path), tmp_path / "out.jsonl"
+    result, payload = _convert(source, out, "--to", "rating")
+    assert result.exit_code == 2 and payload["ok"] is False
+    assert payload["conversion"]["dropped"] == {no_conversion("comparison", "rating"): 2}
+    assert payload["write"]["written"] == 0
+    assert payload["error"] == (f"{source}: no record converts to rating, so {out} was not "
+                                "written; dropped: 2 no conversion from comparison to rating")
+    assert not out.exists()
+    out.write_text("an older file\n")  # never replaced by an empty one
+    assert _convert(source, out, "--to", "rating")[0].exit_code == 2
+    assert out.read_text() == "an older file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "pairs.jsonl"]
+
+
+def test_cli_convert_ties_only_to_trl_shows_the_ledger(tmp_path):
+    source = tmp_path / "ties.jsonl"
+    source.write_text('{"kind": "comparison", "prompt": "p", "response_a": "a", '
+                      '"response_b": "b", "outcome": "tie"}\n')
+    result, payload = _convert(source, tmp_path / "o.parquet", "--to", "trl-preference")
+    assert result.exit_code == 2 and "dropped: 1 tie" in payload["error"]
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_cli_convert_checks_the_output_before_reading(tmp_path):
+    source = _pairs_file(tmp_path)
+    for out, reason in ((source / "o.jsonl", "is a file, not a folder"),
+                        ("/proc/prefkit-test/o.jsonl", "cannot create files in /proc")):
+        result, payload = _convert(source, out, "--to", "prefkit")
+        assert result.exit_code == 2
+        assert payload["error"].startswith(f"cannot write {out}: ") and reason in payload["error"]
+    ok, payload = _convert(source, tmp_path / "o.jsonl", "--to", "prefkit")
+    assert ok.exit_code == 0 and payload["write"]["written"] == 2

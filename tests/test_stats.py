@@ -265,3 +265,19 @@ def test_mixed_kinds_summary():
     assert stats["outcomes"]["comparison"]["tie_rate"] is None
     assert stats["agreement"]["comparison"]["krippendorff_alpha"] is None
     json.dumps(stats, allow_nan=False)
+
+
+def test_cli_prints_a_dash_for_missing_values_and_json_keeps_null(tmp_path):
+    from typer.testing import CliRunner
+
+    from prefkit.commands.data import app
+
+    path = tmp_path / "ranking.jsonl"
+    path.write_text('{"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}\n')
+    human = CliRunner().invoke(app, ["stats", str(path)])
+    assert human.exit_code == 0, human.output
+    assert "None" not in human.stdout and "{}" not in human.stdout
+    assert "    tie_rate: -" in human.stdout and "  desirable_rate: -" in human.stdout
+    payload = json.loads(CliRunner().invoke(app, ["stats", str(path), "--json"]).stdout)
+    assert payload["binary"]["desirable_rate"] is None
+    assert payload["outcomes"]["comparison"]["tie_rate"] is None

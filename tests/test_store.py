@@ -46,6 +46,7 @@ from prefkit.data.store import (
     VERSIONS,
     FeedbackStore,
     SchemaVersionError,
+    StoreError,
     create_store_engine,
     record_row,
     schema_version,
@@ -514,3 +515,106 @@ def test_cli_errors(tmp_path):
     conn.close()
     future = _cli("stats", "--db", db, "--json")
     assert future.exit_code == 1 and "schema version 99" in json.loads(future.stdout)["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Store paths and URLs: one clear message (exit 2), and read-only commands create nothing
+# ---------------------------------------------------------------------------------------------
+
+
+def _clear_error(result, *words: str) -> str:
+    """Exit code 2, no traceback, one JSON object whose error holds every word."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.stdout + result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is False
+    for word in words:
+        assert word in payload["error"], payload["error"]
+    return payload["error"]
+
+
+def test_read_only_commands_do_not_create_stores(tmp_path):
+    missing = tmp_path / "nonexistent" / "dir" / "x.db"
+    _clear_error(_cli("stats", "--db", missing, "--json"), f"no store at {missing}")
+    _clear_error(_cli("export", tmp_path / "out.jsonl", "--db", tmp_path / "typo.db", "--json"),
+                 f"no store at {tmp_path / 'typo.db'}", "store import")
+    assert os.listdir(tmp_path) == []  # no folder, no store, no empty output
+    with pytest.raises(StoreError, match="no store at"):
+        FeedbackStore(missing, create=False)
+    assert not missing.parent.exists()
+
+
+def test_read_only_commands_open_an_existing_store_only(tmp_path):
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE notes (x)")
+    conn.close()
+    before = foreign.read_bytes()
+    _clear_error(_cli("stats", "--db", foreign, "--json"), "no prefkit store")
+    assert foreign.read_bytes() == before  # looked at read-only
+    (tmp_path / "empty.db").write_bytes(b"")
+    _clear_error(_cli("stats", "--db", tmp_path / "empty.db", "--json"), "no store at")
+    data = write_jsonl(tmp_path / "in.jsonl", range(6))
+    assert _cli("import", data, "--db", tmp_path / "new" / "s.db").exit_code == 0
+    stats = json.loads(_cli("stats", "--db", tmp_path / "new" / "s.db", "--json").stdout)
+    assert stats["records"] == 6
+
+
+@pytest.mark.parametrize("command", ["import", "stats"])
+def test_db_that_is_not_a_store(tmp_path, command):
+    data = write_jsonl(tmp_path / "in.jsonl", range(3))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    text = tmp_path / "notes.db"
+    text.write_text("hello, not SQLite\n")
+    args = [data] if command == "import" else []
+    _clear_error(_cli(command, *args, "--db", folder, "--json"),
+                 f"{folder} is a folder, not a store")
+    _clear_error(_cli(command, *args, "--db", text, "--json"),
+                 f"{text} is not a prefkit store: not an SQLite database file")
+    assert text.read_text() == "hello, not SQLite\n" and os.listdir(folder) == []
+
+
+def test_store_paths_that_cannot_be_created(tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", range(3))
+    _clear_error(_cli("import", data, "--db", data / "x.db", "--json"),
+                 f"cannot write {data / 'x.db'}", "is a file, not a folder")
+    _clear_error(_cli("import", data, "--db", "/proc/prefkit-test/x.db", "--json"),
+                 "cannot write /proc/prefkit-test/x.db")
+
+
+def test_postgres_without_its_driver_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg -> ImportError
+    data = write_jsonl(tmp_path / "in.jsonl", range(3))
+    error = _clear_error(_cli("import", data, "--db", "postgresql+psycopg://u:secret@h/db",
+                              "--json"), "pip install 'prefkit[postgres]'")
+    assert "secret" not in error
+    with pytest.raises(StoreError, match=r"prefkit\[postgres\]"):
+        FeedbackStore("postgresql+psycopg2://u@h/db")  # another driver, not installed here
+
+
+def test_unreachable_or_unsupported_databases(tmp_path):
+    pytest.importorskip("psycopg")
+    _clear_error(_cli("stats", "--db", "postgresql+psycopg://u@127.0.0.1:1/db", "--json"),
+                 "cannot open the store postgresql+psycopg://u@127.0.0.1:1/db",
+                 "Connection refused")
+    _clear_error(_cli("stats", "--db", "mysql://u@h/db", "--json"), "unsupported database")
+    _clear_error(_cli("stats", "--db", "postgresql+nodriver://u@h/db", "--json"),
+                 "unknown database driver")
+
+
+def test_export_with_nothing_to_write_exits_2_and_writes_nothing(tmp_path):
+    db = tmp_path / "s.db"
+    data = write_jsonl(tmp_path / "in.jsonl", [0, 6])  # two comparisons
+    assert _cli("import", data, "--db", db).exit_code == 0
+    out = tmp_path / "out.jsonl"
+    _clear_error(_cli("export", out, "--db", db, "--to", "rating", "--json"),
+                 "nothing to export", "rating format holds none of them",
+                 "2 comparison record", "was not written")
+    _clear_error(_cli("export", out, "--db", db, "--kind", "rating", "--json"),
+                 "no record matches --kind 'rating'")
+    assert not out.exists()
+    _clear_error(_cli("export", "/proc/prefkit-test/o.jsonl", "--db", db, "--json"),
+                 "cannot write /proc/prefkit-test/o.jsonl")
+    ok = _cli("export", out, "--db", db, "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["written"] == 2

@@ -44,6 +44,10 @@ CASES = [
     ("identical_responses", b'{"prompt": "x", "chosen": "same", "rejected": "same"}\n',
      "rejected", "different from 'chosen'", "data.jsonl"),
     ("duplicate_record", GOOD[0], None, "not identical to line 1", "data.jsonl"),
+    ("too_deep", b'{"prompt": "x", "chosen": "a", "rejected": "b", "meta": '
+     + b"[" * 50 + b"]" * 50 + b"}\n", "meta", "nested at most 32 levels", "data.jsonl"),
+    ("too_deep", b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}\n", None,
+     "nested at most 32 levels", "data.jsonl"),
 ]
 
 OUTCOME_GOOD = [
@@ -208,3 +212,31 @@ def test_parallel_validation_equals_sequential(tmp_path):
     two = validate_file(path, workers=2, max_errors=10**6).to_dict()
     assert one["invalid"] > 1000 and one["error_counts"]["duplicate_record"] > 900
     assert two == one
+
+
+def test_an_empty_file_is_bad_input(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(b"")
+    result = _run(path, "--json")
+    assert result.exit_code == 2
+    payload = json.loads(result.stdout)
+    assert payload["detail"]["code"] == "no_records" and payload["detail"]["file"] == str(path)
+
+
+def test_side_files_are_checked_before_reading(tmp_path):
+    path = _file(tmp_path, b'{"prompt": "x"}\n')
+    before = path.read_bytes()
+    for args, words in (
+        (["--output", path], "--output is the input file"),
+        (["--rejected", path], "--rejected is the input file"),
+        (["--output", tmp_path / "o.jsonl", "--rejected", tmp_path / "o.jsonl"],
+         "--rejected is also --output"),
+        (["--output", path / "o.jsonl"], "is a file, not a folder"),
+        (["--rejected", "/proc/prefkit-test/r.jsonl"], "cannot create files in /proc"),
+    ):
+        result = _run(path, "--skip-invalid", *args, "--json")
+        assert result.exit_code == 2, result.output
+        assert words in json.loads(result.stdout)["error"]
+        assert "Traceback" not in result.output
+    assert path.read_bytes() == before  # the input was never opened for writing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from ..data.formats import FORMATS, get_format
+from ..data.io import check_source_exists
 from .common import EXIT_BAD_INPUT, bad_input, cli_errors, print_json, stderr, stdout
 
 app = typer.Typer(help="Validate, summarize and convert feedback files.", no_args_is_help=True)
@@ -23,11 +24,22 @@ SplitOpt = Annotated[
 ]
 
 
-def _check_exists(path: str) -> None:
-    if "::" in path:
-        path = path.split("::", 1)[0]
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+def _check_side_files(source: str, outputs: dict[str, Path]) -> None:
+    """Side files must be writable, distinct, and never the input itself (opening one for
+    writing would empty the input before it is read)."""
+    from ..data.errors import OutputPathError
+    from ..data.io import check_output_path
+
+    local = Path(source.split("::", 1)[0]).resolve()
+    seen: dict[Path, str] = {}
+    for option, path in outputs.items():
+        check_output_path(path)
+        resolved = Path(path).resolve()
+        if resolved == local:
+            raise OutputPathError(path, f"{option} is the input file")
+        if resolved in seen:
+            raise OutputPathError(path, f"{option} is also {seen[resolved]}")
+        seen[resolved] = option
 
 
 def _side_path(source: str, tag: str) -> Path:
@@ -61,12 +73,13 @@ def validate(
     record is invalid (unless --skip-invalid)."""
     from ..data.validate import validate_file
 
-    _check_exists(file)
+    check_source_exists(file)
     if format is not None:
         get_format(format)
     if skip_invalid:
         output = output or _side_path(file, "valid")
         rejected = rejected or _side_path(file, "rejected")
+        _check_side_files(file, {"--output": output, "--rejected": rejected})
     report = validate_file(
         file, format, split=split, skip_invalid=skip_invalid, output_path=output,
         rejected_path=rejected, check_duplicates=duplicates, max_errors=max_errors,
@@ -106,7 +119,7 @@ def stats(
     from ..data.io import read_records
     from ..data.stats import feedback_stats, load_tokenizer
 
-    _check_exists(file)
+    check_source_exists(file)
     tok = load_tokenizer(tokenizer) if tokenizer else None
     result = feedback_stats(read_records(file, format, split=split), tokenizer=tok)
     result = {"file": file, **result}
@@ -133,6 +146,10 @@ def _print_tree(value, indent: int = 0) -> None:
 
 
 def _fmt(value) -> str:
+    """A value for people: floats to 4 significant digits, a missing value (None) or an empty
+    collection as '-' (``--json`` keeps null)."""
+    if value is None or value == {} or value == []:
+        return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -159,25 +176,33 @@ def convert(
     """Convert between formats; converts record kinds when needed (rankings/ratings/binary ->
     pairs, pairs -> binary, comparisons -> battles) and reports what was dropped and why."""
     from ..data.convert import ConversionReport, to_kind
-    from ..data.io import read_records, write_records
+    from ..data.io import check_output_path, output_kind, read_records, write_records
 
-    _check_exists(input)
+    check_source_exists(input)
     target = get_format(to)
     if pairs not in ("all", "adjacent"):
         raise bad_input(f"--pairs must be 'all' or 'adjacent', got {pairs!r}", as_json)
+    check_output_path(output, folder=output_kind(output) == "hf")
     records = read_records(input, format, split=split)
     conversion = ConversionReport()
     if len(target.kinds) == 1:
         records = to_kind(records, target.kinds[0], pairs=pairs, min_gap=min_gap,
                           attribute=attribute, report=conversion)
-    written = write_records(records, output, target.name)
+    written = write_records(records, output, target.name, keep_empty=False)
+    dropped = {**conversion.dropped, **written.dropped}
     result = {"input": input, "output": str(output), "to": target.name,
               "conversion": conversion.to_dict(), "write": written.to_dict()}
+    if not written.written:
+        ledger = "; ".join(f"{n} {reason}" for reason, n in dropped.items()) or "none"
+        skipped = "; ".join(f"{n} {reason}" for reason, n in conversion.skipped.items())
+        message = (f"{input}: no record converts to {target.name}, so {output} was not "
+                   f"written; dropped: {ledger}" + (f"; skipped: {skipped}" if skipped else ""))
+        raise bad_input(message, as_json, **result)
     if as_json:
         print_json(result)
         return
     stdout.print(f"wrote {written.written} records to {output} ({target.name})")
-    for reason, n in {**conversion.dropped, **written.dropped}.items():
+    for reason, n in dropped.items():
         stdout.print(f"  dropped {n} records: {reason}")
     for reason, n in conversion.skipped.items():
         stdout.print(f"  skipped {n}: {reason}")

@@ -3,7 +3,8 @@
 The store is an SQLite file or any SQLAlchemy URL (``--db``, env ``PREFKIT_STORE``, default
 ``prefkit.db`` in the current folder). Imports are idempotent: importing a file again stores
 nothing new, and an import stopped by a bad record completes when the fixed file is imported
-again.
+again. Only ``import`` creates a store; ``stats`` and ``export`` of a store that does not exist
+exit with 2 ("no store at ...") and create nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from ..data.errors import RecordError
 from ..data.formats import FORMATS, get_format
+from ..data.io import check_source_exists
 from ..data.records import KINDS
 from ..data.store import DEFAULT_BATCH_SIZE, FeedbackStore, SchemaVersionError
 from .common import EXIT_INTERNAL, bad_input, cli_errors, print_json, stderr, stdout
@@ -38,10 +40,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 
 
 @contextmanager
-def _open_store(db: str, as_json: bool) -> Iterator[FeedbackStore]:
-    """Open (create or upgrade) the store; a store newer than this prefkit exits with 1."""
+def _open_store(db: str, as_json: bool, *, create: bool = False) -> Iterator[FeedbackStore]:
+    """Open (and upgrade) the store, creating it only with ``create``; a store that cannot be
+    opened is bad input (2, via :func:`cli_errors`), a store newer than this prefkit exits
+    with 1."""
     try:
-        store = FeedbackStore(db)
+        store = FeedbackStore(db, create=create)
     except SchemaVersionError as exc:
         stderr.print(f"[red]error:[/red] {escape(str(exc))}")
         if as_json:
@@ -51,12 +55,6 @@ def _open_store(db: str, as_json: bool) -> Iterator[FeedbackStore]:
         yield store
     finally:
         store.close()
-
-
-def _check_input(path: str) -> None:
-    local = Path(path.split("::", 1)[0])
-    if not local.exists():
-        raise FileNotFoundError(f"{local}: no such file or folder")
 
 
 @app.command("import")
@@ -75,10 +73,10 @@ def import_(
     """Import a feedback file. Records already stored are skipped (duplicates); a record whose
     id is stored with different content is a conflict: reported, never overwritten. The first
     bad record stops the import with exit code 2; fix it and import again to complete it."""
-    _check_input(file)
+    check_source_exists(file)
     if format is not None:
         get_format(format)
-    with _open_store(db, as_json) as store:
+    with _open_store(db, as_json, create=True) as store:
         if not as_json:
             stderr.print(f"importing {escape(file)} into {escape(store.url)}")
         try:
@@ -123,13 +121,26 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Export stored records. Records the format cannot hold are counted by reason, never
-    silently dropped."""
+    silently dropped. Nothing to write (no record matches, or the format holds none of them)
+    exits with 2 and writes no file."""
+    from ..data.io import check_output_path, output_kind
+
     target = get_format(to)
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(KINDS)}")
+    check_output_path(out, folder=output_kind(out) == "hf")
     with _open_store(db, as_json) as store:
-        report = store.export(out, target.name, kind=kind, annotator=annotator)
+        report = store.export(out, target.name, kind=kind, annotator=annotator,
+                              keep_empty=False)
     result = {"ok": True, "db": store.url, **report.to_dict()}
+    if not report.written:
+        filters = ", ".join(f"{name} {value!r}" for name, value in
+                            (("--kind", kind), ("--annotator", annotator)) if value)
+        ledger = "; ".join(f"{n} {reason}" for reason, n in report.dropped.items())
+        why = (f"the {target.name} format holds none of them (dropped: {ledger})" if ledger
+               else f"no record matches {filters}" if filters else "the store is empty")
+        raise bad_input(f"{store.url}: nothing to export: {why}; {out} was not written",
+                        as_json, **{**result, "ok": False})
     if as_json:
         print_json(result)
         return

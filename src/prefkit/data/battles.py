@@ -17,8 +17,17 @@ from typing import Any
 import numpy as np
 
 from ..rank.aggregate import A_WINS, B_WINS, BOTH_BAD, TIE, CountAccumulator, PairCounts
-from .errors import MISSING_FIELD, UNKNOWN_OUTCOME, WRONG_TYPE, RecordError
-from .io import iter_rows, source_kind
+from .errors import (
+    EMPTY_FIELD,
+    MISSING_FIELD,
+    NO_RECORDS,
+    UNKNOWN_OUTCOME,
+    UNREADABLE_FILE,
+    WRONG_TYPE,
+    Note,
+    RecordError,
+)
+from .io import iter_rows, json_columns_of, open_parquet, source_kind
 
 WINNER_CODES = {"model_a": A_WINS, "model_b": B_WINS, "tie": TIE, "tie (bothbad)": BOTH_BAD,
                 "a": A_WINS, "b": B_WINS, "both_bad": BOTH_BAD}
@@ -75,7 +84,7 @@ def iter_battle_chunks(source: Any, *, with_style: bool = False, index: dict | N
     index = {} if index is None else index
     name = str(source)
     kind = source_kind(source)
-    if kind == "parquet" and not with_style:
+    if kind == "parquet" and not with_style and _plain_battle_columns(source):
         yield from _parquet_chunks(source, index)
         return
     a_list: list[int] = []
@@ -92,7 +101,7 @@ def iter_battle_chunks(source: Any, *, with_style: bool = False, index: dict | N
         winner = data.get("winner", data.get("outcome"))
         code = WINNER_CODES.get(winner) if isinstance(winner, str) else None
         if code is None:
-            raise RecordError(name, line, "winner" if "winner" in data else "outcome",
+            raise RecordError(name, line, "outcome" if "outcome" in data else "winner",
                               "one of model_a, model_b, tie, tie (bothbad)", UNKNOWN_OUTCOME,
                               winner, row_kind=row_kind)
         if model_a == model_b:
@@ -102,7 +111,12 @@ def iter_battle_chunks(source: Any, *, with_style: bool = False, index: dict | N
         b_list.append(index.setdefault(model_b, len(index)))
         o_list.append(code)
         if with_style:
-            styles.append(_style_pairs(data.get("conv_metadata") or data.get("style") or {}))
+            key = "conv_metadata" if "conv_metadata" in data else "style"
+            style = data.get(key) or {}
+            if not isinstance(style, dict):
+                raise RecordError(name, line, key, "an object of style counts", WRONG_TYPE,
+                                  style, row_kind=row_kind)
+            styles.append(_style_pairs(style))
         if len(a_list) >= CHUNK:
             yield _chunk(a_list, b_list, o_list, styles if with_style else None)
             a_list, b_list, o_list, styles = [], [], [], []
@@ -121,24 +135,63 @@ def _chunk(a, b, o, styles):
             style)
 
 
-def _parquet_chunks(path, index: dict):
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+def _plain_battle_columns(path) -> bool:
+    """True when the battle columns of a Parquet file are plain columns (the column fast path
+    applies), False when prefkit's writer stored one as JSON text (mixed value types: read
+    row by row, where each row is checked)."""
+    with open_parquet(path) as pf:
+        encoded = set(json_columns_of(pf.schema_arrow))
+    return not encoded & {"model_a", "model_b", "winner", "outcome"}
 
-    with pq.ParquetFile(path) as pf:
-        names = pf.schema_arrow.names
-        outcome_col = "winner" if "winner" in names else "outcome"
-        for field in ("model_a", "model_b", outcome_col):
-            if field not in names:
-                raise RecordError(str(path), None, field, "a column of battle records",
+
+def _parquet_chunks(path, index: dict):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    source = str(path)
+    with open_parquet(path) as pf:
+        schema = pf.schema_arrow
+        outcome_col = "winner" if "winner" in schema.names else "outcome"
+        columns = ["model_a", "model_b", outcome_col]
+        for field in columns:
+            if field not in schema.names:
+                raise RecordError(source, None, field, "a column of battle records",
                                   MISSING_FIELD)
+            value_type = schema.field(field).type
+            if pa.types.is_dictionary(value_type):
+                value_type = value_type.value_type
+            if not (pa.types.is_string(value_type) or pa.types.is_large_string(value_type)):
+                raise RecordError(source, None, field, "a column of strings", WRONG_TYPE,
+                                  Note(f"a column of {value_type}"), row_kind="row")
         start = 0
-        for batch in pf.iter_batches(batch_size=1 << 20,
-                                     columns=["model_a", "model_b", outcome_col]):
+        batches = pf.iter_batches(batch_size=1 << 20, columns=columns)
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as exc:
+                raise RecordError(source, start + 1, None, "readable Parquet rows",
+                                  UNREADABLE_FILE, Note(str(exc).strip()), row_kind="row"
+                                  ) from None
+            if batch is None:
+                break
+            for field in columns:
+                column = batch.column(field)
+                if column.null_count:
+                    first = int(np.flatnonzero(
+                        column.is_null().to_numpy(zero_copy_only=False))[0])
+                    raise RecordError(source, start + first + 1, field,
+                                      "a model name" if field != outcome_col else
+                                      "one of model_a, model_b, tie, tie (bothbad)",
+                                      MISSING_FIELD, row_kind="row")
             codes = []
             for col in ("model_a", "model_b"):
                 enc = pc.dictionary_encode(batch.column(col))
                 dictionary = enc.dictionary.to_pylist()
+                if "" in dictionary:
+                    first = int(np.flatnonzero(
+                        enc.indices.to_numpy(zero_copy_only=False) == dictionary.index(""))[0])
+                    raise RecordError(source, start + first + 1, col, "a model name",
+                                      EMPTY_FIELD, "", row_kind="row")
                 mapping = np.array([index.setdefault(m, len(index)) for m in dictionary],
                                    dtype=np.int64)
                 codes.append(mapping[enc.indices.to_numpy(zero_copy_only=False)])
@@ -149,17 +202,20 @@ def _parquet_chunks(path, index: dict):
                 first = int(np.flatnonzero(
                     np.isin(enc.indices.to_numpy(zero_copy_only=False),
                             [values.index(v) for v in bad]))[0])
-                raise RecordError(str(path), start + first + 1, outcome_col,
+                raise RecordError(source, start + first + 1, outcome_col,
                                   "one of model_a, model_b, tie, tie (bothbad)",
                                   UNKNOWN_OUTCOME, bad[0], row_kind="row")
             mapping = np.array([WINNER_CODES[v] for v in values], dtype=np.int8)
             outcome = mapping[enc.indices.to_numpy(zero_copy_only=False)]
             same = np.flatnonzero(codes[0] == codes[1])
             if len(same):
-                raise RecordError(str(path), start + int(same[0]) + 1, "model_b",
+                raise RecordError(source, start + int(same[0]) + 1, "model_b",
                                   "a model different from model_a", WRONG_TYPE, row_kind="row")
             start += len(outcome)
             yield codes[0], codes[1], outcome, None
+        if start == 0:
+            raise RecordError(source, None, None, "at least one record", NO_RECORDS,
+                              Note("none (empty)"))
 
 
 def aggregate_battle_file(source: str | os.PathLike) -> tuple[PairCounts, list[str],

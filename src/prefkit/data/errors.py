@@ -18,16 +18,37 @@ RANKING_REPEATED = "ranking_index_repeated"
 OUT_OF_SCALE = "out_of_scale"
 DUPLICATE_RECORD = "duplicate_record"
 UNKNOWN_FORMAT = "unknown_format"
+TOO_DEEP = "too_deep"
+"""JSON nested deeper than :data:`prefkit.data.io.MAX_NESTING` levels."""
+UNREADABLE_FILE = "unreadable_file"
+"""A corrupt Parquet file or Arrow shard, or a folder that is not a dataset folder."""
+UNKNOWN_SPLIT = "unknown_split"
+"""A ``FOLDER::split`` (or ``--split``) the dataset folder does not have, or none given."""
+NO_RECORDS = "no_records"
+"""An empty file, array or dataset: nothing to read."""
 
 ERROR_CODES = (
     MALFORMED_JSON, NON_UTF8, MISSING_FIELD, EMPTY_FIELD, WRONG_TYPE, IDENTICAL_RESPONSES,
     UNKNOWN_OUTCOME, RANKING_OUT_OF_RANGE, RANKING_REPEATED, OUT_OF_SCALE, DUPLICATE_RECORD,
-    UNKNOWN_FORMAT,
+    UNKNOWN_FORMAT, TOO_DEEP, UNREADABLE_FILE, UNKNOWN_SPLIT, NO_RECORDS,
 )
 
 
+class Note(str):
+    """A description in place of a value (``got=Note("an empty folder")``): shown as is, without
+    quotes, up to 200 characters."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    if isinstance(value, Note):
+        limit = max(limit, 200)
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<a {type(value).__name__} nested too deep to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -108,6 +129,16 @@ class RecordError(ValueError):
         if self.got is not ...:
             out["got"] = _short(self.got, 200)
         return out
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written (a missing folder that cannot be made, a path
+    under a file, no permission, a folder where a file is expected or the reverse)."""
+
+    def __init__(self, path: Any, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot write {self.path}: {reason}")
 
 
 class Unrepresentable(ValueError):

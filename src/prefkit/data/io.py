@@ -12,6 +12,12 @@ Sources (chosen from the path):
 
 Parquet and Arrow cannot tell a missing key from a null, so prefkit reads nulls as missing.
 
+Every problem with a source is a :class:`~prefkit.data.errors.RecordError` naming the file (or
+shard), the line / record / row where there is one, the field where there is one, and what was
+expected: malformed JSON, non-UTF-8 bytes, JSON nested deeper than :data:`MAX_NESTING` levels,
+a corrupt Parquet file or Arrow shard, a folder that is not a dataset folder, an unknown split,
+an empty source. Outputs are checked before any work with :func:`check_output_path`.
+
 The format (see :mod:`prefkit.data.formats`) is detected from the first row's columns unless
 given.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -31,9 +38,15 @@ import orjson
 
 from .errors import (
     MALFORMED_JSON,
+    NO_RECORDS,
     NON_UTF8,
+    TOO_DEEP,
+    UNKNOWN_SPLIT,
+    UNREADABLE_FILE,
     WRONG_TYPE,
     FieldError,
+    Note,
+    OutputPathError,
     RecordError,
     Unrepresentable,
 )
@@ -42,6 +55,11 @@ from .records import Record
 
 PARQUET_BATCH_ROWS = 4096
 JSON_CHUNK_CHARS = 1 << 20
+MAX_NESTING = 32
+"""Deepest nesting of objects and arrays in a record (the record itself is level 1). Deeper
+records are rejected as ``too_deep``: every writer can hold what the readers accept (Parquet
+readers stop at ~49 nested list levels, orjson writes at most 255), and no reader recurses
+without bound."""
 
 
 @dataclass(slots=True)
@@ -67,6 +85,10 @@ def source_kind(source: Any) -> str:
     path = Path(str(source).split("::", 1)[0])
     if path.is_dir():
         return "hf"
+    if "::" in str(source):
+        raise RecordError(str(source), None, None,
+                          "FILE without '::SPLIT' (splits are for dataset folders)",
+                          UNKNOWN_SPLIT, Note(f"{path} is not a folder"), row_kind="row")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return "parquet"
@@ -77,8 +99,104 @@ def source_kind(source: Any) -> str:
     return "jsonl"
 
 
+def check_source_exists(source: str | os.PathLike) -> Path:
+    """The local path of a source (``FOLDER::split`` -> ``FOLDER``); a missing one is a
+    ``FileNotFoundError`` naming it (exit code 2 in the CLI). Call it before loading models."""
+    path = Path(split_source(source)[0])
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    return path
+
+
 def row_kind_of(kind: str) -> str:
     return {"jsonl": "line", "json-array": "record", "parquet": "row", "hf": "row"}[kind]
+
+
+# ---------------------------------------------------------------------------------------------
+# Nesting depth
+# ---------------------------------------------------------------------------------------------
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """True when objects/arrays in ``value`` nest more than ``limit`` levels (``value`` itself
+    is level 1). Iterative: safe on any depth."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def deep_field(row: dict) -> str | None:
+    """The first top-level field of a row (level 1) whose value nests deeper than
+    :data:`MAX_NESTING` allows, else None. A top-level ``metadata`` object counts as more
+    top-level fields (``metadata.KEY``): the native format keeps extra columns there, so a
+    record is equally deep in every format and whatever a reader accepts, a writer holds."""
+    for key, value in row.items():
+        if key == "metadata" and isinstance(value, dict):
+            inner = next((k for k, v in value.items() if isinstance(v, (dict, list))
+                          and too_deep(v, MAX_NESTING - 1)), None)
+            if inner is not None:
+                return f"metadata.{inner}"
+        elif isinstance(value, (dict, list)) and too_deep(value, MAX_NESTING - 1):
+            return key
+    return None
+
+
+def row_too_deep(row: Any) -> bool:
+    """True when a row nests deeper than :data:`MAX_NESTING` (see :func:`deep_field`)."""
+    return deep_field(row) is not None if isinstance(row, dict) else too_deep(row)
+
+
+def _maybe_deep(text: bytes | str, start: int = 0, end: int | None = None) -> bool:
+    """Cheap pre-filter: a value cannot nest deeper than its count of opening brackets."""
+    end = len(text) if end is None else end
+    opening = (b"[", b"{") if isinstance(text, bytes) else ("[", "{")
+    return text.count(opening[0], start, end) + text.count(opening[1], start, end) > MAX_NESTING
+
+
+def _deep_error(source: str, line: int | None, data: Any, row_kind: str = "line",
+                got: Any = ...) -> RecordError:
+    """A ``too_deep`` error naming the first top-level field that nests too deep."""
+    field_name = deep_field(data) if isinstance(data, dict) else None
+    return RecordError(source, line, field_name,
+                       f"objects and arrays nested at most {MAX_NESTING} levels deep", TOO_DEEP,
+                       got, row_kind=row_kind)
+
+
+def _type_depth(arrow_type: Any) -> int:
+    """Nesting levels of an Arrow type as JSON (a list or struct is one level)."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(arrow_type):
+        return 1 + max((_type_depth(arrow_type.field(i).type)
+                        for i in range(arrow_type.num_fields)), default=0)
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or \
+            pa.types.is_fixed_size_list(arrow_type):
+        return 1 + _type_depth(arrow_type.value_type)
+    if pa.types.is_map(arrow_type):
+        return 1 + _type_depth(arrow_type.item_type)
+    return 0
+
+
+def check_schema_depth(schema: Any, source: str) -> None:
+    """Reject an Arrow schema whose columns nest deeper than rows may (:data:`MAX_NESTING`;
+    a ``metadata`` struct counts as more columns, as in :func:`deep_field`)."""
+    import pyarrow as pa
+
+    columns = list(schema)
+    for column in schema:
+        if column.name == "metadata" and pa.types.is_struct(column.type):
+            columns.extend(column.type.field(i) for i in range(column.type.num_fields))
+            columns.remove(column)
+    for column in columns:
+        if 1 + _type_depth(column.type) > MAX_NESTING:
+            raise RecordError(source, None, column.name,
+                              f"columns nested at most {MAX_NESTING - 1} levels deep", TOO_DEEP,
+                              Note(f"{_type_depth(column.type)} levels"), row_kind="row")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,8 +210,10 @@ def _line_error(source: str, lineno: int, raw: bytes, exc: Exception) -> RecordE
     except UnicodeDecodeError as err:
         return RecordError(source, lineno, None, "UTF-8 text", NON_UTF8,
                            f"byte 0x{raw[err.start]:02x} at byte {err.start} of the line")
+    if "depth limit" in str(exc):
+        return _deep_error(source, lineno, None, got=Note("more than 1024 levels"))
     return RecordError(source, lineno, None, "one JSON object per line", MALFORMED_JSON,
-                       str(exc))
+                       Note(str(exc)))
 
 
 def iter_jsonl_rows(path: str | os.PathLike) -> Iterator[Row]:
@@ -109,6 +229,9 @@ def iter_jsonl_rows(path: str | os.PathLike) -> Iterator[Row]:
                     continue
                 yield Row(lineno, None, raw, _line_error(source, lineno, raw, exc))
                 continue
+            if _maybe_deep(raw) and row_too_deep(data):
+                yield Row(lineno, None, raw, _deep_error(source, lineno, data))
+                continue
             if type(data) is not dict:
                 err = RecordError(source, lineno, None, "a JSON object", WRONG_TYPE, data)
                 yield Row(lineno, None, raw, err)
@@ -116,66 +239,81 @@ def iter_jsonl_rows(path: str | os.PathLike) -> Iterator[Row]:
             yield Row(lineno, data, raw)
 
 
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a non-UTF-8 byte under "surrogateescape"
+
+
 def iter_json_array_rows(path: str | os.PathLike) -> Iterator[Row]:
-    """Rows of a file holding one JSON array of objects, decoded incrementally."""
+    """Rows of a file holding one JSON array of objects, decoded incrementally (the records
+    are numbered from 1). A record with non-UTF-8 bytes, of the wrong type or nested too deep
+    comes back with ``error`` and reading goes on; after malformed JSON it stops (the end of
+    the record is unknown)."""
     source = str(path)
     decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8", errors="strict") as fh:
-        try:
-            buf, pos, index, eof = "", 0, 0, False
-            started = False
-            while True:
-                while pos < len(buf) and buf[pos] in " \t\r\n,":
-                    pos += 1
-                if pos >= len(buf) or (started and buf[pos] not in "]"
-                                       and not _complete(decoder, buf, pos)):
-                    if eof:
-                        if pos < len(buf):
-                            _, exc = _try_decode(decoder, buf, pos)
-                            err = RecordError(source, index + 1, None, "a JSON object",
-                                              MALFORMED_JSON, exc, row_kind="record")
-                            yield Row(index + 1, None, None, err)
-                            return
-                        if started:
-                            err = RecordError(source, index + 1, None, "']' closing the array",
-                                              MALFORMED_JSON, "end of file", row_kind="record")
-                            yield Row(index + 1, None, None, err)
-                        return
-                    more = fh.read(JSON_CHUNK_CHARS)
-                    eof = not more
-                    buf, pos = buf[pos:] + more, 0
-                    continue
-                if not started:
-                    if buf[pos] != "[":
-                        raise RecordError(source, None, None, "a JSON array", MALFORMED_JSON)
-                    started, pos = True, pos + 1
-                    continue
-                if buf[pos] == "]":
-                    return
+    # Undecodable bytes become lone surrogates, found per record below (so the error names
+    # the record) only when a chunk had any.
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        buf, pos, index, eof, started, escaped = "", 0, 0, False, False, False
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n,":
+                pos += 1
+            if pos >= len(buf) and not eof:
+                buf, pos, eof, escaped = _more(fh, buf, pos, escaped)
+                continue
+            if not started:
+                if pos >= len(buf) or buf[pos] != "[":
+                    raise RecordError(source, None, None, "a JSON array of objects",
+                                      MALFORMED_JSON, buf[pos:pos + 20] if pos < len(buf)
+                                      else Note("an empty file"))
+                started, pos = True, pos + 1
+                continue
+            if pos >= len(buf):
+                yield Row(index + 1, None, None, RecordError(
+                    source, index + 1, None, "']' closing the array", MALFORMED_JSON,
+                    "end of file", row_kind="record"))
+                return
+            if buf[pos] == "]":
+                return
+            index += 1
+            try:
                 obj, end = decoder.raw_decode(buf, pos)
-                index += 1
-                if type(obj) is not dict:
-                    err = RecordError(source, index, None, "a JSON object", WRONG_TYPE, obj,
-                                      row_kind="record")
-                    yield Row(index, None, None, err)
-                else:
-                    yield Row(index, obj)
-                pos = end
-        except UnicodeDecodeError as exc:
-            raise RecordError(source, None, None, "UTF-8 text", NON_UTF8,
-                              f"invalid byte at byte offset {exc.start} of a chunk") from None
+            except RecursionError:
+                yield Row(index, None, None, _deep_error(source, index, None, "record",
+                                                         Note("deeper than the JSON parser goes")))
+                return
+            except json.JSONDecodeError as exc:
+                if not eof:  # maybe the record goes on in the next chunk
+                    index -= 1
+                    buf, pos, eof, escaped = _more(fh, buf, pos, escaped)
+                    continue
+                yield Row(index, None, None, RecordError(
+                    source, index, None, "a JSON object", MALFORMED_JSON,
+                    Note(_escaped_text(str(exc))), row_kind="record"))
+                return
+            bad = _ESCAPED_BYTE.search(buf, pos, end) if escaped else None
+            if bad is not None:
+                err = RecordError(source, index, None, "UTF-8 text", NON_UTF8,
+                                  Note(f"byte 0x{ord(bad.group()) - 0xdc00:02x} in the record"),
+                                  row_kind="record")
+            elif _maybe_deep(buf, pos, end) and row_too_deep(obj):
+                err = _deep_error(source, index, obj, "record")
+            elif type(obj) is not dict:
+                err = RecordError(source, index, None, "a JSON object", WRONG_TYPE, obj,
+                                  row_kind="record")
+            else:
+                err = None
+            yield Row(index, None if err else obj, None, err)
+            pos = end
 
 
-def _try_decode(decoder: json.JSONDecoder, buf: str, pos: int):
-    try:
-        return decoder.raw_decode(buf, pos), None
-    except json.JSONDecodeError as exc:
-        return None, str(exc)
+def _more(fh: Any, buf: str, pos: int, escaped: bool) -> tuple[str, int, bool, bool]:
+    """Read the next chunk: ``(buffer from pos, 0, eof, any undecodable byte so far)``."""
+    more = fh.read(JSON_CHUNK_CHARS)
+    escaped = escaped or _ESCAPED_BYTE.search(more) is not None
+    return buf[pos:] + more, 0, not more, escaped
 
 
-def _complete(decoder: json.JSONDecoder, buf: str, pos: int) -> bool:
-    """True when an element starting at ``pos`` decodes within the buffer."""
-    return _try_decode(decoder, buf, pos)[0] is not None
+def _escaped_text(text: str) -> str:
+    return _ESCAPED_BYTE.sub(lambda m: f"\\x{ord(m.group()) - 0xdc00:02x}", text)
 
 
 def drop_nulls(value: Any) -> Any:
@@ -187,60 +325,252 @@ def drop_nulls(value: Any) -> Any:
     return value
 
 
-def iter_parquet_rows(path: str | os.PathLike) -> Iterator[Row]:
+def open_parquet(path: str | os.PathLike) -> Any:
+    """A ``pyarrow.parquet.ParquetFile``; a file pyarrow cannot open (not Parquet, truncated,
+    a schema nested deeper than pyarrow reads) is an ``unreadable_file`` error naming it."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        pf = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise RecordError(str(path), None, None, "a Parquet file", UNREADABLE_FILE,
+                          _first_line(exc)) from None
+    try:
+        check_schema_depth(pf.schema_arrow, str(path))
+    except BaseException:
+        pf.close()
+        raise
+    return pf
+
+
+def _first_line(exc: BaseException) -> Note:
+    text = str(exc).strip()
+    return Note(text.splitlines()[0] if text else type(exc).__name__)
+
+
+def _read_error(source: str, first_row: int, n_rows: int, exc: BaseException,
+                expected: str) -> RecordError:
+    """A batch of rows that cannot be read (corrupt pages, undecodable strings)."""
+    where = f"rows {first_row}-{first_row + n_rows - 1}: " if n_rows > 1 else ""
+    return RecordError(source, first_row, None, expected, UNREADABLE_FILE,
+                       Note(where + _first_line(exc)), row_kind="row")
+
+
+def iter_parquet_rows(path: str | os.PathLike) -> Iterator[Row]:
+    import pyarrow as pa
+
+    source = str(path)
     n = 0
-    with pq.ParquetFile(path) as pf:
+    with open_parquet(path) as pf:
         json_columns = json_columns_of(pf.schema_arrow)
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            for row in batch.to_pylist():
+        batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        while True:
+            try:
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                rows = batch.to_pylist()
+            except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+                raise _read_error(source, n + 1, PARQUET_BATCH_ROWS, exc,
+                                  "readable Parquet rows") from None
+            for row in rows:
                 n += 1
-                yield Row(n, decode_json_columns(drop_nulls(row), json_columns))
+                yield _arrow_row(source, n, row, json_columns)
+
+
+def _arrow_row(source: str, n: int, row: dict, json_columns: list[str]) -> Row:
+    """A Parquet / Arrow row: nulls dropped, JSON-text columns decoded (checked like JSONL)."""
+    row = drop_nulls(row)
+    for key in json_columns:
+        text = row.get(key)
+        if not isinstance(text, str):
+            continue
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            if "depth limit" in str(exc):
+                return Row(n, None, None, _deep_error(source, n, None, "row",
+                                                      Note("more than 1024 levels")))
+            return Row(n, None, None, RecordError(source, n, key, "JSON text", MALFORMED_JSON,
+                                                  Note(str(exc)), row_kind="row"))
+        if _maybe_deep(text) and row_too_deep({key: value}):
+            return Row(n, None, None, _deep_error(source, n, {key: value}, "row"))
+        row[key] = value
+    return Row(n, row)
+
+
+DATASET_MARKERS = ("state.json", "dataset_info.json")
+"""Files of a folder written by ``datasets.Dataset.save_to_disk`` (a ``DatasetDict`` folder
+has ``dataset_dict.json`` and one such folder per split)."""
+
+
+def is_dataset_folder(folder: str | os.PathLike) -> bool:
+    """True for a folder written by ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    folder = Path(folder)
+    return (folder / "dataset_dict.json").is_file() or all(
+        (folder / name).is_file() for name in DATASET_MARKERS)
+
+
+def split_source(source: Any, split: str | None = None) -> tuple[Any, str | None]:
+    """``FOLDER::split`` -> ``(FOLDER, split)``; an explicit ``split`` wins."""
+    if isinstance(source, (str, os.PathLike)) and "::" in str(source):
+        text, named = str(source).split("::", 1)
+        return text, split if split is not None else named
+    return source, split
 
 
 def open_dataset(source: Any, split: str | None = None):
-    """A ``datasets.Dataset`` from a dataset object or a ``save_to_disk`` folder."""
+    """A ``datasets.Dataset`` from a dataset object or a ``save_to_disk`` folder (``split``
+    chooses one split of a ``DatasetDict``; ``FOLDER::split`` too). A folder that is not a
+    dataset folder, a corrupt shard, an unknown or missing split are :class:`RecordError`
+    naming the folder or the shard."""
     import datasets
 
+    source, split = split_source(source, split)
     if isinstance(source, (str, os.PathLike)):
-        text = str(source)
-        if "::" in text and split is None:
-            text, split = text.split("::", 1)
-        source = datasets.load_from_disk(text)
+        source = _load_dataset_folder(Path(source), split)
+        split = None
     if isinstance(source, datasets.DatasetDict):
-        if split is None:
-            raise ValueError(f"dataset has splits {list(source)}: choose one (split=..., or "
-                             "path::split on the command line)")
+        name = "DatasetDict"
+        if split is None or split not in source:
+            raise _split_error(name, list(source), split)
         source = source[split]
     if not isinstance(source, datasets.Dataset):
         raise TypeError(f"expected a datasets.Dataset, got {type(source).__name__}")
     return source
 
 
+def _split_error(source: str, splits: list[str], split: str | None) -> RecordError:
+    names = ", ".join(splits) or "(none)"
+    if split is None:
+        return RecordError(source, None, None,
+                           f"a split (FOLDER::SPLIT or --split); the splits are {names}",
+                           UNKNOWN_SPLIT, row_kind="row")
+    return RecordError(source, None, None, f"one of the splits {names}", UNKNOWN_SPLIT, split,
+                       row_kind="row")
+
+
+def _load_dataset_folder(folder: Path, split: str | None):
+    """``datasets.load_from_disk`` of one dataset (a split of a ``DatasetDict`` folder is loaded
+    alone), with every failure a :class:`RecordError`."""
+    import datasets
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such dataset folder")
+    dict_file = folder / "dataset_dict.json"
+    if dict_file.is_file():
+        try:
+            splits = orjson.loads(dict_file.read_bytes())["splits"]
+            if not (isinstance(splits, list) and all(isinstance(x, str) for x in splits)):
+                raise TypeError("'splits' is not a list of names")
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise RecordError(str(dict_file), None, "splits",
+                              "the DatasetDict index written by save_to_disk", UNREADABLE_FILE,
+                              _first_line(exc)) from None
+        if split is None or split not in splits:
+            raise _split_error(str(folder), splits, split)
+        return _load_dataset_folder(folder / split, None)
+    if split is not None:
+        raise RecordError(str(folder), None, None,
+                          "no split: the folder holds one dataset, not a DatasetDict",
+                          UNKNOWN_SPLIT, split, row_kind="row")
+    if not is_dataset_folder(folder):
+        files = sorted(p.name for p in folder.iterdir())
+        got = Note("an empty folder" if not files else
+                   f"a folder of {len(files)} entries without {' / '.join(DATASET_MARKERS)}")
+        raise RecordError(str(folder), None, None,
+                          "a dataset folder written by datasets' save_to_disk",
+                          UNREADABLE_FILE, got, row_kind="row")
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_from_disk(str(folder))
+    except Exception as exc:  # noqa: BLE001 - any failure to load names the bad file
+        raise _dataset_error(folder, exc) from None
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _dataset_error(folder: Path, exc: BaseException) -> RecordError:
+    """The file of a dataset folder that fails to load: the first unreadable shard, else the
+    state file."""
+    import pyarrow as pa
+
+    state = folder / "state.json"
+    try:
+        shards = [f["filename"] for f in orjson.loads(state.read_bytes())["_data_files"]]
+    except Exception as state_exc:  # noqa: BLE001 - a broken state file is the error
+        return RecordError(str(state), None, "_data_files", "the state file save_to_disk writes",
+                           UNREADABLE_FILE, _first_line(state_exc), row_kind="row")
+    if not shards:  # datasets writes no shard for a dataset without rows and columns
+        return RecordError(str(folder), None, None, "at least one record", NO_RECORDS,
+                           Note("none (a dataset without data files)"))
+    for name in shards:
+        shard = folder / name
+        try:
+            with pa.memory_map(str(shard)) as source:
+                pa.ipc.open_stream(source).read_all()
+        except Exception as shard_exc:  # noqa: BLE001
+            return RecordError(str(shard), None, None, "an Arrow shard written by save_to_disk",
+                               UNREADABLE_FILE, _first_line(shard_exc), row_kind="row")
+    return RecordError(str(folder), None, None, "a dataset folder datasets can load",
+                       UNREADABLE_FILE, _first_line(exc), row_kind="row")
+
+
 def iter_dataset_rows(source: Any, split: str | None = None) -> Iterator[Row]:
+    import pyarrow as pa
+
     dataset = open_dataset(source, split)
+    path, split = split_source(source, split)
+    name = _source_name(path)
+    check_schema_depth(dataset.data.schema, name)
     json_columns = json_columns_of(dataset.data.schema)
-    if isinstance(source, (str, os.PathLike)):
-        sidecar = Path(str(source).split("::", 1)[0], DATASET_SIDECAR)
-        if sidecar.exists():
-            json_columns = orjson.loads(sidecar.read_bytes())
+    if isinstance(path, (str, os.PathLike)):
+        folder = Path(path)
+        if split is not None and (folder / "dataset_dict.json").is_file():
+            folder = folder / split
+        if (folder / DATASET_SIDECAR).exists():
+            json_columns = orjson.loads((folder / DATASET_SIDECAR).read_bytes())
     for start in range(0, len(dataset), PARQUET_BATCH_ROWS):
-        batch = dataset.data.slice(start, PARQUET_BATCH_ROWS).to_pylist()
+        try:
+            batch = dataset.data.slice(start, PARQUET_BATCH_ROWS).to_pylist()
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+            raise _read_error(name, start + 1, min(PARQUET_BATCH_ROWS, len(dataset) - start),
+                              exc, "readable Arrow rows") from None
         for offset, row in enumerate(batch):
-            yield Row(start + offset + 1, decode_json_columns(drop_nulls(row), json_columns))
+            yield _arrow_row(name, start + offset + 1, row, json_columns)
+
+
+def _nonempty(rows: Iterator[Any], source: Any) -> Iterator[Any]:
+    """``rows``, or a ``no_records`` error when there are none at all."""
+    first = next(rows, _END)
+    if first is _END:
+        raise RecordError(_source_name(split_source(source)[0]), None, None,
+                          "at least one record", NO_RECORDS, Note("none (empty)"))
+    yield first
+    yield from rows
+
+
+_END = object()
 
 
 def iter_rows(source: Any, *, split: str | None = None) -> Iterator[Row]:
-    """Raw rows of any supported source (see the module docstring)."""
+    """Raw rows of any supported source (see the module docstring); a source with no rows at
+    all is a ``no_records`` error."""
     kind = source_kind(source)
     if kind == "jsonl":
-        return iter_jsonl_rows(source)
-    if kind == "json-array":
-        return iter_json_array_rows(source)
-    if kind == "parquet":
-        return iter_parquet_rows(source)
-    return iter_dataset_rows(source, split)
+        rows = iter_jsonl_rows(source)
+    elif kind == "json-array":
+        rows = iter_json_array_rows(source)
+    elif kind == "parquet":
+        rows = iter_parquet_rows(source)
+    else:
+        rows = iter_dataset_rows(source, split)
+    return _nonempty(rows, source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,9 +597,9 @@ def iter_decoded(
     fmt = get_format(format) if isinstance(format, str) else format
     kind = source_kind(source)
     if kind == "jsonl":
-        return _decode_jsonl(source, fmt)
-    return _decode_rows(iter_rows(source, split=split), _source_name(source), row_kind_of(kind),
-                        fmt)
+        return _nonempty(_decode_jsonl(source, fmt), source)
+    return _decode_rows(iter_rows(source, split=split),
+                        _source_name(split_source(source)[0]), row_kind_of(kind), fmt)
 
 
 def _decode_jsonl(path: str | os.PathLike, fmt: Format | None, start: int = 0,
@@ -292,6 +622,9 @@ def _decode_jsonl(path: str | os.PathLike, fmt: Format | None, start: int = 0,
             except orjson.JSONDecodeError as exc:
                 if raw.strip():
                     yield (lineno, None, raw, None, _line_error(source, lineno, raw, exc))
+                continue
+            if _maybe_deep(raw) and row_too_deep(data):
+                yield (lineno, None, raw, None, _deep_error(source, lineno, data))
                 continue
             if type(data) is not dict:
                 err = RecordError(source, lineno, None, "a JSON object", WRONG_TYPE, data)
@@ -427,17 +760,65 @@ def encoded_rows(records: Iterable[Record], fmt: Format, report: WriteReport) ->
         yield row
 
 
-def write_records(records: Iterable[Record], path: str | os.PathLike, format: str = "prefkit"
-                  ) -> WriteReport:
+def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """Check, before any work is done, that ``path`` can be written; returns it as a ``Path``.
+
+    ``folder``: the output is a folder (a dataset folder, a run folder), else a file. Raises
+    :class:`~prefkit.data.errors.OutputPathError` (a ``ValueError``: exit code 2 in the CLI)
+    when a file is expected where a folder is (or the reverse), when a parent on the way is a
+    file, or when no file can be created where the output goes (a folder that does not exist
+    and cannot be made, no permission, a read-only file system). Creates nothing."""
+    target = Path(path)
+    if str(path) == "" or target.name == "":
+        raise OutputPathError(path, "expected a file or folder name")
+    if target.exists():
+        if folder and not target.is_dir():
+            raise OutputPathError(path, "it is a file; expected a folder")
+        if not folder and target.is_dir():
+            raise OutputPathError(path, "it is a folder; expected a file name")
+    probe = target if folder and target.is_dir() else target.parent
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputPathError(path, f"{probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise OutputPathError(path, f"cannot create files in {probe} "
+                                    f"({exc.strerror or _first_line(exc)})") from None
+    return target
+
+
+def _check_replaceable(target: Path) -> None:
+    """A dataset output may replace an existing dataset folder or an empty folder, never a
+    folder of other files."""
+    if target.is_dir() and not is_dataset_folder(target) and any(target.iterdir()):
+        raise OutputPathError(target, "the folder exists and is not a dataset folder; refusing "
+                                      "to replace it (choose a new folder name)")
+
+
+def write_records(records: Iterable[Record], path: str | os.PathLike, format: str = "prefkit",
+                  *, keep_empty: bool = True) -> WriteReport:
     """Write records in ``format`` to ``path`` (kind of file from the extension, see
     :func:`output_kind`). Records the format cannot hold are counted in the report, never
-    silently lost. The file appears atomically (written to a temporary name, then renamed)."""
+    silently lost. The file appears atomically (written to a temporary name, then renamed).
+    With ``keep_empty=False`` nothing is created (and an existing ``path`` is left as it was)
+    when no record was written; ``report.written == 0`` says so.
+
+    The path is checked first (:func:`check_output_path`); a dataset folder replaces an
+    existing dataset folder only."""
     fmt = get_format(format)
     kind = output_kind(path)
+    target = check_output_path(path, folder=kind == "hf")
+    if kind == "hf":
+        _check_replaceable(target)
     report = WriteReport(str(path), fmt.name)
     rows = encoded_rows(records, fmt, report)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(path, exc.strerror or _first_line(exc)) from None
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         if kind == "jsonl":
@@ -448,11 +829,12 @@ def write_records(records: Iterable[Record], path: str | os.PathLike, format: st
             write_parquet_rows(rows, tmp)
         else:
             write_dataset_rows(rows, tmp)
-        if kind == "hf" and target.exists():
-            import shutil
+        if report.written or keep_empty:
+            if kind == "hf" and target.exists():
+                import shutil
 
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+                shutil.rmtree(target)
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
             import shutil
@@ -538,13 +920,6 @@ def json_columns_of(schema) -> list[str]:
     if JSON_COLUMNS_KEY in meta:
         return orjson.loads(meta[JSON_COLUMNS_KEY])
     return []
-
-
-def decode_json_columns(row: dict, columns: list[str]) -> dict:
-    for key in columns:
-        if isinstance(row.get(key), str):
-            row[key] = orjson.loads(row[key])
-    return row
 
 
 def write_parquet_rows(rows: Iterable[dict], path: str | os.PathLike,

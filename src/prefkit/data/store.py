@@ -15,6 +15,11 @@ SQLite file, or any SQLAlchemy URL of an SQLite or PostgreSQL database, e.g.
 - **Versioned**: ``prefkit_schema_version`` records the migrations applied; opening a store
   applies the missing ones (:data:`MIGRATIONS`) in one transaction, and refuses a store written
   by a newer prefkit.
+- **Checked before opening** (:func:`check_store_url`): a folder, a file that is not an SQLite
+  database, a missing PostgreSQL driver (with the extra to install) or a server that cannot be
+  reached is a :class:`StoreError` (a ``ValueError``: exit code 2 in the CLI) with one clear
+  message. ``FeedbackStore(url, create=False)`` (what read-only commands use) creates nothing:
+  a store that does not exist is a :class:`StoreError` ("no store at ...").
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ SUPPORTED_DIALECTS = ("sqlite", "postgresql")
 
 class SchemaVersionError(RuntimeError):
     """The database's schema is newer than this version of prefkit knows."""
+
+
+class StoreError(ValueError):
+    """A store URL or path that does not name a usable store (see :func:`check_store_url`)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,22 +239,118 @@ LATEST_VERSION = MIGRATIONS[-1].version
 # ---------------------------------------------------------------------------------------------
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+POSTGRES_EXTRA = "pip install 'prefkit[postgres]'"
+
+
 def store_url(url: str | os.PathLike) -> URL:
-    """SQLAlchemy URL of a store: a plain path means an SQLite file."""
+    """SQLAlchemy URL of a store: a plain path means an SQLite file. Creates nothing."""
     if isinstance(url, str) and "://" in url:
-        return make_url(url)
+        try:
+            return make_url(url)
+        except sa.exc.ArgumentError:
+            raise StoreError(f"{url}: not a database URL (expected a file path or e.g. "
+                             "postgresql+psycopg://user:password@host/db)") from None
     path = Path(url).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     return make_url(f"sqlite:///{path.resolve()}")
 
 
-def create_store_engine(url: str | os.PathLike) -> Engine:
-    """An engine for a store URL or path, configured for concurrent writers."""
+def _shown(sa_url: URL) -> str:
+    return sa_url.render_as_string(hide_password=True)
+
+
+def sqlite_path(sa_url: URL) -> Path | None:
+    """The file of an SQLite URL (None for an in-memory database)."""
+    if sa_url.database in (None, "", ":memory:") or sa_url.database.startswith("file:"):
+        return None
+    return Path(sa_url.database)
+
+
+def check_store_url(url: str | os.PathLike, *, create: bool = True) -> URL:
+    """The SQLAlchemy URL of a store, checked before anything is opened; creates nothing.
+
+    An SQLite path must be an SQLite file, or (``create=True``) a new file in a folder that
+    can be made; ``create=False`` requires a prefkit store there already. A PostgreSQL URL
+    needs its driver installed (``pip install 'prefkit[postgres]'``). Raises
+    :class:`StoreError` naming the path or URL and what was expected."""
     sa_url = store_url(url)
     dialect = sa_url.get_backend_name()
     if dialect not in SUPPORTED_DIALECTS:
-        raise ValueError(f"unsupported database {dialect!r} in {sa_url!r}: the feedback store "
-                         f"runs on {' or '.join(SUPPORTED_DIALECTS)}")
+        raise StoreError(f"unsupported database {dialect!r} in {_shown(sa_url)}: the feedback "
+                         f"store runs on {' or '.join(SUPPORTED_DIALECTS)}")
+    if dialect == "sqlite":
+        _check_sqlite(sa_url, create)
+    else:
+        _check_driver(sa_url)
+    return sa_url
+
+
+def _check_sqlite(sa_url: URL, create: bool) -> None:
+    path = sqlite_path(sa_url)
+    if path is None:
+        if not create:
+            raise StoreError(f"no store at {_shown(sa_url)}: an in-memory database starts empty")
+        return
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a store; give a file such as "
+                         f"{path / 'prefkit.db'}")
+    if path.exists():
+        with open(path, "rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+        if head and head != SQLITE_HEADER:
+            raise StoreError(f"{path} is not a prefkit store: not an SQLite database file")
+        if not create and not _has_prefkit_schema(path):
+            raise StoreError(f"no store at {path}: the file holds no prefkit store (import "
+                             f"records with `prefkit store import FILE --db {path}`)")
+        return
+    if not create:
+        raise StoreError(f"no store at {path} (`prefkit store import FILE --db {path}` "
+                         "creates one)")
+    from .io import check_output_path
+
+    check_output_path(path)
+
+
+def _has_prefkit_schema(path: Path) -> bool:
+    """True when the SQLite file has prefkit's schema table (read-only: changes nothing)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                               timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error:
+        return False
+    try:
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                             (VERSIONS.name,)).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a prefkit store: {exc}") from None
+    finally:
+        conn.close()
+    return found is not None
+
+
+def _check_driver(sa_url: URL) -> None:
+    try:
+        dialect = sa_url.get_dialect()
+    except sa.exc.NoSuchModuleError:
+        raise StoreError(f"{_shown(sa_url)}: unknown database driver "
+                         f"{sa_url.get_driver_name()!r}; for PostgreSQL use "
+                         f"postgresql+psycopg://... ({POSTGRES_EXTRA})") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise StoreError(f"{_shown(sa_url)}: the PostgreSQL driver is not installed "
+                         f"({exc}); {POSTGRES_EXTRA} and use postgresql+psycopg://...") from None
+
+
+def create_store_engine(url: str | os.PathLike | URL) -> Engine:
+    """An engine for a store URL or path, configured for concurrent writers."""
+    sa_url = url if isinstance(url, URL) else store_url(url)
+    dialect = sa_url.get_backend_name()
+    if dialect not in SUPPORTED_DIALECTS:
+        raise StoreError(f"unsupported database {dialect!r} in {_shown(sa_url)}: the feedback "
+                         f"store runs on {' or '.join(SUPPORTED_DIALECTS)}")
     if dialect != "sqlite":
         return sa.create_engine(sa_url, pool_pre_ping=True)
     in_memory = sa_url.database in (None, "", ":memory:")
@@ -416,16 +521,34 @@ def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
 class FeedbackStore:
     """Feedback records in an SQLite file or a PostgreSQL database (see the module docstring).
 
-    Opening a store creates or upgrades its schema. Use it as a context manager, or call
-    :meth:`close`, to release its connections.
+    Opening a store creates or upgrades its schema. ``create=False`` opens an existing store
+    only (a missing one is a :class:`StoreError` and nothing is created); an older schema is
+    still upgraded. Every failure to open is a :class:`StoreError` naming the store, except a
+    schema newer than this prefkit (:class:`SchemaVersionError`). Use it as a context manager,
+    or call :meth:`close`, to release its connections.
     """
 
-    def __init__(self, url: str | os.PathLike, *, migrate: bool = True):
-        self.engine = create_store_engine(url)
+    def __init__(self, url: str | os.PathLike, *, migrate: bool = True, create: bool = True):
+        sa_url = check_store_url(url, create=create)
+        path = sqlite_path(sa_url) if sa_url.get_backend_name() == "sqlite" else None
+        if path is not None and create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the store {path}: {exc.strerror}") from None
+        self.engine = create_store_engine(sa_url)
         self._reader = self.engine.execution_options(prefkit_begin="DEFERRED")
         try:
+            if not create and self._read_version() == 0:
+                raise StoreError(f"no store at {_shown(sa_url)}: the database holds no prefkit "
+                                 "store")
             self.version = upgrade(self.engine) if migrate else self._read_version()
             _check_known(self.version, self.engine.url)
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            reason = getattr(exc, "orig", None) or exc
+            raise StoreError(f"cannot open the store {_shown(sa_url)}: "
+                             f"{str(reason).strip().splitlines()[0]}") from None
         except BaseException:
             self.engine.dispose()
             raise
@@ -631,9 +754,12 @@ class FeedbackStore:
         return dict(conn.execute(query).all())
 
     def export(self, path: str | os.PathLike, format: str = "prefkit", *,
-               kind: str | None = None, annotator: str | None = None) -> WriteReport:
+               kind: str | None = None, annotator: str | None = None,
+               keep_empty: bool = True) -> WriteReport:
         """Write the stored records (optionally one kind / annotator) to ``path`` in
-        ``format`` via :func:`prefkit.data.io.write_records`."""
+        ``format`` via :func:`prefkit.data.io.write_records` (``keep_empty=False``: no file
+        when nothing is written)."""
         from .io import write_records
 
-        return write_records(self.iter_records(kind, annotator), path, format)
+        return write_records(self.iter_records(kind, annotator), path, format,
+                             keep_empty=keep_empty)
