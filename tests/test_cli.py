@@ -112,3 +112,49 @@ def test_demo_runs_and_reports(tmp_path):
     for method in ("dpo", "grpo", "ppo", "rloo", "best_of_8"):
         assert lab[method]["win_rate_ci"][0] > 0.5, (method, lab[method])
     assert (tmp_path / "lab" / "report.html").stat().st_size > 10_000
+
+
+def test_data_commands_do_not_load_torch():
+    """Command groups load on first use: `prefkit data ...` starts without torch (the training
+    commands build their flags from config classes that import it)."""
+    code = ("import sys; from prefkit.cli import app; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(app, ['data', 'formats', '--json']); "
+            "print(r.exit_code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["0", "False"], proc.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_training_prints_the_resume_command(tmp_path):
+    """A real SIGINT to `prefkit train preference`: exit 130, the step it reached, the last
+    checkpoint and a command that resumes the run."""
+    import os
+    import shlex
+    import signal
+    import time
+
+    model = tmp_path / "my-model"
+    run("models", "init", model, check_code=0)
+    out = tmp_path / "run"
+    args = ["train", "preference", "--model", str(model), "--data",
+            str(example_path("pairs.jsonl")), "--output-dir", str(out), "--max-steps", "100000",
+            "--set", "save_steps=2", "--set", "reference_cache=none", "--set", "logging_steps=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.Popen([*PREFKIT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint-4").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    text = " ".join(err.split())
+    assert "interrupted after step" in text and "last checkpoint:" in text
+    command = shlex.split(err.split("Resume with:")[1].strip().splitlines()[0])
+    assert command[0] == "prefkit" and command[-2:] == ["--resume-from", "latest"]
+    last = int(text.split("last checkpoint: ")[1].split("checkpoint-")[1].split(".")[0])
+    command[command.index("--max-steps") + 1] = str(last + 2)  # finish soon
+    resumed = subprocess.run([*PREFKIT, *command[1:], "--json"], capture_output=True,
+                             text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert one_json(resumed)["steps"] == last + 2
