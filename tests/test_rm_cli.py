@@ -194,3 +194,50 @@ def test_implicit_without_reference_says_it_is_reference_free(world, tmp_path):
     assert "reference-free" in res.stderr
     assert torch.isfinite(torch.tensor(json.loads(
         (tmp_path / "o.jsonl").read_text().splitlines()[0])["chosen_reward"]))
+
+
+def test_comparison_formats_with_ties_score_and_eval_skips_ties(world, tmp_path):
+    """prefkit's own comparisons (response_a/b, outcome): `score` writes rewards in a, b order
+    (ties too); `eval` orders each pair by its winner and skips ties, counting them."""
+    rows = [{"kind": "comparison", "prompt": "w1 w2", "response_a": " w3", "response_b": " w4 w5",
+             "outcome": "b"},
+            {"kind": "comparison", "prompt": "w6", "response_a": " w7", "response_b": " w8",
+             "outcome": "tie"},
+            {"kind": "comparison", "prompt": "w9", "response_a": " w10 w11", "response_b": " w12",
+             "outcome": "a"}]
+    src = _jsonl(tmp_path / "native.jsonl", rows)
+    out = tmp_path / "s.jsonl"
+    res = invoke("rm", "score", world["rm"], src, "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    scored = [json.loads(line)["rewards"] for line in out.read_text().splitlines()]
+    model = world["model"]
+    for row, rewards in zip(rows, scored, strict=True):
+        want = model.score([row["prompt"]] * 2, [row["response_a"], row["response_b"]])
+        assert rewards == pytest.approx(want.tolist(), abs=1e-5)
+    res = invoke("rm", "eval", world["rm"], src, "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["n"] == 2 and report["skipped_ties"] == 1
+    margins = [scored[0][1] - scored[0][0], scored[2][0] - scored[2][1]]
+    assert report["mean_margin"] == pytest.approx(sum(margins) / 2, abs=1e-4)
+    assert "1 tied pairs skipped" in res.stderr
+
+
+def test_conversations_need_a_chat_template(world, tmp_path):
+    rows = [{"prompt": "w1", "chosen": " w2", "rejected": " w3"},
+            {"prompt": [{"role": "user", "content": "w1"}], "chosen": " w2", "rejected": " w3"}]
+    res = invoke("rm", "score", world["rm"], _jsonl(tmp_path / "chat.jsonl", rows), "--json")
+    assert res.exit_code == 2
+    assert "row 2" in json.loads(res.stdout)["error"]
+    assert "chat template" in json.loads(res.stdout)["error"]
+
+
+def test_eval_ranked_sets_summary(world, tmp_path):
+    rows = [{"prompt": "w1", "responses": [" w2", " w3 w4", " w5"], "ranking": [1, 0, 2]},
+            {"prompt": "w6", "responses": [" w7", " w8"], "ranking": [0, 1]}]
+    src = _jsonl(tmp_path / "sets.jsonl", rows)
+    full = json.loads(invoke("rm", "eval", world["rm"], src, "--json").stdout)
+    assert full["n_sets"] == 2 and full["k"] == 3 and full["chance"] == pytest.approx(
+        (1 / 3 + 1 / 2) / 2, abs=1e-4)
+    text = invoke("rm", "eval", world["rm"], src).stdout
+    assert f"best-of-K accuracy {full['best_of_k_accuracy']:.3f}" in text

@@ -86,6 +86,12 @@ def _score(scorer: Any, data: Any, batch_size: int, max_length: int | None,
     tokenizer = scorer.tokenizer
     if tokenizer is None:
         raise ValueError("the model folder has no tokenizer to score text with")
+    if not getattr(tokenizer, "chat_template", None):
+        for line, prompt, responses in zip(data.lines, data.prompts, data.responses,
+                                           strict=True):
+            if not all(isinstance(t, str) for t in (prompt, *responses)):
+                raise ValueError(f"{data.source}: row {line} is a conversation (messages), but "
+                                 "the model's tokenizer has no chat template to render it")
     if max_length is not None and max_length < 2:
         raise ValueError(f"--max-length must be >= 2, got {max_length}")
     if max_prompt_length is not None and max_prompt_length < 1:
@@ -152,7 +158,8 @@ def score(
     as_json: JsonOpt = False,
 ) -> None:
     """Add rewards to every row: ``reward`` (single), ``chosen_reward``/``rejected_reward``
-    (pairs: the preferred response and the other) or ``rewards`` (sets)."""
+    (pairs with chosen/rejected columns) or ``rewards`` (sets, and other pair formats: in
+    response_a, response_b order)."""
     import orjson
 
     from ..rewards.inputs import read_score_input
@@ -162,9 +169,9 @@ def score(
     rewards, _, truncation = _score(scorer, rows, batch_size, max_length, max_prompt_length)
     with open(out, "wb") as fh:
         for row, group, values in zip(rows.rows, rows.responses, rewards.tolist(), strict=True):
-            if rows.shape == "pairs":
+            if rows.chosen_rejected:
                 row = {**row, "chosen_reward": values[0], "rejected_reward": values[1]}
-            elif rows.shape == "sets":
+            elif rows.shape != "single":
                 row = {**row, "rewards": values[: len(group)]}
             else:
                 row = {**row, "reward": values[0]}
@@ -208,15 +215,30 @@ def evaluate(
     from ..rewards.inputs import read_score_input
 
     rows = read_score_input(data, need_ranking=True, gold_column=gold_column)
+    ties = [i for i, b in enumerate(rows.best) if b is None]
+    if ties:
+        keep = [i for i, b in enumerate(rows.best) if b is not None]
+        if not keep:
+            raise ValueError(f"{data}: every pair is a tie; nothing to evaluate")
+        stderr.print(f"note: {len(ties)} tied pairs skipped (rows "
+                     f"{', '.join(str(rows.lines[i]) for i in ties[:5])}"
+                     f"{', ...' if len(ties) > 5 else ''})")
+        rows = rows.select(keep)
     scorer, info = _load_scorer(model, reference, beta, implicit)
     rewards, lengths, truncation = _score(scorer, rows, batch_size, max_length,
                                           max_prompt_length)
     if rows.shape == "pairs":
-        report = evaluate_pairs(rewards[:, 0].numpy(), rewards[:, 1].numpy(),
-                                subsets=rows.subsets, chosen_lengths=lengths[:, 0].numpy(),
-                                rejected_lengths=lengths[:, 1].numpy(),
+        best = np.array(rows.best)[:, None]
+        chosen = np.take_along_axis(rewards.numpy(), best, 1)[:, 0]
+        rejected = np.take_along_axis(rewards.numpy(), 1 - best, 1)[:, 0]
+        report = evaluate_pairs(chosen, rejected, subsets=rows.subsets,
+                                chosen_lengths=np.take_along_axis(lengths.numpy(), best, 1)[:, 0],
+                                rejected_lengths=np.take_along_axis(lengths.numpy(), 1 - best,
+                                                                    1)[:, 0],
                                 gold=None if rows.gold is None else np.array(rows.gold),
                                 n_bins=bins)
+        if ties:
+            report["skipped_ties"] = len(ties)
         if plot:
             report["plot"] = str(plot_reliability(report["calibration"]["bins"], plot))
     else:

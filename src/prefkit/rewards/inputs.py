@@ -7,7 +7,8 @@ The shape is chosen from the first row's columns and every row must have it:
 
 - ``pairs`` -- any comparison format (``prompt, chosen, rejected`` TRL / RewardBench with
   ``subset``, TRL implicit-prompt pairs, AlpacaEval, prefkit's own comparisons): responses
-  ``[preferred, other]``; a comparison without a winner (a tie) is an error;
+  ``[response_a, response_b]`` (``[chosen, rejected]`` in the TRL formats) and ``best`` the index
+  of the preferred one (None for a tie);
 - ``sets`` -- ``prompt, responses`` (+ ``ranking``, best first, parsed as the ``ranking``
   format; ``best`` is the index of the first-ranked response);
 - ``single`` -- ``prompt`` and ``response`` or ``completion`` (``rm score`` only).
@@ -45,9 +46,10 @@ class _Group:
 @dataclass
 class ScoreInput:
     """The groups of a file: ``rows`` (the rows as read, for ``rm score``'s output), their
-    ``lines`` (1-based row numbers), ``prompts``, ``responses`` (``[preferred, other]`` for
-    pairs), ``best`` (sets with a ranking), ``subsets`` (pairs with a ``subset``), ``gold``
-    (with ``gold_column``)."""
+    ``lines`` (1-based row numbers), ``prompts``, ``responses``, ``best`` (the index of the
+    preferred response of a pair, None for a tie; the first-ranked response of a ranked set),
+    ``subsets`` (pairs with a ``subset``), ``gold`` (with ``gold_column``); ``chosen_rejected``:
+    the pairs come from ``chosen`` / ``rejected`` columns."""
 
     source: str
     shape: str
@@ -55,24 +57,29 @@ class ScoreInput:
     lines: list[int] = field(default_factory=list)
     prompts: list[Any] = field(default_factory=list)
     responses: list[list[Any]] = field(default_factory=list)
-    best: list[int] | None = None
+    best: list[int | None] | None = None
     subsets: list[str] | None = None
     gold: list[bool] | None = None
+    chosen_rejected: bool = False
+
+    def select(self, indices: list[int]) -> ScoreInput:
+        """The groups at ``indices`` (e.g. the pairs that are not ties)."""
+        def pick(values: list | None) -> list | None:
+            return None if values is None else [values[i] for i in indices]
+
+        return ScoreInput(self.source, self.shape, rows=pick(self.rows), lines=pick(self.lines),
+                          prompts=pick(self.prompts), responses=pick(self.responses),
+                          best=pick(self.best), subsets=pick(self.subsets), gold=pick(self.gold),
+                          chosen_rejected=self.chosen_rejected)
 
 
 def _pair(record: Any) -> _Group:
     if not isinstance(record, Comparison):
         raise FieldError("kind", "a comparison (the file's first record is one)",
                          getattr(record, "kind", None))
-    if record.outcome is Outcome.A:
-        preferred, other = record.response_a, record.response_b
-    elif record.outcome is Outcome.B:
-        preferred, other = record.response_b, record.response_a
-    else:
-        raise FieldError("outcome", "a winner (a or b): a tie cannot be scored as a pair",
-                         record.outcome.value)
+    best = {Outcome.A: 0, Outcome.B: 1}.get(record.outcome)
     subset = record.metadata.get("subset")
-    return _Group(record.prompt, [preferred, other],
+    return _Group(record.prompt, [record.response_a, record.response_b], best=best,
                   subset=None if subset is None else str(subset))
 
 
@@ -192,8 +199,9 @@ def read_score_input(source: str, *, need_ranking: bool = False,
         raise ValueError(f"{source}: no rows")
     out.prompts = [g.prompt for g in groups]
     out.responses = [g.responses for g in groups]
-    if shape == "sets" and groups[0].best is not None:
+    if shape == "pairs" or (shape == "sets" and groups[0].best is not None):
         out.best = [g.best for g in groups]
+    out.chosen_rejected = shape == "pairs" and {"chosen", "rejected"} <= columns
     if shape == "pairs" and any(g.subset is not None for g in groups):
         out.subsets = [g.subset if g.subset is not None else "(none)" for g in groups]
     if gold_column is not None:
