@@ -5,7 +5,11 @@
   ``EnsembleHead`` (mean/min/std), ``build_head``.
 * :mod:`~prefkit.rewards.model` -- ``RewardModel`` (``from_spec``, ``forward_packed``,
   ``forward_padded``, ``score``, ``save_pretrained``/``from_pretrained``) and ``RewardOutput``.
-* :mod:`~prefkit.rewards.scoring` -- ``score_groups`` / ``score_pairs``: each prompt once.
+* :mod:`~prefkit.rewards.scoring` -- ``score_groups`` / ``score_pairs``: each prompt once;
+  ``tokenize_groups`` / ``fit_group``: the token budget of a scored sequence (truncation counted).
+* :mod:`~prefkit.rewards.inputs` -- ``read_score_input``: the rows ``prefkit rm score`` / ``rm
+  eval`` read (any reader, checked field by field).
+* :mod:`~prefkit.rewards.sources` -- reward sources for online training.
 * :mod:`~prefkit.rewards.implicit` -- ``ImplicitReward``: a DPO policy as a reward model.
 """
 

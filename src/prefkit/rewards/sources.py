@@ -354,7 +354,8 @@ def reward_from_spec(spec: str, *, tokenizer: Any = None) -> Callable:
       :class:`GPMPreference` (for ``online_ipo``);
     * ``implicit:POLICY[,REFERENCE]`` -- the implicit reward of a DPO policy;
     * ``gold:TASK`` -- a lab task's gold reward;
-    * ``python:module:function`` -- ``function(prompt, completion) -> float``.
+    * ``python:module:function`` (or ``python:FILE.py:function``) --
+      ``function(prompt, completion) -> float``; the working folder is searched too.
     """
     kind, _, arg = spec.partition(":")
     if not arg:

@@ -112,8 +112,9 @@ class OnlineConfig(LoopConfig):
                           "")
     reward: str = option("Reward source (CLI): 'rm:PATH' (a prefkit reward model), "
                          "'implicit:POLICY[,REFERENCE]', 'python:module:function' "
-                         "(fn(prompt, completion) -> float), 'gold:TASK' (a lab task's gold "
-                         "reward), 'self' (the policy's own implicit reward).", "")
+                         "(fn(prompt, completion) -> float; the module may be a file in the "
+                         "working folder, or give FILE.py:function), 'gold:TASK' (a lab "
+                         "task's gold reward), 'self' (the policy's own implicit reward).", "")
     algo: str = option("ppo, reinforce, rloo, grpo, dr_grpo, remax, online_dpo, online_ipo or "
                        "raft.", "grpo")
     iterations: int = option("Rollout/update iterations (sets max_steps).", 20)
