@@ -231,7 +231,7 @@ def _interrupt_at(monkeypatch, step: int) -> None:
 def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(starter, tmp_path, monkeypatch):
     model, out = str(starter[0]), tmp_path / "run"
     _interrupt_at(monkeypatch, 3)
-    stopped = train(model, out, "--max-steps", "6", "--set", "save_steps=2")
+    stopped = train(model, out, "--max-steps", "6", "--set", "save_steps=2", "--overwrite")
     assert stopped.exit_code == 130
     info = json.loads(stopped.stdout)
     assert info["interrupted"] and info["step"] == 3 and info["total_steps"] == 6
@@ -239,6 +239,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(starter, tmp_path, 
     command = shlex.split(info["resume_command"])
     assert command[:3] == ["prefkit", "train", "preference"]
     assert command[-2:] == ["--resume-from", "latest"] and "--max-steps" in command
+    assert "--overwrite" not in command  # it would delete the checkpoint to resume
     monkeypatch.undo()
     resumed = invoke(*command[1:])
     assert resumed.exit_code == 0, resumed.output

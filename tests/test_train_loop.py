@@ -474,3 +474,14 @@ def test_resume_from_an_older_checkpoint_with_newer_ones_present_is_refused(tmp_
     res = _train(tmp_path, "branch", max_steps=6, resume_from=str(tmp_path / "run" /
                                                                    "checkpoint-2"))
     assert [h["step"] for h in res.history] == [3, 4, 5, 6]
+
+
+def test_a_fresh_start_of_the_same_run_replaces_its_earlier_logs(tmp_path):
+    """An earlier attempt without checkpoints leaves metrics.jsonl / rollouts.jsonl; starting
+    the same run again replaces them (appending would mix the two attempts)."""
+    run = tmp_path / "run"
+    _train(tmp_path, max_steps=3)
+    (run / "rollouts.jsonl").write_text('{"iteration": 0}\n')
+    _train(tmp_path, max_steps=2)
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    assert not (run / "rollouts.jsonl").exists()

@@ -73,11 +73,13 @@ def cli_errors(func: Callable) -> Callable:
 
 def command_line(ctx: Any, resume: bool) -> str:
     """The command of click context ``ctx`` rebuilt from its parsed parameters (``prefkit train
-    preference --model ... [--resume-from latest]``), for a user to copy."""
+    preference --model ...``), for a user to copy; with ``resume`` it continues the run
+    (``--resume-from latest``, without ``--overwrite``)."""
     words = ["prefkit", *ctx.command_path.split()[1:]]
+    skip = {"resume_from", "overwrite"} if resume else {"resume_from"}
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if param.name == "resume_from" or value is None or value == () or value is False:
+        if param.name in skip or value is None or value == () or value is False:
             continue
         if param.param_type_name != "option":
             words += [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
@@ -96,29 +98,32 @@ def command_line(ctx: Any, resume: bool) -> str:
 
 
 def interrupted(exc: KeyboardInterrupt, as_json: bool) -> typer.Exit:
-    """Ctrl-C (exit code 130): for a training run (:class:`~prefkit.train.loop.
-    TrainingInterrupted`) where it stopped, its last checkpoint and the command that resumes
-    it (or restarts it when no checkpoint was saved yet)."""
+    """Ctrl-C (exit code 130). For a training run (:class:`~prefkit.train.loop.
+    TrainingInterrupted`): where it stopped, its last checkpoint and, from a command built by
+    :func:`config_flags`, the command that resumes it (or starts it over when no checkpoint was
+    saved yet)."""
     if os.environ.get("RANK", "0") != "0":  # under torchrun: the main process reports
         return typer.Exit(EXIT_INTERRUPTED)
     step = getattr(exc, "step", None)
-    checkpoint = getattr(exc, "checkpoint", None)
+    ctx = getattr(exc, "context", None)
     info: dict[str, Any] = {"ok": False, "interrupted": True}
     if step is None:
-        message = "interrupted before training started; nothing was trained"
+        message = "interrupted before training started" if ctx is not None else "interrupted"
     else:
+        checkpoint = exc.checkpoint
         info |= {"step": step, "total_steps": exc.total, "output_dir": exc.output_dir,
                  "checkpoint": checkpoint}
-        ctx = getattr(exc, "context", None)
+        message = f"interrupted after step {step} of {exc.total}; "
         if checkpoint:
-            info["resume_command"] = command_line(ctx, resume=True) if ctx else None
-            message = (f"interrupted after step {step} of {exc.total}; last checkpoint: "
-                       f"{checkpoint}. Resume with:\n  {info['resume_command']}")
+            message += f"last checkpoint: {checkpoint}"
+            if ctx is not None:
+                info["resume_command"] = command_line(ctx, resume=True)
+                message += f". Resume with:\n  {info['resume_command']}"
         else:
-            info["restart_command"] = command_line(ctx, resume=False) if ctx else None
-            message = (f"interrupted after step {step} of {exc.total}; no checkpoint was saved "
-                       f"yet (in {exc.output_dir}), so the run starts over with:\n  "
-                       f"{info['restart_command']}")
+            message += f"no checkpoint was saved yet (in {exc.output_dir})"
+            if ctx is not None:
+                info["restart_command"] = command_line(ctx, resume=False)
+                message += f", so the run starts over with:\n  {info['restart_command']}"
     stderr.print(f"[yellow]{escape(message)}[/yellow]")
     if as_json:
         print_json({**info, "error": message})
@@ -143,7 +148,7 @@ def _flag_type(tp: Any) -> Any:
 def config_flags(cls: type, names: Sequence[str]) -> Callable[[Callable], Callable]:
     """Give a typer command one ``--flag`` per config field in ``names`` of dataclass ``cls``,
     defined once: the type from the field's annotation, the help text from its
-    ``metadata["help"]`` (plus the allowed choices), the shown default from its default, and
+    ``metadata["help"]``, the shown default from its default, and
     the default ``None`` meaning "not given" (the YAML file or the field default applies).
     Booleans become ``--name/--no-name``. The decorated function takes the given values as a
     keyword argument ``flags`` (``{name: value or None}``), to pass to :func:`config_from_cli`;

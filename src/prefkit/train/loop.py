@@ -476,8 +476,9 @@ class _Loop:
 
     def _claim_output_dir(self) -> Path | None:
         """Check that this run may start or continue in ``output_dir`` (every process, reads
-        only; :mod:`.run_dir`), then, on the main process, clear it (``overwrite``) and write
-        ``run_config.json``. Returns the checkpoint to resume, if any."""
+        only; :mod:`.run_dir`), then, on the main process, clear prefkit's files from it on a
+        fresh start (or with ``overwrite``) and write ``run_config.json``. Returns the
+        checkpoint to resume, if any."""
         acc, cfg = self.acc, self.cfg
         resume = resolve_resume(self.out_dir, cfg.resume_from)
         check_run_dir(cfg, resume)
@@ -491,7 +492,9 @@ class _Loop:
                     f"Resume with {saved} process(es)")
         acc.wait_for_everyone()
         if acc.is_main_process:
-            if cfg.overwrite:
+            if cfg.overwrite or resume is None:
+                # a fresh start: what is left is this run's own earlier attempt without
+                # checkpoints (metrics.jsonl, rollouts.jsonl), or, with overwrite, another run
                 clear_run_dir(self.out_dir)
             write_run_config(cfg)
         acc.wait_for_everyone()
