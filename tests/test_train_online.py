@@ -774,8 +774,10 @@ def test_long_prompts_are_cut_to_max_prompt_length_and_counted(small, tmp_path):
 
     cfg = config(tmp_path, algo="reinforce", iterations=2, max_new_tokens=4, kl_coef=0.0,
                  max_prompt_length=8)
-    res = train_online(cfg, reward=FunctionReward(reward), prompts=ps,
-                       model=copy.deepcopy(model), tokenizer=tok)
+    with pytest.warns(UserWarning, match="2 sampled prompts were longer than "
+                      "max_prompt_length=8"):
+        res = train_online(cfg, reward=FunctionReward(reward), prompts=ps,
+                           model=copy.deepcopy(model), tokenizer=tok)
     assert [it["prompts_truncated"] for it in res.iterations] == [1, 1]  # 8 prompts / iteration
     out = res.to_dict()
     assert out["truncation"]["max_prompt_length"] == 8
