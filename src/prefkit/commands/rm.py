@@ -259,9 +259,10 @@ def _print_eval_summary(report: dict[str, Any], shape: str) -> None:
     def num(value: Any) -> str:
         return "-" if value is None else f"{value:.3f}"
 
+    source = escape(str(report["data"]))
     if shape != "pairs":
-        stdout.print(f"{report['n_sets']} sets of up to {report['k']} responses "
-                     f"({report['data']}): best-of-K accuracy {num(report['best_of_k_accuracy'])}"
+        stdout.print(f"{report['n_sets']} sets of up to {report['k']} responses ({source}): "
+                     f"best-of-K accuracy {num(report['best_of_k_accuracy'])}"
                      f" (ties wrong {num(report['best_of_k_accuracy_ties_wrong'])}, chance "
                      f"{num(report['chance'])})")
         length = report.get("length")
@@ -273,7 +274,7 @@ def _print_eval_summary(report: dict[str, Any], shape: str) -> None:
                          f"{num(length['longest_is_best'])}, the shortest "
                          f"{num(length['shortest_is_best'])}{flag}")
     else:
-        stdout.print(f"{report['n']} pairs ({report['data']}): accuracy {report['accuracy']:.3f} "
+        stdout.print(f"{report['n']} pairs ({source}): accuracy {report['accuracy']:.3f} "
                      f"(ties as half {report['accuracy_ties_half']:.3f}; {report['n_ties']} "
                      f"ties), mean margin {report['mean_margin']:.3f}")
         cal = report["calibration"]
@@ -285,7 +286,7 @@ def _print_eval_summary(report: dict[str, Any], shape: str) -> None:
             stdout.print(f"gold annotator: agreement {num(gold['agreement'])}, Cohen's kappa "
                          f"{num(gold['cohen_kappa'])} ({gold['n']} pairs)")
         if report.get("plot"):
-            stdout.print(f"reliability diagram: {report['plot']}")
+            stdout.print(f"reliability diagram: {escape(report['plot'])}")
     if "note" in report:
         stdout.print(f"[yellow]note:[/yellow] {escape(report['note'])}")
     stdout.print("(the full report: --json)")
@@ -313,7 +314,7 @@ def _print_subsets(report: dict[str, Any], table_cls: Any, num: Any) -> None:
     per_rule = rules.get("subsets", {})
     for subset, v in bench["subsets"].items():
         rule = per_rule.get(subset, {})
-        table.add_row(subset, section_of.get(subset, "(other)"), str(v["n"]),
+        table.add_row(escape(subset), section_of.get(subset, "(other)"), str(v["n"]),
                       num(v["accuracy"]), num(rule.get("longer_wins")),
                       "solves it" if rule.get("solved_by_length_rule") else "")
     stdout.print(table)
