@@ -334,33 +334,13 @@ COMMANDS = [
         model=True),
 ]
 
-# Cells that wait for other parts of issue 12 (the xfails come off when that work lands).
-RM = "rm score/eval record validation and FOLDER::split (issue 12 item 8, rm commands)"
+# Cells that wait for other parts of issue 12 (the xfails come off when that work lands). The
+# rm score/eval and train online --prompts cells passed once that work landed (commit 4d4df61
+# and the online reader change); the arena's own existence check still refuses FOLDER::split.
 ARENA = "arena rank accepting FOLDER::split (io.check_source_exists; issue 12 item 8, arena)"
-ONLINE = "train online --prompts through prefkit's readers (issue 12 item 10, online)"
-WAITS: dict[tuple[str, str], str] = {}
-
-
-def _wait(command: str, inputs: list[str], reason: str) -> None:
-    for name in inputs:
-        WAITS[(command, name)] = reason
-
-
-_wait("rm score", ["jsonl-wrong-type", "json-wrong-type", "parquet-wrong-type", "hf-wrong-type",
-                   "hf_split-wrong-type", "parquet-typed-wrong-column", "hf_split-valid",
-                   "jsonl-unknown-columns"], RM)
-_wait("rm eval", ["jsonl-wrong-type", "json-wrong-type", "parquet-wrong-type", "hf-wrong-type",
-                  "hf_split-wrong-type", "parquet-typed-wrong-column", "hf_split-valid",
-                  "jsonl-unknown-columns"], RM)
-_wait("arena rank", ["hf_split-valid", "hf_split-missing-field", "hf_split-wrong-type",
-                     "hf_split-nested-40"], ARENA)
-_wait("train online", [i.name for i in INPUTS if i.reader in ("parquet", "hf", "hf_split")
-                       or i.name in ("json-nested-100k", "json-nested-40", "jsonl-nested-40",
-                                     "jsonl-nested-100k", "json-non-utf8", "jsonl-non-utf8",
-                                     "jsonl-blank-lines", "json-empty-array",
-                                     "json-unclosed-array", "jsonl-split-of-a-file",
-                                     "jsonl-unknown-columns", "jsonl-not-an-object",
-                                     "json-not-an-object")], ONLINE)
+WAITS: dict[tuple[str, str], str] = {
+    ("arena rank", name): ARENA for name in (
+        "hf_split-valid", "hf_split-missing-field", "hf_split-wrong-type", "hf_split-nested-40")}
 
 
 def _cells():

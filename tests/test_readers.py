@@ -128,6 +128,8 @@ def test_json_text_columns_are_checked_like_jsonl(tmp_path):
     write_parquet_rows(rows, tmp_path / "mixed.parquet")
     [(line, error)] = _errors(tmp_path / "mixed.parquet")
     assert (line, error.code, error.field, error.row_kind) == (2, TOO_DEEP, "meta", "row")
+    [bad] = [r for r in iter_rows(tmp_path / "mixed.parquet") if r.error]
+    assert orjson.loads(bad.raw) == {**PAIR, "meta": orjson.dumps(_nest(40)).decode()}
 
 
 def test_records_at_the_nesting_limit_round_trip_through_every_writer(tmp_path):

@@ -240,3 +240,18 @@ def test_side_files_are_checked_before_reading(tmp_path):
         assert "Traceback" not in result.output
     assert path.read_bytes() == before  # the input was never opened for writing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
+
+
+def test_skip_invalid_rejects_json_array_records_byte_for_byte(tmp_path):
+    path = tmp_path / "a.json"
+    bad_bytes = b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}'
+    path.write_bytes(b"[" + GOOD[0].strip() + b",\n" + bad_bytes + b', "text",\n'
+                     + GOOD[1].strip() + b"]")
+    result = _run(path, "--skip-invalid", "--output", tmp_path / "ok.jsonl", "--rejected",
+                  tmp_path / "bad.jsonl", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [(e["record"], e["code"]) for e in report["errors"]] == [
+        (2, "non_utf8"), (3, "wrong_type")]
+    assert (tmp_path / "bad.jsonl").read_bytes() == bad_bytes + b'\n"text"\n'
+    assert len((tmp_path / "ok.jsonl").read_bytes().splitlines()) == 2

@@ -301,7 +301,10 @@ def iter_json_array_rows(path: str | os.PathLike) -> Iterator[Row]:
                                   row_kind="record")
             else:
                 err = None
-            yield Row(index, None if err else obj, None, err)
+            if err is None:
+                yield Row(index, obj)
+            else:  # the record's own bytes, for --skip-invalid's rejected file
+                yield Row(index, None, buf[pos:end].encode("utf-8", "surrogateescape"), err)
             pos = end
 
 
@@ -382,8 +385,18 @@ def iter_parquet_rows(path: str | os.PathLike) -> Iterator[Row]:
 
 
 def _arrow_row(source: str, n: int, row: dict, json_columns: list[str]) -> Row:
-    """A Parquet / Arrow row: nulls dropped, JSON-text columns decoded (checked like JSONL)."""
+    """A Parquet / Arrow row: nulls dropped, JSON-text columns decoded (checked like JSONL);
+    a bad row keeps its columns as one JSON line in ``raw``."""
     row = drop_nulls(row)
+    bad = _bad_json_column(source, n, row, json_columns)
+    if bad is not None:
+        return Row(n, None, orjson.dumps(row, default=str), bad)
+    return Row(n, row)
+
+
+def _bad_json_column(source: str, n: int, row: dict, json_columns: list[str]
+                     ) -> RecordError | None:
+    """Decode the JSON-text columns of ``row`` in place; the first problem, else None."""
     for key in json_columns:
         text = row.get(key)
         if not isinstance(text, str):
@@ -392,14 +405,13 @@ def _arrow_row(source: str, n: int, row: dict, json_columns: list[str]) -> Row:
             value = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             if "depth limit" in str(exc):
-                return Row(n, None, None, _deep_error(source, n, None, "row",
-                                                      Note("more than 1024 levels")))
-            return Row(n, None, None, RecordError(source, n, key, "JSON text", MALFORMED_JSON,
-                                                  Note(str(exc)), row_kind="row"))
+                return _deep_error(source, n, None, "row", Note("more than 1024 levels"))
+            return RecordError(source, n, key, "JSON text", MALFORMED_JSON, Note(str(exc)),
+                               row_kind="row")
         if _maybe_deep(text) and row_too_deep({key: value}):
-            return Row(n, None, None, _deep_error(source, n, {key: value}, "row"))
+            return _deep_error(source, n, {key: value}, "row")
         row[key] = value
-    return Row(n, row)
+    return None
 
 
 DATASET_MARKERS = ("state.json", "dataset_info.json")
