@@ -485,3 +485,23 @@ def test_a_fresh_start_of_the_same_run_replaces_its_earlier_logs(tmp_path):
     _train(tmp_path, max_steps=2)
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
     assert not (run / "rollouts.jsonl").exists()
+
+
+def test_folders_of_an_older_prefkit_are_judged_by_their_checkpoints(tmp_path):
+    """Checkpoints written before run identities carry only the raw config: it is compared."""
+    from prefkit.train.run_dir import RunConflictError
+
+    _train(tmp_path, max_steps=4, save_steps=2, learning_rate=1e-2)
+    run = tmp_path / "run"
+    (run / "run_config.json").unlink()
+    for ckpt in list_checkpoints(run):
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        for key in ("identity", "config_class", "total_steps"):
+            del state[key]
+        (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(RunConflictError, match="learning_rate: 0.01 there, 0.03 now"):
+        _train(tmp_path, max_steps=6, resume_from="latest", learning_rate=3e-2)
+    with pytest.raises(RunConflictError, match="trainer_state.json: learning_rate"):
+        _train(tmp_path, max_steps=6, learning_rate=3e-2)
+    res = _train(tmp_path, max_steps=6, resume_from="latest", learning_rate=1e-2)
+    assert [h["step"] for h in res.history] == [5, 6]

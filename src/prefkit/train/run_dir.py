@@ -9,7 +9,9 @@ same identity. Before anything is written, :func:`check_run_dir` refuses
   written before run identities existed, its newest checkpoint's config, differs in an identity
   field), or that holds checkpoints of this same run (continue it with
   ``resume_from="latest"``): the old run's higher-numbered checkpoints would count as the
-  newest and prune the new run's own, and ``latest`` would later resume the wrong run;
+  newest and prune the new run's own, and ``latest`` would later resume the wrong run. (A
+  folder an older prefkit left with logs but neither ``run_config.json`` nor checkpoints holds
+  nothing resumable and nothing to compare: its logs are replaced.);
 * a **resume** whose checkpoint was written by a run with other maths (any identity field
   differs: loss, batch size, accumulation, learning rate, schedule, warm-up, seed, data,
   model, ...) -- the message lists each field with the checkpoint's and the new value; or a
@@ -161,15 +163,12 @@ def check_run_dir(config: Any, resume: Path | None) -> None:
     if not out.is_dir():
         return
     held = _folder_run(out)
-    if held is None and (out / "metrics.jsonl").exists():
-        diffs = [f"{out / 'metrics.jsonl'} without a {RUN_CONFIG} (an older prefkit's run)"]
-    elif held is not None:
+    diffs: list[str] = []
+    if held is not None:
         record, where = held
         diffs = _differences(_stored_identity(record, type(config)), record.get("config_class"),
                              config)
         diffs = [f"{where}: {d}" for d in diffs[:1]] + diffs[1:]
-    else:
-        diffs = []
     if diffs:
         raise RunConflictError(
             f"output_dir {out} holds another run ({'; '.join(diffs)}). Choose another "
