@@ -241,3 +241,20 @@ def test_eval_ranked_sets_summary(world, tmp_path):
         (1 / 3 + 1 / 2) / 2, abs=1e-4)
     text = invoke("rm", "eval", world["rm"], src).stdout
     assert f"best-of-K accuracy {full['best_of_k_accuracy']:.3f}" in text
+
+
+def test_output_paths_are_checked_before_the_model_loads(world, tmp_path):
+    src = _jsonl(tmp_path / "pairs.jsonl", ROWS)
+    (tmp_path / "file").write_text("")
+    res = invoke("rm", "score", world["rm"], src, "--out", tmp_path / "file" / "x.jsonl",
+                 "--json")
+    assert res.exit_code == 2 and "is a file" in json.loads(res.stdout)["error"]
+    res = invoke("rm", "eval", world["rm"], src, "--plot", tmp_path / "file" / "p.png",
+                 "--json")
+    assert res.exit_code == 2 and "is a file" in json.loads(res.stdout)["error"]
+    res = invoke("rm", "eval", world["rm"], src, "--plot", tmp_path, "--json")
+    assert json.loads(res.stdout)["plot"] == str(tmp_path / "reliability.png")
+    res = invoke("rm", "eval", world["rm"], src, "--plot", tmp_path / "rel", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["plot"] == str(tmp_path / "rel.png")
+    assert (tmp_path / "rel.png").stat().st_size > 0

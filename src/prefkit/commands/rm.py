@@ -162,9 +162,11 @@ def score(
     response_a, response_b order)."""
     import orjson
 
+    from ..data.io import check_output_path
     from ..rewards.inputs import read_score_input
 
     rows = read_score_input(data)
+    check_output_path(out)
     scorer, info = _load_scorer(model, reference, beta, implicit)
     rewards, _, truncation = _score(scorer, rows, batch_size, max_length, max_prompt_length)
     with open(out, "wb") as fh:
@@ -194,7 +196,8 @@ def evaluate(
                                              "dataset folder or FOLDER::split.")],
     batch_size: Annotated[int, typer.Option(help="Prompt groups per forward.")] = 16,
     bins: Annotated[int, typer.Option(help="Calibration bins.")] = 10,
-    plot: Annotated[str | None, typer.Option(help="Reliability diagram PNG.")] = None,
+    plot: Annotated[str | None, typer.Option(
+        help="Reliability diagram PNG (a folder: FOLDER/reliability.png).")] = None,
     gold_column: Annotated[str | None, typer.Option(
         help="Boolean column: True when the gold annotator prefers chosen.")] = None,
     max_length: MaxLengthOpt = None,
@@ -210,11 +213,16 @@ def evaluate(
     --json prints the full report."""
     import numpy as np
 
+    from ..data.io import check_output_path
     from ..evaluate.calibration import plot_reliability
     from ..evaluate.rm import evaluate_pairs, evaluate_sets
     from ..rewards.inputs import read_score_input
 
     rows = read_score_input(data, need_ranking=True, gold_column=gold_column)
+    if plot:  # a folder gets reliability.png; a name without extension gets .png
+        plot = (str(Path(plot) / "reliability.png") if Path(plot).is_dir()
+                else plot if Path(plot).suffix else f"{plot}.png")
+        check_output_path(plot)
     ties = [i for i, b in enumerate(rows.best) if b is None]
     if ties:
         keep = [i for i, b in enumerate(rows.best) if b is not None]
