@@ -26,11 +26,10 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.special import expit
 
+from ._math import expit
 from .aggregate import PairCounts
+from .graph import strongly_connected
 
 LN10 = np.log(10.0)
 
@@ -197,13 +196,9 @@ def mle_exists(counts: PairCounts, members: np.ndarray | None = None) -> bool:
     lost = counts.wins_j + counts.ties > 0
     rows = np.concatenate([counts.i[beat], counts.j[lost]])
     cols = np.concatenate([counts.j[beat], counts.i[lost]])
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)).tocsr()
     if members is None:
         members = np.union1d(counts.i[counts.totals > 0], counts.j[counts.totals > 0])
-    if len(members) < 2:
-        return True
-    sub = graph[members][:, members]
-    return connected_components(sub, directed=True, connection="strong")[0] == 1
+    return strongly_connected(n, rows, cols, members)
 
 
 def _newton_step(info: np.ndarray, grad: np.ndarray, n: int, gauge: bool) -> np.ndarray:

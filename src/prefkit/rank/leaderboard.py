@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from .aggregate import PairCounts
 from .bootstrap import bootstrap_bt, ci_ranks, percentile_intervals
 from .bt import bt_probabilities, fit_bradley_terry, mle_exists, to_elo
+from .graph import components as graph_components
 from .sandwich import bt_sandwich_covariance, normal_intervals
 
 FALLBACK_ALPHA = 0.01
@@ -79,9 +78,7 @@ def _num(x: float) -> float | int:
 def components(counts: PairCounts) -> np.ndarray:
     """Component label of every model in the comparison graph (models with no votes are
     components of their own)."""
-    n = counts.n_items
-    graph = coo_matrix((np.ones(len(counts.i)), (counts.i, counts.j)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    return graph_components(counts.n_items, counts.i, counts.j)
 
 
 def _subset(counts: PairCounts, members: np.ndarray) -> PairCounts:

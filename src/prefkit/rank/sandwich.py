@@ -25,9 +25,8 @@ few votes).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
-from scipy.stats import norm
 
+from ._math import expit, normal_quantile
 from .aggregate import PairCounts
 from .bt import _pair_information
 
@@ -60,6 +59,6 @@ def normal_intervals(params: np.ndarray, covariance: np.ndarray, level: float = 
         shift = np.eye(len(params))
         shift[:, anchor] -= 1.0
         covariance = shift @ covariance @ shift.T
-    z = norm.ppf(0.5 + level / 2)
+    z = normal_quantile(0.5 + level / 2)
     sd = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
     return params - z * sd, params + z * sd

@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.special import expit
 
+from ._math import expit
 from .bt import LN10
 
 CHATBOT_ARENA_FEATURES = ("sum_assistant_tokens", "header_count", "list_count", "bold_count")
@@ -176,10 +176,13 @@ class _Design:
     x: np.ndarray
     y: np.ndarray
     pair_key: np.ndarray
-    diff: csr_matrix
+    diff: Any
+    """``scipy.sparse.csr_matrix``, imported when a style fit needs it."""
 
     @classmethod
     def build(cls, n_items: int, a, b, y, x) -> _Design:
+        from scipy.sparse import csr_matrix
+
         a = np.asarray(a, dtype=np.int64)
         b = np.asarray(b, dtype=np.int64)
         x = np.asarray(x, dtype=float).reshape(len(a), -1)
