@@ -13,8 +13,9 @@ from prefkit.evaluate.policy import (
     kl_estimate,
     overoptimization_curve,
     ranking_accuracy,
+    ranking_accuracy_interval,
 )
-from prefkit.evaluate.winrate import length_controlled_win_rate, win_rate
+from prefkit.evaluate.winrate import length_controlled_win_rate, wilson_interval, win_rate
 
 Z95 = 1.959963984540054
 
@@ -241,6 +242,32 @@ def test_ranking_accuracy_hand_example():
         ranking_accuracy(c, r, chosen_lengths=[1, 1, 1, 1])
     with pytest.raises(ValueError, match=r"rejected_lengths\[1\] = 0.0"):
         ranking_accuracy(c, r, chosen_lengths=[1, 1, 1, 1], rejected_lengths=[1, 0, 1, 1])
+
+
+def test_wilson_interval_hand_values_and_scipy():
+    from scipy.stats import binomtest
+
+    lo, hi = wilson_interval(8, 10)  # p 0.8, centre 0.7167, half 0.2266 (hand computed)
+    assert (lo, hi) == (pytest.approx(0.49016, abs=1e-5), pytest.approx(0.94331, abs=1e-5))
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(3.8415 / 13.8415, abs=1e-4))
+    assert wilson_interval(10, 10)[0] == pytest.approx(1 - 3.8415 / 13.8415, abs=1e-4)
+    for k, n, level in ((178, 204, 0.95), (3, 7, 0.9), (50, 100, 0.99), (1, 1, 0.95)):
+        ref = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+        assert wilson_interval(k, n, level=level) == (pytest.approx(ref.low, abs=1e-12),
+                                                      pytest.approx(ref.high, abs=1e-12))
+    for bad in ((11, 10), (-1, 10), (float("nan"), 10), (1, 0)):
+        with pytest.raises(ValueError):
+            wilson_interval(*bad)
+
+
+def test_ranking_accuracy_interval():
+    c, r = [-10, -5, -20, -3], [-12, -4, -30, -3]  # right, wrong, right, tie
+    out = ranking_accuracy_interval(c, r)
+    assert (out["accuracy"], out["n"], out["correct"]) == (0.5, 4, 2.0)
+    assert (out["ci_low"], out["ci_high"]) == wilson_interval(2, 4)
+    half = ranking_accuracy_interval(c, r, ties="half", level=0.9)
+    assert half["correct"] == 2.5 and (half["ci_low"], half["ci_high"]) == wilson_interval(
+        2.5, 4, level=0.9)
 
 
 def test_idealized_ranking_accuracy_hand_example():

@@ -47,6 +47,17 @@ def test_evaluation_suite_in_the_loop(quick_run):
         assert board[name]["ci_low"] > 1000.0, (name, board[name])
     # ranking accuracy of the SFT policy on gold-ordered held-out pairs, and the ideal policy's
     assert 0.5 < methods["sft"]["ranking_accuracy"] < quick_run["idealized_ranking_accuracy"]
+    # every policy's own log-probs on the same pairs: its count = SFT's + fixed - broken
+    n = quick_run["data"]["heldout_pairs"]
+    sft_right = round(methods["sft"]["ranking_accuracy"] * n)
+    for name, m in methods.items():
+        if m["ranking_accuracy"] is None:
+            assert name.startswith("best_of_")
+            continue
+        lo, hi = m["ranking_accuracy_ci"]
+        assert m["ranking_pairs"] == n and lo < m["ranking_accuracy"] < hi
+        fixed, broken = m["ranking_flips_vs_sft"]
+        assert round(m["ranking_accuracy"] * n) == sft_right + fixed - broken, name
     rm = quick_run["reward_model"]["heldout"]
     assert rm["n"] > 50 and rm["accuracy"] > 0.65 and 0 <= rm["calibration"]["ece"] < 0.3
     agree = quick_run["annotators"]
@@ -113,18 +124,28 @@ def test_same_seed_same_numbers(quick_run, tmp_path):
 def test_stages_are_cached_and_a_rerun_resumes(quick_run, tmp_path):
     """A rerun in the same workdir reuses every finished stage (the stage key covers every
     setting); dropping one method's cached result recomputes just that method."""
-    import time
     from pathlib import Path
+
+    from prefkit.lab.progress import LabProgress
 
     stage = Path(quick_run["stage"])
     assert Path(quick_run["feedback_store"]).exists()
     (stage / "methods" / "dpo.json").unlink()
-    start = time.perf_counter()
-    again = run_lab(workdir=str(stage.parent.parent), **QUICK)
+    lines: list[str] = []
+    again = run_lab(workdir=str(stage.parent.parent), progress=LabProgress(lines.append),
+                    **QUICK)
     assert again["methods"] == quick_run["methods"]
     assert again["stage"] == quick_run["stage"]
     assert (stage / "methods" / "dpo.json").exists()
-    assert time.perf_counter() - start < 60
+    # nothing but dpo was recomputed: every other cached stage came from the cache
+    events = [line.split(" | ", 1)[1] for line in lines]
+    n = len(QUICK["methods"]) + 1  # + best-of-8
+    assert [e.split(":")[0] for e in events if e.endswith(": cached") or ": cached (" in e] == [
+        "SFT base model", "annotator agreement", "reward model",
+        "reward model on held-out pairs", "evaluation of the SFT policy",
+        *(f"method {i}/{n} {m}" for i, m in enumerate([*QUICK["methods"], "best_of_8"], 1)
+          if m != "dpo"), "over-optimization"]
+    assert any(e.startswith(f"method 1/{n} dpo: done in") for e in events)
 
 
 @pytest.mark.slow

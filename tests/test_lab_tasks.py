@@ -188,10 +188,13 @@ def test_base_model_key_follows_the_code(tmp_path, monkeypatch):
     monkeypatch.setattr(code_key, "_ROOT", copy)
     assert base_model._cache_key(task, settings) == key  # same sources, same key
     (copy / "rank" / "bt.py").write_text("# not imported by the builder\n")
+    code_key.code_hash.cache_clear()
     assert base_model._cache_key(task, settings) == key
     _, _, before = build_base_model(task, tmp_path / "cache", settings=settings)
     loop = copy / "train" / "loop.py"
     loop.write_text(loop.read_text() + "\n# a numerics change\n")
+    assert base_model._cache_key(task, settings) == key  # a running process keeps its hash
+    code_key.code_hash.cache_clear()  # ... a new process reads the edited source
     assert base_model._cache_key(task, settings) != key
     _, _, after = build_base_model(task, tmp_path / "cache", settings=settings)
     assert not after["cached"] and after["path"] != before["path"]

@@ -75,6 +75,9 @@ JUDGES = {  # method: (pool win rate, its CI, proxy-RM win rate, its CI, ranking
     EVIL: (0.8945, [0.8559, 0.9332], 0.5508, [0.4796, 0.6219], 0.9174),
     "best_of_8": (0.7344, [0.6648, 0.8039], 0.8359, [0.7815, 0.8904], None),
 }
+RANKING = {  # method: (95% Wilson interval of its ranking accuracy, [fixed, broken] vs SFT)
+    "sft": ([0.8213, 0.9106], [0, 0]), "dpo": ([0.8606, 0.9404], [9, 2]),
+    EVIL: ([0.8714, 0.9471], [11, 1])}
 BINS = [{"lo": i / 10, "hi": (i + 1) / 10, "count": c, "mean_prob": round(i / 10 + 0.05, 4),
          "accuracy": a} for i, (c, a) in enumerate(zip(
              [25, 23, 22, 22, 17, 17, 22, 22, 23, 25],
@@ -97,6 +100,10 @@ def lab_result() -> dict:
             win_rate_vs_sft_pool=pool, win_rate_ci_pool=pool_ci,
             win_rate_vs_sft_proxy_rm=proxy, win_rate_ci_proxy_rm=proxy_ci,
             ranking_accuracy=ranking)
+        if name in RANKING:
+            result["methods"][name].update(ranking_accuracy_ci=RANKING[name][0],
+                                           ranking_pairs=218,
+                                           ranking_flips_vs_sft=RANKING[name][1])
     result["idealized_ranking_accuracy"] = 0.945
     result["reward_model"]["heldout"] = {
         "n": 109, "accuracy": 0.7706, "accuracy_ties_half": 0.7706, "n_ties": 0,
@@ -307,8 +314,8 @@ def test_three_judges_and_ranking_accuracy_in_the_methods_table():
     assert cells[4] == '0.590 <span class="ci">[0.547, 0.632]</span>'  # gold
     assert cells[5] == '0.852 <span class="ci">[0.807, 0.896]</span>'  # annotator pool
     assert cells[6] == '0.555 <span class="ci">[0.483, 0.626]</span>'  # proxy RM
-    assert "<td class=\"num\">0.908</td>" in row  # ranking accuracy
-    # the CI keys are shown beside their win rates, not as columns of their own
+    assert '<td class="num">0.908 <span class="ci">[0.861, 0.940]</span></td>' in row  # ranking
+    # the CI keys are shown beside their values, not as columns of their own
     assert ">win rate ci pool</th>" not in text and ">gold reward se</th>" not in text
     bo8 = re.search(r'<tr data-method="best_of_8">(.*?)</tr>', text).group(1)
     assert '<span class="best" title="best of the methods">0.756</span>' in bo8
@@ -318,6 +325,28 @@ def test_three_judges_and_ranking_accuracy_in_the_methods_table():
     assert "Idealized ranking accuracy" in text and "0.945" in text
     assert "Check the judges" not in text
     assert 'id="fig-judges"' in text
+
+
+def test_ranking_accuracy_with_its_interval_pairs_and_reorderings():
+    text = lab_report_html(lab_result())
+    row = re.search(r'<tr data-method="dpo">(.*?)</tr>', text, flags=re.S).group(1)
+    assert '0.908 <span class="ci">[0.861, 0.940]</span>' in row
+    best = re.search(rf'<tr data-method="{re.escape(html_escaped(EVIL))}">(.*?)</tr>', text,
+                     flags=re.S).group(1)
+    assert '0.917 <span class="ci">[0.871, 0.947]</span>' in best
+    # the count and the re-orderings are the same kind for every row: a note, not columns
+    assert ">ranking pairs</th>" not in text and ">ranking flips vs sft</th>" not in text
+    assert "ranking accuracy on 218 held-out pairs with 95% Wilson intervals" in text
+    assert ("Held-out pairs each policy orders differently from SFT (fixed / broken): dpo 9 / 2, "
+            f"{html_escaped(EVIL)} 11 / 1.") in text
+    # an older result without them still renders the plain accuracy
+    old = lab_result()
+    for m in old["methods"].values():
+        for key in ("ranking_accuracy_ci", "ranking_pairs", "ranking_flips_vs_sft"):
+            m.pop(key, None)
+    text = lab_report_html(old)
+    assert '<td class="num">0.908</td>' in text and "orders differently" not in text
+    assert "with 95% Wilson intervals)" not in text
 
 
 def test_a_judge_that_does_not_give_sft_half_against_itself_is_flagged():

@@ -254,6 +254,7 @@ def _lab_tour(console: Console, work: Path, keep: bool = True) -> dict[str, Any]
 
     from .commands.lab import leaderboard_table, methods_table
     from .lab.pipeline import run_lab
+    from .lab.progress import LabProgress, to_stream
     from .report import write_lab_report
 
     console.print("\n9. The loop (`prefkit lab run`, the default config): an SFT policy for "
@@ -261,9 +262,11 @@ def _lab_tour(console: Console, work: Path, keep: bool = True) -> dict[str, Any]
                   "pairs into the feedback store, a reward model is trained, the policy is "
                   "aligned offline (DPO, RPO, IPO, SimPO, KTO, LiPO, RAFT) and online against "
                   "the reward model (GRPO, PPO, RLOO), best-of-8 samples with it, and every "
-                  "policy is judged by the gold reward:")
+                  "policy is judged by the gold reward (progress on stderr; every finished "
+                  "stage is cached, so a rerun with the same --workdir resumes):")
+    progress = LabProgress(to_stream())  # each stage on stderr, as `prefkit lab run` does
     with contextlib.redirect_stderr(io.StringIO()):
-        result = run_lab(workdir=str(work / "lab"))
+        result = run_lab(workdir=str(work / "lab"), progress=progress)
     console.print(methods_table(result))
     console.print(leaderboard_table(result["leaderboard"]))
     over = result["overoptimization"]

@@ -30,19 +30,31 @@ def run(
                       ] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Write no HTML report.")
                          ] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No stage progress on stderr (it is there with --json too).")
+                     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """SFT policy -> samples -> simulated annotators -> reward model -> direct alignment and
-    best-of-N -> gold-judged evaluation (win rate vs SFT with CIs, LC win rate, KL, length),
-    then a self-contained HTML report (its path is the JSON output's "report")."""
-    from ..lab.pipeline import run_lab
+    best-of-N -> gold-judged evaluation (win rate vs SFT with CIs, LC win rate, KL, length,
+    ranking accuracy), then a self-contained HTML report (its path is the JSON output's
+    "report"). Stage progress goes to stderr (stdout keeps the table or the one JSON object);
+    every finished stage is cached, so after Ctrl-C the same command resumes."""
+    from ..lab import pipeline
+    from ..lab.progress import LabProgress, to_stream
 
     cfg = _lab_config(config, quick, workdir, set_ or [], as_json)
     if report and no_report:
         raise bad_input("--report and --no-report exclude each other", as_json)
-    result = run_lab(cfg)
-    if not no_report:
-        _write_report(result, Path(report) if report else Path(cfg.workdir) / "report.html")
+    progress = LabProgress(None if quiet else to_stream())
+    try:
+        result = pipeline.run_lab(cfg, progress=progress)
+        if not no_report:
+            path = Path(report) if report else Path(cfg.workdir) / "report.html"
+            with progress.stage("report", str(path)):
+                _write_report(result, path)
+    except KeyboardInterrupt:
+        raise _interrupted(progress, cfg.workdir, as_json) from None
     if as_json:
         print_json(result)
         return
@@ -51,6 +63,21 @@ def run(
         stdout.print(leaderboard_table(result["leaderboard"]))
     if result.get("report"):
         stdout.print(f"report: {result['report']}", markup=False)
+
+
+def _interrupted(progress, workdir: str, as_json: bool) -> typer.Exit:
+    """Ctrl-C: say where the run stopped and how to resume (exit 130, the shell's code for
+    SIGINT); with --json also as the one JSON object."""
+    where = progress.where()
+    cached = progress.stage_dir or f"{workdir}/stages"
+    message = (f"stopped {where}; the finished stages are cached in {cached}: run the same "
+               "command again (same settings and --workdir) to resume from them (the "
+               "interrupted stage starts over)")
+    stderr.print(f"[yellow]interrupted:[/yellow] {escape(message)}")
+    if as_json:
+        print_json({"ok": False, "error": f"interrupted: {message}", "interrupted": where,
+                    "stage_dir": progress.stage_dir, "finished": progress.finished})
+    return typer.Exit(130)
 
 
 def _lab_config(path: str | None, quick: bool, workdir: str | None, set_: list[str],
@@ -111,15 +138,27 @@ def methods_table(result: dict[str, Any], title: str | None = None):
     """The lab's per-method numbers as a rich table (the CLI's and the demo's)."""
     from rich.table import Table
 
+    methods = result["methods"]
+    pairs = {m.get("ranking_pairs") for m in methods.values()} - {None}
+    ranking = "ranking accuracy (95% CI)" + (f"\non {pairs.pop()} held-out pairs"
+                                             if len(pairs) == 1 else "")
     table = Table("method", "gold reward", "win rate vs SFT (95% CI)", "LC win rate",
-                  "KL to SFT", "length", title=title)
-    for name, m in result["methods"].items():
+                  "KL to SFT", "length", ranking, title=title)
+    for name, m in methods.items():
         table.add_row(name, f"{m['gold_reward']:.3f}",
                       f"{m['win_rate_vs_sft']:.3f} ({m['win_rate_ci'][0]:.3f}-"
                       f"{m['win_rate_ci'][1]:.3f})", f"{m['lc_win_rate_vs_sft']:.3f}",
                       "-" if m["kl_to_sft"] is None else f"{m['kl_to_sft']:.2f}",
-                      f"{m['mean_length']:.1f}")
+                      f"{m['mean_length']:.1f}", _ranking_cell(m))
     return table
+
+
+def _ranking_cell(m: dict[str, Any]) -> str:
+    """``accuracy (low-high)``; ``-`` without one (best-of-n, older results)."""
+    acc, ci = m.get("ranking_accuracy"), m.get("ranking_accuracy_ci")
+    if acc is None:
+        return "-"
+    return f"{acc:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{acc:.3f}"
 
 
 def leaderboard_table(rows: list[dict[str, Any]]):

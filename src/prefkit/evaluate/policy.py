@@ -1,5 +1,5 @@
-"""Policy evaluation maths as pure numpy functions: KL to the reference, ranking accuracy,
-best-of-n and over-optimisation curves.
+"""Policy evaluation maths as pure numpy functions: KL to the reference, ranking accuracy (with
+a Wilson interval), best-of-n and over-optimisation curves.
 
 Inputs are per-sample numbers (summed sequence log-probs, rewards); nothing here loads a
 model. Compute log-probs with :mod:`prefkit.models` first, then call these.
@@ -86,6 +86,23 @@ def ranking_accuracy(logp_chosen: Any, logp_rejected: Any, *, chosen_lengths: An
         same_length(logp_chosen=c, chosen_lengths=lc, rejected_lengths=lr)
         c, r = c / lc, r / lr
     return pairwise_accuracy(c, r, ties=ties)
+
+
+def ranking_accuracy_interval(logp_chosen: Any, logp_rejected: Any, *, level: float = 0.95,
+                              **kwargs: Any) -> dict[str, Any]:
+    """:func:`ranking_accuracy` with its sample size and a Wilson score interval
+    (:func:`~prefkit.evaluate.winrate.wilson_interval`; each pair a Bernoulli trial, ``level``
+    95% by default): ``{"accuracy", "ci_low", "ci_high", "n", "correct", "level"}``, where
+    ``correct = accuracy * n`` (a tie counts half with ``ties="half"``). ``kwargs`` go to
+    :func:`ranking_accuracy` (lengths, ties)."""
+    from prefkit.evaluate.winrate import wilson_interval
+
+    accuracy = ranking_accuracy(logp_chosen, logp_rejected, **kwargs)
+    n = len(np.atleast_1d(np.asarray(logp_chosen)))
+    correct = accuracy * n
+    lo, hi = wilson_interval(correct, n, level=level)
+    return {"accuracy": accuracy, "ci_low": lo, "ci_high": hi, "n": n,
+            "correct": round(correct, 6), "level": level}
 
 
 def _positive(values: Any, name: str) -> np.ndarray:

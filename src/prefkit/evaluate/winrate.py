@@ -9,6 +9,7 @@ or, for a weighted judge, the probability ``P(model beats reference)`` in ``[0, 
 (AlpacaEval stores ``preference`` in ``[1, 2]``; pass ``preference - 1``.)
 
 - :func:`win_rate`: the mean preference with a 95% CI (normal approximation or bootstrap).
+- :func:`wilson_interval`: the Wilson score interval of a proportion (accuracies).
 - :func:`length_controlled_win_rate`: AlpacaEval 2's length-controlled win rate, a logistic
   GLM with a length covariate (Dubois, Galambosi, Liang & Hashimoto 2024, "Length-Controlled
   AlpacaEval: A Simple Way to Debias Automatic Evaluators", arXiv:2404.04475).
@@ -16,6 +17,7 @@ or, for a weighted judge, the probability ``P(model beats reference)`` in ``[0, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,6 +129,30 @@ def win_rate(preferences: Any, *, ties: str = "half", ci: str = "normal", level:
         "ci": ci,
         "level": level,
     }
+
+
+def wilson_interval(successes: float, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (E. B. Wilson 1927, "Probable Inference,
+    the Law of Succession, and Statistical Inference", JASA 22)::
+
+        p = successes / n,   z = Phi^-1((1 + level) / 2)
+        centre = (p + z^2 / (2n)) / (1 + z^2 / n)
+        half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / (4 n^2))
+
+    ``(centre - half, centre + half)``, inside ``[0, 1]``. Unlike the normal (Wald) interval it
+    keeps a width at ``p = 0`` or ``1`` and stays in range for small ``n`` (0 of 10:
+    ``[0, 0.278]``). ``successes`` may be fractional (ties counted half).
+    """
+    z = _z(level)
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if not (math.isfinite(successes) and 0 <= successes <= n):
+        raise ValueError(f"successes must be in [0, n = {n}], got {successes!r}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # --------------------------------------------------------------------------- logistic fit

@@ -46,8 +46,8 @@ from ..train.config import LoopConfig
 from ..train.loop import StepOutput, build_dataloader, fit
 from .tasks import Task, mean_gold_reward
 
-__all__ = ["CACHE_VERSION", "BaseModelSettings", "build_base_model", "code_key",
-           "evaluate_policy"]
+__all__ = ["CACHE_VERSION", "BaseModelSettings", "base_model_path", "build_base_model",
+           "code_key", "evaluate_policy"]
 
 #: Part of the cache key (with :func:`code_key`, which follows the code by itself); bump it
 #: when what a cached model means changes in a way the code hash cannot see.
@@ -140,6 +140,19 @@ def _train(model, tokenizer, task: Task, settings: BaseModelSettings, out_dir: P
     return {"final_nll": result.metrics.get("nll"), "fit_seconds": result.seconds}
 
 
+def _settings(settings: BaseModelSettings | None, overrides: dict[str, Any]
+              ) -> BaseModelSettings:
+    settings = settings or BaseModelSettings()
+    return BaseModelSettings(**{**asdict(settings), **overrides}) if overrides else settings
+
+
+def base_model_path(task: Task, folder: str | Path, *,
+                    settings: BaseModelSettings | None = None, **overrides: Any) -> Path:
+    """Where :func:`build_base_model` keeps (or will keep) the model of these arguments:
+    ``folder/<task.name>-<key>``; it is cached when ``path / "info.json"`` exists."""
+    return Path(folder) / f"{task.name}-{_cache_key(task, _settings(settings, overrides))}"
+
+
 def build_base_model(
     task: Task,
     folder: str | Path,
@@ -159,11 +172,9 @@ def build_base_model(
     ``train_seconds`` (of the original build), ``final_nll`` and the settings. The model is
     returned in eval mode on the CPU.
     """
-    settings = settings or BaseModelSettings()
-    if overrides:
-        settings = BaseModelSettings(**{**asdict(settings), **overrides})
-    key = _cache_key(task, settings)
-    path = Path(folder) / f"{task.name}-{key}"
+    path = base_model_path(task, folder, settings=settings, **overrides)
+    key = path.name.removeprefix(f"{task.name}-")
+    settings = _settings(settings, overrides)
     if (path / "info.json").exists():
         model, tokenizer = load_model(path)
         info = json.loads((path / "info.json").read_text())

@@ -28,14 +28,20 @@
    policy): gold reward mean, win rate against the SFT policy's answer judged by the gold
    reward, the annotator pool (both orders) and the proxy reward model, each with a 95% CI
    (ties half), length-controlled win rate, mean length, KL to the SFT policy (k1 on the
-   policy's own samples), ranking accuracy on held-out gold-ordered pairs (and the idealized
-   ranking accuracy of the KL-regularized optimum); then a leaderboard of all policies from
-   gold-judged pairwise comparisons rated with the arena engine (Elo scale, bootstrap CIs);
+   policy's own samples), ranking accuracy on held-out gold-ordered pairs from the policy's own
+   log-probs with the number of pairs, a 95% Wilson interval and the pairs it re-orders
+   relative to SFT (and the idealized ranking accuracy of the KL-regularized optimum); then a
+   leaderboard of all policies from gold-judged pairwise comparisons rated with the arena
+   engine (Elo scale, bootstrap CIs);
 6. over-optimization: a second reward model is trained on the same samples labelled by a
    length-biased annotator (``overopt_length_bias``, gold units per relative length difference);
    best-of-n with it for n in ``overopt_ns`` gives the proxy and gold curves
    (:func:`prefkit.evaluate.best_of_n_curve`, :func:`prefkit.evaluate.overoptimization_curve`):
    the proxy keeps rising while the gold reward peaks and falls.
+
+Progress: ``run_lab(..., progress=LabProgress(write))`` reports every stage (started, done
+with a summary, or cached) and remembers the stage in progress, so an interrupted run can say
+where it stopped (:mod:`prefkit.lab.progress`).
 
 Caching: the SFT model and reference log-probs are cached across runs; every other stage is
 cached under ``workdir/stages/<key>/`` where the key hashes every setting but ``methods`` and
@@ -59,6 +65,7 @@ import numpy as np
 import torch
 
 from .config import ONLINE_METHODS, QUICK, LabConfig
+from .progress import LabProgress
 
 __all__ = ["ONLINE_METHODS", "QUICK", "LabConfig", "run_lab"]
 
@@ -115,7 +122,7 @@ def _evaluate(texts: list[str], prompts: list[str], task, sft_texts: list[str], 
 
 
 def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: list[str],
-            work: Path, quiet) -> tuple[Any, list[dict]]:
+            runs: Path, quiet) -> tuple[Any, list[dict]]:
     """One online method against the proxy reward model; the gold reward of every rollout is
     recorded (not used for training) for the over-optimization-over-steps curves."""
     from ..models.load import load_model
@@ -130,7 +137,8 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
                                              for p, cs in zip(ro.prompts, ro.completions,
                                                               strict=True)])}
 
-    cfg = OnlineConfig(algo=algo, output_dir=str(work / method), iterations=config.rl_iterations,
+    cfg = OnlineConfig(algo=algo, output_dir=str(runs / _safe(method)),
+                       iterations=config.rl_iterations,
                        prompts_per_iteration=config.rl_prompts_per_iteration,
                        num_generations=2 if algo == "online_ipo" else config.rl_generations,
                        kl_coef=config.kl_coef,
@@ -184,6 +192,22 @@ def _offline_curve(config: LabConfig, task, sft, tokenizer, rm, prompts: list[st
     return Curve()
 
 
+def _safe(method: str) -> str:
+    """``method`` as a file or folder name."""
+    return method.replace("/", "_").replace("*", "x")
+
+
+def _method_detail(config: LabConfig, method: str) -> str:
+    """What training ``method`` means in this config (a progress line)."""
+    if method in ONLINE_METHODS:
+        return (f"online against the proxy reward model, {config.rl_iterations} iterations of "
+                f"{config.rl_prompts_per_iteration} prompts")
+    if method == "raft":
+        return (f"fine-tuning on the proxy's best of {config.best_of_n} answers, "
+                f"{config.steps} steps")
+    return f"{_loss_kind(method)} loss, {config.steps} steps"
+
+
 def _loss_kind(spec: str) -> str:
     from .. import losses
 
@@ -235,7 +259,8 @@ def _raft_data(config: LabConfig, sft, tokenizer, rm, prompts: list[str], work: 
 
 
 def _overoptimization(config: LabConfig, task, sft, tokenizer, sft_path: str, items: list,
-                      eval_prompts: list[str], work: Path, common: dict, quiet) -> dict:
+                      eval_prompts: list[str], work: Path, runs: Path, common: dict,
+                      quiet) -> dict:
     """Stage 6 (module docstring): best-of-n against a length-biased proxy reward model."""
     from ..evaluate import best_of_n_curve, overoptimization_curve
     from ..lab.annotators import SimulatedAnnotator
@@ -252,7 +277,7 @@ def _overoptimization(config: LabConfig, task, sft, tokenizer, sft_path: str, it
     data = _write(work / "pairs_length_biased.jsonl", rows)
     with quiet:
         proxy_rm = train_reward(RewardConfig(model=sft_path, data=data, objective="bt",
-                                             output_dir=str(work / "rm_length_biased"),
+                                             output_dir=str(runs / "rm_length_biased"),
                                              max_steps=config.rm_steps,
                                              learning_rate=config.rm_learning_rate, **common))
     n_max = max(config.overopt_ns)
@@ -286,15 +311,27 @@ def _stage_key(config: LabConfig, task, base_key: str) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-STAGE_VERSION = 3
+STAGE_VERSION = 4  # 4: ranking accuracy with n, Wilson CI, re-ordered pairs
 """Bumped when a stage's computation changes, so cached stages of older runs are not reused."""
 
 
-def _cached(path: Path, compute) -> Any:
-    """``compute()`` once: its JSON result is kept at ``path`` (written atomically)."""
+def _cached(path: Path, compute, progress: LabProgress | None = None, name: str = "",
+            detail: str = "") -> Any:
+    """``compute()`` once: its JSON result is kept at ``path`` (written atomically). With
+    ``progress``, the stage ``name`` is reported as cached, or as started and done (a method's
+    result -- a dict with a gold reward and a win rate -- is summarized on its done line)."""
     if path.exists():
+        if progress is not None:
+            progress.cached(name)
         return json.loads(path.read_text())
-    value = compute()
+    if progress is None:
+        value = compute()
+    else:
+        with progress.stage(name, detail) as st:
+            value = compute()
+            if isinstance(value, dict) and "gold_reward" in value:
+                st.summary = (f"gold reward {value['gold_reward']:.3f}, win rate vs SFT "
+                              f"{value['win_rate_vs_sft']:.3f}")
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value))
     tmp.replace(path)
@@ -408,13 +445,41 @@ def _heldout_pairs(sft, tokenizer, task, prompts: list[str], seed: int, temperat
     return out
 
 
-def _ranking_accuracy(policy, tokenizer, pairs) -> float:
-    from ..evaluate import ranking_accuracy
-
+def _heldout_logps(policy, tokenizer, pairs) -> tuple[np.ndarray, np.ndarray]:
+    """``policy``'s own summed log-probs of the chosen and of the rejected answers of
+    ``pairs``."""
     prompts = [p for p, _, _ in pairs]
-    lc = _completion_logps(policy, tokenizer, prompts, [c for _, c, _ in pairs])
-    lr = _completion_logps(policy, tokenizer, prompts, [r for _, _, r in pairs])
-    return round(float(ranking_accuracy(lc, lr)), 4)
+    return (_completion_logps(policy, tokenizer, prompts, [c for _, c, _ in pairs]),
+            _completion_logps(policy, tokenizer, prompts, [r for _, _, r in pairs]))
+
+
+def _ranking(policy, tokenizer, pairs, sft_right: np.ndarray | None = None
+             ) -> tuple[dict[str, Any], np.ndarray]:
+    """Ranking accuracy of ``policy`` on the held-out gold-ordered ``pairs`` from its own
+    log-probs (Chen et al. 2024, arXiv:2405.19534), with the number of pairs, a 95% Wilson
+    interval and -- given ``sft_right``, which pairs the SFT policy orders right -- the pairs it
+    re-orders relative to SFT ``[fixed, broken]``; and which pairs it orders right.
+
+    Why several methods can show the same accuracy: a pair flips only when training moves its
+    log-prob margin by more than the SFT margin, and at a KL of a few tenths the policies move
+    margins by about a nat while half the SFT margins are larger than ~2.5 nats (a longer
+    answer has a much lower summed log-prob); what flips is the same handful of near-tied pairs
+    for every method (lab default run: 5 fixed and 1 broken of 204 for DPO, IPO, SimPO, GRPO,
+    PPO and RLOO alike, different pairs per method family), so the counts -- not the policies --
+    coincide."""
+    from ..evaluate.policy import ranking_accuracy_interval
+
+    if not pairs:
+        return {"ranking_accuracy": None, "ranking_accuracy_ci": None, "ranking_pairs": 0,
+                "ranking_flips_vs_sft": None}, np.zeros(0, dtype=bool)
+    lc, lr = _heldout_logps(policy, tokenizer, pairs)
+    right = lc > lr
+    stats = ranking_accuracy_interval(lc, lr)
+    flips = (None if sft_right is None else
+             [int((right & ~sft_right).sum()), int((~right & sft_right).sum())])
+    return {"ranking_accuracy": round(stats["accuracy"], 4),
+            "ranking_accuracy_ci": [round(stats["ci_low"], 4), round(stats["ci_high"], 4)],
+            "ranking_pairs": stats["n"], "ranking_flips_vs_sft": flips}, right
 
 
 def _rm_report(rm, pool, pairs, task) -> dict[str, Any]:
@@ -435,10 +500,14 @@ def _rm_report(rm, pool, pairs, task) -> dict[str, Any]:
                           rejected_lengths=_lengths([c.rejected for c in kept]))
 
 
-def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run the loop (module docstring); returns one JSON-ready dict."""
+def run_lab(config: LabConfig | None = None, *, progress: LabProgress | None = None,
+            **overrides: Any) -> dict[str, Any]:
+    """Run the loop (module docstring); returns one JSON-ready dict. ``progress`` (a
+    :class:`~prefkit.lab.progress.LabProgress`) gets a line per stage -- started, done or
+    cached -- and knows the stage in progress and the stage folder if the run is
+    interrupted."""
     from ..lab.annotators import agreement, alpacafarm_pool
-    from ..lab.base_model import build_base_model
+    from ..lab.base_model import BaseModelSettings, base_model_path, build_base_model
     from ..lab.tasks import get_task
     from ..models.generate import sample
     from ..rewards import RewardModel
@@ -447,23 +516,37 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
     from ..train.reward import RewardConfig, train_reward
 
     config = LabConfig(**{**asdict(config or LabConfig()), **overrides})
+    progress = progress or LabProgress()
     work = Path(config.workdir)
     work.mkdir(parents=True, exist_ok=True)
     cache = Path(config.cache_dir) if config.cache_dir else work / "cache"
     task = get_task(config.task)
     quiet = contextlib.redirect_stderr(io.StringIO())
-    with quiet:
-        sft, tokenizer, info = build_base_model(task, cache / "base", seed=config.seed)
+    base_path = base_model_path(task, cache / "base", seed=config.seed)
+    if (base_path / "info.json").exists():
+        progress.cached("SFT base model", str(base_path))
+        with quiet:
+            sft, tokenizer, info = build_base_model(task, cache / "base", seed=config.seed)
+    else:
+        with progress.stage("SFT base model", f"training {BaseModelSettings().steps} steps "
+                            "(first run only, cached afterwards)") as st, quiet:
+            sft, tokenizer, info = build_base_model(task, cache / "base", seed=config.seed)
+            st.summary = f"final NLL {info['final_nll']:.3f}, saved to {info['path']}"
     sft_path = info["path"]
     stage = work / "stages" / _stage_key(config, task, info["key"])
     (stage / "methods").mkdir(parents=True, exist_ok=True)
+    runs = stage / "runs"  # the trainers' output folders: one run per folder and stage
+    progress.stage_dir = str(stage)
     rng = random.Random(config.seed)
     train_prompts = [task.sample_prompt(rng) for _ in range(config.n_prompts)]
     eval_prompts = [task.sample_prompt(rng) for _ in range(config.n_eval)]
 
     # 2. samples -> simulated annotators -> the feedback store -> pairs
-    samples = sample(sft, tokenizer, train_prompts, k=config.k, temperature=config.temperature,
-                     seed=config.seed)
+    with progress.stage("sampling", f"{config.k} answers to each of {config.n_prompts} "
+                        "training prompts from the SFT policy"):
+        samples = sample(sft, tokenizer, train_prompts, k=config.k,
+                         temperature=config.temperature, seed=config.seed)
+
     def pool_for(tag: str):
         """The annotator pool with its own random stream per use, so a stage's labels do not
         depend on which other stages ran before it (cached stages are skipped on a rerun)."""
@@ -479,37 +562,52 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
                                                              strict=True)
              for i in range(0, config.k - 1, 2)
              if s[i] != s[i + 1] and s[i].strip() and s[i + 1].strip()]
-    if config.feedback == "pairs":
-        labels = pool.annotate_pairs(items)
-        rows = _store_pairs(labels, stage / "feedback.db")
-    else:  # ratings (LabConfig checks the value)
-        labels = [pool.rate(p, " " + c, scale=(-10.0, 10.0))
-                  for p, cs in zip(train_prompts, samples, strict=True)
-                  for c in dict.fromkeys(c for c in cs if c.strip())]
-        rows = _store_ratings(labels, stage / "feedback.db", config.rating_min_gap)
+    what = (f"{len(items)} pairs" if config.feedback == "pairs" else "every distinct answer")
+    with progress.stage("annotation", f"{what} labelled by a pool of {config.pool_size} "
+                        "simulated annotators, kept in the feedback store") as st:
+        if config.feedback == "pairs":
+            labels = pool.annotate_pairs(items)
+            rows = _store_pairs(labels, stage / "feedback.db")
+            st.summary = (f"{len(labels)} labels, {len(labels) - len(rows)} ties, "
+                          f"{len(rows)} training pairs")
+        else:  # ratings (LabConfig checks the value)
+            labels = [pool.rate(p, " " + c, scale=(-10.0, 10.0))
+                      for p, cs in zip(train_prompts, samples, strict=True)
+                      for c in dict.fromkeys(c for c in cs if c.strip())]
+            rows = _store_ratings(labels, stage / "feedback.db", config.rating_min_gap)
+            st.summary = f"{len(labels)} ratings, {len(rows)} training pairs"
     pairs = _write(work / "pairs.jsonl", rows)
     gold_agree = float(np.mean([task.gold_reward(r["prompt"], r["chosen"].strip())
                                 >= task.gold_reward(r["prompt"], r["rejected"].strip())
                                 for r in rows]))
     annotators = _cached(stage / "agreement.json", lambda: _rounded(agreement(
-        pool_for("agreement"), items[:200], n_repeats=3, seed=config.seed)))
+        pool_for("agreement"), items[:200], n_repeats=3, seed=config.seed)),
+        progress, "annotator agreement")
 
     common = dict(batch_size=config.batch_size, lr_scheduler="constant", logging_steps=10_000,
                   save_steps=0, save_final=False, progress=False, seed=config.seed)
     # 3. reward model (cached with the stage)
     rm_dir = stage / "reward_model"
     if (rm_dir / "reward_config.json").exists():
-        rm_model = RewardModel.from_pretrained(rm_dir)
+        progress.cached("reward model")
+        with quiet:
+            rm_model = RewardModel.from_pretrained(rm_dir)
         rm_accuracy = json.loads((stage / "reward_model.json").read_text())["train_accuracy"]
     else:
-        with quiet:
-            trained_rm = train_reward(RewardConfig(
-                model=sft_path, data=pairs, objective="bt", output_dir=str(work / "rm"),
-                max_steps=config.rm_steps, learning_rate=config.rm_learning_rate, **common))
-        rm_accuracy = round(trained_rm.fit.metrics.get("accuracy", float("nan")), 4)
-        trained_rm.model.save_pretrained(rm_dir)
-        (stage / "reward_model.json").write_text(json.dumps({"train_accuracy": rm_accuracy}))
-        rm_model = RewardModel.from_pretrained(rm_dir)  # the same weights as a rerun loads
+        with progress.stage("reward model", f"Bradley-Terry, {config.rm_steps} steps on "
+                            f"{len(rows)} pairs") as st:
+            with quiet:
+                trained_rm = train_reward(RewardConfig(
+                    model=sft_path, data=pairs, objective="bt", output_dir=str(runs / "rm"),
+                    max_steps=config.rm_steps, learning_rate=config.rm_learning_rate,
+                    **common))
+            rm_accuracy = round(trained_rm.fit.metrics.get("accuracy", float("nan")), 4)
+            trained_rm.model.save_pretrained(rm_dir)
+            (stage / "reward_model.json").write_text(json.dumps({"train_accuracy":
+                                                                 rm_accuracy}))
+            with quiet:  # the same weights as a rerun loads
+                rm_model = RewardModel.from_pretrained(rm_dir)
+            st.summary = f"train accuracy {rm_accuracy:.3f}"
     rm = _RM(rm_model.eval(), tokenizer)
 
     # 5. the SFT baseline's evaluation samples (the same seed for every policy)
@@ -517,30 +615,40 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
         return [s[0] for s in sample(model, tokenizer, eval_prompts, k=1,
                                      temperature=config.temperature, seed=config.seed + 1)]
 
-    sft_texts = eval_samples(sft)
-    heldout = _heldout_pairs(sft, tokenizer, task, eval_prompts, config.seed + 4,
-                             config.temperature)
+    with progress.stage("evaluation set", f"{config.n_eval} held-out prompts: SFT answers "
+                        "and gold-ordered pairs") as st:
+        sft_texts = eval_samples(sft)
+        heldout = _heldout_pairs(sft, tokenizer, task, eval_prompts, config.seed + 4,
+                                 config.temperature)
+        sft_right = _ranking(sft, tokenizer, heldout)[1]  # the pairs SFT orders right
+        st.summary = f"{len(heldout)} held-out pairs"
     rm_report = _cached(stage / "rm_report.json",
-                        lambda: _rm_report(rm, pool_for("rm_report"), heldout, task))
+                        lambda: _rm_report(rm, pool_for("rm_report"), heldout, task),
+                        progress, "reward model on held-out pairs")
 
     def evaluate(texts: list[str], policy=None, name: str = "sft") -> dict[str, Any]:
         out = _evaluate(texts, eval_prompts, task, sft_texts, sft, tokenizer, policy=policy)
         out |= _judge_win_rates(eval_prompts, texts, sft_texts, pool_for(f"judge:{name}"), rm,
                                 tokenizer)
-        out["ranking_accuracy"] = _ranking_accuracy(policy if policy is not None else sft,
-                                                    tokenizer, heldout)
+        if policy is not None or name == "sft":  # not for sampling procedures (best-of-n)
+            out |= _ranking(policy if policy is not None else sft, tokenizer, heldout,
+                            sft_right)[0]
+        else:
+            out["ranking_accuracy"] = None
         out["texts"] = texts
         return out
 
     results: dict[str, Any] = {"sft": _cached(stage / "methods" / "sft.json",
-                                              lambda: evaluate(sft_texts))}
+                                              lambda: evaluate(sft_texts), progress,
+                                              "evaluation of the SFT policy")}
     curves: dict[str, list[dict]] = {}
+    n_methods = len(config.methods) + (config.best_of_n > 1)
     # 4a. every method (each cached: an interrupted run resumes at the first missing one)
-    for method in config.methods:
+    for number, method in enumerate(config.methods, 1):
         def compute(method: str = method) -> dict[str, Any]:
             if method in ONLINE_METHODS:
                 policy, curve = _online(config, method, task, sft_path, rm, train_prompts,
-                                        work, quiet)
+                                        runs, quiet)
                 res = evaluate(eval_samples(policy), policy, method)
                 return {**res, "kind": "online", "curve": curve}
             data, loss, lr = pairs, method, config.learning_rate
@@ -559,15 +667,16 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
             with quiet:
                 trained = train_preference(PreferenceConfig(
                     model=sft_path, data=data, loss=loss, beta=config.beta,
-                    output_dir=str(work / method), max_steps=config.steps, learning_rate=lr,
+                    output_dir=str(runs / _safe(method)), max_steps=config.steps,
+                    learning_rate=lr,
                     reference_cache=str(cache / "reference"), **common),
                     callbacks=[curve] if curve is not None else ())
             policy = trained.model.eval()
             res = {**evaluate(eval_samples(policy), policy, method), "kind": "offline"}
             return res | ({"curve": curve.points} if curve is not None else {})
 
-        safe = method.replace("/", "_").replace("*", "x")
-        res = _cached(stage / "methods" / f"{safe}.json", compute)
+        res = _cached(stage / "methods" / f"{_safe(method)}.json", compute, progress,
+                      f"method {number}/{n_methods} {method}", _method_detail(config, method))
         if "curve" in res:
             curves[method] = res.pop("curve")
         results[method] = res
@@ -580,21 +689,27 @@ def run_lab(config: LabConfig | None = None, **overrides: Any) -> dict[str, Any]
                                  tokenizer=rm.tokenizer)
             picked = [cs[int(torch.argmax(r))] for cs, r in zip(cands, proxy, strict=True)]
             res = evaluate(picked, name=f"best_of_{config.best_of_n}")
-            res["ranking_accuracy"] = None  # a sampling procedure, not a policy with log-probs
             n = config.best_of_n
             res["kl_to_sft"] = round(float(np.log(n) - (n - 1) / n), 4)  # the analytic bound
             res["kind"] = "sampling"
             return res
 
-        results[f"best_of_{config.best_of_n}"] = _cached(
-            stage / "methods" / f"best_of_{config.best_of_n}.json", best_of_n)
+        name = f"best_of_{config.best_of_n}"
+        results[name] = _cached(stage / "methods" / f"{name}.json", best_of_n, progress,
+                                f"method {n_methods}/{n_methods} {name}",
+                                f"{config.best_of_n} SFT answers per prompt, the proxy picks")
     overopt = None
     if config.overopt_length_bias > 0:
         overopt = _cached(stage / "overoptimization.json", lambda: _overoptimization(
-            config, task, sft, tokenizer, sft_path, items, eval_prompts, work, common, quiet))
+            config, task, sft, tokenizer, sft_path, items, eval_prompts, work, runs, common,
+            quiet),
+            progress, "over-optimization", "a reward model on length-biased labels, best-of-n "
+            f"for n in {', '.join(map(str, config.overopt_ns))}")
     texts = {name: res.pop("texts") for name, res in results.items()}
-    leaderboard = _leaderboard(texts, eval_prompts, task, config.seed)
-    ideal = _idealized(sft, tokenizer, task, heldout, config.beta)
+    with progress.stage("leaderboard", f"every pair of the {len(texts)} policies judged by the "
+                        "gold reward"):
+        leaderboard = _leaderboard(texts, eval_prompts, task, config.seed)
+        ideal = _idealized(sft, tokenizer, task, heldout, config.beta)
     return {"config": asdict(config), "sft_model": sft_path, "stage": str(stage),
             "data": {"feedback": config.feedback, "labels": len(labels), "pairs": len(rows),
                      "ties_dropped": (len(labels) - len(rows)
@@ -619,13 +734,13 @@ class _RM:
     tokenizer: Any
 
 
-def _idealized(sft, tokenizer, task, pairs, beta: float) -> float:
+def _idealized(sft, tokenizer, task, pairs, beta: float) -> float | None:
     """Ranking accuracy of the ideal KL-regularised policy (reference = SFT, reward = gold)."""
     from ..evaluate import idealized_ranking_accuracy
 
-    prompts = [p for p, _, _ in pairs]
-    lc = _completion_logps(sft, tokenizer, prompts, [c for _, c, _ in pairs])
-    lr = _completion_logps(sft, tokenizer, prompts, [r for _, _, r in pairs])
+    if not pairs:
+        return None
+    lc, lr = _heldout_logps(sft, tokenizer, pairs)
     gc = [task.gold_reward(p, c) for p, c, _ in pairs]
     gr = [task.gold_reward(p, r) for p, _, r in pairs]
     return round(float(idealized_ranking_accuracy(lc, lr, gc, gr, beta)), 4)

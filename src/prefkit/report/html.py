@@ -58,7 +58,8 @@ _NUMBER_COLUMNS = {
                                  "were trained against, 95% interval"),
     "lc_win_rate_vs_sft": ("LC win rate", "length-controlled gold win rate vs SFT"),
     "ranking_accuracy": ("ranking accuracy", "share of held-out gold-ordered pairs where the "
-                         "policy gives the better answer the higher log-probability"),
+                         "policy gives the better answer the higher log-probability (its own "
+                         "log-probabilities), 95% Wilson interval"),
     "kl_to_sft": ("KL to SFT", "KL divergence to the SFT policy (for best-of-n: the analytic "
                   "bound log n - (n-1)/n)"),
     "mean_length": ("mean length", "mean answer length in words"),
@@ -66,7 +67,10 @@ _NUMBER_COLUMNS = {
 # column key -> the key shown beside it: "se" as "± x", "ci" as "[lo, hi]"
 _PAIRED = {"gold_reward": ("gold_reward_se", "se"), "win_rate_vs_sft": ("win_rate_ci", "ci"),
            "win_rate_vs_sft_pool": ("win_rate_ci_pool", "ci"),
-           "win_rate_vs_sft_proxy_rm": ("win_rate_ci_proxy_rm", "ci")}
+           "win_rate_vs_sft_proxy_rm": ("win_rate_ci_proxy_rm", "ci"),
+           "ranking_accuracy": ("ranking_accuracy_ci", "ci")}
+# method keys that are the same kind for every row: said once in the notes, not as columns
+_NOTE_KEYS = {"ranking_pairs", "ranking_flips_vs_sft"}
 _GROUPS = {"win_rate_vs_sft": "win rate vs SFT [95% CI], judged by",
            "win_rate_vs_sft_pool": "win rate vs SFT [95% CI], judged by",
            "win_rate_vs_sft_proxy_rm": "win rate vs SFT [95% CI], judged by"}
@@ -494,7 +498,7 @@ def _columns(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
     known = [k for k in (*_TEXT_COLUMNS, *_NUMBER_COLUMNS) if k in seen]
     shown_beside = {_PAIRED[k][0] for k in known if k in _PAIRED}
     return known + [k for k in seen if k not in known and k not in shown_beside
-                    and k not in ("name", "method")]
+                    and k not in _NOTE_KEYS and k not in ("name", "method")]
 
 
 def _methods_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
@@ -587,6 +591,14 @@ def _judge_notes(methods: Mapping[str, Mapping[str, Any]], ideal: Any) -> list[s
     if gamed:
         out.append("Proxy reward model more impressed than the gold reward (its 95% interval "
                    "entirely above gold's): " + ", ".join(gamed) + ".")
+    flips = [f"{_e(name)} {_fmt(f[0])} / {_fmt(f[1])}" for name, m in methods.items()
+             if name != REFERENCE and isinstance(f := m.get("ranking_flips_vs_sft"), list | tuple)
+             and len(f) == 2]
+    if flips:
+        out.append("Held-out pairs each policy orders differently from SFT (fixed / broken): "
+                   + ", ".join(flips) + ". A pair flips only when training moves its "
+                   "log-probability margin past SFT's, so policies with equal accuracies may "
+                   "still differ pair by pair.")
     if _finite(ideal) is not None:
         out.append(f"Idealized ranking accuracy (the KL-regularised optimum of the gold reward "
                    f"with SFT as reference, on the same held-out pairs): {_fmt(ideal)}.")
@@ -826,9 +838,13 @@ def _build(result: Mapping[str, Any], generated: datetime | None,
             if any(key in m for m in methods.values())]
         by = (", judged by " + (" and ".join(judges) if len(judges) < 3 else
                                 f"{judges[0]}, {judges[1]} and {judges[2]}")) if judges else ""
-        ranking = ("; ranking accuracy = how often the policy gives the better of two held-out "
-                   "answers the higher log-probability"
-                   if any("ranking_accuracy" in m for m in methods.values()) else "")
+        ranking = ""
+        if any("ranking_accuracy" in m for m in methods.values()):
+            pairs = {m.get("ranking_pairs") for m in methods.values()} - {None}
+            on = (f" (ranking accuracy on {_fmt(pairs.pop())} held-out pairs with 95% Wilson "
+                  "intervals)" if len(pairs) == 1 else "")
+            ranking = ("; ranking accuracy = how often the policy gives the better of two "
+                       f"held-out answers the higher log-probability{on}")
         add('<p class="note">One row per policy, evaluated on the same held-out prompts. Win '
             "rates are against the SFT policy's answer to the same prompt (<em>reference</em> "
             f"row; ties count half) with 95% intervals{by}; LC = length-controlled (gold)"
