@@ -28,7 +28,6 @@ import json
 import os
 import re
 import tempfile
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1034,7 +1033,3 @@ def to_dataset(records: Iterable[Record], format: str = "trl-preference"):
     report = WriteReport("<dataset>", fmt.name)
     rows = list(encoded_rows(records, fmt, report))
     return datasets.Dataset.from_list(rows)
-
-
-def count_by_kind(records: Iterable[Record]) -> Counter:
-    return Counter(r.kind for r in records)

@@ -9,13 +9,11 @@ only in the counts that report it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 A_WINS, B_WINS, TIE, BOTH_BAD = 0, 1, 2, 3
-OUTCOME_CODES = {"a": A_WINS, "b": B_WINS, "tie": TIE, "both_bad": BOTH_BAD}
 
 
 @dataclass
@@ -121,18 +119,3 @@ class CountAccumulator:
         nz = np.flatnonzero(self._table.sum(axis=1) > 0)
         table = self._table[nz]
         return PairCounts(n, nz // n, nz % n, table[:, 0], table[:, 1], table[:, 2])
-
-
-def encode_models(names: Iterable[str], index: dict[str, int]) -> np.ndarray:
-    """Integer codes of model names, growing ``index`` with names not seen before."""
-    names = np.asarray(list(names) if not isinstance(names, np.ndarray) else names, dtype=object)
-    uniq, inverse = np.unique(names, return_inverse=True)
-    codes = np.empty(len(uniq), dtype=np.int64)
-    for k, name in enumerate(uniq.tolist()):
-        codes[k] = index.setdefault(name, len(index))
-    return codes[inverse]
-
-
-def chunks(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))

@@ -99,10 +99,6 @@ class _Data:
     present: np.ndarray
     edges: tuple[np.ndarray, np.ndarray]
 
-    @property
-    def n_choices(self) -> float:
-        return float(sum(a.sum() for _, a in self.groups))
-
 
 # --------------------------------------------------------------------------- parsing
 

@@ -112,10 +112,6 @@ class Rollout:
     stopped: torch.Tensor
     prompt_truncated: torch.Tensor | None = None
 
-    @property
-    def group_size(self) -> int:
-        return len(self.completion_ids[0]) if self.completion_ids else 0
-
     def lengths(self) -> torch.Tensor:
         """``[P, G]`` completion lengths in tokens."""
         return torch.tensor([[len(c) for c in cs] for cs in self.completion_ids],
