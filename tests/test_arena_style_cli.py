@@ -126,7 +126,7 @@ def test_parquet_struct_column_gives_the_rows_style_counts(votes, tmp_path):
     import pyarrow.parquet as pq
 
     from prefkit.data.battles import load_battle_arrays
-    from prefkit.data.parquet_style import parquet_style_counts
+    from prefkit.data.parquet_style import parquet_style_counts, parquet_style_names
 
     records = [dict(r) for r in votes["records"]]
     records[0] = {**records[0], "conv_metadata": None}  # no metadata: every feature missing
@@ -137,7 +137,8 @@ def test_parquet_struct_column_gives_the_rows_style_counts(votes, tmp_path):
     jsonl.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     pq.write_table(pa.Table.from_pylist(records), parquet, row_group_size=250)
     rows = load_battle_arrays(jsonl, with_style=True)
-    names, side_a, side_b = parquet_style_counts(parquet)
+    names = parquet_style_names(parquet)
+    side_a, side_b = parquet_style_counts(parquet, names)
     assert names == rows.style_names
     assert "context_tokens" in names and "header_count" in names
     np.testing.assert_array_equal(side_a, rows.style_a)
@@ -146,3 +147,9 @@ def test_parquet_struct_column_gives_the_rows_style_counts(votes, tmp_path):
     by_file = [_rank(path, "--style-control", "--ci", "sandwich")["style_control"]
                for path in (jsonl, parquet)]
     assert by_file[0] == by_file[1] and by_file[0]["votes_used"] == 598
+    chosen = [_rank(path, "--style-control", "--bootstrap", 0, "--style-features",
+                    "bold,context_tokens")["style_control"] for path in (jsonl, parquet)]
+    assert chosen[0] == chosen[1] and chosen[0]["features"] == ["bold_count", "context_tokens"]
+    bad = runner.invoke(app, ["arena", "rank", str(parquet), "--style-control",
+                              "--style-features", "emoji", "--json"])
+    assert bad.exit_code == 2 and "emoji" in json.loads(bad.stdout)["error"]

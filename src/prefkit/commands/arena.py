@@ -189,9 +189,17 @@ def rank(
 def _rank_bt(votes, ties, bootstrap, ci, style, alpha, anchor, min_votes, seed, plot,
              winrate_plot) -> dict[str, Any]:
     from ..data.battles import aggregate_battle_file
-    from ..rank import bt_leaderboard, win_rate_matrices
+    from ..rank import BOTH_BAD, aggregate_pairwise, bt_leaderboard, win_rate_matrices
 
-    counts, models, extra = aggregate_battle_file(votes)
+    if style is None:
+        counts, models, extra = aggregate_battle_file(votes)
+    else:  # one pass over the votes for both leaderboards
+        from .arena_style import read_style_votes
+
+        arrays = read_style_votes(votes, style["features"])
+        models = arrays.models
+        counts = aggregate_pairwise(arrays.a, arrays.b, arrays.outcome, len(models))
+        extra = {"both_bad": int(np.sum(arrays.outcome == BOTH_BAD))}
     if counts.n_items < 2:
         raise ValueError(f"{votes}: votes between at least 2 models are needed")
     anchor_at = _anchor_index(anchor, models, votes)
@@ -205,9 +213,9 @@ def _rank_bt(votes, ties, bootstrap, ci, style, alpha, anchor, min_votes, seed, 
     if style is not None:
         from .arena_style import style_board
 
-        result["style_control"] = style_board(votes, models, board.rating, ci=ci,
-                                              bootstrap=bootstrap, seed=seed, anchor=anchor_at,
-                                              **style)
+        result["style_control"] = style_board(votes, arrays, board.rating,
+                                              convention=style["convention"], ci=ci,
+                                              bootstrap=bootstrap, seed=seed, anchor=anchor_at)
     if plot:
         result["plot"] = _plot_board(plot, models, board.rating, board.ci_low, board.ci_high,
                                      f"Bradley-Terry ({ties} ties)")

@@ -10,14 +10,39 @@ from typing import Any
 import numpy as np
 
 
-def style_board(votes: str, models: list[str], plain_rating: np.ndarray, *, convention: str,
-                features: list[str] | None, ci: str, bootstrap: int, seed: int,
-                anchor: tuple[int, float] | None) -> dict[str, Any]:
-    """Ratings with the style covariates regressed out, next to the uncontrolled ones; votes
-    without every chosen feature are left out (and counted)."""
+def read_style_votes(votes: str, features: list[str] | None):
+    """The votes as arrays with the chosen style features' counts (``style_names``,
+    ``style_a``, ``style_b``): from a Parquet struct column only the chosen features' leaf
+    columns, summed in Arrow; otherwise the row reader's counts."""
     from ..data.battles import load_battle_arrays
     from ..data.io import source_kind
-    from ..data.parquet_style import parquet_style_counts
+    from ..data.parquet_style import parquet_style_counts, parquet_style_names
+    from ..rank.style import resolve_features
+
+    available = parquet_style_names(votes) if source_kind(votes) == "parquet" else None
+    counts = None
+    if available is not None:
+        names = resolve_features(features, available)
+        counts = parquet_style_counts(votes, names)
+    if counts is not None:
+        arrays = load_battle_arrays(votes)
+        if len(counts[0]) != len(arrays.a):
+            raise RuntimeError("style rows and vote rows differ in number")
+        arrays.style_names, (arrays.style_a, arrays.style_b) = names, counts
+        return arrays
+    arrays = load_battle_arrays(votes, with_style=True)
+    names = resolve_features(features, arrays.style_names)
+    cols = [arrays.style_names.index(f) for f in names]
+    arrays.style_names = names
+    arrays.style_a, arrays.style_b = arrays.style_a[:, cols], arrays.style_b[:, cols]
+    return arrays
+
+
+def style_board(votes: str, arrays, plain_rating: np.ndarray, *, convention: str, ci: str,
+                bootstrap: int, seed: int, anchor: tuple[int, float] | None) -> dict[str, Any]:
+    """Ratings with the style covariates of ``arrays`` (:func:`read_style_votes`) regressed
+    out, next to the uncontrolled ones; votes without every feature are left out (and
+    counted)."""
     from ..rank import aggregate_pairwise, normal_intervals, to_elo
     from ..rank.bt import mle_exists
     from ..rank.leaderboard import FALLBACK_ALPHA
@@ -25,28 +50,13 @@ def style_board(votes: str, models: list[str], plain_rating: np.ndarray, *, conv
         STYLE_CONVENTIONS,
         bootstrap_bt_style,
         fit_bt_style,
-        resolve_features,
         style_covariates,
         style_sandwich_covariance,
         with_rating_prior,
     )
 
-    columns = parquet_style_counts(votes) if source_kind(votes) == "parquet" else None
-    if columns is not None:  # a Parquet struct column: summed in Arrow, not row by row
-        arrays = load_battle_arrays(votes)
-        arrays.style_names, arrays.style_a, arrays.style_b = columns
-        if len(arrays.style_a) != len(arrays.a):
-            raise RuntimeError("style rows and vote rows differ in number")
-        if not arrays.style_names:
-            raise ValueError(f"{votes}: no style features (conv_metadata / style with "
-                             "..._a / ..._b counts) for style control")
-    else:
-        arrays = load_battle_arrays(votes, with_style=True)
-    if arrays.models != models:  # same file, same order of first appearance
-        raise RuntimeError("model order differs between passes")
-    names = resolve_features(features, arrays.style_names)
-    cols = [arrays.style_names.index(f) for f in names]
-    side_a, side_b = arrays.style_a[:, cols], arrays.style_b[:, cols]
+    models, names = arrays.models, arrays.style_names
+    side_a, side_b = arrays.style_a, arrays.style_b
     usable = ~(np.isnan(side_a).any(axis=1) | np.isnan(side_b).any(axis=1))
     if not usable.any():
         raise ValueError(f"{votes}: no vote has all of the style features {', '.join(names)}")

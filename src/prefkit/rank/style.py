@@ -177,18 +177,19 @@ class _Design:
     y: np.ndarray
     pair_key: np.ndarray
     diff: Any
-    """``scipy.sparse.csr_matrix``, imported when a style fit needs it."""
+    """``scipy.sparse.csc_matrix``, imported when a style fit needs it."""
 
     @classmethod
     def build(cls, n_items: int, a, b, y, x) -> _Design:
-        from scipy.sparse import csr_matrix
+        from scipy.sparse import csc_matrix
 
         a = np.asarray(a, dtype=np.int64)
         b = np.asarray(b, dtype=np.int64)
         x = np.asarray(x, dtype=float).reshape(len(a), -1)
-        rows = np.arange(len(a))
-        diff = csr_matrix((np.r_[np.ones(len(a)), -np.ones(len(a))],
-                           (np.r_[a, b], np.r_[rows, rows])), shape=(n_items, len(a)))
+        # one column per vote, +1 at model a and -1 at model b: built without sorting
+        signs = np.tile([1.0, -1.0], len(a))
+        diff = csc_matrix((signs, np.column_stack([a, b]).ravel(),
+                           np.arange(0, 2 * len(a) + 1, 2)), shape=(n_items, len(a)))
         return cls(n_items, a, b, x, np.asarray(y, dtype=float), a * n_items + b, diff)
 
     def logits(self, theta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
