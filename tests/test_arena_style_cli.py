@@ -112,6 +112,8 @@ def test_sandwich_bad_combinations_exit_2(votes):
     for args, words in ((["--ci", "sandwich", "--ties", "davidson"], "--ties half"),
                         (["--ci", "sandwich", "--method", "elo"], "only with --method bt"),
                         (["--ci", "jackknife"], "--ci must be one of"),
+                        (["--alpha", "nan"], "--alpha must be"),
+                        (["--bootstrap", "-1"], "--bootstrap must be"),
                         (["--style-control", "--style-convention", "lmsys"],
                          "--style-convention must be one of")):
         result = runner.invoke(app, ["arena", "rank", str(votes["path"]), *args, "--json"])

@@ -151,6 +151,8 @@ def rank(
                         f"got {style_convention!r}", as_json)
     if bootstrap < 0:
         raise bad_input(f"--bootstrap must be >= 0, got {bootstrap}", as_json)
+    if not 0 <= alpha < float("inf"):
+        raise bad_input(f"--alpha must be a finite number >= 0, got {alpha}", as_json)
     bt_only = [name for name, used in (("--style-control", style_control),
                                        ("--winrate-plot", winrate_plot is not None),
                                        ("--ci sandwich", ci == "sandwich"),
