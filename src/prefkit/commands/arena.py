@@ -18,9 +18,11 @@ CI_METHODS = ("bootstrap", "sandwich")
 STYLE_CONVENTIONS = ("arena-rank", "fastchat")
 
 
-def _check_exists(path: str) -> None:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+def _check_exists(source: str) -> None:
+    """A missing votes file or folder (``FOLDER::split`` allowed) is bad input naming it."""
+    from ..data.io import check_source_exists
+
+    check_source_exists(source)
 
 
 def _parse_anchor(anchor: str | None) -> tuple[str, float] | None:
