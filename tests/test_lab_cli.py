@@ -115,13 +115,17 @@ def test_progress_knows_where_the_run_is():
 
 
 def test_methods_table_shows_ranking_accuracy_with_ci_and_pairs():
-    console = Console(file=io.StringIO(), width=200)
+    console = Console(file=io.StringIO(), width=80)  # a plain terminal: nothing cut off
     console.print(methods_table(RESULT))
     text = console.file.getvalue()
-    assert "ranking accuracy (95% CI)" in text and "on 204 held-out pairs" in text
-    row = next(line for line in text.splitlines() if " dpo " in line)
-    assert "0.873 (0.820-0.911)" in row
-    bo8 = next(line for line in text.splitlines() if "best_of_8" in line)
+    assert "…" not in text and "on 204 gold-ordered pairs" in " ".join(text.split())
+    lines = text.splitlines()
+    dpo = next(i for i, line in enumerate(lines) if "│ dpo " in line)
+    cells = [c.strip() for c in lines[dpo].split("│")[1:-1]]
+    below = [c.strip() for c in lines[dpo + 1].split("│")[1:-1]]
+    assert cells == ["dpo", "0.670", "0.610", "0.610", "0.25", "4.7", "0.873"]
+    assert below == ["", "", "(0.560-0.660)", "", "", "", "(0.820-0.911)"]
+    bo8 = next(line for line in lines if "best_of_8" in line)
     assert bo8.rstrip(" │").endswith("-")  # no ranking accuracy for best-of-n
 
 
@@ -132,7 +136,8 @@ def test_interrupted_run_resumes_from_the_cached_stages(tmp_path, monkeypatch):
     import prefkit.train.preference as preference
 
     settings = ["--set", "n_prompts=24", "--set", "n_eval=16", "--set", "rm_steps=3",
-                "--set", "steps=2", "--set", "methods=dpo,ipo", "--set", "best_of_n=1",
+                "--set", "steps=2", "--set", "methods=dpo,ipo,grpo", "--set", "best_of_n=1",
+                "--set", "rl_iterations=1", "--set", "rl_prompts_per_iteration=4",
                 "--set", "overopt_length_bias=0", "--set", "curve_every=0"]
     args = ["lab", "run", "--workdir", str(tmp_path), "--no-report", *settings]
     real = preference.train_preference
@@ -149,7 +154,7 @@ def test_interrupted_run_resumes_from_the_cached_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(preference, "train_preference", interrupt_on_ipo)
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 130, first.output
-    assert "stopped during method 2/2 ipo" in " ".join(first.stderr.split())
+    assert "stopped during method 2/3 ipo" in " ".join(first.stderr.split())
     stage = next(Path(tmp_path, "stages").iterdir())
     assert (stage / "methods" / "dpo.json").exists() and not (stage / "methods" /
                                                               "ipo.json").exists()
@@ -157,14 +162,16 @@ def test_interrupted_run_resumes_from_the_cached_stages(tmp_path, monkeypatch):
     again = CliRunner().invoke(app, [*args, "--json"])
     assert again.exit_code == 0, again.output
     assert calls == ["ipo"]  # only the missing method trains
-    text = [LINE.sub("", line) for line in again.stderr.splitlines() if LINE.match(line)]
+    assert all(LINE.match(line) for line in again.stderr.splitlines()), again.stderr  # no noise
+    text = [LINE.sub("", line) for line in again.stderr.splitlines()]
     for name in ("SFT base model", "annotator agreement", "reward model",
                  "reward model on held-out pairs", "evaluation of the SFT policy",
-                 "method 1/2 dpo"):
+                 "method 1/3 dpo"):
         assert any(t.startswith(f"{name}: cached") for t in text), (name, text)
-    assert any(t.startswith("method 2/2 ipo: done in") for t in text)
+    assert any(t.startswith("method 2/3 ipo: done in") for t in text)
+    assert any(t.startswith("method 3/3 grpo: done in") for t in text)
     out = json.loads(again.stdout)
-    assert set(out["methods"]) == {"sft", "dpo", "ipo"}
+    assert set(out["methods"]) == {"sft", "dpo", "ipo", "grpo"}
     assert out["methods"]["dpo"]["ranking_pairs"] == out["data"]["heldout_pairs"]
     # other settings in the same workdir: a new stage whose trainers get folders of their own
     # (a trainer refuses an output folder that holds another run)

@@ -136,29 +136,33 @@ def read_yaml_mapping(path: str, what: str) -> dict[str, Any]:
 
 def methods_table(result: dict[str, Any], title: str | None = None):
     """The lab's per-method numbers as a rich table (the CLI's and the demo's)."""
-    from rich.table import Table
+    from rich.table import Column, Table
 
     methods = result["methods"]
     pairs = {m.get("ranking_pairs") for m in methods.values()} - {None}
-    ranking = "ranking accuracy (95% CI)" + (f"\non {pairs.pop()} held-out pairs"
-                                             if len(pairs) == 1 else "")
-    table = Table("method", "gold reward", "win rate vs SFT (95% CI)", "LC win rate",
-                  "KL to SFT", "length", ranking, title=title)
+    caption = ("ranking accuracy: the better of two held-out answers more likely under the "
+               "policy" + (f", on {pairs.pop()} gold-ordered pairs" if len(pairs) == 1 else ""))
+    table = Table("method", Column("gold reward", width=6),  # fits 80 columns
+                  Column("win rate vs SFT (95% CI)", min_width=13),
+                  Column("LC win rate", width=6), Column("KL to SFT", width=5),
+                  Column("length", width=6), Column("ranking accuracy (95% CI)", min_width=13),
+                  title=title, caption=caption)
     for name, m in methods.items():
         table.add_row(name, f"{m['gold_reward']:.3f}",
-                      f"{m['win_rate_vs_sft']:.3f} ({m['win_rate_ci'][0]:.3f}-"
-                      f"{m['win_rate_ci'][1]:.3f})", f"{m['lc_win_rate_vs_sft']:.3f}",
+                      _with_ci(m["win_rate_vs_sft"], m["win_rate_ci"]),
+                      f"{m['lc_win_rate_vs_sft']:.3f}",
                       "-" if m["kl_to_sft"] is None else f"{m['kl_to_sft']:.2f}",
-                      f"{m['mean_length']:.1f}", _ranking_cell(m))
+                      f"{m['mean_length']:.1f}",
+                      _with_ci(m.get("ranking_accuracy"), m.get("ranking_accuracy_ci")))
     return table
 
 
-def _ranking_cell(m: dict[str, Any]) -> str:
-    """``accuracy (low-high)``; ``-`` without one (best-of-n, older results)."""
-    acc, ci = m.get("ranking_accuracy"), m.get("ranking_accuracy_ci")
-    if acc is None:
+def _with_ci(value: float | None, ci: list[float] | None) -> str:
+    """``value`` with its interval on a second line (the table fits 80 columns); ``-`` without
+    a value (best-of-n's ranking accuracy, older results)."""
+    if value is None:
         return "-"
-    return f"{acc:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{acc:.3f}"
+    return f"{value:.3f}\n({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{value:.3f}"
 
 
 def leaderboard_table(rows: list[dict[str, Any]]):

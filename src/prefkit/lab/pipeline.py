@@ -130,7 +130,8 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
     from ..train.online import OnlineConfig, train_online
 
     algo = "raft" if method == "online_raft" else method
-    policy, tokenizer = load_model(sft_path)
+    with quiet:  # transformers' loading bar: the lab reports its own progress
+        policy, tokenizer = load_model(sft_path)
 
     def gold(ro) -> dict[str, torch.Tensor]:
         return {"gold_reward": torch.tensor([[task.gold_reward(p, c) for c in cs]
