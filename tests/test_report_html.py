@@ -444,6 +444,7 @@ def test_cli_lab_report_renders_a_saved_json(tmp_path):
     ("[1, 2, 3]", "not a `prefkit lab run --json` output"),
     ('{"ok": false, "error": "boom"}', "not a `prefkit lab run --json` output"),
     (None, "cannot read"),
+    ('{"methods": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
 ])
 def test_cli_lab_report_bad_input(tmp_path, content, expected):
     bad = tmp_path / "bad-result.json"
@@ -595,3 +596,17 @@ def test_report_in_headless_chromium(tmp_path):
     assert title == "prefkit lab report: sort"
     width, height = check_png(shot.read_bytes())
     assert width == 1200 and height > 4000 and shot.stat().st_size > 200_000
+
+
+def test_cli_lab_report_too_deep_to_render(tmp_path, monkeypatch):
+    import prefkit.report as report
+
+    def too_deep(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(report, "write_lab_report", too_deep)
+    saved = tmp_path / "result.json"
+    saved.write_text(json.dumps(small_result()))
+    res = CliRunner().invoke(app, ["lab", "report", str(saved), "--json"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert json.loads(res.stdout)["error"] == f"{saved}: values nested too deeply to render"

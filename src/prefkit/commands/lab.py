@@ -216,10 +216,16 @@ def report_cmd(
     except json.JSONDecodeError as exc:
         raise bad_input(f"{result_file}: not valid JSON ({exc.msg} at line {exc.lineno}, "
                         f"column {exc.colno})", as_json) from None
+    except RecursionError:
+        raise bad_input(f"{result_file}: not a `prefkit lab run --json` output (arrays or "
+                        "objects nested too deeply to read)", as_json) from None
     if not isinstance(result, dict) or not isinstance(result.get("methods"), dict | list):
         raise bad_input(f'{result_file}: not a `prefkit lab run --json` output (no "methods" '
                         "object)", as_json)
-    path = write_lab_report(result, output)
+    try:
+        path = write_lab_report(result, output)
+    except RecursionError:
+        raise bad_input(f"{result_file}: values nested too deeply to render", as_json) from None
     if as_json:
         print_json({"ok": True, "report": str(path)})
         return
