@@ -102,3 +102,17 @@ def test_python_api_checks_too():
     # combined and parametrised losses are methods too
     assert LabConfig(methods=["dpo+0.2*sft", "ipo(beta=0.5)"]).methods == ["dpo+0.2*sft",
                                                                          "ipo(beta=0.5)"]
+
+
+def test_a_workdir_that_cannot_be_a_folder(tmp_path, no_work):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for folder, reason in ((blocker, "File exists"), (blocker / "sub", "Not a directory")):
+        res = _run("--workdir", str(folder), "--json")
+        assert res.exit_code == 2 and "Traceback" not in res.output
+        error = json.loads(res.stdout)["error"]
+        assert error == (f"invalid LabConfig.workdir={str(folder)!r}: cannot create or write "
+                         f"this folder ({reason})")
+    res = _run("--workdir", str(tmp_path / "w"), "--set", f"cache_dir={blocker}", "--json")
+    assert res.exit_code == 2 and "LabConfig.cache_dir" in json.loads(res.stdout)["error"]
+    assert no_work == []

@@ -46,6 +46,8 @@ def run(
     cfg = _lab_config(config, quick, workdir, set_ or [], as_json)
     if report and no_report:
         raise bad_input("--report and --no-report exclude each other", as_json)
+    for key in ("workdir", "cache_dir"):
+        _writable_folder(key, getattr(cfg, key), as_json)
     progress = LabProgress(None if quiet else to_stream())
     try:
         result = pipeline.run_lab(cfg, progress=progress)
@@ -63,6 +65,22 @@ def run(
         stdout.print(leaderboard_table(result["leaderboard"]))
     if result.get("report"):
         stdout.print(f"report: {result['report']}", markup=False)
+
+
+def _writable_folder(key: str, folder: str | None, as_json: bool) -> None:
+    """Create ``folder`` (the LabConfig setting ``key``) and check that files can be written in
+    it, before any work; bad input (exit 2) naming the setting and the folder otherwise."""
+    import tempfile
+
+    if folder is None:
+        return
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise bad_input(f"invalid LabConfig.{key}={folder!r}: cannot create or write this "
+                        f"folder ({exc.strerror or exc})", as_json) from None
 
 
 def _interrupted(progress, workdir: str, as_json: bool) -> typer.Exit:
