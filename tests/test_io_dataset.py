@@ -2,10 +2,12 @@
 through ``read_records`` with every value equal."""
 
 import dataclasses
+import warnings
 
 import pytest
 
-from prefkit.data.io import read_records, to_dataset
+from prefkit.data.errors import RecordError
+from prefkit.data.io import WriteReport, read_records, to_dataset
 from prefkit.data.records import Annotator, Comparison, Outcome
 
 
@@ -68,22 +70,46 @@ def test_other_formats_and_unknown_ones():
         to_dataset(records, "nope")
 
 
-@pytest.mark.xfail(strict=True, reason="data/io.py: to_dataset uses datasets.Dataset.from_list, "
-                   "whose columns are the FIRST row's keys: a field that only later rows have "
-                   "(strength, soft_label, rationale, metadata, id) is silently dropped")
 def test_a_field_only_later_rows_have_is_kept():
     records = [Comparison(prompt="p0", response_a=" a", response_b=" b", outcome=Outcome.A),
                Comparison(prompt="p1", response_a=" a", response_b=" b", outcome=Outcome.A,
-                          strength=2.0)]
+                          strength=2.0),
+               Comparison(prompt="p2", response_a=" a", response_b=" b", outcome=Outcome.B,
+                          soft_label=0.25, metadata={"source": "s"}, id="r2")]
     ds = to_dataset(records)
-    assert ds["strength"] == [None, 2.0]
+    assert ds.column_names[:3] == ["prompt", "chosen", "rejected"]
+    assert ds["strength"] == [None, 2.0, None]
+    assert ds["soft_label"] == [None, None, 0.75]
+    assert ds["id"] == [None, None, "r2"]
+    assert list(read_records(ds, "trl-preference")) == [_canonical(r) for r in records]
 
 
-@pytest.mark.xfail(strict=True, reason="data/io.py: text prompts mixed with message lists raise "
-                   "pyarrow's ArrowTypeError instead of an error naming the column and row")
 def test_mixed_text_and_messages_is_a_clear_error():
-    records = [Comparison(prompt="p", response_a=" a", response_b=" b", outcome=Outcome.A),
-               Comparison(prompt=_chat("user", "p"), response_a=_chat("assistant", "a"),
-                          response_b=_chat("assistant", "b"), outcome=Outcome.A)]
-    with pytest.raises(ValueError, match="prompt"):
-        to_dataset(records)
+    text = Comparison(prompt="p", response_a=" a", response_b=" b", outcome=Outcome.A)
+    tie = Comparison(prompt="t", response_a=" a", response_b=" b", outcome=Outcome.TIE)
+    chat = Comparison(prompt=_chat("user", "p"), response_a=_chat("assistant", "a"),
+                      response_b=_chat("assistant", "b"), outcome=Outcome.A)
+    with pytest.raises(RecordError) as info:  # a ValueError: exit 2 in the CLI
+        to_dataset([text, text, tie, chat, text])
+    err = info.value
+    # the first message-list prompt, numbered among the input records (the tie counts)
+    assert (err.field, err.line, err.row_kind, err.code) == ("prompt", 4, "record", "wrong_type")
+    assert "to_dataset record 4: [wrong_type] field 'prompt'" in str(err)
+    assert "write_records" in str(err)
+
+
+def test_ties_the_format_cannot_hold_are_reported_not_lost():
+    records = [Comparison(prompt=f"p{i}", response_a=" a", response_b=" b",
+                          outcome=Outcome.TIE if i in (1, 3) else Outcome.A, id=f"r{i}")
+               for i in range(5)]
+    with pytest.warns(UserWarning, match=r"to_dataset: 2 records the format trl-preference "
+                      r"cannot hold left out: tie 2 \(e\.g\. r1, r3\)"):
+        ds = to_dataset(records)
+    assert ds["prompt"] == ["p0", "p2", "p4"]
+    report = WriteReport("<dataset>", "trl-preference")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a caller's own report replaces the warning
+        ds = to_dataset(records, report=report)
+    assert len(ds) == 3
+    assert (report.written, report.dropped, report.examples) == (3, {"tie": 2},
+                                                                 {"tie": ["r1", "r3"]})

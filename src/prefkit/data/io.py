@@ -1025,11 +1025,65 @@ def write_dataset_rows(rows: Iterable[dict], path: str | os.PathLike) -> int:
     return n
 
 
-def to_dataset(records: Iterable[Record], format: str = "trl-preference"):
-    """A ``datasets.Dataset`` of records in a format (e.g. to hand to TRL's trainers)."""
+def to_dataset(records: Iterable[Record], format: str = "trl-preference", *,
+               report: WriteReport | None = None):
+    """A ``datasets.Dataset`` of records in a format (e.g. to hand to TRL's trainers).
+
+    Columns come from every row (a field only later records have is a column, null where a
+    record lacks it). Records the format cannot hold (a tie in chosen/rejected columns) are
+    counted in ``report`` (a :class:`WriteReport`, as :func:`write_records` returns) when one is
+    passed, else named with their count in a ``UserWarning``: never lost silently. A column
+    Arrow cannot type as one column (text prompts mixed with message lists) is a
+    :class:`RecordError` naming the column and the record (a ``Dataset`` has no place for the
+    JSON-text form :func:`write_records` uses in files, and TRL would read such text as a plain
+    prompt): convert the records to one form, or write them to a file."""
     import datasets
 
     fmt = get_format(format)
-    report = WriteReport("<dataset>", fmt.name)
-    rows = list(encoded_rows(records, fmt, report))
-    return datasets.Dataset.from_list(rows)
+    own = report is None
+    report = WriteReport("<dataset>", fmt.name) if own else report
+    rows: list[dict] = []
+    positions: list[int] = []  # the 1-based input position of each row, for errors
+    for position, record in enumerate(records, 1):
+        for row in encoded_rows((record,), fmt, report):
+            rows.append(row)
+            positions.append(position)
+    columns = _columns(rows)
+    for name in mixed_columns(rows):
+        index = _first_conflict(columns[name])
+        raise RecordError(
+            "to_dataset", positions[index], name,
+            "one kind of value per column in every record (text prompts and message lists "
+            "cannot share an Arrow column): convert the records to one form, or write them "
+            "with write_records, which stores such a column as JSON text",
+            WRONG_TYPE, columns[name][index], row_kind="record")
+    if own and report.dropped:
+        import warnings
+
+        warnings.warn(f"to_dataset: {_dropped_text(report)}", stacklevel=2)
+    return datasets.Dataset.from_dict(columns)
+
+
+def _dropped_text(report: WriteReport) -> str:
+    """``3 records the format F cannot hold left out: tie 3 (e.g. id1, id2, id3)``."""
+    parts = [f"{reason} {count} (e.g. {', '.join(report.examples.get(reason, []))})"
+             for reason, count in report.dropped.items()]
+    total = sum(report.dropped.values())
+    return (f"{total} record{'s' * (total != 1)} the format {report.format} cannot hold "
+            f"left out: {'; '.join(parts)}")
+
+
+def _first_conflict(values: list) -> int:
+    """Index of the first value Arrow cannot type together with the values before it
+    (binary search: a prefix that fails stays failing)."""
+    import pyarrow as pa
+
+    lo, hi = 0, len(values)  # values[:lo] types, values[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            pa.array(values[:mid])
+            lo = mid
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            hi = mid
+    return hi - 1
