@@ -4,6 +4,7 @@ folder gets a named file inside it, impossible paths and unknown anchor models a
 
 import json
 
+import numpy as np
 import orjson
 import pytest
 from typer.testing import CliRunner
@@ -98,3 +99,28 @@ def test_simulate_out_must_be_a_writable_folder(tmp_path):
     assert out["plot"] == str(tmp_path / "a" / "b" / "convergence.png")
     assert out["table_path"] == str(tmp_path / "a" / "b" / "table.json")
     assert open(out["plot"], "rb").read(4) == b"\x89PNG"
+
+
+@pytest.mark.parametrize("ci", ["bootstrap", "sandwich"])
+def test_leaderboard_figure_names_its_interval(votes, tmp_path, monkeypatch, ci):
+    import matplotlib.figure
+
+    saved = []
+    original = matplotlib.figure.Figure.savefig
+
+    def record(self, *args, **kwargs):
+        saved.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    result = _arena("rank", votes, "--ci", ci, "--bootstrap", 5, "--plot", tmp_path / "lb.png")
+    assert result.exit_code == 0, result.output
+    (fig,) = saved
+    assert fig.axes[0].get_xlabel() == f"rating (Elo scale), 95% {ci} interval"
+    # the whiskers are the reported intervals (clipped at the estimate only where they miss it)
+    rows = json.loads(result.stdout)["leaderboard"]
+    (bar,) = fig.axes[0].containers
+    drawn = sorted(tuple(s[:, 0]) for s in bar.lines[2][0].get_segments())
+    expected = sorted((min(r["ci_low"], r["rating"]), max(r["ci_high"], r["rating"]))
+                      for r in rows)
+    np.testing.assert_allclose(drawn, expected, atol=0.01)

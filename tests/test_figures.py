@@ -76,6 +76,24 @@ def test_leaderboard_sorted_with_interval_whiskers(tmp_path, drawn):
     assert ax.get_xlabel() == "rating (Elo scale)"
 
 
+def test_leaderboard_interval_that_misses_the_estimate(tmp_path, drawn):
+    # a percentile interval from few bootstrap rounds need not contain the estimate:
+    # the whisker runs from the estimate to the interval's far end (was a ValueError,
+    # "'xerr' must not contain negative values")
+    figures.plot_leaderboard(["a", "b", "c"], np.array([1000.0, 1100.0, 900.0]),
+                             np.array([1005.0, 1050.0, 850.0]),
+                             np.array([1020.0, 1090.0, 950.0]), tmp_path / "lb.png",
+                             interval="95% sandwich interval")
+    ax = drawn[-1].axes[0]
+    (bar,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segments = bar.lines[2][0].get_segments()
+    # rows bottom-up: c (inside), a (interval above the estimate), b (interval below it)
+    np.testing.assert_allclose([s[:, 0] for s in segments], [[850, 950], [1000, 1020],
+                                                             [1050, 1100]])
+    assert ax.get_xlabel() == "rating (Elo scale), 95% sandwich interval"
+    assert (tmp_path / "lb.png").read_bytes().startswith(PNG)
+
+
 def test_win_rate_matrices_show_the_numbers(tmp_path, drawn):
     observed = np.array([[np.nan, 0.75, 0.9], [0.25, np.nan, np.nan], [0.1, np.nan, np.nan]])
     predicted = np.array([[np.nan, 0.7, 0.8], [0.3, np.nan, 0.6], [0.2, 0.4, np.nan]])
@@ -156,13 +174,18 @@ def test_training_curves_one_panel_per_key_lines_sorted_by_step(drawn):
         figures.plot_training_curves({"dpo": [{"step": 1}]}, io.BytesIO())
 
 
-@pytest.mark.xfail(strict=True, reason="figures.py: the legend is taken from the first panel "
-                   "only, so a method without a line there is missing from the legend")
 def test_training_curves_legend_names_every_method(drawn):
-    curves = {"dpo": [{"step": 1, "gold_reward": 0.1, "kl": 0.2}],
-              "ppo": [{"step": 1, "kl": 0.3}, {"step": 2, "kl": 0.4}]}
+    curves = {"sft": [{"step": 1, "kl": 0.0}],
+              "dpo": [{"step": 1, "gold_reward": 0.1, "kl": 0.2}],
+              "ppo": [{"step": 1, "kl": 0.3}, {"step": 2, "kl": 0.4}],
+              "none": [{"step": 1}]}
     figures.plot_training_curves(curves, io.BytesIO())
-    assert [t.get_text() for t in drawn[-1].legends[0].get_texts()] == ["dpo", "ppo"]
+    legend = drawn[-1].legends[0]
+    # methods without a line in the first panel too, in the order given; no line, no entry
+    assert [t.get_text() for t in legend.get_texts()] == ["sft", "dpo", "ppo"]
+    kl = drawn[-1].axes[1]
+    assert [h.get_color() for h in legend.legend_handles] == [
+        line.get_color() for line in kl.lines]
 
 
 def test_lab_leaderboard_best_on_top_with_rank_labels_and_the_anchor(drawn):
@@ -188,9 +211,20 @@ def test_judge_win_rates_one_marker_per_judge_and_method(drawn):
     ax = drawn[-1].axes[0]
     assert _markers(ax, "o") == [(0.5, -0.22), (0.7, 0.78)]  # gold, shifted up in its row
     assert _markers(ax, "s") == [(0.5, 0.22)]  # pool: no marker where the rate is None
-    # (legend order: matplotlib lists plain markers before error bars)
-    assert sorted(t.get_text() for t in drawn[-1].legends[0].get_texts()) == ["gold", "pool"]
+    assert [t.get_text() for t in drawn[-1].legends[0].get_texts()] == ["gold", "pool"]
     assert _labels(ax.get_yticklabels()) == ["sft (reference)", "dpo"]
+
+
+def test_judge_legend_follows_the_order_of_the_judges(drawn):
+    # the first judge has only plain markers, the second error bars: matplotlib's own legend
+    # lists plain markers before error bars whatever the order; ours follows the judges
+    judges = {"pool": ([0.5, 0.6], [None, None], [None, None]),
+              "gold": ([0.5, 0.7], [0.4, 0.6], [0.6, 0.8]),
+              "never": ([None, None], [None, None], [None, None]),
+              "rm": ([None, 0.65], [None, None], [None, None])}
+    figures.plot_judge_win_rates(["sft", "dpo"], judges, io.BytesIO())
+    legend = drawn[-1].legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["pool", "gold", "rm"]
 
 
 def test_reliability_diagram_bars_dots_counts_and_ece(drawn):

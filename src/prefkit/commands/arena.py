@@ -76,15 +76,12 @@ def _png_path(text: str | None, default_name: str, option: str) -> Path | None:
 
 
 def _plot_board(path: Path, models: list[str], rating: np.ndarray, low: np.ndarray | None,
-                high: np.ndarray | None, title: str) -> str:
-    """The leaderboard figure; whiskers always reach the point (a percentile interval from few
-    bootstrap rounds need not contain the estimate)."""
+                high: np.ndarray | None, title: str, ci: str = "bootstrap") -> str:
+    """The leaderboard figure, its axis naming the interval (``ci``: bootstrap or sandwich)."""
     from ..report.figures import plot_leaderboard
 
-    if low is not None and high is not None:
-        low, high = np.minimum(low, rating), np.maximum(high, rating)
     return _write_figure(plot_leaderboard, path, "--plot", models, rating, low, high,
-                         title=title)
+                         title=title, interval=f"95% {ci} interval")
 
 
 def _write_figure(plot_fn, path: Path, option: str, *args, **kwargs) -> str:
@@ -222,7 +219,7 @@ def _rank_bt(votes, ties, bootstrap, ci, style, alpha, anchor, min_votes, seed, 
                                               bootstrap=bootstrap, seed=seed, anchor=anchor_at)
     if plot:
         result["plot"] = _plot_board(plot, models, board.rating, board.ci_low, board.ci_high,
-                                     f"Bradley-Terry ({ties} ties)")
+                                     f"Bradley-Terry ({ties} ties)", ci)
     if winrate_plot:
         from ..report.figures import plot_win_rates
 

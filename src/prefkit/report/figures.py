@@ -20,8 +20,14 @@ def _pyplot():
 
 def plot_leaderboard(models: Sequence[str], rating: np.ndarray, low: np.ndarray | None,
                      high: np.ndarray | None, path: str | os.PathLike,
-                     title: str = "Leaderboard") -> str:
-    """Horizontal bars of ratings (best on top) with 95% interval whiskers."""
+                     title: str = "Leaderboard",
+                     interval: str = "95% bootstrap interval") -> str:
+    """Horizontal bars of ratings (best on top) with interval whiskers; ``interval`` names the
+    interval on the axis (``"95% sandwich interval"`` for robust standard errors, say).
+
+    A whisker never points away from its estimate: an interval that misses the estimate (a
+    percentile interval from few bootstrap rounds may) is drawn from the estimate to the
+    interval's far end, the near side clipped at 0."""
     plt = _pyplot()
     order = np.argsort(rating)
     height = max(2.5, 0.28 * len(models) + 1)
@@ -29,12 +35,12 @@ def plot_leaderboard(models: Sequence[str], rating: np.ndarray, low: np.ndarray 
     y = np.arange(len(models))
     r = rating[order]
     if low is not None and high is not None:
-        err = np.vstack([r - low[order], high[order] - r])
+        err = np.clip(np.vstack([r - low[order], high[order] - r]), 0.0, None)
         ax.errorbar(r, y, xerr=err, fmt="o", color="#1f5fa8", ecolor="#7a9cc6", capsize=3)
     else:
         ax.plot(r, y, "o", color="#1f5fa8")
     ax.set_yticks(y, [models[i] for i in order])
-    ax.set_xlabel("rating (Elo scale)" + (", 95% bootstrap interval" if low is not None else ""))
+    ax.set_xlabel("rating (Elo scale)" + (f", {interval}" if low is not None else ""))
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -195,20 +201,22 @@ def plot_training_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], targ
     fig, axes = plt.subplots(1, len(shown), figsize=(min(3.6 * len(shown) + 0.6, 10.5), 3.9),
                              squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles: dict[str, Any] = {}  # each method's first line, whichever panel it is in
     for j, key in enumerate(shown):
         ax = axes[0][j]
         for i, (name, pts) in enumerate(curves.items()):
             xy = [(_finite(pt.get("step")), _finite(pt.get(key))) for pt in pts]
             xy = sorted((x, y) for x, y in xy if x is not None and y is not None)
             if xy:
-                ax.plot(*zip(*xy, strict=True), "-", color=colors[i % len(colors)],
-                        label=name, linewidth=1.5)
+                (line,) = ax.plot(*zip(*xy, strict=True), "-", color=colors[i % len(colors)],
+                                  label=name, linewidth=1.5)
+                handles.setdefault(name, line)
         ax.set_xlabel("step")
         ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6) or 1, fontsize=9,
-               frameon=False)
+    labels = [name for name in curves if name in handles]  # in the order of ``curves``
+    fig.legend([handles[name] for name in labels], labels, loc="lower center",
+               ncol=min(len(labels), 6) or 1, fontsize=9, frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return _save(fig, target)
@@ -275,30 +283,30 @@ def plot_judge_win_rates(methods: Sequence[str],
                          title: str = "Win rate vs SFT by judge") -> Target:
     """One row per method (first on top), one marker per judge (``judges`` maps a judge's
     label to its win rates, lower and upper 95% bounds; a None win rate is not drawn), the
-    judges side by side within the row, a dashed line at 0.5 (a tie with SFT)."""
+    judges side by side within the row, a dashed line at 0.5 (a tie with SFT); the legend
+    lists the judges in the order of ``judges``."""
     plt = _pyplot()
     n, k = len(methods), len(judges)
     fig, ax = plt.subplots(figsize=(7.5, max(2.6, 0.5 * n + 1.4)))
     colors = [_BLUE, _GREEN, _ORANGE, _GREY]
     markers = ["o", "s", "D", "^"]
     offsets = np.linspace(-0.22, 0.22, k) if k > 1 else np.zeros(1)
+    handles: dict[str, Any] = {}  # each judge's first marker, for the legend
     for j, (label, (win, low, high)) in enumerate(judges.items()):
         color = colors[j % len(colors)]
-        first = True
         for i in range(n):
             w, lo, hi = win[i], low[i], high[i]
             if w is None:
                 continue
             y = i + offsets[j]
-            kwargs = {"label": label} if first else {}
-            first = False
             if lo is not None and hi is not None:
-                ax.errorbar([w], [y], xerr=[[max(w - lo, 0.0)], [max(hi - w, 0.0)]],
-                            fmt=markers[j % len(markers)], color=color, ecolor=color,
-                            elinewidth=1.2, capsize=2.5, markersize=5, **kwargs)
+                drawn = ax.errorbar([w], [y], xerr=[[max(w - lo, 0.0)], [max(hi - w, 0.0)]],
+                                    fmt=markers[j % len(markers)], color=color, ecolor=color,
+                                    elinewidth=1.2, capsize=2.5, markersize=5)
             else:
-                ax.plot([w], [y], markers[j % len(markers)], color=color, markersize=5,
-                        **kwargs)
+                (drawn,) = ax.plot([w], [y], markers[j % len(markers)], color=color,
+                                   markersize=5)
+            handles.setdefault(label, drawn)
     for i in range(n - 1):
         ax.axhline(i + 0.5, color="#e4e8ec", linewidth=0.8)
     ax.axvline(0.5, color=_GREY, linestyle="--", linewidth=1)
@@ -307,7 +315,9 @@ def plot_judge_win_rates(methods: Sequence[str],
     ax.set_xlabel("win rate vs SFT (ties count half), 95% interval")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    fig.legend(loc="lower center", ncol=max(k, 1), fontsize=8, frameon=False)
+    labels = [label for label in judges if label in handles]  # in the order given
+    fig.legend([handles[label] for label in labels], labels, loc="lower center",
+               ncol=max(len(labels), 1), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, target)
 
