@@ -45,10 +45,12 @@ class BattleArrays:
     style_names: list[str] | None = None
 
 
-def _style_pairs(style: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """Style counts of both sides: every ``..._a...`` key with a matching ``..._b...`` key; a
-    nested object counts as the sum of its values (Chatbot Arena's ``header_count_a: {h1: ..}``).
-    Names drop the side marker (``sum_assistant_a_tokens`` -> ``sum_assistant_tokens``)."""
+def style_pairs(style: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """The naming rule of style features, shared by the row reader and the Parquet column
+    reader (:mod:`prefkit.data.parquet_style`): style counts of both sides for every
+    ``..._a...`` key with a matching ``..._b...`` key; a nested object counts as the sum of its
+    values (Chatbot Arena's ``header_count_a: {h1: ..}``). Names drop the side marker
+    (``sum_assistant_a_tokens`` -> ``sum_assistant_tokens``)."""
     out = {}
     for key, value in style.items():
         for marker in ("_a_", "_a"):
@@ -116,7 +118,7 @@ def iter_battle_chunks(source: Any, *, with_style: bool = False, index: dict | N
             if not isinstance(style, dict):
                 raise RecordError(name, line, key, "an object of style counts", WRONG_TYPE,
                                   style, row_kind=row_kind)
-            styles.append(_style_pairs(style))
+            styles.append(style_pairs(style))
         if len(a_list) >= CHUNK:
             yield _chunk(a_list, b_list, o_list, styles if with_style else None)
             a_list, b_list, o_list, styles = [], [], [], []

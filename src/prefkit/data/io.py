@@ -608,13 +608,13 @@ def iter_decoded(
     fmt = get_format(format) if isinstance(format, str) else format
     kind = source_kind(source)
     if kind == "jsonl":
-        return _nonempty(_decode_jsonl(source, fmt), source)
+        return _nonempty(decode_jsonl_range(source, fmt), source)
     return _decode_rows(iter_rows(source, split=split),
                         _source_name(split_source(source)[0]), row_kind_of(kind), fmt)
 
 
-def _decode_jsonl(path: str | os.PathLike, fmt: Format | None, start: int = 0,
-                  end: int | None = None, first_line: int = 1) -> Iterator[Decoded]:
+def decode_jsonl_range(path: str | os.PathLike, fmt: Format | None, start: int = 0,
+                       end: int | None = None, first_line: int = 1) -> Iterator[Decoded]:
     """Decode the lines of ``path`` in bytes ``[start, end)`` (``start`` at a line start;
     ``first_line`` is its line number)."""
     # The hot path of every JSONL read (validate, import, training data): kept flat on purpose.

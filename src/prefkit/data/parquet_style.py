@@ -5,8 +5,8 @@ Chatbot Arena's battles keep per-side style counts in a ``conv_metadata`` struct
 by row makes a Python dict per vote; here only the leaf columns of the chosen features are read
 and summed in Arrow, batch by batch. The values and names are those of the row reader
 (:func:`prefkit.data.battles.iter_battle_chunks` with ``with_style=True``): a nested struct counts
-as the sum of its numbers, a missing or non-numeric value is NaN, and names drop the side marker
-(``sum_assistant_a_tokens`` -> ``sum_assistant_tokens``).
+as the sum of its numbers, a missing or non-numeric value is NaN, and names follow the same rule,
+:func:`prefkit.data.battles.style_pairs` (``sum_assistant_a_tokens`` -> ``sum_assistant_tokens``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _style_schema(pf) -> tuple[str, dict[str, tuple[str, str]]] | None:
     reader's naming rule; None when there is no such struct column."""
     import pyarrow as pa
 
-    from .battles import _style_pairs
+    from .battles import style_pairs
 
     schema = pf.schema_arrow
     column = next((c for c in STYLE_COLUMNS if c in schema.names), None)
@@ -54,7 +54,7 @@ def _style_schema(pf) -> tuple[str, dict[str, tuple[str, str]]] | None:
     struct = schema.field(column).type
     keys = [struct.field(k).name for k in range(struct.num_fields)]
     # the row reader's rule applied to the field positions
-    pairs = _style_pairs({key: float(k) for k, key in enumerate(keys)})
+    pairs = style_pairs({key: float(k) for k, key in enumerate(keys)})
     return column, {name: (keys[int(ka)], keys[int(kb)]) for name, (ka, kb) in pairs.items()}
 
 

@@ -30,7 +30,7 @@ import orjson
 from .dedupe import DuplicateFinder
 from .errors import DUPLICATE_RECORD, FieldError, RecordError
 from .formats import Format, detect_format, get_format
-from .io import _decode_jsonl, iter_decoded, row_kind_of, source_kind
+from .io import decode_jsonl_range, iter_decoded, row_kind_of, source_kind
 
 # Records buffered before their keys go through the Bloom filter. Small on purpose: a buffer
 # that stays in the CPU cache makes validation ~1.5x faster than 16k-record buffers.
@@ -256,7 +256,7 @@ def _validate_worker(path, fmt_name, start, end, first_line, max_errors, queue) 
         errors: list[RecordError] = []
         invalid: list[int] = []
         rows = 0
-        for line, record, raw, data, error in _decode_jsonl(path, fmt, start, end, first_line):
+        for line, record, raw, data, error in decode_jsonl_range(path, fmt, start, end, first_line):
             rows += 1
             if error is not None:
                 invalid.append(line)
@@ -352,7 +352,7 @@ def _kinds_of_lines(path, fmt: Format, lines: dict[int, int]) -> dict[int, Any]:
     """Decoded records of the given line numbers (for the few duplicate lines)."""
     wanted = set(lines)
     out = {}
-    for line, record, _raw, _data, _error in _decode_jsonl(path, fmt):
+    for line, record, _raw, _data, _error in decode_jsonl_range(path, fmt):
         if line in wanted:
             out[line] = record
     return out

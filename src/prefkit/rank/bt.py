@@ -78,11 +78,14 @@ def _half_terms(theta: np.ndarray, c: PairCounts):
     g_pair = win_i - total * p
     grad = np.bincount(c.i, g_pair, n) - np.bincount(c.j, g_pair, n)
     h_pair = total * p * (1 - p)
-    info = _pair_information(n, c.i, c.j, h_pair)
+    info = pair_information(n, c.i, c.j, h_pair)
     return loglik, grad, info
 
 
-def _pair_information(n: int, i: np.ndarray, j: np.ndarray, h: np.ndarray) -> np.ndarray:
+def pair_information(n: int, i: np.ndarray, j: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """The ``[n, n]`` information matrix of pair comparisons with weights ``h``: every pair
+    ``(i, j)`` adds ``h`` to both diagonal entries and ``-h`` to both off-diagonal ones
+    (a weighted graph Laplacian; for Bradley-Terry ``h = total * p * (1 - p)``)."""
     info = np.zeros((n, n))
     diag = np.bincount(i, h, n) + np.bincount(j, h, n)
     info[i, j] -= h
@@ -114,7 +117,7 @@ def _davidson_terms(theta: np.ndarray, lam: float, c: PairCounts):
     g_theta = 0.5 * (np.bincount(c.i, g_u, n) - np.bincount(c.j, g_u, n))
     g_lam = float(np.sum(c.ties - total * q))
     info = np.zeros((n + 1, n + 1))
-    info[:n, :n] = _pair_information(n, c.i, c.j, 0.25 * total * v)
+    info[:n, :n] = pair_information(n, c.i, c.j, 0.25 * total * v)
     h_ul = -total * m * q  # d2 log Z / du dlam, times total (information sign)
     cross = 0.5 * (np.bincount(c.i, h_ul, n) - np.bincount(c.j, h_ul, n))
     info[:n, n] = info[n, :n] = cross

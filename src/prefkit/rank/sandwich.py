@@ -28,7 +28,7 @@ import numpy as np
 
 from ._math import expit, normal_quantile
 from .aggregate import PairCounts
-from .bt import _pair_information
+from .bt import pair_information
 
 
 def bt_sandwich_covariance(counts: PairCounts, params: np.ndarray, *, alpha: float = 0.0,
@@ -37,8 +37,8 @@ def bt_sandwich_covariance(counts: PairCounts, params: np.ndarray, *, alpha: flo
     units) fitted with prior ``alpha`` (see the module docstring)."""
     n = counts.n_items
     p = expit(params[counts.i] - params[counts.j])
-    hess = _pair_information(n, counts.i, counts.j, counts.totals * p * (1 - p))
-    meat = _pair_information(n, counts.i, counts.j, counts.wins_i * (1 - p) ** 2
+    hess = pair_information(n, counts.i, counts.j, counts.totals * p * (1 - p))
+    meat = pair_information(n, counts.i, counts.j, counts.wins_i * (1 - p) ** 2
                              + counts.wins_j * p**2 + counts.ties * (0.5 - p) ** 2)
     n_votes = max(counts.n_votes, 1.0)
     g = alpha * params
