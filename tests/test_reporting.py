@@ -5,7 +5,12 @@ import json
 
 import pytest
 
-from prefkit.train.reporting import JsonlWriter, ProgressBar, format_record
+from prefkit.train.reporting import (
+    JsonlWriter,
+    ProgressBar,
+    format_record,
+    keep_records_up_to,
+)
 
 
 def _strict_lines(path):
@@ -53,14 +58,28 @@ def test_a_resumed_run_drops_the_lines_after_its_checkpoint_and_appends(tmp_path
     assert _strict_lines(tmp_path / "none.jsonl") == [{"step": 4}]
 
 
-@pytest.mark.xfail(strict=True, reason="reporting.py: a torn last line (a run killed while "
-                   "writing, a full disk) makes the resume raise JSONDecodeError; it should be "
-                   "dropped like the lines after the checkpoint")
 def test_a_torn_last_line_does_not_stop_a_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
     JsonlWriter(path, truncate_after_step=1)
     assert _strict_lines(path) == [{"step": 1, "loss": 0.5}]
+    # torn before the checkpoint's step too (a kill during the write of step 2, then a resume
+    # from the checkpoint of step 3 that an earlier resume wrote): every line that is not a
+    # whole JSON object goes, and one whose step is not a number
+    path.write_text('{"step": 1}\n{"step": 2, "lo\n[1, 2]\n{"step": "x"}\n{"step": 3}\n\xff\n')
+    JsonlWriter(path, truncate_after_step=3).write({"step": 4})
+    assert _strict_lines(path) == [{"step": 1}, {"step": 3}, {"step": 4}]
+
+
+def test_keep_records_up_to_another_key(tmp_path):
+    """What a resumed online run does to rollouts.jsonl (one line per iteration)."""
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text("".join(json.dumps({"iteration": i, "reward": i / 10}) + "\n"
+                            for i in range(6)) + '{"iteration": 6, "rew')
+    keep_records_up_to(path, "iteration", 2)
+    assert [r["iteration"] for r in _strict_lines(path)] == [0, 1, 2]
+    keep_records_up_to(tmp_path / "missing.jsonl", "iteration", 2)
+    assert not (tmp_path / "missing.jsonl").exists()
 
 
 def test_format_record_is_one_line_with_four_significant_digits():

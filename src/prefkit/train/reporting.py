@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonlWriter", "ProgressBar", "format_record"]
+__all__ = ["JsonlWriter", "ProgressBar", "format_record", "keep_records_up_to"]
 
 
 def _jsonable(v: Any) -> Any:
@@ -17,21 +17,46 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _record(line: str) -> dict[str, Any] | None:
+    """The JSON object on ``line``, or None for a blank line or one that is not a whole JSON
+    object (a line torn by a run killed while writing, or by a full disk)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def keep_records_up_to(path: str | Path, key: str, last: int) -> None:
+    """Rewrite the JSON-lines file ``path`` keeping the records whose ``key`` is at most
+    ``last`` (a record without ``key`` counts as 0), in order; blank and torn lines (not a whole
+    JSON object) and records whose ``key`` is not a number go too. A resumed run calls this
+    before appending, so the records of the steps or iterations it replays are not there twice.
+    A missing file stays missing."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        record = _record(line)
+        position = None if record is None else record.get(key, 0)
+        if isinstance(position, int | float) and position <= last:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
 class JsonlWriter:
-    """Appends one JSON object per line to ``path`` (main process only)."""
+    """Appends one JSON object per line to ``path`` (main process only).
+
+    A fresh run (``truncate_after_step`` None) starts an empty file; a resumed one keeps the
+    lines up to its checkpoint's step (:func:`keep_records_up_to`)."""
 
     def __init__(self, path: str | Path, *, truncate_after_step: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if truncate_after_step is not None and self.path.exists():
-            # a resumed run rewrites history from its checkpoint on: drop later lines
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= truncate_after_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        elif truncate_after_step is None:
+        if truncate_after_step is not None:
+            keep_records_up_to(self.path, "step", truncate_after_step)
+        else:
             self.path.write_text("")
 
     def write(self, record: dict[str, Any]) -> None:
