@@ -254,7 +254,23 @@ def test_output_paths_are_checked_before_the_model_loads(world, tmp_path):
     assert res.exit_code == 2 and "is a file" in json.loads(res.stdout)["error"]
     res = invoke("rm", "eval", world["rm"], src, "--plot", tmp_path, "--json")
     assert json.loads(res.stdout)["plot"] == str(tmp_path / "reliability.png")
-    res = invoke("rm", "eval", world["rm"], src, "--plot", tmp_path / "rel", "--json")
+    assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    # a folder written with a trailing slash is made and gets reliability.png
+    res = invoke("rm", "eval", world["rm"], src, "--plot", f"{tmp_path}/new/", "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["plot"] == str(tmp_path / "rel.png")
-    assert (tmp_path / "rel.png").stat().st_size > 0
+    assert json.loads(res.stdout)["plot"] == str(tmp_path / "new" / "reliability.png")
+    assert (tmp_path / "new" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    # one rule with arena rank --plot: no guessed extension (a bare name was given .png)
+    for name in ("rel", "rel.pdf"):
+        res = invoke("rm", "eval", "no-such-model", src, "--plot", tmp_path / name, "--json")
+        assert res.exit_code == 2, res.output  # before the model loads
+        error = json.loads(res.stdout)["error"]
+        assert error.startswith(f"--plot: cannot write {tmp_path / name}: expected a file name "
+                                "ending .png, or a folder")
+        assert not (tmp_path / f"{name}.png").exists()
+    # ranked sets have no reliability diagram: said, not ignored
+    sets = _jsonl(tmp_path / "sets.jsonl", [{"prompt": "w1", "responses": [" w2", " w3"],
+                                             "ranking": [1, 0]}])
+    res = invoke("rm", "eval", world["rm"], sets, "--plot", tmp_path / "s.png", "--json")
+    assert res.exit_code == 2 and "ranked sets" in json.loads(res.stdout)["error"]
+    assert not (tmp_path / "s.png").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,30 +48,12 @@ def _anchor_index(anchor: tuple[str, float] | None, models: list[str], votes: st
     return models.index(anchor[0]), anchor[1]
 
 
-def _writable_target(path: Path, option: str) -> None:
-    """Bad input (naming ``option`` and the path) unless a file can be written at ``path``."""
-    from ..data.io import check_output_path
-
-    try:
-        check_output_path(path)
-    except ValueError as exc:
-        raise ValueError(f"{option}: {exc}") from None
-
-
 def _png_path(text: str | None, default_name: str, option: str) -> Path | None:
-    """Where a figure goes: the path itself when it ends ``.png``; ``path/default_name`` when
-    it is a folder (an existing one, or one written with a trailing slash). Checked before any
-    work is done."""
-    if text is None:
-        return None
-    path = Path(text)
-    if path.is_dir() or text.endswith(("/", os.sep)):
-        path = path / default_name
-    elif path.suffix.lower() != ".png":
-        raise ValueError(f"{option} {path}: expected a file path ending .png (or a folder, "
-                         f"which gets {default_name})")
-    _writable_target(path, option)
-    return path
+    """Where a figure goes (:func:`prefkit.data.io.figure_path`: FILE.png, or a folder that
+    gets ``default_name``), checked before any work is done."""
+    from ..data.io import figure_path
+
+    return None if text is None else figure_path(text, default_name, option)
 
 
 def _plot_board(path: Path, models: list[str], rating: np.ndarray, low: np.ndarray | None,
@@ -493,8 +474,10 @@ def simulate(
             raise bad_input(f"bad combo {combo!r}: expected METHOD:STRATEGY", as_json)
         pairs.append((method, strategy))
     table_path, png = out / "table.json", out / "convergence.png"
+    from ..data.io import check_output_path
+
     for path in (table_path, png):  # before the simulations, not after
-        _writable_target(path, "--out")
+        check_output_path(path, option="--out")
     table = convergence_table(
         n_items_list=_csv(models, int), ks=_csv(k, int), noises=_csv(noise, float),
         combos=pairs, seeds=_csv(seeds, int), max_votes=max_votes, target_tau=target_tau,

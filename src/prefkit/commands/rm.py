@@ -197,7 +197,8 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Prompt groups per forward.")] = 16,
     bins: Annotated[int, typer.Option(help="Calibration bins.")] = 10,
     plot: Annotated[str | None, typer.Option(
-        help="Reliability diagram PNG (a folder: FOLDER/reliability.png).")] = None,
+        help="Pairs: write the reliability diagram: FILE.png, or a folder (gets "
+             "reliability.png).")] = None,
     gold_column: Annotated[str | None, typer.Option(
         help="Boolean column: True when the gold annotator prefers chosen.")] = None,
     max_length: MaxLengthOpt = None,
@@ -213,16 +214,16 @@ def evaluate(
     --json prints the full report."""
     import numpy as np
 
-    from ..data.io import check_output_path
+    from ..data.io import figure_path
     from ..evaluate.calibration import plot_reliability
     from ..evaluate.rm import evaluate_pairs, evaluate_sets
     from ..rewards.inputs import read_score_input
 
+    plot_path = None if plot is None else figure_path(plot, "reliability.png", "--plot")
     rows = read_score_input(data, need_ranking=True, gold_column=gold_column)
-    if plot:  # a folder gets reliability.png; a name without extension gets .png
-        plot = (str(Path(plot) / "reliability.png") if Path(plot).is_dir()
-                else plot if Path(plot).suffix else f"{plot}.png")
-        check_output_path(plot)
+    if plot_path is not None and rows.shape != "pairs":
+        raise ValueError(f"--plot: the reliability diagram is drawn for pairs; {data} holds "
+                         f"ranked sets")
     ties = [i for i, b in enumerate(rows.best) if b is None]
     if ties:
         keep = [i for i, b in enumerate(rows.best) if b is not None]
@@ -247,8 +248,9 @@ def evaluate(
                                 n_bins=bins)
         if ties:
             report["skipped_ties"] = len(ties)
-        if plot:
-            report["plot"] = str(plot_reliability(report["calibration"]["bins"], plot))
+        if plot_path is not None:
+            plot_path.parent.mkdir(parents=True, exist_ok=True)
+            report["plot"] = str(plot_reliability(report["calibration"]["bins"], plot_path))
     else:
         mask = ~np.isnan(rewards.numpy())
         report = evaluate_sets(np.nan_to_num(rewards.numpy()), np.array(rows.best),

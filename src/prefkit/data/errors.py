@@ -133,12 +133,15 @@ class RecordError(ValueError):
 
 class OutputPathError(ValueError):
     """An output path that cannot be written (a missing folder that cannot be made, a path
-    under a file, no permission, a folder where a file is expected or the reverse)."""
+    under a file, no permission, a folder where a file is expected or the reverse); ``option``
+    names the command-line option that gave it, when there is one."""
 
-    def __init__(self, path: Any, reason: str):
+    def __init__(self, path: Any, reason: str, option: str | None = None):
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"cannot write {self.path}: {reason}")
+        self.option = option
+        prefix = f"{option}: " if option else ""
+        super().__init__(f"{prefix}cannot write {self.path}: {reason}")
 
 
 class Unrepresentable(ValueError):

@@ -771,34 +771,62 @@ def encoded_rows(records: Iterable[Record], fmt: Format, report: WriteReport) ->
         yield row
 
 
-def check_output_path(path: str | os.PathLike, *, folder: bool = False) -> Path:
+def check_output_path(path: str | os.PathLike, *, folder: bool = False,
+                      option: str | None = None) -> Path:
     """Check, before any work is done, that ``path`` can be written; returns it as a ``Path``.
 
     ``folder``: the output is a folder (a dataset folder, a run folder), else a file. Raises
-    :class:`~prefkit.data.errors.OutputPathError` (a ``ValueError``: exit code 2 in the CLI)
-    when a file is expected where a folder is (or the reverse), when a parent on the way is a
-    file, or when no file can be created where the output goes (a folder that does not exist
-    and cannot be made, no permission, a read-only file system). Creates nothing."""
+    :class:`~prefkit.data.errors.OutputPathError` (a ``ValueError``: exit code 2 in the CLI;
+    its message starts with ``option`` when given) when a file is expected where a folder is
+    (or the reverse), when a parent on the way is a file, or when no file can be created where
+    the output goes (a folder that does not exist and cannot be made, no permission, a
+    read-only file system). Creates nothing."""
     target = Path(path)
     if str(path) == "" or target.name == "":
-        raise OutputPathError(path, "expected a file or folder name")
+        raise OutputPathError(path, "expected a file or folder name", option)
     if target.exists():
         if folder and not target.is_dir():
-            raise OutputPathError(path, "it is a file; expected a folder")
+            raise OutputPathError(path, "it is a file; expected a folder", option)
         if not folder and target.is_dir():
-            raise OutputPathError(path, "it is a folder; expected a file name")
+            raise OutputPathError(path, "it is a folder; expected a file name", option)
     probe = target if folder and target.is_dir() else target.parent
     while not os.path.lexists(probe) and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise OutputPathError(path, f"{probe} is a file, not a folder")
+        raise OutputPathError(path, f"{probe} is a file, not a folder", option)
     try:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
         raise OutputPathError(path, f"cannot create files in {probe} "
-                                    f"({exc.strerror or _first_line(exc)})") from None
+                                    f"({exc.strerror or _first_line(exc)})", option) from None
     return target
+
+
+FIGURE_SUFFIX = ".png"
+
+
+def figure_path(text: str | os.PathLike, default_name: str, option: str | None = None) -> Path:
+    """Where a figure option (``--plot`` and the like) writes, one rule for every command:
+
+    - a folder -- an existing one, or a path written with a trailing ``/`` (made when the
+      figure is written) -- gets ``default_name`` inside it;
+    - a path ending ``.png`` (any case) is the file itself;
+    - anything else (``plot.pdf``, a bare ``plot`` that is not a folder) is an
+      :class:`~prefkit.data.errors.OutputPathError` naming ``option``, the path and this rule
+      (exit code 2 in the CLI): nothing is guessed.
+
+    The result is checked with :func:`check_output_path` before any work; nothing is
+    created."""
+    raw = os.fspath(text)
+    path = Path(raw)
+    if path.is_dir() or raw.endswith(("/", os.sep)):
+        path = path / default_name
+    elif path.suffix.lower() != FIGURE_SUFFIX:
+        raise OutputPathError(raw, f"expected a file name ending {FIGURE_SUFFIX}, or a folder "
+                                   f"(an existing one, or a name ending with '/'), which gets "
+                                   f"{default_name}", option)
+    return check_output_path(path, option=option)
 
 
 def _check_replaceable(target: Path) -> None:
