@@ -7,10 +7,8 @@ Readers: JSONL, JSON array, Parquet, Hugging Face dataset folder, ``FOLDER::spli
 DatasetDict folder. Commands: ``data validate``, ``data convert``, ``data stats``,
 ``store import``, ``arena rank``, ``rm score``, ``rm eval``, ``train preference``,
 ``train online --prompts``. Each command reads the shape it needs (pairs, battles, prompts);
-every defect is built from that shape's rows, in record 2 where it is a record's defect.
-
-Cells that need other parts of issue 12 (rm/train/online/arena work owned elsewhere) are
-``xfail(strict=False)`` with the area they wait for (see :data:`WAITS`)."""
+every defect is built from that shape's rows, in record 2 where it is a record's defect. Every
+cell passes (the commands that load a model are marked slow)."""
 
 from __future__ import annotations
 
@@ -334,24 +332,10 @@ COMMANDS = [
         model=True),
 ]
 
-# Cells that wait for other parts of issue 12 (the xfails come off when that work lands). The
-# rm score/eval and train online --prompts cells passed once that work landed (commit 4d4df61
-# and the online reader change); the arena's own existence check still refuses FOLDER::split.
-ARENA = "arena rank accepting FOLDER::split (io.check_source_exists; issue 12 item 8, arena)"
-WAITS: dict[tuple[str, str], str] = {
-    ("arena rank", name): ARENA for name in (
-        "hf_split-valid", "hf_split-missing-field", "hf_split-wrong-type", "hf_split-nested-40")}
-
-
 def _cells():
     for command in COMMANDS:
         for item in INPUTS:
-            marks = []
-            if command.model:
-                marks.append(pytest.mark.slow)
-            reason = WAITS.get((command.name, item.name))
-            if reason:
-                marks.append(pytest.mark.xfail(strict=False, reason=f"waits for {reason}"))
+            marks = [pytest.mark.slow] if command.model else []
             yield pytest.param(command, item, marks=marks,
                                id=f"{command.name.replace(' ', '-')}:{item.name}")
 
@@ -411,4 +395,3 @@ def test_the_matrix_covers_every_reader_defect_and_command():
     assert [c.name for c in COMMANDS] == [
         "data validate", "data convert", "data stats", "store import", "arena rank",
         "rm score", "rm eval", "train preference", "train online"]
-    assert set(WAITS) <= {(c.name, i.name) for c in COMMANDS for i in INPUTS}
