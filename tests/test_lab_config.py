@@ -116,3 +116,29 @@ def test_a_workdir_that_cannot_be_a_folder(tmp_path, no_work):
     res = _run("--workdir", str(tmp_path / "w"), "--set", f"cache_dir={blocker}", "--json")
     assert res.exit_code == 2 and "LabConfig.cache_dir" in json.loads(res.stdout)["error"]
     assert no_work == []
+
+
+@pytest.mark.parametrize(("method", "expected"), [
+    ("ipo(beta=abc)", "invalid LabConfig.methods='ipo(beta=abc)': hyper-parameter beta='abc' of "
+                      "'ipo': expected a number"),
+    ("ipo(beta=-1)", "hyper-parameter beta=-1 of 'ipo': expected a finite number > 0"),
+    ("dpo+0.2*sft(beta=1)", "'sft' has no hyper-parameter"),
+    ("cdpo(label_smoothing=0.7)", "label_smoothing=0.7 of 'cdpo': expected a finite number in "
+                                  "[0, 0.5)"),
+    ("dpo+bt", "cannot combine losses of different kinds"),
+    ("dpo+", "invalid loss spec 'dpo+'"),
+])
+def test_method_arguments_are_checked_like_train_preference_loss(method, expected, no_work):
+    """The lab's methods go through the same check as `train preference --loss`
+    (train/loss_spec.check_loss_spec): ipo(beta=abc) used to be accepted, and failed as a
+    TypeError at the method's first training step."""
+    with pytest.raises(ConfigError) as exc:
+        LabConfig(methods=["dpo", method])
+    assert expected in str(exc.value)
+    result = _run("--set", f"methods={method}", "--json")
+    assert result.exit_code == 2 and no_work == []
+    assert expected in json.loads(result.stdout)["error"]
+    # an unknown name inside a combination is an unknown method
+    with pytest.raises(ConfigError, match=r"unknown method 'dpo\+grpoo' \(no loss named "
+                       r"'grpoo'\); known methods: .*\bgrpo\b"):
+        LabConfig(methods=["dpo+grpoo"])

@@ -15,15 +15,11 @@ from typing import Any
 
 from ..train.config import ConfigError
 
-__all__ = ["ONLINE_METHODS", "QUICK", "LabConfig", "known_methods"]
+__all__ = ["ONLINE_METHODS", "QUICK", "LabConfig", "check_method", "known_methods"]
 
 ONLINE_METHODS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo",
                   "online_ipo", "online_raft")
 """Online methods (:func:`prefkit.train.online.train_online` against the proxy reward model)."""
-
-POLICY_LOSS_KINDS = ("pairwise", "unpaired", "listwise", "sft")
-"""Kinds of registered losses the lab trains a policy with (``reward`` losses train reward
-models, not policies)."""
 
 
 def known_methods() -> list[str]:
@@ -31,27 +27,41 @@ def known_methods() -> list[str]:
     policy (combinations such as ``dpo+0.2*sft`` and arguments such as ``ipo(beta=0.5)`` work
     too), ``raft`` and the online methods."""
     from .. import losses
+    from ..train.loss_spec import POLICY_KINDS
 
-    direct = sorted(n for n, s in losses.available().items() if s.kind in POLICY_LOSS_KINDS)
+    direct = sorted(n for n, s in losses.available().items() if s.kind in POLICY_KINDS)
     return [*direct, "raft", *ONLINE_METHODS]
 
 
-def _method_problem(method: str) -> str | None:
-    """Why ``method`` is not a lab method (None when it is one)."""
+def check_method(method: Any) -> None:
+    """Raise :class:`ConfigError` naming ``LabConfig.methods`` unless ``method`` is a lab
+    method: ``raft``, an online method, or a loss spec that trains a policy. A loss spec is
+    checked by :func:`prefkit.train.loss_spec.check_loss_spec` -- the rule `prefkit train
+    preference --loss` follows: grammar, names, hyper-parameter names, types and ranges
+    (``ipo(beta=abc)`` and ``ipo(beta=-1)`` are refused here, not at the first training
+    step)."""
     from .. import losses
+    from ..train.loss_spec import POLICY_KINDS, check_loss_spec
 
+    known = f"known methods: {', '.join(known_methods())}"
+    if not isinstance(method, str):
+        raise ConfigError(f"invalid LabConfig.methods: {method!r} is not a name; {known}")
     if method in ONLINE_METHODS or method == "raft":
-        return None
+        return
     try:
-        kind = losses.build_loss(method).loss_spec.kind
-    except Exception as exc:  # noqa: BLE001 - any parse error of the spec is a bad method name
-        reason = "" if isinstance(exc, losses.UnknownLossError) else f" ({exc})"
-        return (f"unknown method {method!r}{reason}; known methods: "
-                f"{', '.join(known_methods())}")
-    if kind not in POLICY_LOSS_KINDS:
-        return (f"{method!r} is a {kind}-model loss, not a way to align a policy; known "
-                f"methods: {', '.join(known_methods())}")
-    return None
+        names = [name for name, _, _ in losses.parse_loss_spec(method, check_names=False)]
+    except losses.LossSpecError:
+        names = []  # a grammar error: check_loss_spec below names it
+    unknown = [name for name in names if name not in losses.available()]
+    if unknown:
+        which = "" if unknown == [method] else f" (no loss named {unknown[0]!r})"
+        raise ConfigError(f"invalid LabConfig.methods: unknown method {method!r}{which}; "
+                          f"{known}")
+    terms = check_loss_spec(method, field="LabConfig.methods")
+    kind = losses.combine(terms).loss_spec.kind
+    if kind not in POLICY_KINDS:
+        raise ConfigError(f"invalid LabConfig.methods: {method!r} is a {kind}-model loss, not "
+                          f"a way to align a policy; {known}")
 
 
 def _int(minimum: int) -> tuple[Callable[[Any], bool], str]:
@@ -144,9 +154,7 @@ class LabConfig:
             if method in seen:
                 raise bad("methods", f"{method!r} is listed twice")
             seen.add(method)
-            problem = _method_problem(method) if isinstance(method, str) else "not a name"
-            if problem:
-                raise ConfigError(f"invalid LabConfig.methods: {problem}")
+            check_method(method)
 
 
 QUICK = dict(n_prompts=128, n_eval=128,
