@@ -2,10 +2,16 @@
 
 Today it tours the data layer (load every format, validate, summarize, convert, keep feedback
 in the store); later releases extend the same command into the whole loop.
+
+Ctrl-C stops the tour with :class:`DemoInterrupted` (a ``KeyboardInterrupt``, so the CLI exits
+130) whose message names the step that stopped -- in step 9 the lab stage too -- and says how
+to resume: the lab (step 9) caches every finished stage under ``--workdir``, so the same
+command continues from them; steps 1-8 are quick and run again.
 """
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -28,8 +34,65 @@ EXAMPLES = (
 )
 
 
+STEPS = (
+    "read and check every format", "bad input named precisely", "statistics",
+    "conversions", "the feedback store", "an arena leaderboard",
+    "direct alignment of a tiny Llama", "a reward model from simulated annotators",
+    "the loop: prefkit lab run",
+)
+"""The tour's steps, in order (their numbers are the ones the tour prints)."""
+
+
+class DemoInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the tour; ``str()`` says where it stopped and how to resume."""
+
+
+class _Position:
+    """Where the tour is: its step (1-based, 0 before the first) and, in step 9, the lab's
+    :class:`~prefkit.lab.progress.LabProgress`."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.lab: Any = None
+
+
+def interrupted_message(position: _Position, workdir: str | None) -> str:
+    """What a Ctrl-C at ``position`` says: the step (and lab stage) that stopped and how a
+    rerun continues; ``workdir`` None: the tour ran in a temporary folder (now deleted)."""
+    step = max(position.step, 1)
+    where = f"demo interrupted in step {step} of {len(STEPS)} ({STEPS[step - 1]})"
+    lab = position.lab
+    if lab is not None:
+        where += f", {lab.where()}"
+    if workdir is None:
+        return (f"{where}; this demo ran in a temporary folder, now deleted: run prefkit demo "
+                "--workdir DIR (as make demo does) so that a rerun resumes the lab from its "
+                "cached stages")
+    again = shlex.join(["prefkit", "demo", "--workdir", str(workdir)])
+    if lab is not None and lab.finished:
+        cached = lab.stage_dir or str(Path(workdir) / "lab" / "stages")
+        return (f"{where}; the lab's finished stages ({', '.join(lab.finished)}) are cached in "
+                f"{cached}: run {again} again to resume the lab from them (steps 1-8 run "
+                "again; the interrupted stage starts over)")
+    return (f"{where}; run {again} again to continue (steps 1-8 run again; the lab of step 9 "
+            "resumes from its cached stages once they exist)")
+
+
 def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Run the tour; prints a readable walk-through (unless ``quiet``) and returns a summary."""
+    """Run the tour; prints a readable walk-through (unless ``quiet``) and returns a summary.
+    Ctrl-C prints where the tour stopped and how to resume on stderr (also when ``quiet``) and
+    raises :class:`DemoInterrupted` with that message (module docstring)."""
+    position = _Position()
+    try:
+        return _tour(workdir, quiet, position)
+    except KeyboardInterrupt:
+        message = interrupted_message(position, None if workdir is None else str(workdir))
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[yellow]{escape(message)}[/yellow]")
+        raise DemoInterrupted(message) from None
+
+
+def _tour(workdir: str | Path | None, quiet: bool, position: _Position) -> dict[str, Any]:
     from .data.io import detect_source_format, read_records, write_records
     from .data.stats import feedback_stats
     from .data.store import FeedbackStore
@@ -45,6 +108,7 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
     summary: dict[str, Any] = {"workdir": str(work)}
 
     console.rule("[bold]prefkit demo: the feedback data layer")
+    position.step = 1
     console.print("1. Every format users arrive with is read, checked and typed:")
     table = Table("file", "format", "records", "kinds", "valid")
     files = {}
@@ -58,6 +122,7 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
     console.print(table)
     summary["files"] = files
 
+    position.step = 2
     console.print("\n2. Bad input is named precisely (file:line, field, what was expected):")
     bad = example_path("bad.jsonl")
     report = validate_file(bad, skip_invalid=True, output_path=work / "bad.valid.jsonl",
@@ -70,6 +135,7 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
     summary["validation"] = {"valid": report.valid, "invalid": report.invalid,
                              "errors": dict(report.error_counts)}
 
+    position.step = 3
     console.print("\n3. Statistics (here of K-wise rankings and pairwise judgements):")
     rank_stats = feedback_stats(read_records(example_path("rankings.jsonl")))
     pair_stats = feedback_stats(read_records(example_path("alpaca_eval.json")))
@@ -84,6 +150,7 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
     summary["stats"] = {"rankings": ranking, "alpaca_eval": pairwise,
                         "alpaca_eval_chosen_longer_rate": longer}
 
+    position.step = 4
     console.print("\n4. Conversions say what they dropped and why:")
     from .data.convert import ConversionReport, to_kind
 
@@ -110,6 +177,7 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
                               "skipped": dict(conv.skipped)}
     summary["conversions"] = conversions
 
+    position.step = 5
     console.print("\n5. The feedback store never loses or doubles a record:")
     store = FeedbackStore(work / "feedback.db")
     first = second = 0
@@ -125,10 +193,14 @@ def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str
                         "exported": exported.written}
     store.close()
 
+    position.step = 6
     summary["arena"] = _arena_tour(console)
+    position.step = 7
     summary["alignment"] = _alignment_tour(console, work)
+    position.step = 8
     summary["reward_model"] = _reward_model_tour(console, work)
-    summary["lab"] = _lab_tour(console, work, keep=tmp is None)
+    position.step = 9
+    summary["lab"] = _lab_tour(console, work, keep=tmp is None, position=position)
     console.rule("done - next: `prefkit data validate YOUR_FILE`, see README")
     if tmp is not None:
         tmp.cleanup()
@@ -247,8 +319,10 @@ def _reward_model_tour(console: Console, work: Path) -> dict[str, Any]:
             "ece": report["calibration"]["ece"]}
 
 
-def _lab_tour(console: Console, work: Path, keep: bool = True) -> dict[str, Any]:
-    """Step 9: the loop on the lab's sort task, judged by the known gold reward."""
+def _lab_tour(console: Console, work: Path, keep: bool = True,
+              position: _Position | None = None) -> dict[str, Any]:
+    """Step 9: the loop on the lab's sort task, judged by the known gold reward (its
+    :class:`LabProgress` goes to ``position``, for a Ctrl-C message)."""
     import contextlib
     import io
 
@@ -265,6 +339,8 @@ def _lab_tour(console: Console, work: Path, keep: bool = True) -> dict[str, Any]
                   "policy is judged by the gold reward (progress on stderr; every finished "
                   "stage is cached, so a rerun with the same --workdir resumes):")
     progress = LabProgress(to_stream())  # each stage on stderr, as `prefkit lab run` does
+    if position is not None:
+        position.lab = progress
     with contextlib.redirect_stderr(io.StringIO()):
         result = run_lab(workdir=str(work / "lab"), progress=progress)
     console.print(methods_table(result))
