@@ -5,6 +5,7 @@ and training-command flags built from the config dataclasses (:func:`config_flag
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import inspect
 import os
@@ -44,10 +45,34 @@ def bad_input(message: str, as_json: bool, **extra: Any) -> typer.Exit:
     return typer.Exit(EXIT_BAD_INPUT)
 
 
+USER_ERRNOS = frozenset({
+    errno.EACCES, errno.EPERM,  # permission denied, operation not permitted
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,  # full disk, quota, size, read-only
+    errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST,  # path too long, symlink loop, exists
+})
+"""OS errors about the user's files and disks (with missing files, folders where files go and
+the reverse): bad input, exit code 2. Any other OS error (a broken pipe, a bad file
+descriptor, ...) is an internal error."""
+
+
+def os_error_message(exc: OSError) -> str:
+    """``PATH: No space left on device`` (``PATH -> OTHER: ...`` for a rename); the error's own
+    text when it names no file."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    where = os.fsdecode(exc.filename)
+    if exc.filename2 is not None:
+        where += f" -> {os.fsdecode(exc.filename2)}"
+    return f"{where}: {reason}"
+
+
 def cli_errors(func: Callable) -> Callable:
-    """Map exceptions to the exit-code contract: RecordError / ValueError / missing files are
-    bad input (2); Ctrl-C is 130 (with where a training run stopped and how to resume it);
-    anything else is an internal error (1) with a traceback on stderr."""
+    """Map exceptions to the exit-code contract: RecordError / ValueError / missing files, and
+    OS errors about the user's paths (:data:`USER_ERRNOS`: no permission, no space left, a
+    read-only file system, ...; the message names the path) are bad input (2); Ctrl-C is 130
+    (with where a training run stopped and how to resume it); anything else is an internal
+    error (1) with a traceback on stderr."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -62,13 +87,23 @@ def cli_errors(func: Callable) -> Callable:
             raise bad_input(str(exc), as_json, detail=exc.to_dict()) from None
         except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise bad_input(str(exc), as_json) from None
+        except OSError as exc:
+            if exc.errno not in USER_ERRNOS:
+                raise _internal(exc, as_json) from None
+            raise bad_input(os_error_message(exc), as_json) from None
         except Exception as exc:  # noqa: BLE001 - the contract: exit 1 with the trace on stderr
-            traceback.print_exc()
-            if as_json:
-                print_json({"ok": False, "error": f"internal error: {exc!r}"})
-            raise typer.Exit(EXIT_INTERNAL) from None
+            raise _internal(exc, as_json) from None
 
     return wrapper
+
+
+def _internal(exc: BaseException, as_json: bool) -> typer.Exit:
+    """An internal error (exit code 1): the traceback on stderr (called while ``exc`` is being
+    handled), and in --json mode the error as the JSON object."""
+    traceback.print_exception(exc)
+    if as_json:
+        print_json({"ok": False, "error": f"internal error: {exc!r}"})
+    return typer.Exit(EXIT_INTERNAL)
 
 
 def command_line(ctx: Any, resume: bool) -> str:

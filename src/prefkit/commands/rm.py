@@ -162,14 +162,14 @@ def score(
     response_a, response_b order)."""
     import orjson
 
-    from ..data.io import check_output_path
+    from ..data.io import check_output_path, naming_output
     from ..rewards.inputs import read_score_input
 
     rows = read_score_input(data)
     check_output_path(out)
     scorer, info = _load_scorer(model, reference, beta, implicit)
     rewards, _, truncation = _score(scorer, rows, batch_size, max_length, max_prompt_length)
-    with open(out, "wb") as fh:
+    with naming_output(out), open(out, "wb") as fh:
         for row, group, values in zip(rows.rows, rows.responses, rewards.tolist(), strict=True):
             if rows.chosen_rejected:
                 row = {**row, "chosen_reward": values[0], "rejected_reward": values[1]}
@@ -214,7 +214,7 @@ def evaluate(
     --json prints the full report."""
     import numpy as np
 
-    from ..data.io import figure_path
+    from ..data.io import figure_path, naming_output
     from ..evaluate.calibration import plot_reliability
     from ..evaluate.rm import evaluate_pairs, evaluate_sets
     from ..rewards.inputs import read_score_input
@@ -249,8 +249,10 @@ def evaluate(
         if ties:
             report["skipped_ties"] = len(ties)
         if plot_path is not None:
-            plot_path.parent.mkdir(parents=True, exist_ok=True)
-            report["plot"] = str(plot_reliability(report["calibration"]["bins"], plot_path))
+            with naming_output(plot_path):
+                plot_path.parent.mkdir(parents=True, exist_ok=True)
+                report["plot"] = str(plot_reliability(report["calibration"]["bins"],
+                                                      plot_path))
     else:
         mask = ~np.isnan(rewards.numpy())
         report = evaluate_sets(np.nan_to_num(rewards.numpy()), np.array(rows.best),

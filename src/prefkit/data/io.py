@@ -24,11 +24,13 @@ given.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -803,6 +805,24 @@ def check_output_path(path: str | os.PathLike, *, folder: bool = False,
     return target
 
 
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+"""OS errors only a write raises: no space left, disk quota exceeded, file too large, read-only
+file system."""
+
+
+@contextmanager
+def naming_output(path: str | os.PathLike) -> Iterator[None]:
+    """Inside: an OS error only a write raises (:data:`WRITE_ERRNOS`) that names no file is
+    about ``path``, the output being written, and comes out naming it (a failed ``write()``
+    carries no file name; the CLI then reports ``PATH: No space left on device``, exit 2)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno in WRITE_ERRNOS:
+            exc.filename = os.fspath(path)
+        raise
+
+
 FIGURE_SUFFIX = ".png"
 
 
@@ -859,21 +879,17 @@ def write_records(records: Iterable[Record], path: str | os.PathLike, format: st
     except OSError as exc:
         raise OutputPathError(path, exc.strerror or _first_line(exc)) from None
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    writer = {"jsonl": write_jsonl_rows, "json-array": write_json_array_rows,
+              "parquet": write_parquet_rows, "hf": write_dataset_rows}[kind]
     try:
-        if kind == "jsonl":
-            write_jsonl_rows(rows, tmp)
-        elif kind == "json-array":
-            write_json_array_rows(rows, tmp)
-        elif kind == "parquet":
-            write_parquet_rows(rows, tmp)
-        else:
-            write_dataset_rows(rows, tmp)
-        if report.written or keep_empty:
-            if kind == "hf" and target.exists():
-                import shutil
+        with naming_output(path):
+            writer(rows, tmp)
+            if report.written or keep_empty:
+                if kind == "hf" and target.exists():
+                    import shutil
 
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+                    shutil.rmtree(target)
+                os.replace(tmp, target)
     finally:
         if tmp.exists():
             import shutil
@@ -1031,12 +1047,14 @@ DATASET_SIDECAR = "prefkit_json_columns.json"
 
 def write_dataset_rows(rows: Iterable[dict], path: str | os.PathLike) -> int:
     """A ``datasets.Dataset.save_to_disk`` folder, built through a temporary memory-mapped
-    Parquet file (so memory stays bounded). Columns stored as JSON text are listed in a small
-    side file in the folder (datasets drops Arrow schema metadata)."""
+    Parquet file next to it (so memory stays bounded, and a full disk is the output's disk).
+    Columns stored as JSON text are listed in a small side file in the folder (datasets drops
+    Arrow schema metadata)."""
     import datasets
     import pyarrow.parquet as pq
 
-    with tempfile.TemporaryDirectory() as tmp:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(path).parent, prefix=".prefkit-") as tmp:
         parquet = os.path.join(tmp, "rows.parquet")
         n = write_parquet_rows(rows, parquet)
         table = pq.read_table(parquet, memory_map=True)

@@ -30,7 +30,7 @@ import orjson
 from .dedupe import DuplicateFinder
 from .errors import DUPLICATE_RECORD, FieldError, RecordError
 from .formats import Format, detect_format, get_format
-from .io import decode_jsonl_range, iter_decoded, row_kind_of, source_kind
+from .io import decode_jsonl_range, iter_decoded, naming_output, row_kind_of, source_kind
 
 # Records buffered before their keys go through the Bloom filter. Small on purpose: a buffer
 # that stays in the CPU cache makes validation ~1.5x faster than 16k-record buffers.
@@ -104,6 +104,13 @@ def _duplicate_error(source: str, row_kind: str, line: int, record, first: int):
                        DUPLICATE_RECORD, row_kind=row_kind)
 
 
+def _open_output(files: ExitStack, path: str | os.PathLike) -> Any:
+    """``path`` opened for writing on ``files``; an error only a write raises, when the file is
+    flushed at its close, names ``path`` (writes in the body are wrapped at each call)."""
+    files.enter_context(naming_output(path))
+    return files.enter_context(open(path, "wb"))
+
+
 def validate_file(
     source: Any,
     format: str | Format | None = None,
@@ -132,9 +139,8 @@ def validate_file(
     if n_workers > 1:
         return _validate_parallel(source, format, report, finder, n_workers)
     files = ExitStack()
-    out = files.enter_context(open(output_path, "wb")) if skip_invalid and output_path else None
-    rej = (files.enter_context(open(rejected_path, "wb"))
-           if skip_invalid and rejected_path else None)
+    out = _open_output(files, output_path) if skip_invalid and output_path else None
+    rej = _open_output(files, rejected_path) if skip_invalid and rejected_path else None
     report.output_path = str(output_path) if out else None
     report.rejected_path = str(rejected_path) if rej else None
     pending: list[tuple] = []
@@ -156,7 +162,8 @@ def validate_file(
             kept = pending
         kinds.update(map(get_kind, [p[1] for p in kept]))
         if out is not None:
-            out.writelines(_line_bytes(p[2], p[3]) for p in kept)
+            with naming_output(output_path):
+                out.writelines(_line_bytes(p[2], p[3]) for p in kept)
         pending.clear()
 
     rows = 0
@@ -170,7 +177,8 @@ def validate_file(
                 invalid_lines.add(item[0])
                 report.add_error(item[4])
                 if rej is not None:
-                    rej.write(_line_bytes(item[2], item[3]))
+                    with naming_output(rejected_path):
+                        rej.write(_line_bytes(item[2], item[3]))
                 continue
             if report.format is None:
                 report.format = detect_format(item[3]).name
@@ -187,11 +195,13 @@ def validate_file(
             if line in duplicates:
                 report.add_error(_duplicate_error(name, row_kind, line, record, duplicates[line]))
                 if rej is not None:
-                    rej.write(_line_bytes(raw, data))
+                    with naming_output(rejected_path):
+                        rej.write(_line_bytes(raw, data))
                 continue
             kinds[record.kind] += 1
             if out is not None:
-                out.write(_line_bytes(raw, data))
+                with naming_output(output_path):
+                    out.write(_line_bytes(raw, data))
         report.rows = rows
         report.valid = rows - report.invalid
     finally:
