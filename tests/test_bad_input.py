@@ -395,3 +395,16 @@ def test_the_matrix_covers_every_reader_defect_and_command():
     assert [c.name for c in COMMANDS] == [
         "data validate", "data convert", "data stats", "store import", "arena rank",
         "rm score", "rm eval", "train preference", "train online"]
+
+
+@pytest.mark.slow
+def test_online_prompts_txt_with_non_utf8_bytes_names_file_and_line(models, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"w1 w2\nw3\nw4 \xfe w5\n")
+    train_online = COMMANDS[-1]
+    assert train_online.name == "train online"
+    result = runner.invoke(app, [*train_online.args(str(prompts), tmp_path, models), "--json"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.stdout + result.stderr
+    assert json.loads(result.stdout)["error"] == (
+        f"{prompts}:3: [non_utf8] expected UTF-8 text, got 'byte 0xfe at byte 3 of the line'")

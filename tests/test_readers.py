@@ -377,3 +377,24 @@ def test_keep_empty_false_writes_nothing_and_keeps_an_existing_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "out.jsonl"]
     write_records([record], tmp_path / "kept.jsonl", "rating")  # the default keeps it
     assert (tmp_path / "kept.jsonl").read_bytes() == b""
+
+
+def test_text_lines_name_a_non_utf8_file_and_line(tmp_path):
+    from prefkit.train.online import read_prompts
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("\ufeffsort: 3 1\r\n\nsort: 2 9\n".encode() + b"ok \xff bad\nlast\n")
+    lines = io.iter_text_lines(path)
+    assert [next(lines), next(lines), next(lines)] == [(1, "sort: 3 1"), (2, ""),
+                                                       (3, "sort: 2 9")]
+    with pytest.raises(RecordError) as info:
+        next(lines)
+    err = info.value
+    assert (err.source, err.line, err.code) == (str(path), 4, NON_UTF8)
+    assert str(err) == (f"{path}:4: [non_utf8] expected UTF-8 text, "
+                        "got 'byte 0xff at byte 3 of the line'")
+    # --prompts FILE.txt reads through it (was a UnicodeDecodeError naming neither)
+    with pytest.raises(RecordError, match=rf"^{path}:4: \[non_utf8\]"):
+        read_prompts(str(path))
+    path.write_bytes(b"\xef\xbb\xbf one \n\n two\r\n")
+    assert read_prompts(str(path)) == ["one", "two"]

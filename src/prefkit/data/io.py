@@ -205,16 +205,34 @@ def check_schema_depth(schema: Any, source: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _non_utf8(source: str, lineno: int, raw: bytes, err: UnicodeDecodeError) -> RecordError:
+    return RecordError(source, lineno, None, "UTF-8 text", NON_UTF8,
+                       f"byte 0x{raw[err.start]:02x} at byte {err.start} of the line")
+
+
 def _line_error(source: str, lineno: int, raw: bytes, exc: Exception) -> RecordError:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        return RecordError(source, lineno, None, "UTF-8 text", NON_UTF8,
-                           f"byte 0x{raw[err.start]:02x} at byte {err.start} of the line")
+        return _non_utf8(source, lineno, raw, err)
     if "depth limit" in str(exc):
         return _deep_error(source, lineno, None, got=Note("more than 1024 levels"))
     return RecordError(source, lineno, None, "one JSON object per line", MALFORMED_JSON,
                        Note(str(exc)))
+
+
+def iter_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 text file, line ends removed (and a leading
+    byte-order mark); non-UTF-8 bytes are a ``non_utf8`` :class:`RecordError` naming the file,
+    the line and the byte."""
+    source = str(path)
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise _non_utf8(source, lineno, raw, err) from None
+            yield lineno, text.rstrip("\r\n")
 
 
 def iter_jsonl_rows(path: str | os.PathLike) -> Iterator[Row]:

@@ -773,14 +773,13 @@ def read_prompts(path: str) -> list[Any]:
     raises :class:`~prefkit.data.errors.RecordError` naming the file, the row and the field."""
     from ..data.errors import FieldError, RecordError
     from ..data.formats import need_text
-    from ..data.io import iter_rows, row_kind_of, source_kind
+    from ..data.io import iter_rows, iter_text_lines, row_kind_of, source_kind
 
     file = Path(path.split("::", 1)[0])
     if not file.exists():
         raise FileNotFoundError(f"prompts file does not exist: {file}")
-    if file.suffix == ".txt":
-        with open(file, encoding="utf-8") as fh:
-            out: list[Any] = [line.strip() for line in fh if line.strip()]
+    if file.suffix == ".txt":  # non-UTF-8 bytes: a RecordError naming the file and line
+        out: list[Any] = [text.strip() for _, text in iter_text_lines(file) if text.strip()]
     else:
         row_kind = row_kind_of(source_kind(path))
         out = []
