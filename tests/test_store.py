@@ -464,6 +464,31 @@ def _cli(*args: object):
     return runner.invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.parametrize(("name", "content"), [("empty.jsonl", b""), ("blank.jsonl", b"\n\n"),
+                                             ("empty.json", b"[]"), ("bad.jsonl", b"{nope\n")])
+def test_cli_import_of_a_source_that_cannot_start_creates_nothing(tmp_path, name, content):
+    data = tmp_path / name
+    data.write_bytes(content)
+    db = tmp_path / "new" / "store.db"
+    result = _cli("import", data, "--db", db, "--json")
+    assert result.exit_code == 2, result.output
+    error = json.loads(result.stdout)["error"]
+    assert error.startswith(str(data)) and ("[no_records]" in error
+                                            or "[malformed_json]" in error)
+    assert not (tmp_path / "new").exists()  # no store, not even its folder
+    assert "Traceback" not in result.stderr and "import it again" not in result.stderr
+
+
+def test_importing_an_empty_file_logs_no_import(store, tmp_path):
+    store.import_file(write_jsonl(tmp_path / "one.jsonl", range(3)))
+    before = store.imports()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    with pytest.raises(RecordError, match=r"\[no_records\]"):
+        store.import_file(empty)
+    assert store.imports() == before and store.count() == 3
+
+
 def test_cli_import_stats_export(tmp_path):
     db, data = tmp_path / "cli.db", write_jsonl(tmp_path / "in.jsonl", range(30))
     first = _cli("import", data, "--db", db, "--json")

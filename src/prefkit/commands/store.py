@@ -73,9 +73,14 @@ def import_(
     """Import a feedback file. Records already stored are skipped (duplicates); a record whose
     id is stored with different content is a conflict: reported, never overwritten. The first
     bad record stops the import with exit code 2; fix it and import again to complete it."""
+    from ..data.io import primed, read_records
+
     check_source_exists(file)
     if format is not None:
         get_format(format)
+    # an empty or unreadable source, an unknown split, a bad first record: exit 2 before the
+    # store is created (the import reads the first record again)
+    primed(read_records(file, format, split=split))
     with _open_store(db, as_json, create=True) as store:
         if not as_json:
             stderr.print(f"importing {escape(file)} into {escape(store.url)}")

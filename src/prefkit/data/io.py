@@ -25,6 +25,7 @@ given.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import re
@@ -587,6 +588,15 @@ def _nonempty(rows: Iterator[Any], source: Any) -> Iterator[Any]:
 
 
 _END = object()
+
+
+def primed(items: Iterable[Any]) -> Iterator[Any]:
+    """``items`` with its first element already taken, so that what a lazy reader raises at
+    its start -- an empty source (``no_records``), an unreadable one, an unknown split, a bad
+    first record -- is raised here, before the caller creates or logs anything."""
+    it = iter(items)
+    first = next(it, _END)
+    return it if first is _END else itertools.chain((first,), it)
 
 
 def iter_rows(source: Any, *, split: str | None = None) -> Iterator[Row]:

@@ -601,13 +601,14 @@ class FeedbackStore:
         """Import a feedback file (any source :func:`prefkit.data.io.read_records` reads) and
         log it in the imports table. The first bad record raises its
         :class:`~prefkit.data.errors.RecordError`; the batches before it stay committed, so
-        importing the fixed file again completes the import."""
-        from .io import read_records
+        importing the fixed file again completes the import. A source that cannot start (empty,
+        unreadable, an unknown split, a bad first record) raises before the import is logged."""
+        from .io import primed, read_records
 
+        records = primed(read_records(path, format, split=split))
         report = AddReport(import_id=self._start_import(path, format))
         try:
-            self._add_batches(read_records(path, format, split=split), batch_size, report,
-                              report.import_id)
+            self._add_batches(records, batch_size, report, report.import_id)
         except BaseException as exc:
             with contextlib.suppress(SQLAlchemyError):
                 self._finish_import(report.import_id, "failed", str(exc) or repr(exc))
