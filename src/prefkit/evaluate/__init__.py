@@ -1,6 +1,6 @@
 """Evaluation: reward-model benchmarks (RewardBench format), calibration, length probes, and
 policy evaluation (win rates with CIs, length-controlled win rate, KL estimates, ranking
-accuracy, over-optimization curves).
+accuracy with its Wilson interval, over-optimization curves).
 
 Pure functions on numpy arrays — score your data first, then pass the numbers in.
 """
@@ -18,6 +18,7 @@ from prefkit.evaluate.policy import (
     kl_estimate,
     overoptimization_curve,
     ranking_accuracy,
+    ranking_accuracy_interval,
 )
 from prefkit.evaluate.rm import (
     REWARDBENCH_V1_BALANCE,
@@ -32,7 +33,7 @@ from prefkit.evaluate.rm import (
     rewardbench_scores,
     subset_accuracies,
 )
-from prefkit.evaluate.winrate import length_controlled_win_rate, win_rate
+from prefkit.evaluate.winrate import length_controlled_win_rate, wilson_interval, win_rate
 
 __all__ = [
     "REWARDBENCH_V1_BALANCE",
@@ -54,8 +55,10 @@ __all__ = [
     "pairwise_calibration",
     "plot_reliability",
     "ranking_accuracy",
+    "ranking_accuracy_interval",
     "reliability_bins",
     "rewardbench_scores",
     "subset_accuracies",
+    "wilson_interval",
     "win_rate",
 ]
