@@ -19,16 +19,6 @@ from prefkit.rewards.scoring import score_groups, score_pairs
 from prefkit.train.reward import RewardConfig, train_reward
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread. With torch's default 2 threads on 2 shared cores
-    OpenMP's spinning made this file ~8x slower (measured: 201 s vs 24 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     folder = tmp_path_factory.mktemp("rm")
