@@ -190,14 +190,59 @@ def test_duplicates_and_conflicts_inside_one_batch(store):
 
 
 def _writer(url: str, worker: int, barrier, results) -> None:
-    """Write 2/8 of the records, every record being submitted by exactly two writers."""
-    share = N_UNIQUE // N_WRITERS
-    indices = [(worker * share + k) % N_UNIQUE for k in range(2 * share)]
-    random.Random(worker).shuffle(indices)
-    barrier.wait(timeout=120)  # all open (and upgrade) the fresh store at the same moment
-    with FeedbackStore(url) as store:
-        report = store.add((make_record(i) for i in indices), batch_size=250)
-    results.put((worker, report.seen, report.inserted, report.duplicates, report.conflicts))
+    """Write 2/8 of the records, every record being submitted by exactly two writers. Reports
+    ``("ok", worker, seen, inserted, duplicates, conflicts)``, or ``("error", worker,
+    traceback)``: a failure is told, never waited for."""
+    import traceback
+
+    try:
+        share = N_UNIQUE // N_WRITERS
+        indices = [(worker * share + k) % N_UNIQUE for k in range(2 * share)]
+        random.Random(worker).shuffle(indices)
+        # all open (and upgrade) the fresh store at the same moment, however long the others
+        # take to start (no timeout: the parent aborts the barrier if a writer dies)
+        barrier.wait()
+        with FeedbackStore(url) as store:
+            report = store.add((make_record(i) for i in indices), batch_size=250)
+        results.put(("ok", worker, report.seen, report.inserted, report.duplicates,
+                     report.conflicts))
+    except BaseException:
+        results.put(("error", worker, traceback.format_exc()))
+        raise
+
+
+def _collect(procs, barrier, results) -> list[tuple]:
+    """One report per process, waiting on events, not on a clock: a report, an error report or
+    a process that died without one (then the barrier is aborted, the others stopped, and the
+    test fails with what happened). The poll only sets how soon a death is noticed; how long
+    the writers take (a loaded machine, slow process starts) does not matter."""
+    import queue
+
+    reports: dict[int, tuple] = {}
+    problem = None
+    while len(reports) < len(procs) and problem is None:
+        try:
+            message = results.get(timeout=1.0)
+        except queue.Empty:
+            dead = [w for w, p in enumerate(procs) if w not in reports
+                    and p.exitcode is not None and p.exitcode != 0]
+            if dead:
+                problem = f"writer {dead[0]} died with exit code {procs[dead[0]].exitcode}"
+            continue
+        if message[0] == "error":
+            problem = f"writer {message[1]} failed:\n{message[2]}"
+        else:
+            reports[message[1]] = message
+    if problem is not None:
+        barrier.abort()
+        for proc in procs:
+            proc.terminate()
+            proc.join()
+        pytest.fail(problem)
+    for proc in procs:
+        proc.join()  # every writer has reported: it is exiting
+        assert proc.exitcode == 0
+    return [reports[w] for w in range(len(procs))]
 
 
 def test_concurrent_writers(store_url):
@@ -207,17 +252,41 @@ def test_concurrent_writers(store_url):
              for w in range(N_WRITERS)]
     for proc in procs:
         proc.start()
-    reports = [results.get(timeout=300) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
-    seen, inserted, duplicates, conflicts = (sum(r[k] for r in reports) for k in range(1, 5))
+    reports = _collect(procs, barrier, results)
+    seen, inserted, duplicates, conflicts = (sum(r[k] for r in reports) for k in range(2, 6))
     assert (seen, inserted, duplicates, conflicts) == (2 * N_UNIQUE, N_UNIQUE, N_UNIQUE, 0)
     with FeedbackStore(store_url) as store:
         assert store.count() == N_UNIQUE
         stored = stored_dicts(store)
     expected = {record_id(make_record(i)): expected_dict(i) for i in range(N_UNIQUE)}
     assert stored == expected
+
+
+def _broken_writer(url: str, worker: int, barrier, results) -> None:
+    """Writer 0 waits at the barrier for the others, which never come: writer 1 fails with an
+    exception, writer 2 dies without a word."""
+    if worker == 1:
+        results.put(("error", worker, "Traceback ...\nRuntimeError: disk on fire"))
+        raise SystemExit(1)
+    if worker == 2:
+        os._exit(3)
+    barrier.wait()
+
+
+def test_a_failed_writer_is_reported_at_once_not_waited_for():
+    """The concurrency test's harness: a writer that fails ends the test with its error, and
+    the writers waiting for it are released (the barrier is aborted); nothing waits on a
+    clock."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_broken_writer, args=("unused", w, barrier, results))
+             for w in range(3)]
+    for proc in procs:
+        proc.start()
+    with pytest.raises(pytest.fail.Exception,
+                       match=r"(?s)writer 1 failed:\n.*disk on fire|writer 2 died with exit code 3"):
+        _collect(procs, barrier, results)
+    assert barrier.broken and all(proc.exitcode is not None for proc in procs)
 
 
 # ---------------------------------------------------------------------------------------------
