@@ -283,8 +283,8 @@ def test_a_failed_writer_is_reported_at_once_not_waited_for():
              for w in range(3)]
     for proc in procs:
         proc.start()
-    with pytest.raises(pytest.fail.Exception,
-                       match=r"(?s)writer 1 failed:\n.*disk on fire|writer 2 died with exit code 3"):
+    failure = r"(?s)writer 1 failed:\n.*disk on fire|writer 2 died with exit code 3"
+    with pytest.raises(pytest.fail.Exception, match=failure):
         _collect(procs, barrier, results)
     assert barrier.broken and all(proc.exitcode is not None for proc in procs)
 
