@@ -127,6 +127,53 @@ def test_short_last_window_of_epoch(tmp_path):
 # --- resume --------------------------------------------------------------------------------
 
 
+class _Epochs:
+    """Re-iterable train data whose batches depend on the epoch (``set_epoch``), as the online
+    trainer's rollout stream: each epoch is made when iterated (recorded in ``made``);
+    ``with_skip`` adds ``skip(n)``, a way to skip a resumed epoch's first n batches without
+    making them."""
+
+    def __init__(self, per_epoch: int = 3, with_skip: bool = False) -> None:
+        self.per_epoch, self.epoch, self.made = per_epoch, 0, []
+        if with_skip:
+            self.skip = self._skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self):
+        self.made.append(self.epoch)
+        x, y = make_data(8 * self.per_epoch, seed=100 + self.epoch).tensors
+        return [(x[i:i + 8], y[i:i + 8]) for i in range(0, len(y), 8)]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def _skip(self, n: int):
+        return [] if n >= self.per_epoch else self._batches()[n:]
+
+
+@pytest.mark.parametrize("with_skip", [False, True])
+@pytest.mark.parametrize("save_at", [3, 4])
+def test_resume_of_epoch_dependent_data(tmp_path, with_skip, save_at):
+    """A resume in (or at the end of) epoch 1 of an iterable with set_epoch continues with
+    epoch 1's batches (the epoch used to be set on the islice wrapper, i.e. nowhere: the data
+    made epoch 0 again); with ``skip`` a finished epoch is not made again at all."""
+    full = make_model()
+    fit(full, step_fn, _Epochs(with_skip=with_skip),
+        cfg(tmp_path, "full", max_steps=6, save_steps=save_at, save_total_limit=None))
+    data = _Epochs(with_skip=with_skip)
+    resumed = make_model(seed=9)
+    fit(resumed, step_fn, data,
+        cfg(tmp_path, "resumed", max_steps=6, save_steps=save_at, save_total_limit=None,
+            resume_from=str(tmp_path / "full" / f"checkpoint-{save_at}")))
+    assert torch.allclose(flat(resumed), flat(full), atol=1e-12, rtol=0)
+    # the checkpoint of step 3 holds epoch 0 with all its batches done: without skip the data
+    # makes epoch 0 again only to drop it
+    assert data.made == ([1] if with_skip or save_at == 4 else [0, 1])
+
+
+
 @pytest.mark.parametrize(("ga", "save_at"), [(1, 5), (2, 4)])
 def test_resume_is_exact(tmp_path, ga, save_at):
     ds = make_data(24)

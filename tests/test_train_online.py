@@ -834,3 +834,123 @@ def test_cli_train_online_python_reward_from_cwd_and_parquet_prompts(small, tmp_
     missing = CliRunner().invoke(app, [*base, "--reward", "python:cli_reward_mod:nope"])
     assert missing.exit_code == 2
     assert "has no function 'nope'" in json.loads(missing.stdout)["error"]
+
+
+# ------------------------------------------------------------------ resume and identity
+
+
+def _rollout_lines(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+
+
+def test_resume_with_more_iterations_replays_exactly_without_duplicate_lines(small, tmp_path):
+    """iterations is not part of the run identity: a finished 2-iteration run continues to 3
+    with resume_from='latest', and ends where a straight 3-iteration run ends. A run killed
+    after writing an iteration's rollouts.jsonl line but before its checkpoint replays that
+    iteration on resume: its line is there once (it used to be appended twice)."""
+    model, tok, _ = small
+    ps = prompts(24)
+    common = dict(algo="rloo", kl_coef=0.05, save_steps=1, save_final=True)
+
+    def run(folder, **kw):
+        policy = copy.deepcopy(model)
+        train_online(config(tmp_path / folder, **common, **kw), reward=FunctionReward(gold),
+                     prompts=ps, model=policy, tokenizer=tok)
+        return policy, tmp_path / folder / "run"
+
+    straight, straight_dir = run("straight", iterations=3)
+    _, resumed_dir = run("resumed", iterations=2)
+    resumed, _ = run("resumed", iterations=3, resume_from="latest")
+    want = _rollout_lines(straight_dir)
+    assert [r["iteration"] for r in want] == [0, 1, 2]
+    assert _rollout_lines(resumed_dir) == want
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # killed after iteration 2's line was written, before checkpoint-3: resume from checkpoint-2
+    import shutil
+
+    shutil.rmtree(resumed_dir / "checkpoint-3")
+    again, _ = run("resumed", iterations=3, resume_from="latest")
+    assert _rollout_lines(resumed_dir) == want  # iteration 2 once, the same numbers
+    for a, b in zip(straight.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("change", [{"sampling_batch_size": 3}, {"chunk_size": 2}])
+def test_sampling_batch_size_and_chunk_size_leave_the_run_unchanged(small, tmp_path, change):
+    """The two settings a resume may change besides the length: the samples are a pure function
+    of (seed, iteration, global row) whatever the generate batch, and the LM-head chunking
+    changes how log-probs are computed, not their values (rollouts equal, weights within float
+    rounding)."""
+    model, tok, _ = small
+    ps = prompts(16)
+    finals = []
+    for folder, kw in (("a", {}), ("b", change)):
+        policy = copy.deepcopy(model)
+        cfg = config(tmp_path / folder, **{"algo": "grpo", "sampling_batch_size": 64, **kw})
+        train_online(cfg, reward=FunctionReward(gold), prompts=ps, model=policy, tokenizer=tok)
+        finals.append((policy, _rollout_lines(tmp_path / folder / "run")))
+    (a, lines_a), (b, lines_b) = finals
+    assert [r["reward"] for r in lines_a] == [r["reward"] for r in lines_b]
+    assert [r["length"] for r in lines_a] == [r["length"] for r in lines_b]
+    moved = max(float((p - q).detach().abs().max())
+                for p, q in zip(a.parameters(), model.parameters(), strict=True))
+    assert moved > 1e-4  # training did change the weights
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0)
+
+
+def test_cli_summary_counts_truncated_prompts(small, tmp_path):
+    from typer.testing import CliRunner
+
+    from prefkit.cli import app
+
+    _, _, info = small
+    result = CliRunner().invoke(app, [
+        "train", "online", "--model", info["path"], "--prompts", "lab:sort:16", "--reward",
+        "gold:sort", "--algo", "rloo", "--iterations", "1", "--prompts-per-iteration", "8",
+        "--max-prompt-length", "3", "--max-new-tokens", "4", "--output-dir",
+        str(tmp_path / "run"), "--set", "save_steps=0", "--set", "progress=false"],
+        env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert ("8 sampled prompts were longer than max_prompt_length=3 tokens and kept their "
+            "last tokens") in result.stdout
+    config = json.loads((tmp_path / "run" / "run_config.json").read_text())["config"]
+    assert config["max_prompt_length"] == 3 and config["max_new_tokens"] == 4
+    short = CliRunner().invoke(app, [
+        "train", "online", "--model", info["path"], "--prompts", "lab:sort:16", "--reward",
+        "gold:sort", "--algo", "rloo", "--iterations", "1", "--prompts-per-iteration", "8",
+        "--max-new-tokens", "4", "--output-dir", str(tmp_path / "run2"), "--set",
+        "save_steps=0", "--set", "progress=false"], env={"COLUMNS": "250"})
+    assert short.exit_code == 0 and "max_prompt_length" not in short.stdout
+
+
+@pytest.mark.parametrize("settings", [
+    {"algo": "ppo", "kl_coef": 0.05, "target_kl": 0.001, "kl_horizon": 50},
+    # the KL in the loss, measured by the update itself (no separate "old" forward)
+    {"algo": "grpo", "kl_coef": 0.05, "target_kl": 0.001, "kl_horizon": 50},
+    {"algo": "rloo", "reward_normalization": "running"},
+])
+def test_resume_restores_the_kl_controller_and_running_reward_moments(small, tmp_path,
+                                                                      settings):
+    """The adaptive KL coefficient and the running reward moments change every iteration; a
+    checkpoint keeps them, so a resumed run goes on with them (it restarted from kl_coef and
+    from empty moments: other coefficients, other shaped rewards, other weights)."""
+    model, tok, _ = small
+    ps = prompts(24)
+
+    def run(folder, **kw):
+        policy = copy.deepcopy(model)
+        cfg = config(tmp_path / folder, **settings, save_steps=1, save_final=True, **kw)
+        train_online(cfg, reward=FunctionReward(gold), prompts=ps, model=policy,
+                     tokenizer=tok)
+        return policy, _rollout_lines(tmp_path / folder / "run")
+
+    straight, want = run("straight", iterations=3)
+    run("resumed", iterations=2)
+    resumed, got = run("resumed", iterations=3, resume_from="latest")
+    if "target_kl" in settings:
+        assert len({r["kl_coef"] for r in want}) == 3  # the controller moved each iteration
+    assert got == want
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)

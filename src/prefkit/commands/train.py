@@ -40,8 +40,8 @@ PREFERENCE_FLAGS = ("model", "data", "loss", "beta", "lora", "output_dir", "max_
                     "batch_size", "learning_rate", "eval_data", "resume_from", "overwrite")
 #: Config fields that are flags of `prefkit train online`.
 ONLINE_FLAGS = ("model", "prompts", "reward", "algo", "iterations", "num_generations",
-                "prompts_per_iteration", "learning_rate", "kl_coef", "lora", "output_dir",
-                "resume_from", "overwrite")
+                "prompts_per_iteration", "max_prompt_length", "max_new_tokens",
+                "learning_rate", "kl_coef", "lora", "output_dir", "resume_from", "overwrite")
 
 
 @app.command("preference")
@@ -139,5 +139,10 @@ def online(
     stdout.print(f"{cfg.algo}: {out['steps']} steps, reward {first['reward']:.4g} -> "
                  f"{last['reward']:.4g}, KL {last['kl']}, length {last['length']}, "
                  f"truncated {last['truncated']:.1%}")
+    cut = out["truncation"]
+    if cut.get("prompts_truncated"):
+        stdout.print(f"{cut['prompts_truncated']} sampled prompts were longer than "
+                     f"max_prompt_length={cut['max_prompt_length']} tokens and kept their last "
+                     "tokens")
     if out.get("saved_model"):
         stdout.print(f"policy saved to {out['saved_model']}")

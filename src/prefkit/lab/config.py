@@ -84,7 +84,9 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "curve_every": _int(0), "curve_prompts": _int(1), "seed": _int(0),
     "learning_rate": _number(True), "rm_learning_rate": _number(True),
     "raft_learning_rate": _number(True), "rl_learning_rate": _number(True),
-    "beta": _number(True), "rating_min_gap": _number(False), "temperature": _number(False),
+    # temperature 0 (greedy) would give K identical samples (no pairs) and is not a valid
+    # OnlineConfig.temperature: refused here, before any work
+    "beta": _number(True), "rating_min_gap": _number(False), "temperature": _number(True),
     "pool_scale": _number(False), "overopt_length_bias": _number(False),
     "kl_coef": _number(False),
     "training_flips": (lambda v: isinstance(v, bool), "true or false"),

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "AT_LEAST_1",
+    "DTYPES",
     "Bounds",
     "ConfigError",
     "FRACTION",
@@ -56,6 +57,8 @@ T = TypeVar("T")
 
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("no", "bf16")
+DTYPES = ("float32", "bfloat16")
+"""Weight dtypes a training run loads its model in."""
 TRACKERS = ("jsonl", "tensorboard", "wandb")
 
 

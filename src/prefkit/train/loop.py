@@ -31,7 +31,10 @@ does not divide evenly over processes, ``accelerate`` pads the epoch's tail with
 its start (as ``DistributedSampler`` does): the invariance above is exact when
 ``len(dataset)`` is a multiple of ``W * batch_size`` or with ``drop_last=True``. Any other
 re-iterable of batches (e.g. a list) is used as is on every process: the caller shards it, and
-all processes must yield the same number of batches.
+all processes must yield the same number of batches. Such an iterable may define
+``set_epoch(epoch)`` (called before each epoch is iterated, also on a resume) and ``skip(n)``
+(an iterable of the current epoch's batches after the first ``n``, for a resume mid-epoch or at
+an epoch's end, without producing the skipped ones; default: iterate and drop them).
 
 Shuffling uses accelerate's seedable sampler (seed ``config.seed + epoch``), and the loader's
 iterator seed is derived from ``config.seed`` and the epoch, so resuming mid-epoch replays
@@ -59,7 +62,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,6 +353,7 @@ def fit(
     trainable_params: Iterable[torch.nn.Parameter] | None = None,
     callbacks: Sequence[Callback] = (),
     accelerator: Accelerator | None = None,
+    state: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` with ``step_fn`` on ``train_data`` according to ``config``.
 
@@ -360,6 +364,11 @@ def fit(
     ``requires_grad``) unless ``optimizer`` is given; the schedule wraps whichever is used.
     ``accelerator`` overrides :func:`make_accelerator` (then ``config.mixed_precision`` and
     ``log_with`` trackers are the accelerator's business).
+    ``state``: ``{name: object}`` of the trainer's own state that changes as training goes
+    (an adaptive KL coefficient, running reward moments): each object's ``state_dict()`` (JSON
+    values) goes into every checkpoint and a resume gives it back with ``load_state_dict()``
+    (the same on every process); a checkpoint without it (an older prefkit) leaves the object
+    as it is, with a warning.
 
     Returns a :class:`FitResult`; raises :class:`NonFiniteLossError` on a NaN/inf loss or
     gradient norm (when ``config.stop_on_nonfinite``) before touching the weights.
@@ -375,6 +384,7 @@ def fit(
         trainable_params,
         list(callbacks),
         accelerator,
+        dict(state or {}),
     ).run()
 
 
@@ -407,9 +417,11 @@ class _Loop:
         trainable_params: Iterable[torch.nn.Parameter] | None,
         callbacks: list[Callback],
         accelerator: Accelerator | None,
+        state: dict[str, Any] | None = None,
     ) -> None:
         self.t_start = time.perf_counter()
         self.cfg = config
+        self.state_objects = state or {}
         self.step_fn = step_fn
         self.eval_fn = eval_fn
         self.eval_data = eval_data
@@ -510,6 +522,8 @@ class _Loop:
             "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps,
             "window": dataclasses.asdict(self.window),
             "metric_keys": self.keys,
+            "trainer_objects": {name: obj.state_dict()
+                                for name, obj in self.state_objects.items()},
             **run_record(self.cfg),
         }
 
@@ -529,6 +543,13 @@ class _Loop:
         self.window = _Sums(**st["window"])
         self.keys = st.get("metric_keys")
         self.saved_step = self.step
+        saved = st.get("trainer_objects", {})
+        for name, obj in self.state_objects.items():
+            if name in saved:
+                obj.load_state_dict(saved[name])
+            else:
+                warnings.warn(f"{path} holds no state of {name} (written by an older prefkit?): "
+                              "it goes on from its starting value", stacklevel=3)
 
     def _save(self) -> None:
         acc = self.acc
@@ -725,11 +746,15 @@ class _Loop:
     def _epoch_iter(self) -> Iterable[Any]:
         data = self.train_data
         skip = self.batch_in_epoch
+        if not self.is_loader:
+            # the epoch goes to the data itself, before any wrapper hides its set_epoch
+            _set_epoch(data, self.epoch, self.cfg.seed)
+            if skip:
+                data = (data.skip(skip) if hasattr(data, "skip")
+                        else itertools.islice(data, skip, None))
+            return iter(data)
         if skip:
-            if self.is_loader:
-                data = self.acc.skip_first_batches(data, skip)
-            else:
-                data = itertools.islice(data, skip, None)
+            data = self.acc.skip_first_batches(data, skip)
         _set_epoch(data, self.epoch, self.cfg.seed)
         return iter(data)
 

@@ -56,6 +56,7 @@ steps per iteration), so resuming replays the next iteration exactly.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import random
 import warnings
@@ -73,8 +74,20 @@ from ..models.bounded import preview
 from ..models.logprobs import sequence_logps
 from ..models.packing import pack_groups
 from .checkpoint import list_checkpoints
-from .config import ConfigError, LoopConfig, option
+from .config import (
+    AT_LEAST_1,
+    DTYPES,
+    NON_NEGATIVE,
+    POSITIVE,
+    Bounds,
+    ConfigError,
+    LoopConfig,
+    config_help,
+    option,
+)
 from .loop import Callback, FitResult, StepOutput, fit, make_accelerator
+from .loss_spec import check_loss_spec
+from .reporting import keep_records_up_to
 from .rollout import (
     Rollout,
     SamplingSettings,
@@ -100,82 +113,117 @@ class OnlineTrainingError(RuntimeError):
     the last checkpoint."""
 
 
+LOOP_HELP = config_help(LoopConfig)
+REWARD_NORMALIZATIONS = ("none", "batch", "running")
+"""Values of ``reward_normalization`` (:class:`prefkit.rewards.sources.RewardShaping`)."""
+UNIT = Bounds(0, 1)
+"""[0, 1]: discount and GAE lambda."""
+PROBABILITY = Bounds(0, 1, low_open=True)
+"""(0, 1]: nucleus sampling mass."""
+
+
 @dataclass
 class OnlineConfig(LoopConfig):
-    """An online run: the loop's settings plus sampling, reward and algorithm settings."""
+    """An online run: the loop's settings plus sampling, reward and algorithm settings.
 
-    model: str = option("Policy checkpoint directory, or a .json/.yaml tiny-model file.", "")
+    Every value is checked when the config is built (bounds and choices of each field, the
+    ``dpo_loss`` spec, the combinations an algorithm needs), before any model loads. A resume
+    may change ``iterations`` (more or fewer), ``max_kl`` (a stop rule),
+    ``sampling_batch_size`` (the samples are a pure function of the seed and the global row,
+    whatever the batch: tested) and ``chunk_size`` (how the LM head is computed, not what), as
+    well as the loop's own non-identity fields; every other field is the run's identity."""
+
+    output_dir: str = option(LOOP_HELP["output_dir"], "runs/online", identity=False)
+    model: str = option("Policy: a checkpoint directory, a .json/.yaml tiny-model file "
+                        "(`prefkit models init` makes one) or lab:TASK (the lab's cached SFT "
+                        "model of that task, built on first use).", "", path=True)
     prompts: str = option("Prompts: records with a 'prompt' column (text, or a list of "
                           "{role, content} messages rendered with the chat template) in any "
                           "file prefkit reads (JSONL, JSON, Parquet, a dataset folder, "
                           "FOLDER::split), a .txt file (one prompt a line) or lab:TASK[:N].",
-                          "")
+                          "", path=True)
     reward: str = option("Reward source (CLI): 'rm:PATH' (a prefkit reward model), "
                          "'implicit:POLICY[,REFERENCE]', 'python:module:function' "
                          "(fn(prompt, completion) -> float; the module may be a file in the "
                          "working folder, or give FILE.py:function), 'gold:TASK' (a lab "
                          "task's gold reward), 'self' (the policy's own implicit reward).", "")
     algo: str = option("ppo, reinforce, rloo, grpo, dr_grpo, remax, online_dpo, online_ipo or "
-                       "raft.", "grpo")
-    iterations: int = option("Rollout/update iterations (sets max_steps).", 20)
+                       "raft.", "grpo", choices=ALGORITHMS)
+    iterations: int = option("Rollout/update iterations (sets max_steps; a resume may change "
+                             "it).", 20, bounds=AT_LEAST_1, identity=False)
     prompts_per_iteration: int = option("Prompts sampled per iteration (global, over all "
-                                        "processes).", 16)
-    num_generations: int = option("Completions per prompt (the group size G).", 4)
-    ppo_epochs: int = option("Passes over each rollout.", 1)
-    num_minibatches: int = option("Optimizer steps per pass over a rollout.", 1)
-    max_new_tokens: int = option("Length cap of a completion (EOS included).", 32)
+                                        "processes).", 16, bounds=AT_LEAST_1)
+    num_generations: int = option("Completions per prompt (the group size G).", 4,
+                                  bounds=AT_LEAST_1)
+    ppo_epochs: int = option("Passes over each rollout.", 1, bounds=AT_LEAST_1)
+    num_minibatches: int = option("Optimizer steps per pass over a rollout.", 1,
+                                  bounds=AT_LEAST_1)
+    max_new_tokens: int = option("Length cap of a completion (EOS included).", 32,
+                                 bounds=AT_LEAST_1)
     max_prompt_length: int | None = option(
         "Max prompt tokens: a longer prompt keeps its last tokens (BOS first); cut prompts are "
         "counted (prompts_truncated). None: the policy's max_position_embeddings minus "
-        "max_new_tokens, at most 1024.")
+        "max_new_tokens, at most 1024.", bounds=AT_LEAST_1)
     temperature: float = option("Sampling temperature (log-probs are at temperature 1: keep 1 "
-                                "for on-policy gradients).", 1.0)
-    top_k: int | None = option("Top-k sampling (None: off).")
-    top_p: float | None = option("Nucleus sampling mass (None: off).")
-    stop: list[str] = field(default_factory=list, metadata={"help": "Stop strings."})
-    sampling_batch_size: int = option("Rows per generate call.", 64)
+                                "for on-policy gradients).", 1.0, bounds=POSITIVE)
+    top_k: int | None = option("Top-k sampling (None: off).", bounds=AT_LEAST_1)
+    top_p: float | None = option("Nucleus sampling mass in (0, 1] (None: off).",
+                                 bounds=PROBABILITY)
+    stop: list[str] = option("Stop strings.", [])
+    sampling_batch_size: int = option("Rows per generate call (the samples do not depend on "
+                                      "it).", 64, bounds=AT_LEAST_1, identity=False)
     kl_coef: float = option("KL coefficient (reward penalty or loss weight; 0: no reference "
-                            "needed for the PG methods).", 0.05)
-    kl_estimator: str = option("k1, k2, k3 or abs (Schulman's estimators).", "auto")
+                            "needed for the PG methods).", 0.05, bounds=NON_NEGATIVE)
+    kl_estimator: str = option("k1, k2, k3 or abs (Schulman's estimators); 'auto': k3 with "
+                               "the KL in the loss, k1 in the reward.", "auto",
+                               choices=("auto", *rl.KL_KINDS))
     kl_in: str = option("'reward' (penalty in the reward), 'loss' (a loss term) or 'auto' "
-                        "(loss for grpo/dr_grpo, reward otherwise).", "auto")
-    target_kl: float | None = option("Adaptive KL controller target (None: fixed kl_coef).")
-    kl_horizon: int = option("Adaptive KL controller horizon.", 10000)
+                        "(loss for grpo/dr_grpo, reward otherwise).", "auto",
+                        choices=("auto", "reward", "loss"))
+    target_kl: float | None = option("Adaptive KL controller target (None: fixed kl_coef).",
+                                     bounds=POSITIVE)
+    kl_horizon: int = option("Adaptive KL controller horizon.", 10000, bounds=AT_LEAST_1)
     max_kl: float | None = option("Stop when the mean sequence KL to the reference exceeds "
-                                  "this (None: never).")
-    clip_eps: float = option("PPO ratio clip.", 0.2)
-    clip_eps_high: float | None = option("Upper ratio clip (DAPO; None: clip_eps).")
+                                  "this (None: never).", bounds=POSITIVE, identity=False)
+    clip_eps: float = option("PPO ratio clip.", 0.2, bounds=POSITIVE)
+    clip_eps_high: float | None = option("Upper ratio clip (DAPO; None: clip_eps).",
+                                         bounds=POSITIVE)
     loss_aggregation: str = option("token_mean, seq_mean_token_mean or seq_mean_token_sum_norm "
                                    "('auto': Dr. GRPO's for dr_grpo, token_mean otherwise).",
-                                   "auto")
-    vf_coef: float = option("PPO value-loss weight.", 0.1)
-    value_clip: float | None = option("PPO value clip range.", 0.2)
-    gamma: float = option("PPO discount.", 1.0)
-    lam: float = option("PPO GAE lambda.", 0.95)
+                                   "auto", choices=("auto", *rl.AGGREGATION_MODES))
+    vf_coef: float = option("PPO value-loss weight.", 0.1, bounds=NON_NEGATIVE)
+    value_clip: float | None = option("PPO value clip range (None: no clipping).", 0.2,
+                                      bounds=POSITIVE)
+    gamma: float = option("PPO discount, in [0, 1].", 1.0, bounds=UNIT)
+    lam: float = option("PPO GAE lambda, in [0, 1].", 0.95, bounds=UNIT)
     whiten_advantages: bool = option("Whiten PPO advantages over the rollout.", True)
-    reward_normalization: str = option("none, batch or running.", "none")
-    reward_clip: float | None = option("Clip shaped rewards to [-c, c].")
+    reward_normalization: str = option("none, batch or running.", "none",
+                                       choices=REWARD_NORMALIZATIONS)
+    reward_clip: float | None = option("Clip shaped rewards to [-c, c] (None: no clipping).",
+                                       bounds=POSITIVE)
     length_penalty: float = option("Reward minus this times the completion length.", 0.0)
-    beta: float = option("beta of online_dpo / online_ipo.", 0.1)
-    dpo_loss: str = option("Pairwise loss of online_dpo (any registered pairwise loss).", "dpo")
-    raft_keep: int = option("RAFT: samples kept per prompt (the best by reward).", 1)
+    beta: float = option("beta of online_ipo and of reward 'self' (the implicit reward); "
+                         "online_dpo takes its beta from dpo_loss, e.g. 'dpo(beta=0.2)'.", 0.1,
+                         bounds=POSITIVE)
+    dpo_loss: str = option("Pairwise loss of online_dpo (any registered pairwise loss, with "
+                           "arguments: 'ipo', 'dpo(label_smoothing=0.1)').", "dpo")
+    raft_keep: int = option("RAFT: samples kept per prompt (the best by reward).", 1,
+                            bounds=AT_LEAST_1)
     lora: bool = option("Train LoRA adapters (the reference is the model with them disabled).",
                         False)
-    lora_r: int = option("LoRA rank.", 16)
-    lora_alpha: int = option("LoRA alpha.", 32)
-    dtype: str = option("Model weights dtype.", "float32")
-    chunk_size: int = option("LM-head chunk (completion positions).", 1024)
+    lora_r: int = option("LoRA rank.", 16, bounds=AT_LEAST_1)
+    lora_alpha: int = option("LoRA alpha.", 32, bounds=POSITIVE)
+    dtype: str = option("Model weights dtype: float32 or bfloat16.", "float32", choices=DTYPES)
+    chunk_size: int = option("LM-head chunk (completion positions).", 1024, bounds=AT_LEAST_1,
+                             identity=False)
 
     def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise ConfigError(f"invalid OnlineConfig.iterations={self.iterations}: must be >= 1")
-        self.algo = self.algo.replace("-", "_")  # the CLI's online-dpo == online_dpo
-        if self.algo not in ALGORITHMS:
-            raise ConfigError(f"invalid OnlineConfig.algo={self.algo!r}: choose one of "
-                              f"{', '.join(ALGORITHMS)}")
+        if isinstance(self.algo, str):
+            self.algo = self.algo.replace("-", "_")  # the CLI's online-dpo == online_dpo
+        super().__post_init__()  # every field against its bounds and choices
+        check_loss_spec(self.dpo_loss, field=f"{type(self).__name__}.dpo_loss",
+                        kinds=("pairwise",), trained="online_dpo")
         g = self.num_generations
-        if g < 1:
-            raise ConfigError(f"invalid OnlineConfig.num_generations={g}: must be >= 1")
         if self.algo in ("grpo", "dr_grpo", "rloo") and g < 2:
             raise ConfigError(f"{self.algo} needs at least 2 responses per prompt (group size "
                               f"G={g}); set num_generations >= 2")
@@ -186,18 +234,11 @@ class OnlineConfig(LoopConfig):
                               "samples)")
         if self.algo == "raft" and not 1 <= self.raft_keep <= g:
             raise ConfigError(f"raft_keep={self.raft_keep} must be in [1, num_generations={g}]")
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            raise ConfigError(f"invalid OnlineConfig.max_prompt_length={self.max_prompt_length}"
-                              ": must be >= 1 (or None for the model's limit)")
-        for name in ("ppo_epochs", "num_minibatches", "prompts_per_iteration"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"invalid OnlineConfig.{name}={getattr(self, name)}: >= 1")
         per_iter = self.steps_per_iteration
         self.max_steps = self.iterations * per_iter
         if self.save_steps and self.save_steps % per_iter:
             # checkpoints only at iteration boundaries (so a resume replays whole iterations)
             self.save_steps += per_iter - self.save_steps % per_iter
-        super().__post_init__()
 
     @property
     def steps_per_iteration(self) -> int:
@@ -354,12 +395,11 @@ class _Online:
             or (self.kl_in == "reward" and config.kl_coef > 0))
         self._kl_sum = self._kl_n = 0.0
         self._pending_kl = False
-        if config.algo == "online_dpo":
+        if config.algo == "online_dpo":  # a pairwise spec: checked with the config
             self.pair_loss = losses.combine(losses.parse_loss_spec(config.dpo_loss))
-            if self.pair_loss.loss_spec.kind != "pairwise":
-                raise ConfigError(f"dpo_loss={config.dpo_loss!r} is not a pairwise loss")
         self.iterations: list[dict[str, Any]] = []
         self.log_path = Path(config.output_dir) / "rollouts.jsonl"
+        self._log_opened = False
         world = accelerator.num_processes
         if config.prompts_per_iteration % world:
             raise ConfigError(f"prompts_per_iteration={config.prompts_per_iteration} must be "
@@ -428,6 +468,12 @@ class _Online:
     # ---- one iteration's rollout -> micro-batches
     def collect(self, iteration: int) -> list[dict[str, Any]]:
         cfg = self.cfg
+        if not self._log_opened:
+            # the first iteration of this call: a resumed run replays it, so the lines a killed
+            # run wrote for it and later ones go (a fresh start found the file cleared)
+            self._log_opened = True
+            if self.acc.is_main_process:
+                keep_records_up_to(self.log_path, "iteration", iteration - 1)
         prompts, offset = self._iteration_prompts(iteration)
         g = cfg.num_generations
         seed = cfg.seed * 1_000_003 + iteration
@@ -635,7 +681,8 @@ class _Online:
                 random.Random(cfg.seed * 31 + iteration * 101 + epoch).shuffle(order)
             for m in range(n_micro):
                 part = [items[i] for i in order[m::n_micro]]
-                out.append({**self._collate(part), "first_pass": epoch == 0})
+                out.append({**self._collate(part), "first_pass": epoch == 0,
+                            "closes_first_pass": epoch == 0 and m == n_micro - 1})
         return out
 
     def _collate(self, part: list[dict]) -> dict[str, Any]:
@@ -661,6 +708,16 @@ class _Online:
 
     # ---- the step
     def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        """One micro-batch's loss (:meth:`_step`); after the last micro-batch of a rollout's
+        first pass the KL it measured is final (:meth:`finalize_kl`): recorded before the
+        optimizer step and the iteration's checkpoint, so the checkpoint holds the controller
+        that iteration left (and a blow-up stops the run before the update)."""
+        out = self._step(model, batch)
+        if batch.get("closes_first_pass"):
+            self.finalize_kl()
+        return out
+
+    def _step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         lp, values = model(batch["packed"])
         mask = batch["mask"]
         rows = mask.shape[0]
@@ -761,6 +818,15 @@ class _RolloutStream:
     def __iter__(self):
         return iter(self.online.collect(self.iteration))
 
+    def skip(self, n: int):
+        """A resume: the iteration's micro-batches after the first ``n``. Checkpoints fall on
+        iteration boundaries, so ``n`` is all of them: the iteration is done, nothing is
+        sampled (sampling it again would waste a rollout and log the iteration twice)."""
+        cfg = self.online.cfg
+        if n >= cfg.steps_per_iteration * cfg.gradient_accumulation_steps:
+            return iter(())
+        return itertools.islice(iter(self), n, None)
+
 
 # ----------------------------------------------------------------------------- the run
 
@@ -852,8 +918,12 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     online = _Online(config, module, tokenizer, reward, prompts, accelerator, reference, shaping,
                      monitor, max_prompt_length=config.resolved_max_prompt_length(model))
     module.train()
+    # what changes from iteration to iteration besides the weights: kept in every checkpoint
+    state = {"kl_controller": online.kl_ctl}
+    if isinstance(getattr(shaping, "moments", None), rl.RunningMoments):
+        state["reward_moments"] = shaping.moments
     result = fit(module, online.step, _RolloutStream(online), config, accelerator=accelerator,
-                 callbacks=callbacks)
+                 callbacks=callbacks, state=state)
     online.finalize_kl()
     if online.truncation["prompts_truncated"]:
         warnings.warn(f"{online.truncation['prompts_truncated']} sampled prompts were longer "

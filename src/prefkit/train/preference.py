@@ -33,7 +33,15 @@ import torch
 from .. import losses
 from ..models.logprobs import sequence_logps
 from ..models.packing import PromptGroup, pack_groups, truncate_groups
-from .config import AT_LEAST_1, FRACTION, POSITIVE, LoopConfig, config_help, option
+from .config import (
+    AT_LEAST_1,
+    DTYPES,
+    FRACTION,
+    POSITIVE,
+    LoopConfig,
+    config_help,
+    option,
+)
 from .loop import Callback, FitResult, StepOutput, build_dataloader, fit, make_accelerator
 from .loss_spec import POLICY_KINDS, check_loss_spec
 from .preference_data import DataReport, PreferenceExample, records_to_examples
@@ -74,7 +82,7 @@ class PreferenceConfig(LoopConfig):
     lora_r: int = option("LoRA rank.", 8, bounds=AT_LEAST_1)
     lora_alpha: int = option("LoRA alpha (scale alpha / r).", 16, bounds=POSITIVE)
     dtype: str = option("Weight dtype: float32 or bfloat16.", "float32",
-                        choices=("float32", "bfloat16"))
+                        choices=DTYPES)
     max_length: int = option("Max tokens of prompt + one response (longer responses are cut "
                              "from the right).", 1024, bounds=AT_LEAST_1)
     max_prompt_length: int | None = option("Max prompt tokens (cut from the left).",
