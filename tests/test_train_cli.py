@@ -352,3 +352,24 @@ def test_lora_policy_on_a_model_file_saves_its_base(starter, tmp_path, monkeypat
     policy, tok = load_model(str(tmp_path / "policy"))
     ids = torch.tensor([tok("add: 2 3")["input_ids"]])
     assert torch.isfinite(policy(ids).logits).all()
+
+
+# ------------------------------------------------------------------ item 2: truncation counted
+
+
+@pytest.mark.parametrize("command", [("train", "preference"), ("rm", "train")])
+def test_truncated_prompts_are_counted_in_the_result_and_the_summary(starter, tmp_path,
+                                                                     command):
+    args = [*command, "--model", starter[0], "--data", PAIRS, "--max-steps", "1",
+            "--set", "max_prompt_length=2", "--set", "progress=false", "--set", "save_steps=0"]
+    if command[0] == "train":
+        args += ["--set", "reference_cache=none"]
+    as_json = invoke(*args, "--output-dir", tmp_path / "a", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    truncation = json.loads(as_json.stdout)["truncation"]
+    assert truncation["prompts_truncated"] == truncation["kept"] > 0
+    assert truncation["responses_truncated"] == 0
+    human = invoke(*args, "--output-dir", tmp_path / "b")
+    assert human.exit_code == 0, human.output
+    assert (f"truncation: {truncation['kept']} prompts kept their last max_prompt_length "
+            "tokens") in human.stderr

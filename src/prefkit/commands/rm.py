@@ -125,6 +125,7 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a reward model (prompt computed once per pair or ranking)."""
+    from ..train.preference_data import truncation_note
     from ..train.reward import train_reward
 
     cfg = config_from_cli(RewardConfig, config, flags, set_, as_json)
@@ -138,6 +139,9 @@ def train(
     m = out["metrics"]
     stdout.print(f"trained {out['steps']} steps ({out['objective']}, head {out['head']}): "
                  f"loss {m.get('loss', float('nan')):.4f}, accuracy {m.get('accuracy', '-')}")
+    note = truncation_note(out["truncation"])
+    if note:
+        stderr.print(note, markup=False)
 
 
 @app.command("score")

@@ -16,6 +16,7 @@ import typer
 
 from ..train.online import OnlineConfig
 from ..train.preference import PreferenceConfig
+from ..train.preference_data import truncation_note
 from .common import (
     JsonOpt,
     cli_errors,
@@ -72,6 +73,9 @@ def preference(
     stdout.print(f"trained {out['steps']} steps with {out['loss']} ({out['kind']}): {shown}")
     if out["data"].get("skipped"):
         stderr.print(f"skipped records: {out['data']['skipped']}")
+    note = truncation_note(out["truncation"])
+    if note:
+        stderr.print(note, markup=False)
     if out.get("saved_model"):
         stdout.print(f"policy saved to {out['saved_model']}")
 

@@ -44,7 +44,12 @@ from .config import (
 )
 from .loop import Callback, FitResult, StepOutput, build_dataloader, fit, make_accelerator
 from .loss_spec import POLICY_KINDS, check_loss_spec
-from .preference_data import DataReport, PreferenceExample, records_to_examples
+from .preference_data import (
+    DataReport,
+    PreferenceExample,
+    records_to_examples,
+    truncation_dict,
+)
 from .reference import reference_logps
 
 __all__ = ["PreferenceConfig", "PreferenceResult", "PreferenceTask", "train_preference"]
@@ -266,7 +271,9 @@ def _load_examples(path: str, tokenizer, task: PreferenceTask, config: Preferenc
                                                 dict[str, Any]]:
     from ..data.io import read_records
 
-    examples = records_to_examples(read_records(path), tokenizer, report)
+    examples = records_to_examples(read_records(path), tokenizer, report,
+                                   max_length=config.max_length,
+                                   max_prompt_length=config.max_prompt_length)
     for example in examples:
         problem = task.check_example(example)
         if problem:
@@ -279,12 +286,7 @@ def _load_examples(path: str, tokenizer, task: PreferenceTask, config: Preferenc
     if trunc.n_skipped:
         warnings.warn(f"{path}: {trunc.summary()}", stacklevel=2)
     examples = [examples[i] for i in trunc.kept_indices]
-    return examples, kept, _truncation_dict(trunc)
-
-
-def _truncation_dict(report) -> dict[str, Any]:
-    return {"kept": report.n_kept, "skipped": report.n_skipped,
-            "skipped_records": [dataclasses.asdict(s) for s in report.skipped[:20]]}
+    return examples, kept, truncation_dict(trunc)
 
 
 def _shadows(groups: list[PromptGroup], seed: int) -> list[PromptGroup]:

@@ -12,18 +12,39 @@ cannot put prompt text into a completion). EOS is appended to every completion.
 
 Records that cannot train are skipped and counted in :class:`DataReport` (ties and "both bad"
 comparisons, rankings with fewer than two ranked responses, empty completions) -- never silently.
+
+Memory is bounded by the length budget, not by the size of a record: given the budgets of
+:func:`length_budgets`, a prompt is tokenized through a window of its last characters and each
+response through a window of its first (:func:`prefkit.models.bounded.bound_text`), so a 10 MB
+prompt costs what a few thousand characters do. The truncation that follows
+(:func:`prefkit.models.packing.truncate_groups`: prompt from the left, responses from the
+right) keeps the same tokens as it would from the whole texts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.records import Binary, Comparison, Outcome, Ranking
+from ..models.bounded import bound_text
 
-__all__ = ["DataReport", "PreferenceExample", "records_to_examples", "tokenize_example"]
+__all__ = ["DataReport", "PreferenceExample", "length_budgets", "records_to_examples",
+           "tokenize_example", "truncation_dict", "truncation_note"]
+
+
+def length_budgets(max_length: int | None, max_prompt_length: int | None
+                   ) -> tuple[int | None, int | None]:
+    """``(prompt tokens, response tokens)`` that :func:`~prefkit.models.packing.truncate_groups`
+    can keep under ``max_length`` (prompt + one response) and ``max_prompt_length``: the prompt
+    keeps at most ``max_prompt_length`` tokens, or -- when that is None -- fewer than
+    ``max_length`` (a longer prompt leaves no room and its record is skipped either way); a
+    response keeps fewer than ``max_length``. None: no limit."""
+    prompt = max_prompt_length if max_prompt_length is not None else max_length
+    return prompt, max_length
 
 
 @dataclass(slots=True)
@@ -114,9 +135,16 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def tokenize_example(tokenizer, prompt, responses: list, *, index: int = 0,
                      record_id: str | None = None, scores: list[float] | None = None,
-                     label: bool | None = None) -> PreferenceExample:
+                     label: bool | None = None, max_prompt_tokens: int | None = None,
+                     max_response_tokens: int | None = None) -> PreferenceExample:
     """Tokenize one prompt group (module docstring). Completions may come out empty (e.g. an
-    empty response): callers skip those."""
+    empty response): callers skip those. ``max_prompt_tokens`` / ``max_response_tokens``
+    (:func:`length_budgets`): only what a truncation to that many tokens keeps is tokenized
+    (prompt: its end; responses: their start), plus a margin; the ids then hold at least the
+    tokens the truncation keeps, equal to those of the whole text."""
+    prompt = bound_text(tokenizer, prompt, max_prompt_tokens, keep="tail")[0]
+    responses = [bound_text(tokenizer, r, max_response_tokens, keep="head")[0]
+                 for r in responses]
     rendered = [_render(tokenizer, prompt, r) for r in responses]
     prompt_text, conversational = rendered[0][0], rendered[0][2]
     special = not conversational  # chat templates already carry their special tokens
@@ -137,9 +165,13 @@ def tokenize_example(tokenizer, prompt, responses: list, *, index: int = 0,
                              label=label)
 
 
-def records_to_examples(records: Iterable, tokenizer, report: DataReport | None = None
+def records_to_examples(records: Iterable, tokenizer, report: DataReport | None = None, *,
+                        max_length: int | None = None, max_prompt_length: int | None = None
                         ) -> list[PreferenceExample]:
-    """Tokenize every usable record (module docstring); the rest are counted in ``report``."""
+    """Tokenize every usable record (module docstring); the rest are counted in ``report``.
+    ``max_length`` / ``max_prompt_length``: the truncation that will follow (bounds the text
+    tokenized, :func:`length_budgets`)."""
+    prompt_budget, response_budget = length_budgets(max_length, max_prompt_length)
     report = report if report is not None else DataReport()
     out = []
     for index, record in enumerate(records):
@@ -154,7 +186,8 @@ def records_to_examples(records: Iterable, tokenizer, report: DataReport | None 
             continue
         example = tokenize_example(tokenizer, prompt, responses, index=index,
                                    record_id=getattr(record, "id", None), scores=scores,
-                                   label=label)
+                                   label=label, max_prompt_tokens=prompt_budget,
+                                   max_response_tokens=response_budget)
         eos = tokenizer.eos_token_id
         if any(not r or r == [eos] for r in example.response_ids):
             report.skip("empty_completion", index)
@@ -162,3 +195,28 @@ def records_to_examples(records: Iterable, tokenizer, report: DataReport | None 
         out.append(example)
         report.used += 1
     return out
+
+
+def truncation_dict(report: Any) -> dict[str, Any]:
+    """What :func:`~prefkit.models.packing.truncate_groups` did (its ``TruncationReport``), as a
+    training result reports it: groups kept and skipped, prompts and responses cut, the first
+    20 skipped records with their reasons."""
+    return {"kept": report.n_kept, "skipped": report.n_skipped,
+            "prompts_truncated": report.n_prompt_truncated,
+            "responses_truncated": report.n_response_truncated,
+            "skipped_records": [dataclasses.asdict(s) for s in report.skipped[:20]]}
+
+
+def truncation_note(truncation: dict[str, Any]) -> str | None:
+    """One line for a person about a :func:`truncation_dict` (None when nothing was cut or
+    skipped)."""
+    parts = []
+    if truncation.get("prompts_truncated"):
+        parts.append(f"{truncation['prompts_truncated']} prompts kept their last "
+                     "max_prompt_length tokens")
+    if truncation.get("responses_truncated"):
+        parts.append(f"{truncation['responses_truncated']} records had responses cut to fit "
+                     "max_length")
+    if truncation.get("skipped"):
+        parts.append(f"{truncation['skipped']} records did not fit and were skipped")
+    return "truncation: " + "; ".join(parts) if parts else None

@@ -47,7 +47,7 @@ from .config import (
 )
 from .loop import Callback, FitResult, StepOutput, build_dataloader, fit, make_accelerator
 from .loss_spec import check_loss_spec
-from .preference_data import DataReport, tokenize_example
+from .preference_data import DataReport, length_budgets, tokenize_example, truncation_dict
 
 __all__ = ["RewardConfig", "RewardResult", "RewardTask", "train_reward"]
 
@@ -109,11 +109,12 @@ class RewardResult:
     head: str
     model: Any = field(repr=False, default=None)
     tokenizer: Any = field(repr=False, default=None)
+    truncation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.fit.steps, "metrics": self.fit.metrics, "objective": self.objective,
-                "head": self.head, "data": self.data, "checkpoints": self.fit.checkpoints,
-                "seconds": round(self.fit.seconds, 3)}
+                "head": self.head, "data": self.data, "truncation": self.truncation,
+                "checkpoints": self.fit.checkpoints, "seconds": round(self.fit.seconds, 3)}
 
 
 # --------------------------------------------------------------------------- data
@@ -142,8 +143,12 @@ def _attribute_names(records: list) -> list[str]:
 
 def records_to_rm_examples(records: Sequence, tokenizer, *, kind_needed: str, keep_ties: bool,
                            attributes: list[str], margin_from_strength: bool,
-                           report: DataReport) -> list[RMExample]:
-    """Tokenize the records an objective can learn from; count the others in ``report``."""
+                           report: DataReport, max_length: int | None = None,
+                           max_prompt_length: int | None = None) -> list[RMExample]:
+    """Tokenize the records an objective can learn from; count the others in ``report``.
+    ``max_length`` / ``max_prompt_length``: the truncation that will follow; only the text it
+    can keep is tokenized (:func:`~prefkit.train.preference_data.length_budgets`)."""
+    prompt_budget, response_budget = length_budgets(max_length, max_prompt_length)
     out: list[RMExample] = []
     for index, record in enumerate(records):
         report.read += 1
@@ -177,7 +182,9 @@ def records_to_rm_examples(records: Sequence, tokenizer, *, kind_needed: str, ke
             report.skip(f"unsupported_{getattr(record, 'kind', type(record).__name__)}"
                         f"_for_{kind_needed}", index)
             continue
-        tokens = tokenize_example(tokenizer, record.prompt, responses, index=index)
+        tokens = tokenize_example(tokenizer, record.prompt, responses, index=index,
+                                  max_prompt_tokens=prompt_budget,
+                                  max_response_tokens=response_budget)
         if any(not r or r == [tokenizer.eos_token_id] for r in tokens.response_ids):
             report.skip("empty_completion", index)
             continue
@@ -292,11 +299,14 @@ class RewardTask:
 
 
 def _load(path: str, records: list, tokenizer, task: RewardTask, config: RewardConfig,
-          attributes: list[str], report: DataReport) -> list[RMExample]:
-    """Tokenize and truncate the records of ``path`` the objective can learn from."""
+          attributes: list[str], report: DataReport
+          ) -> tuple[list[RMExample], dict[str, Any]]:
+    """Tokenize and truncate the records of ``path`` the objective can learn from; returns
+    them and what the truncation did (:func:`~prefkit.train.preference_data.truncation_dict`)."""
     examples = records_to_rm_examples(
         records, tokenizer, kind_needed=task.data_kind, keep_ties=task.keep_ties,
-        attributes=attributes, margin_from_strength=config.margin_from_strength, report=report)
+        attributes=attributes, margin_from_strength=config.margin_from_strength, report=report,
+        max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     if not examples:
         raise ValueError(f"{path}: no records objective {task.spec.name!r} can learn from "
                          f"(it needs {task.data_kind}; {report.to_dict()})")
@@ -310,7 +320,7 @@ def _load(path: str, records: list, tokenizer, task: RewardTask, config: RewardC
     for i, group in zip(trunc.kept_indices, kept, strict=True):
         examples[i].group = group
         out.append(examples[i])
-    return out
+    return out, truncation_dict(trunc)
 
 
 def train_reward(config: RewardConfig, *, model: torch.nn.Module | None = None,
@@ -345,11 +355,12 @@ def train_reward(config: RewardConfig, *, model: torch.nn.Module | None = None,
     task.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     accelerator = make_accelerator(config)
     report = DataReport()
-    examples = _load(config.data, records, tokenizer, task, config, attributes, report)
+    examples, truncation = _load(config.data, records, tokenizer, task, config, attributes,
+                                 report)
     eval_examples: list[RMExample] = []
     if config.eval_data:
-        eval_examples = _load(config.eval_data, list(read_records(config.eval_data)), tokenizer,
-                              task, config, attributes, DataReport())
+        eval_examples, _ = _load(config.eval_data, list(read_records(config.eval_data)),
+                                 tokenizer, task, config, attributes, DataReport())
     elif config.eval_fraction > 0:
         order = list(range(len(examples)))
         random.Random(config.seed).shuffle(order)
@@ -366,4 +377,4 @@ def train_reward(config: RewardConfig, *, model: torch.nn.Module | None = None,
     data = report.to_dict() | {"train": len(examples), "eval": len(eval_examples),
                                "attributes": attributes}
     return RewardResult(fit=result, data=data, objective=task.spec.name, head=head, model=model,
-                        tokenizer=tokenizer)
+                        tokenizer=tokenizer, truncation=truncation)
