@@ -21,8 +21,14 @@
 A directory may also hold LoRA adapters (``adapter_config.json``, as :func:`save_model` writes
 them): the base model is loaded from the path the adapters record, which :func:`save_model`
 makes absolute (or from ``base_model/`` inside the folder, where :func:`save_model` puts a base
-that exists only in memory), then the adapters on top; so a saved policy loads from any working
-directory.
+that exists only in memory), so a saved policy loads from any working directory. The adapters
+are then MERGED into the base weights (``W + (alpha / r) B A``): the loaded model is a plain
+model that computes what the saved policy computes (to float rounding; in the weight dtype),
+every weight trainable like any checkpoint's. Continuing to train a saved LoRA policy thus
+starts from that policy: with ``lora=`` NEW adapters go on top of the merged weights, and
+:func:`reference_context` (adapters disabled) gives the saved policy back -- the reference of a
+run that continues it is its starting point, not the bare base, and there is still no second
+copy in memory. (Saving such a model stores the merged weights as its base: ``base_model/``.)
 
 Nothing is ever downloaded. LoRA (peft) is optional; :func:`reference_context` turns the
 adapters off so the same weights serve as the frozen reference model.
@@ -215,7 +221,7 @@ def load_model(
                 attn_implementation=attn_implementation,
             )
             if adapters:
-                model.load_adapter(str(path.resolve()))
+                model = _merge_adapters(model, path)
         elif path.suffix.lower() in CONFIG_SUFFIXES:
             data = _read_model_file(path)
             tokenizer_dir = (path.parent / str(data["tokenizer"])).resolve()
@@ -238,6 +244,21 @@ def load_model(
         if lora is not None:
             model = apply_lora(model, lora)
     return model, tokenizer
+
+
+def _merge_adapters(model: PreTrainedModel, folder: Path) -> PreTrainedModel:
+    """``model`` (the base) with the LoRA adapters saved in ``folder`` merged into its weights
+    (module docstring): a plain model, every parameter trainable. Its ``name_or_path`` is
+    cleared -- the merged weights exist on no disk -- so :func:`save_model` stores them as the
+    base of adapters trained on top."""
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(model, str(folder.resolve())).merge_and_unload()
+    merged.config._name_or_path = ""
+    merged.name_or_path = ""
+    for p in merged.parameters():
+        p.requires_grad_(True)
+    return merged
 
 
 def _adapter_base(folder: Path) -> Path:
@@ -293,7 +314,11 @@ def save_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase | None,
 def reference_context(model: nn.Module) -> contextlib.AbstractContextManager:
     """Context in which ``model`` acts as its own reference: LoRA adapters disabled.
 
-    A no-op for models without peft adapters. Unwraps DDP-style ``.module`` wrappers.
+    A no-op for models without peft adapters (then the caller keeps the starting weights: a
+    frozen copy, or log-probs computed before the first update). For a saved LoRA policy
+    loaded by :func:`load_model` the saved adapters are part of the (merged) weights, so the
+    reference is that policy, also when new adapters train on top. Unwraps DDP-style
+    ``.module`` wrappers.
     """
     from peft import PeftModel
 

@@ -209,8 +209,8 @@ class OnlineConfig(LoopConfig):
                            "arguments: 'ipo', 'dpo(label_smoothing=0.1)').", "dpo")
     raft_keep: int = option("RAFT: samples kept per prompt (the best by reward).", 1,
                             bounds=AT_LEAST_1)
-    lora: bool = option("Train LoRA adapters (the reference is the model with them disabled).",
-                        False)
+    lora: bool = option("Train new LoRA adapters; the reference is the model as loaded (them "
+                        "disabled; a saved LoRA policy loads with its adapters merged).", False)
     lora_r: int = option("LoRA rank.", 16, bounds=AT_LEAST_1)
     lora_alpha: int = option("LoRA alpha.", 32, bounds=POSITIVE)
     dtype: str = option("Model weights dtype: float32 or bfloat16.", "float32", choices=DTYPES)

@@ -82,8 +82,9 @@ class PreferenceConfig(LoopConfig):
     reference_cache: str | None = option("Folder for cached reference log-probs ('none' to "
                                          "disable; default ~/.cache/prefkit/reference).",
                                          identity=False)
-    lora: bool = option("Train LoRA adapters (peft) instead of all weights; the reference is "
-                        "the base model (adapters disabled).", False)
+    lora: bool = option("Train new LoRA adapters (peft) instead of all weights; the reference "
+                        "is the model as loaded (adapters disabled). A saved LoRA policy loads "
+                        "with its adapters merged, so it is its own reference.", False)
     lora_r: int = option("LoRA rank.", 8, bounds=AT_LEAST_1)
     lora_alpha: int = option("LoRA alpha (scale alpha / r).", 16, bounds=POSITIVE)
     dtype: str = option("Weight dtype: float32 or bfloat16.", "float32",
