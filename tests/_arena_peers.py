@@ -7,6 +7,10 @@ Also a generator of small Chatbot-Arena battle records with ``conv_metadata`` st
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
+import functools
+import multiprocessing
 import os
 
 import numpy as np
@@ -121,7 +125,7 @@ def arena_rank_frame(records):
 CONVERGED = {"ftol": 1e-14, "gtol": 1e-12}
 
 
-def arena_rank_style(records, ci_method="sandwich"):
+def _arena_rank_style_here(records, ci_method="sandwich"):
     """arena-rank's contextual Bradley-Terry with its defaults (converged): dict name ->
     (rating, lower, upper) on the Elo scale, and the coefficients."""
     from arena_rank.models.contextual_bradley_terry import ContextualBradleyTerry
@@ -135,7 +139,7 @@ def arena_rank_style(records, ci_method="sandwich"):
     return _by_name(out), np.asarray(out["coeffs"])
 
 
-def arena_rank_bt(records, ci_method="sandwich"):
+def _arena_rank_bt_here(records, ci_method="sandwich"):
     """arena-rank's Bradley-Terry with its defaults (converged): dict name -> (rating, lower,
     upper)."""
     import pandas as pd
@@ -152,3 +156,25 @@ def _by_name(out):
     return {m: (float(r), float(lo), float(hi)) for m, r, lo, hi in
             zip(out["competitors"], out["ratings"], out["rating_lower"], out["rating_upper"],
                 strict=True)}
+
+
+# arena-rank runs on JAX, which starts threads when it is imported; a process that later forks
+# (prefkit's parallel validation, a fork-based pool in another test) can then deadlock. The peer
+# therefore runs in ONE spawned worker process, reused by every test of the session, and JAX is
+# never imported into the pytest process.
+@functools.lru_cache(maxsize=1)
+def _peer_worker() -> concurrent.futures.ProcessPoolExecutor:
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    atexit.register(pool.shutdown)
+    return pool
+
+
+def arena_rank_style(records, ci_method="sandwich"):
+    """:func:`_arena_rank_style_here` in the spawned peer process."""
+    return _peer_worker().submit(_arena_rank_style_here, records, ci_method).result()
+
+
+def arena_rank_bt(records, ci_method="sandwich"):
+    """:func:`_arena_rank_bt_here` in the spawned peer process."""
+    return _peer_worker().submit(_arena_rank_bt_here, records, ci_method).result()
