@@ -373,3 +373,18 @@ def test_truncated_prompts_are_counted_in_the_result_and_the_summary(starter, tm
     assert human.exit_code == 0, human.output
     assert (f"truncation: {truncation['kept']} prompts kept their last max_prompt_length "
             "tokens") in human.stderr
+
+
+def test_online_reads_the_prompts_before_loading_the_model(starter, tmp_path, monkeypatch):
+    import prefkit.train.online as online
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the prompts were read")
+
+    monkeypatch.setattr(online, "resolve_model", no_loading)
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": 3}\n')
+    result = invoke("train", "online", "--model", starter[0], "--prompts", bad,
+                    "--reward", "gold:sort", "--output-dir", tmp_path / "run", "--json")
+    assert result.exit_code == 2, result.output
+    assert str(bad) in error(result) and "2" in error(result)

@@ -143,7 +143,9 @@ def interrupted(exc: KeyboardInterrupt, as_json: bool) -> typer.Exit:
     ctx = getattr(exc, "context", None)
     info: dict[str, Any] = {"ok": False, "interrupted": True}
     if step is None:
-        message = "interrupted before training started" if ctx is not None else "interrupted"
+        detail = str(exc)
+        message = ("interrupted before training started" if ctx is not None
+                   else detail or "interrupted")
     else:
         checkpoint = exc.checkpoint
         info |= {"step": step, "total_steps": exc.total, "output_dir": exc.output_dir,

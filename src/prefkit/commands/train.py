@@ -125,8 +125,8 @@ def online(
     cfg = config_from_cli(OnlineConfig, config, flags, set_, as_json,
                           required=("model", "prompts", "reward"), check_output_dir=False)
     try:
+        prompt_list = resolve_prompts(cfg.prompts, seed=cfg.seed)  # bad prompts: before loading
         policy, tokenizer = resolve_model(cfg)
-        prompt_list = resolve_prompts(cfg.prompts, seed=cfg.seed)
         source = ("self" if cfg.reward == "self"
                   else reward_from_spec(cfg.reward, tokenizer=tokenizer))
     except (ValueError, FileNotFoundError) as exc:

@@ -38,6 +38,9 @@ from ..losses import rl
 from ..models.packing import PromptGroup
 from .scoring import packed_outputs
 
+#: ``RewardShaping.normalize`` values (also ``OnlineConfig.reward_normalization``).
+REWARD_NORMALIZATIONS = ("none", "batch", "running")
+
 __all__ = [
     "BTPreference",
     "FunctionReward",
@@ -228,7 +231,7 @@ class RewardShaping:
     clip: float | None = None
 
     def __post_init__(self) -> None:
-        if self.normalize not in ("none", "batch", "running"):
+        if self.normalize not in REWARD_NORMALIZATIONS:
             raise ValueError(f"normalize must be none, batch or running, got {self.normalize!r}")
         self.moments = rl.RunningMoments()
 

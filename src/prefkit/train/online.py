@@ -73,6 +73,7 @@ from ..losses import rl
 from ..models.bounded import preview
 from ..models.logprobs import sequence_logps
 from ..models.packing import pack_groups
+from ..rewards.sources import REWARD_NORMALIZATIONS
 from .checkpoint import list_checkpoints
 from .config import (
     AT_LEAST_1,
@@ -114,8 +115,6 @@ class OnlineTrainingError(RuntimeError):
 
 
 LOOP_HELP = config_help(LoopConfig)
-REWARD_NORMALIZATIONS = ("none", "batch", "running")
-"""Values of ``reward_normalization`` (:class:`prefkit.rewards.sources.RewardShaping`)."""
 UNIT = Bounds(0, 1)
 """[0, 1]: discount and GAE lambda."""
 PROBABILITY = Bounds(0, 1, low_open=True)
