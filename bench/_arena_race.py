@@ -58,19 +58,36 @@ def _width_rel_diff(ours: dict, theirs: dict) -> float:
                for m in theirs)
 
 
-def race(path: Path, *, rounds: int, style: bool) -> dict:
-    """Both interval methods, prefkit first then arena-rank for each; then the checks."""
+REPEATS = {"sandwich": 5, "bootstrap": 1}
+"""Timed runs per side: the median counts. Runs alternate prefkit, arena-rank, prefkit, ...
+On this kind of machine (a VM whose host reclaims freed memory) the first process after a
+pause pays ~1 s of extra page faults whatever it runs, more than prefkit's whole sandwich run
+takes; alternating repeated runs gives both sides the same conditions. The bootstrap runs
+(tens of seconds to minutes) run once each."""
+
+
+def race(path: Path, *, rounds: int, style: bool, repeats: dict[str, int] | None = None
+         ) -> dict:
+    """Both interval methods, prefkit and arena-rank alternating (:data:`REPEATS` runs each,
+    the median time counts); then the checks."""
     runs = {}
     flag = ["--style"] if style else []
     same_draws = None
     for ci in ("sandwich", "bootstrap"):
         cmd = [*_prefkit_cmd(), "arena", "rank", str(path), "--ci", ci, "--bootstrap",
                str(rounds), "--json"] + (["--style-control"] if style else [])
-        t_ours, ours = _run(cmd)
-        t_peer, peer = _run([sys.executable, str(HERE / "_arena_rank_child.py"), str(path),
-                             "--ci", ci, "--rounds", str(rounds), *flag])
-        runs[ci] = {"ours": (t_ours, _prefkit_board(ours, style), ours),
-                    "peer": (t_peer, _peer_board(peer), peer)}
+        peer_cmd = [sys.executable, str(HERE / "_arena_rank_child.py"), str(path), "--ci", ci,
+                    "--rounds", str(rounds), *flag]
+        times_ours, times_peer = [], []
+        for _ in range((repeats or REPEATS)[ci]):
+            t_ours, ours = _run(cmd)
+            t_peer, peer = _run(peer_cmd)
+            times_ours.append(t_ours)
+            times_peer.append(t_peer)
+        runs[ci] = {"ours": (float(np.median(times_ours)), _prefkit_board(ours, style), ours),
+                    "peer": (float(np.median(times_peer)), _peer_board(peer), peer),
+                    "times": {"prefkit": [round(t, 3) for t in times_ours],
+                              "peer": [round(t, 3) for t in times_peer]}}
     _, same_draws = _run([sys.executable, str(HERE / "_arena_same_draws.py"), str(path),
                           "--rounds", str(rounds), *flag])
     converged = dict(zip(same_draws["models"], same_draws["converged_rating"], strict=True))
@@ -81,6 +98,7 @@ def race(path: Path, *, rounds: int, style: bool) -> dict:
         entry = {
             "prefkit_seconds": round(t_ours, 3),
             "peer_seconds": round(t_peer, 3),
+            "runs_seconds": run["times"],
             "peer_stage_seconds": peer_raw["stages"],
             "ratio": round(t_peer / t_ours, 2),
             "max_abs_elo_diff_vs_converged_peer": round(

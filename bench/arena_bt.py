@@ -114,7 +114,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "votes.parquet"
         write_battles(path, n_items, n_votes, tie_rate=0.05)
-        runs = race(path, rounds=rounds, style=False)
+        runs = race(path, rounds=rounds, style=False,
+                    repeats={"sandwich": 3, "bootstrap": 1} if args.quick else None)
         second = sklearn_row(path, rounds, rounds)
     result = {
         "bench": "arena_bt", "votes": n_votes, "models": n_items, "tie_rate": 0.05,

@@ -42,7 +42,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "votes.parquet"
         write_battles(path, n_items, n_votes, style=True)
-        runs = race(path, rounds=rounds, style=True)
+        runs = race(path, rounds=rounds, style=True,
+                    repeats={"sandwich": 3, "bootstrap": 1} if args.quick else None)
     result = {
         "bench": "arena_style", "votes": n_votes, "models": n_items,
         "features": ["sum_assistant_tokens", "header_count", "list_count", "bold_count"],

@@ -208,3 +208,33 @@ def test_inverse_pair_weights_and_feature_names():
         x, mean, std = style_covariates(ca, cb, offset=offset)
         assert np.allclose(x[:, 0] * std + mean, raw)
         assert x.mean() == pytest.approx(0) and x.std() == pytest.approx(1)
+
+
+@pytest.mark.parametrize("settings", [ARENA_RANK, FASTCHAT], ids=["arena-rank", "fastchat"])
+def test_bootstrap_rounds_are_the_fits_of_their_resamples(data, settings):
+    """A round steps with the full data's information (not its own Hessian): it must land on
+    the same estimate as Newton's method on that resample (the same multinomial draws)."""
+    from prefkit.rank.style import bootstrap_bt_style
+
+    fit, x = _fit(data, settings)
+    n, rows = len(data["names"]), len(data["a"])
+    rounds = bootstrap_bt_style(n, data["a"], data["b"], data["y"], x, rounds=3,
+                                settings=settings, seed=7, initial=fit)
+    rng = np.random.default_rng(7)
+    for r in range(3):
+        counts = np.bincount(rng.integers(0, rows, rows), minlength=rows)
+        ref = fit_bt_style(n, data["a"], data["b"], data["y"], x, settings=settings,
+                           weights=counts, tol=1e-12)
+        assert np.max(np.abs(rounds[r] - ref.params)) * ELO < 1e-3
+    assert np.ptp(rounds, axis=0).max() > 0  # the rounds differ (resampled, not the fit)
+
+
+def test_inverse_pair_weights_without_a_count_per_pair():
+    """Many models and few votes: the sort-based count gives the same weights."""
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 3000, 500), rng.integers(0, 3000, 500)
+    a[:50], b[:50] = 1, 2
+    w = inverse_pair_weights(a, b, 1)
+    key = np.minimum(a, b) * 3000 + np.maximum(a, b)
+    per_vote = np.array([np.sum(key == k) for k in key], dtype=float)
+    assert np.allclose(w, (1 / per_vote) / (1 / per_vote).mean())

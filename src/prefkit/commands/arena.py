@@ -197,7 +197,8 @@ def _rank_bt(votes, ties, bootstrap, ci, style, alpha, anchor, min_votes, seed, 
 
         result["style_control"] = style_board(votes, arrays, board.rating,
                                               convention=style["convention"], ci=ci,
-                                              bootstrap=bootstrap, seed=seed, anchor=anchor_at)
+                                              bootstrap=bootstrap, seed=seed, anchor=anchor_at,
+                                              plain=(counts, board.params))
     if plot:
         result["plot"] = _plot_board(plot, models, board.rating, board.ci_low, board.ci_high,
                                      f"Bradley-Terry ({ties} ties)", ci)

@@ -39,10 +39,13 @@ def read_style_votes(votes: str, features: list[str] | None):
 
 
 def style_board(votes: str, arrays, plain_rating: np.ndarray, *, convention: str, ci: str,
-                bootstrap: int, seed: int, anchor: tuple[int, float] | None) -> dict[str, Any]:
+                bootstrap: int, seed: int, anchor: tuple[int, float] | None,
+                plain: tuple[Any, np.ndarray] | None = None) -> dict[str, Any]:
     """Ratings with the style covariates of ``arrays`` (:func:`read_style_votes`) regressed
     out, next to the uncontrolled ones; votes without every feature are left out (and
-    counted)."""
+    counted). ``plain``: the uncontrolled fit's pair counts and parameters, reused when every
+    vote is used (the counts for the existence check; the parameters as the starting point,
+    which saves Newton steps)."""
     from ..rank import aggregate_pairwise, normal_intervals, to_elo
     from ..rank.bt import mle_exists
     from ..rank.leaderboard import FALLBACK_ALPHA
@@ -61,10 +64,15 @@ def style_board(votes: str, arrays, plain_rating: np.ndarray, *, convention: str
     if not usable.any():
         raise ValueError(f"{votes}: no vote has all of the style features {', '.join(names)}")
     settings = STYLE_CONVENTIONS[convention]
-    x, _, _ = style_covariates(side_a[usable], side_b[usable], offset=settings.ratio_offset)
-    a, b, o = arrays.a[usable], arrays.b[usable], arrays.outcome[usable]
+    if usable.all():  # no copies of a million rows when every vote has every feature
+        a, b, o = arrays.a, arrays.b, arrays.outcome
+    else:
+        side_a, side_b = side_a[usable], side_b[usable]
+        a, b, o = arrays.a[usable], arrays.b[usable], arrays.outcome[usable]
+    x, _, _ = style_covariates(side_a, side_b, offset=settings.ratio_offset)
     # models without a usable vote get no style-controlled rating; the rest are renumbered
-    present = np.union1d(a, b)
+    present = np.flatnonzero(np.bincount(a, minlength=len(models))
+                             + np.bincount(b, minlength=len(models)))  # no sort
     code = -np.ones(len(models), dtype=np.int64)
     code[present] = np.arange(len(present))
     a, b = code[a], code[b]
@@ -75,8 +83,10 @@ def style_board(votes: str, arrays, plain_rating: np.ndarray, *, convention: str
                          "models": [m for i, m in enumerate(models) if code[i] < 0],
                          "message": "no vote of these models has every style feature: they "
                                     "get no style-controlled rating"})
-    if settings.rating_penalty == 0 and not mle_exists(aggregate_pairwise(a, b, o,
-                                                                          len(present))):
+    every_vote = len(a) == len(arrays.a) and len(present) == len(models)
+    counts = plain[0] if plain is not None and every_vote else None
+    if settings.rating_penalty == 0 and not mle_exists(
+            counts if counts is not None else aggregate_pairwise(a, b, o, len(present))):
         settings = with_rating_prior(settings, FALLBACK_ALPHA, len(a))
         problems.append({"problem": "infinite_mle",
                          "message": "without a penalty the style-controlled ratings are "
@@ -85,7 +95,9 @@ def style_board(votes: str, arrays, plain_rating: np.ndarray, *, convention: str
                                     f"alpha={FALLBACK_ALPHA} keeps them finite"})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        fit = fit_bt_style(len(present), a, b, y, x, settings=settings)
+        start = None if plain is None else (plain[1][present] - plain[1][present].mean(),
+                                            np.zeros(x.shape[1]))
+        fit = fit_bt_style(len(present), a, b, y, x, settings=settings, initial=start)
     problems += [{"problem": "not_converged", "message": str(w.message)} for w in caught]
     anchor_at = None
     if anchor is not None:
