@@ -238,3 +238,14 @@ def test_inverse_pair_weights_without_a_count_per_pair():
     key = np.minimum(a, b) * 3000 + np.maximum(a, b)
     per_vote = np.array([np.sum(key == k) for k in key], dtype=float)
     assert np.allclose(w, (1 / per_vote) / (1 / per_vote).mean())
+
+
+def test_the_step_rule_stops_early_within_a_hundred_thousandth_of_an_elo_point(data):
+    """A fit stops when the step its last Hessian predicts is below STEP_TOL (no Hessian for
+    a step that small): the estimate equals a fit run to a 1e-13 gradient."""
+    x, _, _ = style_covariates(data["ca"], data["cb"])
+    args = (len(data["names"]), data["a"], data["b"], data["y"], x)
+    quick, strict = fit_bt_style(*args), fit_bt_style(*args, tol=1e-13)
+    assert quick.converged and quick.n_iter <= strict.n_iter
+    assert np.max(np.abs(quick.params - strict.params)) * ELO < 1e-5
+    assert np.max(np.abs(quick.style_coef - strict.style_coef)) < 1e-7

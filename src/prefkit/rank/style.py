@@ -288,6 +288,11 @@ def _information(design: _Design, p, w, lam_theta, lam_gamma):
     return info
 
 
+STEP_TOL = 1e-7
+"""A fit has converged when the remaining step is below this in every parameter (logits:
+7e-6 Elo points)."""
+
+
 def _fit_rows(design: _Design, w, lam_theta, lam_gamma, max_iter, tol, initial,
               information=None):
     """Newton's method on the summed objective (penalties already multiplied by ``D``).
@@ -296,22 +301,30 @@ def _fit_rows(design: _Design, w, lam_theta, lam_gamma, max_iter, tol, initial,
     a bootstrap round started there) the steps use it instead of the current Hessian: the same
     fixed point (the gradient is zero), found without rebuilding the Hessian; convergence is
     linear with rate ``||I - information^-1 H||``, a few hundredths for a resample. Without
-    enough progress (a step that does not increase the objective) it falls back to Newton."""
+    enough progress (a step that does not increase the objective) it falls back to Newton.
+
+    Converged: the gradient is below ``tol`` (per 10^4 votes), or the step the last full step's
+    matrix predicts from the new gradient is below :data:`STEP_TOL` in every parameter (for
+    Newton's method that is the remaining distance to second order: the step it would take is
+    not worth another Hessian)."""
     n, d = design.n, design.x.shape[1]
     theta, gamma = ((np.zeros(n), np.zeros(d)) if initial is None
                     else (np.array(initial[0], float), np.array(initial[1], float)))
     factor = None if information is None else np.linalg.inv(information)
     loglik, obj, point = _objective(design, theta, gamma, w, lam_theta, lam_gamma)
     grad, p = _gradient(design, theta, gamma, point, w, lam_theta, lam_gamma)
-    converged, n_iter = False, 0
+    converged, n_iter, last = False, 0, None
+    grad_tol = tol * max(1.0, w.sum() / 1e4)
     for n_iter in range(1, max_iter + 1):
-        if np.max(np.abs(grad)) < tol * max(1.0, w.sum() / 1e4):
+        if np.max(np.abs(grad)) < grad_tol or (
+                last is not None and np.max(np.abs(np.linalg.solve(last, grad))) < STEP_TOL):
             converged, n_iter = True, n_iter - 1
             break
         if factor is not None:
-            step = factor @ grad
+            matrix, step = information, factor @ grad
         else:
-            step = np.linalg.solve(_information(design, p, w, lam_theta, lam_gamma), grad)
+            matrix = _information(design, p, w, lam_theta, lam_gamma)
+            step = np.linalg.solve(matrix, grad)
         t = 1.0
         while True:  # backtracking on the objective alone; derivatives only once accepted
             new_loglik, new_obj, new_point = _objective(design, theta + t * step[:n],
@@ -325,6 +338,7 @@ def _fit_rows(design: _Design, w, lam_theta, lam_gamma, max_iter, tol, initial,
             continue
         theta, gamma, loglik, obj = theta + t * step[:n], gamma + t * step[n:], new_loglik, \
             new_obj
+        last = matrix if t == 1.0 else None
         grad, p = _gradient(design, theta, gamma, new_point, w, lam_theta, lam_gamma)
     return StyleResult(theta - theta.mean(), gamma, n_iter, converged, loglik)
 
