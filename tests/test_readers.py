@@ -398,3 +398,28 @@ def test_text_lines_name_a_non_utf8_file_and_line(tmp_path):
         read_prompts(str(path))
     path.write_bytes(b"\xef\xbb\xbf one \n\n two\r\n")
     assert read_prompts(str(path)) == ["one", "two"]
+
+
+def test_parquet_battles_with_unused_dictionary_values(tmp_path):
+    """A dictionary-encoded Parquet column is read as stored (no re-encoding): values its
+    dictionary holds but no row uses -- even an empty name or an unknown outcome -- are not
+    models, errors or outcomes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prefkit.data.battles import load_battle_arrays
+
+    names = pa.array(["m1", "m2", "ghost", ""])
+    outcomes = pa.array(["model_a", "model_b", "tie", "bogus"])
+
+    def encoded(codes, values):
+        return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), values)
+
+    path = tmp_path / "votes.parquet"
+    pq.write_table(pa.table({"model_a": encoded([0, 1, 0, 1], names),
+                             "model_b": encoded([1, 0, 1, 0], names),
+                             "winner": encoded([0, 1, 2, 0], outcomes)}), path)
+    arrays = load_battle_arrays(str(path))
+    assert arrays.models == ["m1", "m2"]
+    assert arrays.a.tolist() == [0, 1, 0, 1] and arrays.b.tolist() == [1, 0, 1, 0]
+    assert arrays.outcome.tolist() == [0, 1, 2, 0]

@@ -159,9 +159,24 @@ def arrow_numbers(column) -> np.ndarray:
                          offset=column.offset * width)
 
 
+def _dictionary_codes(column) -> tuple[list, np.ndarray, np.ndarray]:
+    """``(values, codes, used)`` of a string column: its distinct values, each row's index
+    into them and which values occur. A column Parquet stored dictionary-encoded is used as it
+    is (its dictionary may hold values no row of this batch uses); only a plain column is
+    encoded, with ``pyarrow.compute`` (importing it costs ~40 ms of a leaderboard's run)."""
+    import pyarrow as pa
+
+    if not pa.types.is_dictionary(column.type):
+        import pyarrow.compute as pc
+
+        column = pc.dictionary_encode(column)
+    codes = arrow_numbers(column.indices)
+    values = column.dictionary.to_pylist()
+    return values, codes, np.bincount(codes, minlength=len(values)) > 0
+
+
 def _parquet_chunks(path, index: dict):
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     source = str(path)
     with open_parquet(path) as pf:
@@ -200,28 +215,24 @@ def _parquet_chunks(path, index: dict):
                                       MISSING_FIELD, row_kind="row")
             codes = []
             for col in ("model_a", "model_b"):
-                enc = pc.dictionary_encode(batch.column(col))
-                dictionary = enc.dictionary.to_pylist()
-                if "" in dictionary:
-                    first = int(np.flatnonzero(
-                        enc.indices.to_numpy(zero_copy_only=False) == dictionary.index(""))[0])
+                names, rows, used = _dictionary_codes(batch.column(col))
+                empty = [k for k, m in enumerate(names) if m == "" and used[k]]
+                if empty:
+                    first = int(np.flatnonzero(rows == empty[0])[0])
                     raise RecordError(source, start + first + 1, col, "a model name",
                                       EMPTY_FIELD, "", row_kind="row")
-                mapping = np.array([index.setdefault(m, len(index)) for m in dictionary],
-                                   dtype=np.int64)
-                codes.append(mapping[arrow_numbers(enc.indices)])
-            enc = pc.dictionary_encode(batch.column(outcome_col))
-            values = enc.dictionary.to_pylist()
-            bad = [v for v in values if v not in WINNER_CODES]
+                mapping = np.array([index.setdefault(m, len(index)) if used[k] else -1
+                                    for k, m in enumerate(names)], dtype=np.int64)
+                codes.append(mapping[rows])
+            values, rows, used = _dictionary_codes(batch.column(outcome_col))
+            bad = [k for k, v in enumerate(values) if used[k] and v not in WINNER_CODES]
             if bad:
-                first = int(np.flatnonzero(
-                    np.isin(enc.indices.to_numpy(zero_copy_only=False),
-                            [values.index(v) for v in bad]))[0])
+                first = int(np.flatnonzero(np.isin(rows, bad))[0])
                 raise RecordError(source, start + first + 1, outcome_col,
                                   "one of model_a, model_b, tie, tie (bothbad)",
-                                  UNKNOWN_OUTCOME, bad[0], row_kind="row")
-            mapping = np.array([WINNER_CODES[v] for v in values], dtype=np.int8)
-            outcome = mapping[arrow_numbers(enc.indices)]
+                                  UNKNOWN_OUTCOME, values[bad[0]], row_kind="row")
+            mapping = np.array([WINNER_CODES.get(v, -1) for v in values], dtype=np.int8)
+            outcome = mapping[rows]
             same = np.flatnonzero(codes[0] == codes[1])
             if len(same):
                 raise RecordError(source, start + int(same[0]) + 1, "model_b",

@@ -24,7 +24,6 @@ def _add_totals(column, out: np.ndarray) -> None:
     """Add to ``out`` (float per row) the number itself, or the sum of a struct's numeric
     leaves (NaN when any leaf, or the value, is missing or not a number)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     kind = column.type
     if pa.types.is_struct(kind):
@@ -32,6 +31,8 @@ def _add_totals(column, out: np.ndarray) -> None:
             _add_totals(column.field(k), out)
     elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
         if column.null_count:
+            import pyarrow.compute as pc
+
             column = pc.cast(column, pa.float64()).fill_null(np.nan)
         np.add(out, arrow_numbers(column), out=out, casting="unsafe")
     else:  # booleans, text, lists: not a count
