@@ -249,3 +249,15 @@ def test_the_step_rule_stops_early_within_a_hundred_thousandth_of_an_elo_point(d
     assert quick.converged and quick.n_iter <= strict.n_iter
     assert np.max(np.abs(quick.params - strict.params)) * ELO < 1e-5
     assert np.max(np.abs(quick.style_coef - strict.style_coef)) < 1e-7
+
+
+def test_fit_with_sandwich_equals_the_separate_covariance(data):
+    fit, x = _fit(data, ARENA_RANK)
+    args = (len(data["names"]), data["a"], data["b"], data["y"], x)
+    both = fit_bt_style(*args, sandwich=True)
+    assert fit.covariance is None and both.covariance is not None
+    assert np.allclose(both.params, fit.params, atol=1e-12)
+    assert np.allclose(both.covariance, style_sandwich_covariance(*args, fit), rtol=1e-9,
+                       atol=1e-15)
+    with pytest.raises(ValueError, match="unweighted"):
+        fit_bt_style(*args, sandwich=True, weights=np.ones(len(data["a"])))

@@ -54,7 +54,6 @@ def style_board(votes: str, arrays, plain_rating: np.ndarray, *, convention: str
         bootstrap_bt_style,
         fit_bt_style,
         style_covariates,
-        style_sandwich_covariance,
         with_rating_prior,
     )
 
@@ -97,7 +96,8 @@ def style_board(votes: str, arrays, plain_rating: np.ndarray, *, convention: str
         warnings.simplefilter("always", RuntimeWarning)
         start = None if plain is None else (plain[1][present] - plain[1][present].mean(),
                                             np.zeros(x.shape[1]))
-        fit = fit_bt_style(len(present), a, b, y, x, settings=settings, initial=start)
+        fit = fit_bt_style(len(present), a, b, y, x, settings=settings, initial=start,
+                           sandwich=ci == "sandwich")
     problems += [{"problem": "not_converged", "message": str(w.message)} for w in caught]
     anchor_at = None
     if anchor is not None:
@@ -108,8 +108,7 @@ def style_board(votes: str, arrays, plain_rating: np.ndarray, *, convention: str
     rating = to_elo(fit.params, anchor=anchor_at)
     low = high = None
     if ci == "sandwich":
-        cov = style_sandwich_covariance(len(present), a, b, y, x, fit, settings=settings)
-        lo, hi = normal_intervals(fit.params, cov,
+        lo, hi = normal_intervals(fit.params, fit.covariance,
                                   anchor=None if anchor_at is None else anchor_at[0])
         low = rating + 400 / np.log(10) * (lo - fit.params)
         high = rating + 400 / np.log(10) * (hi - fit.params)

@@ -107,6 +107,9 @@ class StyleResult:
     converged: bool
     log_likelihood: float
     """Weighted log-likelihood (not divided by ``D``, no penalty)."""
+    covariance: np.ndarray | None = None
+    """Sandwich covariance of ``params`` (``fit_bt_style(..., sandwich=True)``; see
+    :func:`style_sandwich_covariance`)."""
 
 
 def resolve_features(requested: list[str] | None, available: list[str]) -> list[str]:
@@ -347,24 +350,42 @@ def fit_bt_style(
     n_items: int, a: np.ndarray, b: np.ndarray, y: np.ndarray, x: np.ndarray, *,
     settings: StyleSettings = ARENA_RANK, weights: np.ndarray | None = None,
     max_iter: int = 50, tol: float = 1e-8,
-    initial: tuple[np.ndarray, np.ndarray] | None = None,
+    initial: tuple[np.ndarray, np.ndarray] | None = None, sandwich: bool = False,
 ) -> StyleResult:
     """Contextual BT estimate under ``settings`` (see the module docstring; default
     :data:`ARENA_RANK`). ``y`` is 1 when ``a`` won, 0 when ``b`` won, 0.5 for a tie; ``x`` is
     ``[N, d]`` covariates (from :func:`style_covariates`); ``weights`` are multiplicities of
     the rows (frequency weights: ``D`` counts them), on top of the settings' pair weights.
-    Warns when Newton's method does not converge (e.g. a model that never won, without a
-    rating penalty)."""
+    ``sandwich=True`` also computes the estimate's sandwich covariance
+    (:func:`style_sandwich_covariance`, default ridge) from the same prepared votes, into
+    ``result.covariance``. Warns when Newton's method does not converge (e.g. a model that never
+    won, without a rating penalty)."""
+    if sandwich and weights is not None:
+        raise ValueError("sandwich=True needs unweighted votes (weights=None)")
+    design, pair_w = _prepare(n_items, a, b, y, x, settings)
+    result = _fit(design, pair_w, settings, weights, max_iter, tol, initial)
+    if sandwich:
+        result.covariance = _sandwich(design, pair_w, result, settings, None)
+    return result
+
+
+def _prepare(n_items: int, a, b, y, x, settings: StyleSettings
+             ) -> tuple[_Design, np.ndarray]:
+    """The votes laid out for the passes, and their pair weights under ``settings``."""
     design = _Design.build(n_items, a, b, y, x)
+    return design, _row_weights(design.a, design.b, settings)
+
+
+def _fit(design: _Design, pair_w: np.ndarray, settings: StyleSettings, weights, max_iter: int,
+         tol: float, initial) -> StyleResult:
     freq = np.ones(len(design.a)) if weights is None else np.asarray(weights, dtype=float)
     scale = settings.denominator(freq.sum())
-    result = _fit_rows(design, freq * _row_weights(design.a, design.b, settings),
-                       scale * settings.rating_penalty, scale * settings.coef_penalty,
-                       max_iter, tol, initial)
+    result = _fit_rows(design, freq * pair_w, scale * settings.rating_penalty,
+                       scale * settings.coef_penalty, max_iter, tol, initial)
     if not result.converged:
         warnings.warn(f"the style-controlled fit did not converge in {max_iter} Newton steps "
                       "(a model that never won or never lost has no finite rating without a "
-                      "rating penalty)", RuntimeWarning, stacklevel=2)
+                      "rating penalty)", RuntimeWarning, stacklevel=3)
     return result
 
 
@@ -379,12 +400,11 @@ def bootstrap_bt_style(
     there (a resample's Hessian differs from it by O(1/sqrt(votes))): each step costs one
     gradient instead of a Hessian, and the rounds converge to the same tolerance as Newton's
     method (to which a round falls back if a step fails to improve)."""
-    design = _Design.build(n_items, a, b, y, x)
+    design, pair_w = _prepare(n_items, a, b, y, x, settings)
     rng = np.random.default_rng(seed)
     if initial is None:
-        initial = fit_bt_style(n_items, a, b, y, x, settings=settings)
+        initial = _fit(design, pair_w, settings, None, 50, 1e-8, None)
     n_rows = len(design.a)
-    pair_w = _row_weights(design.a, design.b, settings)
     scale = settings.denominator(n_rows)
     lam_theta, lam_gamma = scale * settings.rating_penalty, scale * settings.coef_penalty
     start = (initial.params, initial.style_coef)
@@ -422,9 +442,13 @@ def style_sandwich_covariance(
     covariates that go with particular models leave ``A`` nearly singular, and the ridge also
     narrows the intervals of models with few votes. With ``ridge=0`` the all-ones direction (free
     without a rating penalty) is projected out exactly."""
-    design = _Design.build(n_items, a, b, y, x)
-    n, d, n_rows = n_items, design.x.shape[1], len(design.a)
-    v = _row_weights(design.a, design.b, settings)
+    design, v = _prepare(n_items, a, b, y, x, settings)
+    return _sandwich(design, v, result, settings, ridge)
+
+
+def _sandwich(design: _Design, v: np.ndarray, result: StyleResult, settings: StyleSettings,
+              ridge: float | None) -> np.ndarray:
+    n, d, n_rows = design.n, design.x.shape[1], len(design.a)
     beta = np.concatenate([result.params, result.style_coef])
     p = expit(design.logits(result.params, result.style_coef))
     penalty = settings.denominator(n_rows) * np.r_[np.full(n, settings.rating_penalty),
