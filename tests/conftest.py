@@ -33,3 +33,20 @@ def examples_dir():
     from prefkit.demo import example_path
 
     return example_path()
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures saved during the test, in order (each still inspectable after
+    it is closed)."""
+    import matplotlib.figure
+
+    saved = []
+    original = matplotlib.figure.Figure.savefig
+
+    def record(self, *args, **kwargs):
+        saved.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    return saved

@@ -102,25 +102,15 @@ def test_simulate_out_must_be_a_writable_folder(tmp_path):
 
 
 @pytest.mark.parametrize("ci", ["bootstrap", "sandwich"])
-def test_leaderboard_figure_names_its_interval(votes, tmp_path, monkeypatch, ci):
-    import matplotlib.figure
-
-    saved = []
-    original = matplotlib.figure.Figure.savefig
-
-    def record(self, *args, **kwargs):
-        saved.append(self)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+def test_leaderboard_figure_names_its_interval(votes, tmp_path, drawn, ci):
     result = _arena("rank", votes, "--ci", ci, "--bootstrap", 5, "--plot", tmp_path / "lb.png")
     assert result.exit_code == 0, result.output
-    (fig,) = saved
+    (fig,) = drawn
     assert fig.axes[0].get_xlabel() == f"rating (Elo scale), 95% {ci} interval"
     # the whiskers are the reported intervals (clipped at the estimate only where they miss it)
     rows = json.loads(result.stdout)["leaderboard"]
     (bar,) = fig.axes[0].containers
-    drawn = sorted(tuple(s[:, 0]) for s in bar.lines[2][0].get_segments())
+    whiskers = sorted(tuple(s[:, 0]) for s in bar.lines[2][0].get_segments())
     expected = sorted((min(r["ci_low"], r["rating"]), max(r["ci_high"], r["rating"]))
                       for r in rows)
-    np.testing.assert_allclose(drawn, expected, atol=0.01)
+    np.testing.assert_allclose(whiskers, expected, atol=0.01)

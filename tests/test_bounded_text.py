@@ -9,29 +9,11 @@ import random
 import pytest
 import torch
 
+from _spy_tokenizer import TEMPLATE, WORDS, Spy
 from prefkit.models.bounded import bound_text, model_max_length, text_window
 from prefkit.models.generate import encode_prompt, encode_prompt_truncated
 from prefkit.models.load import tiny_llama_config
 from prefkit.models.tokenizer import train_tokenizer, word_level_tokenizer
-
-WORDS = [f"w{i}" for i in range(30)] + ["user", "assistant", "system"]
-TEMPLATE = ("{% for m in messages %}{{ m.role }} {{ m.content }} {% endfor %}"
-            "{% if add_generation_prompt %}assistant {% endif %}")
-
-
-class Spy:
-    """A tokenizer that records the longest string it was asked to tokenize."""
-
-    def __init__(self, tokenizer):
-        self._tok = tokenizer
-        self.longest = 0
-
-    def __call__(self, text, *args, **kwargs):
-        self.longest = max(self.longest, len(text))
-        return self._tok(text, *args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._tok, name)
 
 
 @pytest.fixture(scope="module")

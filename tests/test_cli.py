@@ -142,9 +142,13 @@ def test_ctrl_c_in_training_prints_the_resume_command(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf"))
     proc = subprocess.Popen([*PREFKIT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
+    from prefkit.train.checkpoint import list_checkpoints
+
+    # wait for a complete checkpoint (any: older ones are pruned as training goes on)
     deadline = time.monotonic() + 120
-    while not (out / "checkpoint-4").is_dir() and time.monotonic() < deadline:
+    while not list_checkpoints(out) and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert list_checkpoints(out), "no checkpoint within 120 s"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

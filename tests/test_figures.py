@@ -13,20 +13,6 @@ from prefkit.report import figures
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The figures saved during the test, in order (each still inspectable after closing)."""
-    saved = []
-    original = matplotlib.figure.Figure.savefig
-
-    def record(self, *args, **kwargs):
-        saved.append(self)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
-    return saved
-
-
 def _errorbars(ax):
     """[(x, y, whisker segment ((x0, y0), (x1, y1)))] of the axes' error bars, in draw order."""
     out = []

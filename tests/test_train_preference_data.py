@@ -9,30 +9,12 @@ import random
 
 import pytest
 
+from _spy_tokenizer import TEMPLATE, WORDS, Spy
 from prefkit.data.records import Binary, Comparison, Outcome, Ranking
 from prefkit.models.packing import PromptGroup, truncate_groups
 from prefkit.models.tokenizer import train_tokenizer, word_level_tokenizer
 from prefkit.train.preference_data import DataReport, length_budgets, records_to_examples
 from prefkit.train.reward import records_to_rm_examples
-
-WORDS = [f"w{i}" for i in range(30)] + ["user", "assistant", "system"]
-TEMPLATE = ("{% for m in messages %}{{ m.role }} {{ m.content }} {% endfor %}"
-            "{% if add_generation_prompt %}assistant {% endif %}")
-
-
-class Spy:
-    """A tokenizer that records the longest string it was asked to tokenize."""
-
-    def __init__(self, tokenizer):
-        self._tok = tokenizer
-        self.longest = 0
-
-    def __call__(self, text, *args, **kwargs):
-        self.longest = max(self.longest, len(text))
-        return self._tok(text, *args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._tok, name)
 
 
 @pytest.fixture(scope="module", params=["words", "bpe"])
