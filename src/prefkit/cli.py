@@ -4,14 +4,16 @@ stdout); exit codes: 0 success, 2 bad input, 1 internal error."""
 from __future__ import annotations
 
 import importlib
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from . import __version__
 from .commands.common import cli_errors, print_json
+
+if TYPE_CHECKING:  # typer carries its own click; the real package is not a dependency
+    import click
 
 #: Command groups: name -> the module whose ``app`` (a typer.Typer) holds its commands. A group
 #: is imported only when it runs (or for --help), so `prefkit data ...` never loads torch.
