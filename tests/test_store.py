@@ -496,7 +496,7 @@ def test_version_1_store_upgrades_without_losing_records(tmp_path):
     engine.dispose()
 
     with FeedbackStore(db) as store:
-        assert store.version == LATEST_VERSION == 2
+        assert store.version == LATEST_VERSION == 3
         assert to_dict(store.get("old-1")) == to_dict(old)
         stats = store.stats()
         assert stats["annotator_kinds"] == {"judge": 1}  # backfilled by migration 2
@@ -504,9 +504,11 @@ def test_version_1_store_upgrades_without_losing_records(tmp_path):
         with store.engine.connect() as conn:
             versions = conn.execute(sa.select(VERSIONS.c.version)).scalars().all()
             kinds = conn.execute(sa.select(RECORDS.c.annotator_kind)).scalars().all()
-        assert versions == [1, 2] and kinds == ["judge"]
+            tables = set(sa.inspect(conn).get_table_names())
+        assert versions == [1, 2, 3] and kinds == ["judge"]
+        assert {"annotators", "campaigns", "items", "assignments", "labels"} <= tables
     with FeedbackStore(db) as again:  # opening an up-to-date store changes nothing
-        assert again.version == 2 and again.count() == 1
+        assert again.version == 3 and again.count() == 1
 
 
 def test_a_newer_schema_is_refused(tmp_path):

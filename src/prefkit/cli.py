@@ -25,6 +25,7 @@ GROUPS = {
     "train": "prefkit.commands.train",
     "rm": "prefkit.commands.rm",
     "lab": "prefkit.commands.lab",
+    "serve": "prefkit.commands.serve",
 }
 
 

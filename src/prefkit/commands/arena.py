@@ -168,6 +168,19 @@ def rank(
     _print_board(result)
 
 
+def rank_votes_file(votes: str, *, method: str = "bt", ties: str = "half", bootstrap: int = 100,
+                    ci: str = "bootstrap", alpha: float = 0.0,
+                    anchor: tuple[str, float] | None = None, min_votes: int = 20,
+                    seed: int = 0) -> dict[str, Any]:
+    """What ``prefkit arena rank VOTES --json`` prints, with the same defaults (methods bt and
+    pl, no style control or figures): the web app's live leaderboard calls this, so it equals
+    the command on the exported votes."""
+    if method == "bt":
+        return _rank_bt(votes, ties, bootstrap, ci, None, alpha, anchor, min_votes, seed, None,
+                        None)
+    return _rank_kwise(votes, method, alpha, bootstrap, seed, anchor, None)
+
+
 def _rank_bt(votes, ties, bootstrap, ci, style, alpha, anchor, min_votes, seed, plot,
              winrate_plot) -> dict[str, Any]:
     from ..data.battles import aggregate_battle_file
@@ -376,7 +389,7 @@ def _print_board(result: dict[str, Any]) -> None:
                      f"orderings: max spread {result['order_sensitivity']['max_spread']} points")
 
 
-STRATEGIES = ("random", "ucb", "infogain")
+STRATEGIES = ("random", "ucb", "infogain")  # rank.matchmaking.STRATEGIES (not imported: scipy)
 
 
 @app.command("next-match")
@@ -394,8 +407,8 @@ def next_match(
     (least-compared pivot + close, rarely paired opponents); or the largest expected
     information gain on the ranking under the BT posterior (Laplace approximation)."""
     from ..data.battles import aggregate_battle_file
-    from ..rank import PairCounts, fit_bradley_terry
-    from ..rank.matchmaking import information_gain_match, random_match, ucb_match
+    from ..rank import PairCounts
+    from ..rank.matchmaking import match_from_counts
 
     _check_exists(votes)
     if strategy not in STRATEGIES:
@@ -410,21 +423,9 @@ def next_match(
     n = len(names)
     if not 2 <= k <= n:
         raise bad_input(f"--k must be between 2 and the number of models ({n})", as_json)
-    rng = np.random.default_rng(seed)
-    fit = fit_bradley_terry(counts, alpha=1.0)  # a unit prior: finite estimates from few votes
-    cov = fit.covariance()
-    sigma = np.sqrt(np.clip(np.diag(cov), 0, None))
-    if strategy == "random":
-        chosen = random_match(n, k, rng)
-    elif strategy == "ucb":
-        pair = np.zeros((n, n))
-        pair[counts.i, counts.j] = counts.totals
-        pair = pair + pair.T
-        chosen = ucb_match(fit.params, sigma, pair, k, rng, t=int(counts.n_votes) + 1)
-    else:
-        chosen = information_gain_match(fit.params, cov, k, rng)
+    chosen, strength, sigma = match_from_counts(counts, strategy, k, np.random.default_rng(seed))
     result = {"strategy": strategy, "k": k, "match": [names[i] for i in chosen],
-              "estimates": {names[i]: {"strength": round(float(fit.params[i]), 4),
+              "estimates": {names[i]: {"strength": round(float(strength[i]), 4),
                                        "sd": round(float(sigma[i]), 4)} for i in chosen},
               "votes": int(round(counts.n_votes))}
     if as_json:

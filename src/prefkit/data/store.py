@@ -43,6 +43,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from .app_schema import migration_3 as _app_migration_3
 from .formats import decode_native
 from .records import KINDS, Record, content_hash, record_id, to_dict
 
@@ -230,6 +231,8 @@ def _payload_annotator_kind(payload: str) -> str | None:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records table", _migration_1),
     Migration(2, "annotator kinds, indexes on kind and annotator, imports log", _migration_2),
+    Migration(3, "annotation app: annotators, campaigns, items, assignments, labels",
+              _app_migration_3),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -595,6 +598,35 @@ class FeedbackStore:
         report = AddReport()
         self._add_batches(records, batch_size, report, import_id=None)
         return report
+
+    def add_in(self, conn: Connection, record: Record) -> str:
+        """Store one record inside the caller's transaction ``conn`` (e.g. the annotation app's
+        label and its bookkeeping commit together). Returns ``"inserted"``, ``"duplicate"``
+        (same id and content stored) or ``"conflict"`` (another record under its id: kept)."""
+        row = record_row(record)
+        if conn.execute(self._insert, [row]).scalars().first() is not None:
+            return "inserted"
+        stored = self._stored_hashes(conn, [row["id"]])
+        return "duplicate" if stored.get(row["id"]) == row["content_hash"] else "conflict"
+
+    def delete_in(self, conn: Connection, rid: str) -> bool:
+        """Delete the record ``rid`` inside the caller's transaction (the annotation app's undo
+        of an annotator's own last label); True when it existed."""
+        return conn.execute(sa.delete(RECORDS).where(RECORDS.c.id == rid)).rowcount > 0
+
+    def transaction(self, action: Callable[[Connection], T]) -> T:
+        """Run ``action(conn)`` in one write transaction, retried on transient lock errors
+        (SQLite: the write lock is taken at BEGIN)."""
+        def run() -> T:
+            with self.engine.begin() as conn:
+                return action(conn)
+
+        return _retrying(run)
+
+    def read(self, action: Callable[[Connection], T]) -> T:
+        """Run ``action(conn)`` on a read-only connection (no write lock)."""
+        with self._reader.connect() as conn:
+            return action(conn)
 
     def import_file(self, path: str | os.PathLike, format: str | None = None, *,
                     split: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> AddReport:

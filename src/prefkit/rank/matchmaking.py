@@ -35,9 +35,10 @@ beta))`` (certain skills) is matched by ``sigmoid(1.702 x)`` with ``Phi(x) ~ sig
 x)``: about 0.289 logits per point with the default ``beta = 25 / 6``."""
 
 __all__ = [
-    "LOGIT_PER_TS_POINT", "TS_BETA", "information_gain_match", "pairwise_information_gain",
-    "random_match", "ucb_match",
+    "LOGIT_PER_TS_POINT", "STRATEGIES", "TS_BETA", "information_gain_match", "match_from_counts",
+    "pairwise_information_gain", "random_match", "ucb_match",
 ]
+STRATEGIES = ("random", "ucb", "infogain")
 
 
 def _check_k(n_items: int, k: int) -> None:
@@ -215,3 +216,31 @@ def information_gain_match(
         scores = finite[tuples[:, a], tuples[:, b]].sum(axis=1)
         best = tuples[_argmax_random_ties(scores, rng)]
     return best.astype(np.int64)
+
+
+def match_from_counts(counts, strategy: str, k: int, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The next ``k`` items from the votes so far (:class:`~prefkit.rank.PairCounts`) under
+    ``strategy`` (:data:`STRATEGIES`), with the Bradley-Terry estimates it used: a unit Gaussian
+    prior (``alpha=1``) keeps them finite from the first votes. Returns ``(items, strengths,
+    standard deviations)`` in logits. What ``prefkit arena next-match`` and the web app's arena
+    run."""
+    from .bt import fit_bradley_terry
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    n = counts.n_items
+    _check_k(n, k)
+    fit = fit_bradley_terry(counts, alpha=1.0)
+    cov = fit.covariance()
+    sigma = np.sqrt(np.clip(np.diag(cov), 0, None))
+    if strategy == "random":
+        chosen = random_match(n, k, rng)
+    elif strategy == "ucb":
+        pair = np.zeros((n, n))
+        pair[counts.i, counts.j] = counts.totals
+        pair = pair + pair.T
+        chosen = ucb_match(fit.params, sigma, pair, k, rng, t=int(counts.n_votes) + 1)
+    else:
+        chosen = information_gain_match(fit.params, cov, k, rng)
+    return chosen, fit.params, sigma

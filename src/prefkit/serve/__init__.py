@@ -1,0 +1,1 @@
+"""The annotation and arena web app (`prefkit serve`)."""

@@ -1,0 +1,322 @@
+"""The REST API (``/api/...``; schema at ``/openapi.json``).
+
+Every route needs a token (``Authorization: Bearer TOKEN``, or the pages' session cookie):
+none or an unknown one is 401, an annotator token on an admin route 403. Annotators see their
+own campaigns, items in display order without model names, and their own labels only.
+Submissions carry an ``idempotency_key``: a retried request returns the label stored the first
+time (``replayed: true``) and never stores a second one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import service as svc
+from .service import Campaign, Person, ServeError
+from .tasks import TASKS, AnswerError, TaskSettings
+
+ERRORS = {401: {"description": "no valid token"}, 403: {"description": "not allowed"},
+          404: {"description": "not found"}, 409: {"description": "conflicts with the state"},
+          413: {"description": "request body too large"},
+          422: {"description": "invalid request"}, 429: {"description": "rate limited"}}
+
+
+class Me(BaseModel):
+    name: str
+    role: Literal["admin", "annotator"]
+
+
+class CampaignOut(BaseModel):
+    id: int
+    name: str
+    task: str
+    overlap: int
+    status: str
+    guidelines: str
+    settings: dict[str, Any]
+    progress: dict[str, Any]
+
+
+class AssignmentOut(BaseModel):
+    assignment_id: int
+    campaign_id: int
+    item_id: int
+    prompt: Any
+    responses: list[Any]
+    lease_expires: str
+
+
+class NextOut(BaseModel):
+    assignment: AssignmentOut | None = Field(
+        None, description="The item to label; null when nothing is left for you.")
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    assignment_id: int = Field(ge=1, le=2**62)
+    idempotency_key: str = Field(min_length=1, max_length=200)
+    answer: dict[str, Any]
+    seconds: float | None = Field(None, ge=0, le=1e7)
+
+
+class LabelOut(BaseModel):
+    label_id: int
+    record_id: str
+    assignment_id: int
+    replayed: bool
+    next: AssignmentOut | None = None
+
+
+class AssignmentRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    assignment_id: int = Field(ge=1, le=2**62)
+
+
+class CampaignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    task: Literal[TASKS]  # type: ignore[valid-type]
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=100_000, description=(
+        "Candidate rows: {prompt, responses: [...], models?: [...]}"))
+    overlap: int = Field(1, ge=1, le=100)
+    guidelines: str = Field("", max_length=100_000)
+    annotators: list[str] | None = None
+    settings: dict[str, Any] = Field(default_factory=dict, description=(
+        "Task options (allow_tie, allow_both_bad, strength, rationale, scales, k, "
+        "matchmaking, lease_seconds)"))
+
+
+class AnnotatorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    role: Literal["admin", "annotator"] = "annotator"
+
+
+class TokenOut(BaseModel):
+    name: str
+    role: str
+    token: str = Field(description="Shown once; only its hash is stored.")
+
+
+class StatusIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["open", "closed"]
+
+
+def _http(exc: ValueError) -> HTTPException:
+    if isinstance(exc, ServeError):
+        return HTTPException(exc.status, str(exc))
+    return HTTPException(422, str(exc))
+
+
+def person(request: Request) -> Person:
+    """The signed-in person (set by the app's auth middleware) or 401."""
+    found = getattr(request.state, "person", None)
+    if found is None:
+        raise HTTPException(401, "a valid token is needed (Authorization: Bearer TOKEN)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+def admin(who: Person = Depends(person)) -> Person:
+    if not who.is_admin:
+        raise HTTPException(403, "admins only")
+    return who
+
+
+def _store(request: Request):
+    return request.app.state.store
+
+
+def _campaign(request: Request, campaign_id: int, who: Person) -> Campaign:
+    try:
+        campaign = svc.get_campaign(_store(request), campaign_id)
+    except ServeError as exc:
+        raise _http(exc) from None
+    if not campaign.allows(who):
+        raise HTTPException(404, f"no campaign {campaign_id}")
+    return campaign
+
+
+def _campaign_out(request: Request, campaign: Campaign, who: Person) -> CampaignOut:
+    store = _store(request)
+    progress = (svc.progress(store, campaign) if who.is_admin
+                else svc.annotator_progress(store, campaign, who))
+    return CampaignOut(id=campaign.id, name=campaign.name, task=campaign.task,
+                       overlap=campaign.overlap, status=campaign.status,
+                       guidelines=campaign.guidelines, settings=campaign.settings.to_dict(),
+                       progress=progress)
+
+
+def _assignment(a: svc.Assignment | None) -> AssignmentOut | None:
+    return None if a is None else AssignmentOut(**a.to_dict())
+
+
+router = APIRouter(prefix="/api", responses=ERRORS)
+CampaignId = Annotated[int, Path(ge=1, le=2**62, description="The campaign's id.")]
+
+
+@router.get("/me", response_model=Me)
+def me(who: Person = Depends(person)) -> Me:
+    return Me(name=who.name, role=who.role)
+
+
+@router.get("/campaigns", response_model=list[CampaignOut])
+def campaigns(request: Request, who: Person = Depends(person)) -> list[CampaignOut]:
+    """The campaigns you may work on (admins: all), with progress."""
+    return [_campaign_out(request, c, who)
+            for c in svc.list_campaigns(_store(request), who)]
+
+
+@router.post("/campaigns", response_model=CampaignOut, status_code=201)
+def create_campaign(body: CampaignIn, request: Request, who: Person = Depends(admin)
+                    ) -> CampaignOut:
+    """Create a campaign from candidate rows (admins)."""
+    from .items import candidate_items, fit_task
+
+    try:
+        settings = TaskSettings(task=body.task, **body.settings)
+        items = fit_task(candidate_items("request", body.items), settings)
+        created = svc.create_campaign(_store(request), body.name, settings, items,
+                                      overlap=body.overlap, guidelines=body.guidelines,
+                                      annotators=body.annotators)
+    except TypeError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except ValueError as exc:
+        raise _http(exc) from None
+    return _campaign_out(request, created, who)
+
+
+@router.get("/campaigns/{campaign_id}", response_model=CampaignOut)
+def campaign(campaign_id: CampaignId, request: Request, who: Person = Depends(person)
+             ) -> CampaignOut:
+    return _campaign_out(request, _campaign(request, campaign_id, who), who)
+
+
+@router.post("/campaigns/{campaign_id}/status", response_model=CampaignOut)
+def campaign_status(campaign_id: CampaignId, body: StatusIn, request: Request,
+                    who: Person = Depends(admin)) -> CampaignOut:
+    """Open or close a campaign (admins)."""
+    found = _campaign(request, campaign_id, who)
+    svc.set_campaign_status(_store(request), found, body.status)
+    return _campaign_out(request, _campaign(request, campaign_id, who), who)
+
+
+@router.post("/campaigns/{campaign_id}/next", response_model=NextOut)
+def next_item(campaign_id: CampaignId, request: Request, who: Person = Depends(person)
+              ) -> NextOut:
+    """Your current item (its lease renewed) or a new one; ``assignment`` is null when nothing
+    is left for you."""
+    found = _campaign(request, campaign_id, who)
+    try:
+        return NextOut(assignment=_assignment(svc.next_assignment(_store(request), found, who)))
+    except ServeError as exc:
+        raise _http(exc) from None
+
+
+@router.post("/campaigns/{campaign_id}/labels", response_model=LabelOut,
+             responses={200: {"description": "a replay of a stored submission"}})
+def submit(campaign_id: CampaignId, body: LabelIn, request: Request, response: Response,
+           next: bool = Query(False, description="Also lease your next item (one round trip "
+                                                 "per label)."),
+           who: Person = Depends(person)) -> LabelOut:
+    """Store your answer to a leased item (201), or return the first result of a retried
+    ``idempotency_key`` (200, ``replayed``)."""
+    found = _campaign(request, campaign_id, who)
+    store = _store(request)
+    try:
+        result = svc.submit_label(store, found, who, body.assignment_id, body.answer,
+                                  body.idempotency_key, body.seconds)
+        following = svc.next_assignment(store, found, who) if next else None
+    except AnswerError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except ServeError as exc:
+        raise _http(exc) from None
+    response.status_code = 200 if result.replayed else 201
+    return LabelOut(**result.to_dict(), next=_assignment(following))
+
+
+@router.post("/campaigns/{campaign_id}/skip", response_model=NextOut)
+def skip(campaign_id: CampaignId, body: AssignmentRef, request: Request,
+         who: Person = Depends(person)) -> NextOut:
+    """Give your leased item back (you will not get it again) and get the next one."""
+    found = _campaign(request, campaign_id, who)
+    store = _store(request)
+    try:
+        svc.skip_assignment(store, found, who, body.assignment_id)
+        return NextOut(assignment=_assignment(svc.next_assignment(store, found, who)))
+    except ServeError as exc:
+        raise _http(exc) from None
+
+
+@router.post("/campaigns/{campaign_id}/undo", response_model=NextOut)
+def undo(campaign_id: CampaignId, request: Request, who: Person = Depends(person)) -> NextOut:
+    """Take back your last label in this campaign: its item is yours to label again."""
+    found = _campaign(request, campaign_id, who)
+    try:
+        return NextOut(assignment=_assignment(svc.undo_last(_store(request), found, who)))
+    except ServeError as exc:
+        raise _http(exc) from None
+
+
+@router.get("/campaigns/{campaign_id}/labels", response_model=list[dict[str, Any]])
+def my_labels(campaign_id: CampaignId, request: Request, who: Person = Depends(person)
+              ) -> list[dict[str, Any]]:
+    """Your own labels in this campaign as feedback records (admins: everyone's)."""
+    from ..data.records import to_dict
+
+    found = _campaign(request, campaign_id, who)
+    labels = svc.campaign_labels(_store(request), found,
+                                 annotator=None if who.is_admin else who)
+    return [to_dict(label.record) for label in labels]
+
+
+@router.get("/campaigns/{campaign_id}/stats", response_model=dict[str, Any])
+def stats(campaign_id: CampaignId, request: Request, who: Person = Depends(admin)
+          ) -> dict[str, Any]:
+    """Progress, agreement, position bias and labels per hour (admins)."""
+    from .stats import campaign_stats
+
+    return campaign_stats(_store(request), _campaign(request, campaign_id, who))
+
+
+@router.get("/campaigns/{campaign_id}/leaderboard", response_model=dict[str, Any])
+def leaderboard(campaign_id: CampaignId, request: Request, who: Person = Depends(person)
+                ) -> dict[str, Any]:
+    """An arena campaign's leaderboard (what ``prefkit arena rank`` gives on its votes)."""
+    from .arena import leaderboard as arena_board
+
+    found = _campaign(request, campaign_id, who)
+    if found.task != "arena":
+        raise HTTPException(404, "only arena campaigns have a leaderboard")
+    return arena_board(_store(request), found) or {"leaderboard": [], "votes": 0}
+
+
+@router.get("/annotators", response_model=list[dict[str, Any]])
+def annotators(request: Request, who: Person = Depends(admin)) -> list[dict[str, Any]]:
+    return svc.list_annotators(_store(request))
+
+
+@router.post("/annotators", response_model=TokenOut, status_code=201)
+def add_annotator(body: AnnotatorIn, request: Request, who: Person = Depends(admin)
+                  ) -> TokenOut:
+    """Issue a token (shown once) to a new annotator or admin."""
+    try:
+        token = svc.add_annotator(_store(request), body.name, body.role)
+    except ServeError as exc:
+        raise _http(exc) from None
+    return TokenOut(name=body.name.strip(), role=body.role, token=token)
+
+
+@router.delete("/annotators/{name}", status_code=204)
+def revoke(name: Annotated[str, Path(min_length=1, max_length=200)], request: Request,
+           who: Person = Depends(admin)) -> Response:
+    """Revoke an annotator's token at once (their labels stay)."""
+    try:
+        svc.revoke_annotator(_store(request), name)
+    except ServeError as exc:
+        raise _http(exc) from None
+    return Response(status_code=204)

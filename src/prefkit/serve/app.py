@@ -1,0 +1,101 @@
+"""The annotation and arena web app: ``create_app(store)`` builds it, ``prefkit serve`` runs it
+under uvicorn.
+
+Layers, outermost first: security headers (CSP without inline scripts) -> request-body limit
+(413) -> authentication and per-token rate limit (the person is put on ``request.state``) ->
+the REST API (:mod:`prefkit.serve.api`) and the server-rendered pages
+(:mod:`prefkit.serve.pages`). Everything the app stores goes through
+:mod:`prefkit.serve.service` into the feedback store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..data.store import FeedbackStore
+from . import service as svc
+from .security import BodyLimit, RateLimit, SecurityHeaders, request_token
+
+HERE = Path(__file__).parent
+PUBLIC_PATHS = ("/login", "/static/", "/openapi.json", "/docs", "/healthz")
+
+
+@dataclass
+class ServeSettings:
+    """``max_body_bytes``: largest request body (413 above); ``rate`` / ``burst``: requests per
+    second per token (429 above); ``secure_cookies``: mark the session cookie Secure (behind
+    HTTPS)."""
+
+    max_body_bytes: int = 1 << 20
+    rate: float = 50.0
+    burst: float = 100.0
+    secure_cookies: bool = False
+
+
+def create_app(store: FeedbackStore | str | os.PathLike, settings: ServeSettings | None = None
+               ) -> FastAPI:
+    """The app on ``store`` (a :class:`~prefkit.data.store.FeedbackStore`, or its path/URL)."""
+    from . import api, pages
+
+    settings = settings or ServeSettings()
+    if not isinstance(store, FeedbackStore):
+        store = FeedbackStore(store)
+    app = FastAPI(title="prefkit annotation and arena API", version="1",
+                  description=api.__doc__, docs_url=None, redoc_url=None)
+    app.state.store = store
+    app.state.settings = settings
+    limiter = RateLimit(settings.rate, settings.burst)
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Any:
+        path = request.url.path
+        token = request_token({k.decode().lower(): v.decode() for k, v in
+                               request.scope["headers"]}, _cookies(request))
+        request.state.person = None
+        if token is not None:
+            request.state.person = await _lookup(store, token)
+        key = (svc.hash_token(token) if request.state.person is not None
+               else f"ip:{request.client.host if request.client else '?'}")
+        if not path.startswith("/static/"):
+            wait = limiter.check(key)
+            if wait > 0:
+                return JSONResponse({"detail": "rate limit: slow down"}, status_code=429,
+                                    headers={"Retry-After": str(max(1, round(wait + 0.5)))})
+        return await call_next(request)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+async def _lookup(store: FeedbackStore, token: str) -> svc.Person | None:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(svc.authenticate, store, token)
+
+
+def _cookies(request: Request) -> dict[str, str]:
+    raw = request.headers.get("cookie")
+    if not raw:
+        return {}
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(raw)
+    except Exception:  # a malformed cookie header is no session
+        return {}
+    return {k: v.value for k, v in jar.items()}
