@@ -99,15 +99,23 @@ def test_demo_runs_and_reports(tmp_path):
         "identical_responses": 1, "malformed_json": 1, "empty_field": 1, "duplicate_record": 1}}
     assert summary["store"]["second_import"] == 0
     assert summary["store"]["exported"] == summary["store"]["first_import"]
-    # step 7: every direct loss aligned the tiny policy; held-out pairs ranked by implicit reward
+    # step 6: a campaign labelled by simulated people through the app's rules: every item gets
+    # its 3 labels, and the admin statistics find the one who favours the first-shown answer
+    campaign = summary["campaign"]
+    assert campaign["labels"] == 180
+    rates = {row["name"]: row["first_shown_rate"] for row in campaign["annotators"]}
+    biased = rates.pop("first-pick")
+    assert biased > 0.75 and biased > max(rates.values()) + 0.25, rates
+    assert campaign["agreement"]["fleiss_raters_per_item"] == 3
+    # step 8: every direct loss aligned the tiny policy; held-out pairs ranked by implicit reward
     align = summary["alignment"]
     assert set(align) == {"dpo", "ipo", "simpo", "dpo+0.2*sft", "lipo", "listwise_dpo", "kto"}
     for loss in ("dpo", "ipo", "simpo", "dpo+0.2*sft"):
         assert align[loss]["eval_accuracy"] >= 0.85, (loss, align[loss])
-    # step 8: the reward model reaches 90% of the noise ceiling on new pairs
+    # step 9: the reward model reaches 90% of the noise ceiling on new pairs
     rm = summary["reward_model"]
     assert rm["accuracy"] >= 0.9 * rm["noise_ceiling"]
-    # step 9: the lab loop; DPO and best-of-N beat the SFT policy on gold win rate
+    # step 10: the lab loop; DPO and best-of-N beat the SFT policy on gold win rate
     lab = summary["lab"]
     for method in ("dpo", "grpo", "ppo", "rloo", "best_of_8"):
         assert lab[method]["win_rate_ci"][0] > 0.5, (method, lab[method])

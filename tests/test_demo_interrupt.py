@@ -1,5 +1,5 @@
 """Ctrl-C during `make demo` (`prefkit demo`): the message names the step that stopped (and the
-lab stage, in step 9) and says that a rerun with the same --workdir resumes the lab from its
+lab stage, in step 10) and says that a rerun with the same --workdir resumes the lab from its
 cached stages; exit 130. The slow steps are replaced by stubs (the data-layer steps run)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from prefkit.cli import app
 
 @pytest.fixture
 def quick_tour(monkeypatch):
-    """Steps 6-8 as stubs; step 9's run_lab reports a cached stage and a finished one, then
+    """Steps 6-9 as stubs; step 10's run_lab reports a cached stage and a finished one, then
     Ctrl-C arrives in the middle of the second method. ``state["at"]`` moves the Ctrl-C into
-    step 7 instead."""
+    step 8 instead."""
     state = {"at": "lab"}
 
     def alignment(console, work):
@@ -32,6 +32,7 @@ def quick_tour(monkeypatch):
         with progress.stage("method 2/2 grpo", "online"):
             raise KeyboardInterrupt
 
+    monkeypatch.setattr(demo, "_campaign_tour", lambda console, work: {})
     monkeypatch.setattr(demo, "_arena_tour", lambda console: {})
     monkeypatch.setattr(demo, "_alignment_tour", alignment)
     monkeypatch.setattr(demo, "_reward_model_tour", lambda console, work: {})
@@ -44,7 +45,7 @@ def test_ctrl_c_in_the_lab_step_names_the_stage_and_how_to_resume(tmp_path, quic
     res = CliRunner().invoke(app, ["demo", "--workdir", str(work)])
     assert res.exit_code == 130, res.output
     message = " ".join(res.stderr.split())
-    assert (f"demo interrupted in step 9 of 9 (the loop: prefkit lab run), during method 2/2 "
+    assert (f"demo interrupted in step 10 of 10 (the loop: prefkit lab run), during method 2/2 "
             f"grpo; the lab's finished stages (SFT base model, method 1/2 dpo) are cached in "
             f"{work}/lab/stages/0123: run prefkit demo --workdir {work} again to resume the lab "
             "from them") in message
@@ -60,8 +61,8 @@ def test_ctrl_c_before_the_lab_and_in_a_temporary_folder(tmp_path, quick_tour):
     res = CliRunner().invoke(app, ["demo", "--workdir", str(work)])
     assert res.exit_code == 130, res.output
     message = " ".join(res.stderr.split())
-    assert ("demo interrupted in step 7 of 9 (direct alignment of a tiny Llama); run prefkit "
-            f"demo --workdir {work} again to continue (steps 1-8 run again; the lab of step 9 "
+    assert ("demo interrupted in step 8 of 10 (direct alignment of a tiny Llama); run prefkit "
+            f"demo --workdir {work} again to continue (steps 1-9 run again; the lab of step 10 "
             "resumes from its cached stages once they exist)") in message
     # without --workdir the files live in a temporary folder that is deleted: nothing to resume
     quick_tour["at"] = "lab"

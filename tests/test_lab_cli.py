@@ -181,7 +181,7 @@ def test_interrupted_run_resumes_from_the_cached_stages(tmp_path, monkeypatch):
 
 
 def test_demo_lab_step_shows_progress(tmp_path, staged_run_lab, capsys):
-    """`make demo`'s step 9 shows the same stage lines on stderr (it silences the rest)."""
+    """`make demo`'s step 10 shows the same stage lines on stderr (it silences the rest)."""
     from prefkit import demo
 
     console = Console(file=io.StringIO(), width=200)

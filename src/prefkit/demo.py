@@ -4,8 +4,8 @@ Today it tours the data layer (load every format, validate, summarize, convert, 
 in the store); later releases extend the same command into the whole loop.
 
 Ctrl-C stops the tour with :class:`DemoInterrupted` (a ``KeyboardInterrupt``, so the CLI exits
-130) whose message names the step that stopped -- in step 9 the lab stage too -- and says how
-to resume: the lab (step 9) caches every finished stage under ``--workdir``, so the same
+130) whose message names the step that stopped -- in step 10 the lab stage too -- and says how
+to resume: the lab (step 10) caches every finished stage under ``--workdir``, so the same
 command continues from them; steps 1-8 are quick and run again.
 """
 
@@ -36,7 +36,8 @@ EXAMPLES = (
 
 STEPS = (
     "read and check every format", "bad input named precisely", "statistics",
-    "conversions", "the feedback store", "an arena leaderboard",
+    "conversions", "the feedback store", "a labelling campaign (prefkit serve)",
+    "an arena leaderboard",
     "direct alignment of a tiny Llama", "a reward model from simulated annotators",
     "the loop: prefkit lab run",
 )
@@ -48,7 +49,7 @@ class DemoInterrupted(KeyboardInterrupt):
 
 
 class _Position:
-    """Where the tour is: its step (1-based, 0 before the first) and, in step 9, the lab's
+    """Where the tour is: its step (1-based, 0 before the first) and, in the last step, the lab's
     :class:`~prefkit.lab.progress.LabProgress`."""
 
     def __init__(self) -> None:
@@ -72,10 +73,10 @@ def interrupted_message(position: _Position, workdir: str | None) -> str:
     if lab is not None and lab.finished:
         cached = lab.stage_dir or str(Path(workdir) / "lab" / "stages")
         return (f"{where}; the lab's finished stages ({', '.join(lab.finished)}) are cached in "
-                f"{cached}: run {again} again to resume the lab from them (steps 1-8 run "
-                "again; the interrupted stage starts over)")
-    return (f"{where}; run {again} again to continue (steps 1-8 run again; the lab of step 9 "
-            "resumes from its cached stages once they exist)")
+                f"{cached}: run {again} again to resume the lab from them (steps "
+                f"1-{len(STEPS) - 1} run again; the interrupted stage starts over)")
+    return (f"{where}; run {again} again to continue (steps 1-{len(STEPS) - 1} run again; the "
+            f"lab of step {len(STEPS)} resumes from its cached stages once they exist)")
 
 
 def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -194,17 +195,86 @@ def _tour(workdir: str | Path | None, quiet: bool, position: _Position) -> dict[
     store.close()
 
     position.step = 6
-    summary["arena"] = _arena_tour(console)
+    summary["campaign"] = _campaign_tour(console, work)
     position.step = 7
-    summary["alignment"] = _alignment_tour(console, work)
+    summary["arena"] = _arena_tour(console)
     position.step = 8
-    summary["reward_model"] = _reward_model_tour(console, work)
+    summary["alignment"] = _alignment_tour(console, work)
     position.step = 9
+    summary["reward_model"] = _reward_model_tour(console, work)
+    position.step = 10
     summary["lab"] = _lab_tour(console, work, keep=tmp is None, position=position)
     console.rule("done - next: `prefkit data validate YOUR_FILE`, see README")
     if tmp is not None:
         tmp.cleanup()
     return summary
+
+
+CAMPAIGN_PEOPLE = (
+    ("careful", {"temperature": 0.05}),
+    ("quick", {"temperature": 0.2, "flip_rate": 0.05}),
+    ("wordy", {"temperature": 0.1, "length_bias": 0.5}),
+    ("first-pick", {"temperature": 0.1, "position_bias": 0.8}),
+    ("careful-2", {"temperature": 0.05, "seed": 1}),
+)
+"""The simulated people of step 6: a gold-following pair, a hasty one, one who likes longer
+answers and one who favours whatever is shown first."""
+
+
+def _campaign_tour(console: Console, work: Path) -> dict[str, Any]:
+    """Step 6: a pairwise campaign of the annotation app, labelled by simulated people through
+    the app's own rules (leases, overlap 3, random display order), and what the admin page
+    shows: agreement, each person against the others' majority, position bias."""
+    import random
+
+    from .data.store import FeedbackStore
+    from .lab.annotators import SimulatedAnnotator
+    from .lab.tasks import SortTask
+    from .serve import service as svc
+    from .serve.simulate import simulate_campaign
+    from .serve.stats import campaign_stats
+    from .serve.tasks import TaskSettings
+
+    console.print("\n6. A labelling campaign in the annotation app's store (prefkit serve): 60 "
+                  "sort answers to compare, 3 labels each, 5 simulated people:")
+    db = work / "campaign.db"
+    for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    task, rng = SortTask(), random.Random(0)
+    items = []
+    while len(items) < 60:
+        prompt = task.sample_prompt(rng)
+        pair = [task.demonstration(prompt, rng, 0.9), task.demonstration(prompt, rng, 0.5)]
+        if pair[0] != pair[1]:  # a pairwise item compares two different answers
+            items.append({"prompt": prompt, "responses": pair})
+    with FeedbackStore(db) as store:
+        campaign = svc.create_campaign(store, "sort-answers", TaskSettings("pairwise"), items,
+                                       overlap=3)
+        people = []
+        for name, options in CAMPAIGN_PEOPLE:
+            person = svc.authenticate(store, svc.add_annotator(store, name))
+            people.append((person, SimulatedAnnotator(name, task.gold_reward, **options)))
+        labels = simulate_campaign(store, campaign, people)
+        stats = campaign_stats(store, campaign)
+    agreement = stats["agreement"]
+    console.print(f"  {labels} labels; {stats['progress']['complete']} of "
+                  f"{stats['progress']['items']} items have their 3; Krippendorff's alpha "
+                  f"{agreement['krippendorff_alpha_nominal']:.2f}, Fleiss' kappa "
+                  f"{agreement['fleiss_kappa']:.2f}")
+    table = Table("person", "labels", "agrees with the others' majority",
+                  "picks the first-shown answer")
+    for row in stats["annotators"]:
+        low, high = row["first_shown_ci"] or (None, None)
+        table.add_row(row["name"], str(row["labels"]),
+                      "-" if row["majority_agreement"] is None
+                      else f"{row['majority_agreement']:.0%}",
+                      "-" if row["first_shown_rate"] is None else
+                      f"{row['first_shown_rate']:.0%} ({low:.0%}-{high:.0%})")
+    console.print(table)
+    console.print("  With people instead: prefkit serve add-annotator NAME --db feedback.db; "
+                  "prefkit serve campaign create NAME --task pairwise --items FILE --overlap 3 "
+                  "--db feedback.db; prefkit serve --db feedback.db (see README)")
+    return {"labels": labels, "agreement": agreement, "annotators": stats["annotators"]}
 
 
 def _arena_tour(console: Console) -> dict[str, Any]:
@@ -215,7 +285,7 @@ def _arena_tour(console: Console) -> dict[str, Any]:
 
     from .rank import aggregate_pairwise, bt_leaderboard
 
-    console.print("\n6. An arena leaderboard from 20,000 simulated votes (8 models of known "
+    console.print("\n7. An arena leaderboard from 20,000 simulated votes (8 models of known "
                   "strength, 5% ties), with 95% bootstrap intervals and CI-aware ranks:")
     rng = np.random.default_rng(0)
     names = [f"model-{k}" for k in range(1, 9)]  # model-8 is the strongest
@@ -240,7 +310,7 @@ ALIGN_RUNS = (("dpo", "pairs"), ("ipo", "pairs"), ("simpo", "pairs"), ("dpo+0.2*
 
 
 def _alignment_tour(console: Console, work: Path) -> dict[str, Any]:
-    """Step 7: direct preference optimization of a tiny model with several losses."""
+    """Step 8: direct preference optimization of a tiny model with several losses."""
     import contextlib
     import io
     import logging
@@ -249,7 +319,7 @@ def _alignment_tour(console: Console, work: Path) -> dict[str, Any]:
     from .train.preference import PreferenceConfig, train_preference
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    console.print("\n7. Direct alignment of a tiny Llama (word world: responses made of 'good' "
+    console.print("\n8. Direct alignment of a tiny Llama (word world: responses made of 'good' "
                   "and 'bad' words) with several losses, 40 steps each; held-out pairs ranked "
                   "by each policy's implicit reward:")
     with contextlib.redirect_stderr(io.StringIO()):
@@ -278,7 +348,7 @@ def _alignment_tour(console: Console, work: Path) -> dict[str, Any]:
 
 
 def _reward_model_tour(console: Console, work: Path) -> dict[str, Any]:
-    """Step 8: a reward model from noisy simulated annotators, evaluated against the truth."""
+    """Step 9: a reward model from noisy simulated annotators, evaluated against the truth."""
     import contextlib
     import io
     import json
@@ -289,7 +359,7 @@ def _reward_model_tour(console: Console, work: Path) -> dict[str, Any]:
     from .rewards.scoring import score_groups
     from .train.reward import RewardConfig, train_reward
 
-    console.print("\n8. A reward model from 512 pairs labelled by noisy simulated annotators "
+    console.print("\n9. A reward model from 512 pairs labelled by noisy simulated annotators "
                   "(Bradley-Terry on a known gold reward), checked on 512 new pairs:")
     folder = work / "word_world"
     with contextlib.redirect_stderr(io.StringIO()):
@@ -321,7 +391,7 @@ def _reward_model_tour(console: Console, work: Path) -> dict[str, Any]:
 
 def _lab_tour(console: Console, work: Path, keep: bool = True,
               position: _Position | None = None) -> dict[str, Any]:
-    """Step 9: the loop on the lab's sort task, judged by the known gold reward (its
+    """Step 10: the loop on the lab's sort task, judged by the known gold reward (its
     :class:`LabProgress` goes to ``position``, for a Ctrl-C message)."""
     import contextlib
     import io
@@ -331,7 +401,7 @@ def _lab_tour(console: Console, work: Path, keep: bool = True,
     from .lab.progress import LabProgress, to_stream
     from .report import write_lab_report
 
-    console.print("\n9. The loop (`prefkit lab run`, the default config): an SFT policy for "
+    console.print("\n10. The loop (`prefkit lab run`, the default config): an SFT policy for "
                   "'sort: 7 3 9' samples answers, a pool of biased simulated annotators labels "
                   "pairs into the feedback store, a reward model is trained, the policy is "
                   "aligned offline (DPO, RPO, IPO, SimPO, KTO, LiPO, RAFT) and online against "

@@ -163,7 +163,50 @@ def read_items(paths: list[str], settings: TaskSettings, *, format: str | None =
     return items[:limit] if limit is not None else items
 
 
+def _sample_answer(settings: TaskSettings, k: int) -> dict[str, Any]:
+    task = settings.task
+    if task == "pairwise":
+        return {"choice": "first", **({"strength": 2} if settings.strength else {}),
+                **({"rationale": "x"} if settings.rationale == "required" else {})}
+    if task == "ranking":
+        return {"tiers": [[i] for i in range(k)]}
+    if task == "rating":
+        return {"scores": {name: low for name, (low, _) in settings.scales.items()}}
+    if task == "binary":
+        return {"desirable": True}
+    return {"text": "x"}
+
+
+def check_item(settings: TaskSettings, item: dict[str, Any], n: int) -> None:
+    """Raise ``ValueError`` (naming item ``n``) unless a label of ``item`` makes a valid
+    feedback record -- e.g. a pairwise item's two responses must differ, no text is empty."""
+    from ..data.errors import FieldError
+    from ..data.formats import decode_native
+    from ..data.records import Annotator, to_dict
+    from .tasks import to_record
+
+    if settings.task == "arena":
+        return
+    k = len(item["responses"])
+    record = to_record(settings, item, _sample_answer(settings, k), list(range(k)),
+                       annotator=Annotator("check"), metadata={})
+    try:
+        decode_native(to_dict(record))
+    except FieldError as err:
+        raise ValueError(f"item {n} ({text_content(item['prompt'])[:40]!r}): "
+                         f"{err.describe()}") from None
+
+
 def fit_task(items: list[dict[str, Any]], settings: TaskSettings) -> list[dict[str, Any]]:
+    """``items`` shaped for ``settings.task`` (see the module docstring), each checked by
+    :func:`check_item`."""
+    out = _fit_shape(items, settings)
+    for n, item in enumerate(out, 1):
+        check_item(settings, item, n)
+    return out
+
+
+def _fit_shape(items: list[dict[str, Any]], settings: TaskSettings) -> list[dict[str, Any]]:
     low, high = settings.responses_per_item()
     if high == 1:  # one item per distinct (prompt, response)
         out, seen = [], set()
