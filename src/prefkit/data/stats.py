@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from ..evaluate.agreement import krippendorff_alpha_interval, krippendorff_alpha_nominal
 from .records import (
     Battle,
     Binary,
@@ -188,68 +189,6 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Agreement
 # ---------------------------------------------------------------------------------------------
-
-
-def krippendorff_alpha_nominal(units: Iterable[dict[str, int]]) -> float | None:
-    """Krippendorff's alpha for nominal data from per-item category counts.
-
-    ``units`` yields, per item ``u``, ``{category: n_uc}``; only items with
-    ``m_u = sum_c n_uc >= 2`` are pairable. With ``n_c = sum_u n_uc`` and ``n = sum_c n_c``::
-
-        alpha = 1 - D_o / D_e
-        D_o = (1 / n) * sum_u (m_u^2 - sum_c n_uc^2) / (m_u - 1)     # observed disagreement
-        D_e = (n^2 - sum_c n_c^2) / (n (n - 1))                      # expected disagreement
-
-    (the coincidence-matrix form ``D_o = (1/n) sum_{c != k} o_ck``, ``D_e = 1/(n(n-1))
-    sum_{c != k} n_c n_k`` with ``o_ck = sum_u n_uc n_uk / (m_u - 1)``). Returns None when
-    undefined (fewer than 2 pairable values, or every value in one category: ``D_e = 0``).
-    """
-    observed = 0.0
-    totals: dict[str, int] = {}
-    n = 0
-    for counts in units:
-        m = sum(counts.values())
-        if m < 2:
-            continue
-        n += m
-        observed += (m * m - sum(c * c for c in counts.values())) / (m - 1)
-        for category, c in counts.items():
-            totals[category] = totals.get(category, 0) + c
-    if n < 2:
-        return None
-    expected = n * n - sum(c * c for c in totals.values())
-    if expected == 0:
-        return None
-    return 1.0 - (n - 1) * observed / expected
-
-
-def krippendorff_alpha_interval(units: Iterable[list[float]]) -> float | None:
-    """Krippendorff's alpha for interval data (difference ``delta(c, k) = (c - k)^2``).
-
-    For items ``u`` with ``m_u >= 2`` values ``v_ui`` and all pairable values ``v`` (``n`` of
-    them)::
-
-        alpha = 1 - (n - 1) * sum_u [ sum_{i != j} (v_ui - v_uj)^2 / (m_u - 1) ]
-                            / sum_{i != j} (v_i - v_j)^2
-
-    computed exactly with ``sum_{i != j} (x_i - x_j)^2 = 2 (m sum x^2 - (sum x)^2)``. None when
-    undefined (fewer than 2 values, or no variation at all).
-    """
-    observed = 0.0
-    n, s1, s2 = 0, 0.0, 0.0
-    for values in units:
-        m = len(values)
-        if m < 2:
-            continue
-        a, b = sum(values), sum(v * v for v in values)
-        observed += 2 * (m * b - a * a) / (m - 1)
-        n, s1, s2 = n + m, s1 + a, s2 + b
-    if n < 2:
-        return None
-    expected = 2 * (n * s2 - s1 * s1)
-    if expected <= 1e-12 * max(1.0, n * s2):
-        return None
-    return 1.0 - (n - 1) * observed / expected
 
 
 def _canonical(value: Any) -> bytes:

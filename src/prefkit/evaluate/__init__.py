@@ -1,64 +1,62 @@
 """Evaluation: reward-model benchmarks (RewardBench format), calibration, length probes, and
 policy evaluation (win rates with CIs, length-controlled win rate, KL estimates, ranking
-accuracy with its Wilson interval, over-optimization curves).
+accuracy with its Wilson interval, over-optimization curves), and agreement between
+annotators (Krippendorff's alpha, Fleiss' and Cohen's kappa, position bias).
 
 Pure functions on numpy arrays — score your data first, then pass the numbers in.
 """
 
-from prefkit.evaluate.calibration import (
-    expected_calibration_error,
-    pairwise_calibration,
-    plot_reliability,
-    reliability_bins,
-)
-from prefkit.evaluate.policy import (
-    best_of_n_curve,
-    best_of_n_kl_bound,
-    idealized_ranking_accuracy,
-    kl_estimate,
-    overoptimization_curve,
-    ranking_accuracy,
-    ranking_accuracy_interval,
-)
-from prefkit.evaluate.rm import (
-    REWARDBENCH_V1_BALANCE,
-    REWARDBENCH_V1_SECTIONS,
-    best_of_k_accuracy,
-    evaluate_pairs,
-    evaluate_sets,
-    gold_agreement,
-    length_correlation,
-    length_rule_accuracy,
-    pairwise_accuracy,
-    rewardbench_scores,
-    subset_accuracies,
-)
-from prefkit.evaluate.winrate import length_controlled_win_rate, wilson_interval, win_rate
+from __future__ import annotations
 
-__all__ = [
-    "REWARDBENCH_V1_BALANCE",
-    "REWARDBENCH_V1_SECTIONS",
-    "best_of_k_accuracy",
-    "best_of_n_curve",
-    "best_of_n_kl_bound",
-    "evaluate_pairs",
-    "evaluate_sets",
-    "expected_calibration_error",
-    "gold_agreement",
-    "idealized_ranking_accuracy",
-    "kl_estimate",
-    "length_controlled_win_rate",
-    "length_correlation",
-    "length_rule_accuracy",
-    "overoptimization_curve",
-    "pairwise_accuracy",
-    "pairwise_calibration",
-    "plot_reliability",
-    "ranking_accuracy",
-    "ranking_accuracy_interval",
-    "reliability_bins",
-    "rewardbench_scores",
-    "subset_accuracies",
-    "wilson_interval",
-    "win_rate",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "expected_calibration_error": "calibration",
+    "pairwise_calibration": "calibration",
+    "plot_reliability": "calibration",
+    "reliability_bins": "calibration",
+    "best_of_n_curve": "policy",
+    "best_of_n_kl_bound": "policy",
+    "idealized_ranking_accuracy": "policy",
+    "kl_estimate": "policy",
+    "overoptimization_curve": "policy",
+    "ranking_accuracy": "policy",
+    "ranking_accuracy_interval": "policy",
+    "REWARDBENCH_V1_BALANCE": "rm",
+    "REWARDBENCH_V1_SECTIONS": "rm",
+    "best_of_k_accuracy": "rm",
+    "evaluate_pairs": "rm",
+    "evaluate_sets": "rm",
+    "gold_agreement": "rm",
+    "length_correlation": "rm",
+    "length_rule_accuracy": "rm",
+    "pairwise_accuracy": "rm",
+    "rewardbench_scores": "rm",
+    "subset_accuracies": "rm",
+    "length_controlled_win_rate": "winrate",
+    "wilson_interval": "winrate",
+    "win_rate": "winrate",
+    "krippendorff_alpha": "agreement",
+    "fleiss_kappa": "agreement",
+    "cohen_kappa": "agreement",
+    "vs_majority": "agreement",
+    "position_bias": "agreement",
+    "labels_per_hour": "agreement",
+}
+"""Public name -> the submodule defining it: imported on first use (PEP 562), so that
+``prefkit.data.stats`` can use the agreement maths without loading scipy.stats and matplotlib."""
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
