@@ -245,12 +245,17 @@ def campaign_list(db: DbOpt = "prefkit.db", as_json: JsonOpt = False) -> None:
 @cli_errors
 def campaign_close(name: Annotated[str, typer.Argument(help="Campaign name.")],
                    db: DbOpt = "prefkit.db",
-                   reopen: Annotated[bool, typer.Option("--reopen")] = False) -> None:
+                   reopen: Annotated[bool, typer.Option("--reopen")] = False,
+                   as_json: JsonOpt = False) -> None:
     """Close a campaign (no new labels) or reopen it."""
     from ..serve.service import get_campaign, set_campaign_status
 
+    status = "open" if reopen else "closed"
     with _store(db, create=False) as store:
-        set_campaign_status(store, get_campaign(store, name), "open" if reopen else "closed")
+        set_campaign_status(store, get_campaign(store, name), status)
+    if as_json:
+        print_json({"campaign": name, "status": status})
+        return
     stdout.print(f"campaign {name} {'reopened' if reopen else 'closed'}")
 
 

@@ -75,12 +75,24 @@ class AssignmentRef(BaseModel):
     assignment_id: int = Field(ge=1, le=2**62)
 
 
+Text = str | list[dict[str, Any]]
+
+
+class CandidateRow(BaseModel):
+    """A prompt with the responses to label (``models`` names each one's model: arenas)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: Text
+    responses: list[Text] = Field(min_length=1, max_length=64)
+    models: list[str] | None = None
+    id: str | None = Field(None, max_length=200)
+
+
 class CampaignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     task: Literal[TASKS]  # type: ignore[valid-type]
-    items: list[dict[str, Any]] = Field(min_length=1, max_length=100_000, description=(
-        "Candidate rows: {prompt, responses: [...], models?: [...]}"))
+    items: list[CandidateRow] = Field(min_length=1, max_length=100_000)
     overlap: int = Field(1, ge=1, le=100)
     guidelines: str = Field("", max_length=100_000)
     annotators: list[str] | None = None
@@ -179,7 +191,8 @@ def create_campaign(body: CampaignIn, request: Request, who: Person = Depends(ad
 
     try:
         settings = TaskSettings(task=body.task, **body.settings)
-        items = fit_task(candidate_items("request", body.items), settings)
+        rows = [row.model_dump(exclude_none=True) for row in body.items]
+        items = fit_task(candidate_items("request", rows), settings)
         created = svc.create_campaign(_store(request), body.name, settings, items,
                                       overlap=body.overlap, guidelines=body.guidelines,
                                       annotators=body.annotators)

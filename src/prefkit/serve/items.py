@@ -142,11 +142,13 @@ def read_items(paths: list[str], settings: TaskSettings, *, format: str | None =
     if not paths:
         raise ValueError("give at least one file of items")
     first = _first_row(paths[0])
+    spans: list[tuple[str, int]] = []  # (file, index of its first item)
     if set(first) >= ALPACA_KEYS:
         items = _alpaca(paths)
     else:
         items = []
         for path in paths:
+            spans.append((str(path), len(items)))
             head = _first_row(path)
             if set(head) >= CANDIDATE_KEYS or set(head) >= OUTPUTS_KEYS:
                 items.extend(_candidates(str(path), iter_rows(path)))
@@ -159,7 +161,18 @@ def read_items(paths: list[str], settings: TaskSettings, *, format: str | None =
                                       "(records with responses to label)", "wrong_type",
                                       record.kind, row_kind="record")
                 items.append(item)
-    items = fit_task(items, settings)
+    # errors name the file and its item: each file on its own first (copies: the arena's fit
+    # numbers prompts), then all together
+    for i, (path, start) in enumerate(spans if len(spans) > 1 else []):
+        end = spans[i + 1][1] if i + 1 < len(spans) else len(items)
+        try:
+            fit_task([dict(item) for item in items[start:end]], settings)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    try:
+        items = fit_task(items, settings)
+    except ValueError as exc:
+        raise ValueError(f"{', '.join(map(str, paths))}: {exc}") from None
     return items[:limit] if limit is not None else items
 
 

@@ -264,10 +264,12 @@ def undo(campaign_id: int, request: Request) -> Response:
     _same_origin(request)
     campaign = _campaign_for(request, campaign_id, who)
     try:
-        assignment = svc.undo_last(_store(request), campaign, who)
+        svc.undo_last(_store(request), campaign, who)
     except ServeError as exc:
         return _annotate(request, campaign, who, None, error=str(exc), status=exc.status)
-    return _annotate(request, campaign, who, assignment)
+    # the undone item is now the annotator's only active lease: /c/{id} shows it, and a reload
+    # there does not post the undo again
+    return RedirectResponse(f"/c/{campaign_id}", status_code=303)
 
 
 @router.get("/c/{campaign_id}/leaderboard")

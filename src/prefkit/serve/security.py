@@ -61,19 +61,30 @@ class BodyLimit:
                     await _plain(send, 413, f"request body over {self.max_bytes} bytes")
                     return
         seen = 0
-        started = False
+        started = refused = False
 
         async def counting_receive() -> dict[str, Any]:
-            nonlocal seen
+            # the 413 is sent from here: an exception raised in receive() would be caught by
+            # the framework's body parsing and answered as a 400. The app then sees the client
+            # gone, and whatever it answers is dropped.
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    if started:
+                        raise _TooLarge
+                    refused = True
+                    await _plain(send, 413, f"request body over {self.max_bytes} bytes")
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: dict[str, Any]) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)

@@ -399,6 +399,8 @@ def submit_label(store: FeedbackStore, campaign: Campaign, person: Person, assig
             raise ServeError("the lease expired and the item got its labels from others; "
                              "ask for the next item")
         payload = orjson.loads(item.payload)
+        if item.source_id:  # kept out of the payload; a critique targets it
+            payload["source_id"] = item.source_id
         rid = label_record_id(campaign.id, item.id, person.id)
         metadata = {"campaign": campaign.name, "item": item.position,
                     **({"source_id": item.source_id} if item.source_id else {}),
@@ -530,8 +532,8 @@ def progress(store: FeedbackStore, campaign: Campaign) -> dict[str, Any]:
 
 def annotator_progress(store: FeedbackStore, campaign: Campaign, person: Person
                        ) -> dict[str, int]:
-    """How many items this annotator labelled, and how many unfilled items they have not
-    been handed yet (an upper bound on what is left for them)."""
+    """How many items this annotator labelled, and how many unfilled items are left for them:
+    not handed to them yet, or leased to them now (an upper bound)."""
 
     def run(conn: Connection) -> dict[str, int]:
         done = conn.execute(sa.select(sa.func.count()).where(
@@ -540,7 +542,8 @@ def annotator_progress(store: FeedbackStore, campaign: Campaign, person: Person
         if campaign.task == "arena":
             return {"done": done, "left": None}
         mine = (sa.select(ASSIGNMENTS.c.id).where(ASSIGNMENTS.c.item_id == ITEMS.c.id,
-                                                  ASSIGNMENTS.c.annotator_id == person.id))
+                                                  ASSIGNMENTS.c.annotator_id == person.id,
+                                                  ASSIGNMENTS.c.state != "active"))
         left = conn.execute(sa.select(sa.func.count()).where(
             ITEMS.c.campaign_id == campaign.id, ITEMS.c.role == "item",
             ITEMS.c.full.is_(False), ~sa.exists(mine))).scalar_one()
