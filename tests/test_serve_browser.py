@@ -17,7 +17,8 @@ browser shows *and* at the stored records:
   app, no script but ``/static/app.js``, no event-handler attribute, the CSP header is sent and
   the page's own script works under it;
 - the annotation page fits 1200 px and 480 px windows;
-- the README's screenshots (``docs/images/serve-*.png``) are written.
+- the README's screenshots (``docs/images/serve-*.png``, rewritten with
+  ``PREFKIT_UPDATE_SCREENSHOTS=1``) are taken.
 
 Skipped without Playwright or without a ``chromium`` binary.
 """
@@ -40,6 +41,7 @@ from prefkit.data.records import Outcome, to_dict
 from prefkit.data.store import FeedbackStore
 from prefkit.serve import service as svc
 from prefkit.serve.items import candidate_items, fit_task
+from prefkit.serve.pages import agreement_name
 from prefkit.serve.security import CSP
 from prefkit.serve.stats import campaign_stats
 from prefkit.serve.tasks import HELPSTEER_SCALES, TaskSettings
@@ -50,6 +52,8 @@ playwright_api = pytest.importorskip(
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "docs" / "images"
+"""Where the README's screenshots go when ``PREFKIT_UPDATE_SCREENSHOTS=1`` (otherwise into the
+test's temporary folder, so a test run leaves the working tree as it was)."""
 
 
 def _chromium() -> str | None:
@@ -571,13 +575,14 @@ def test_admin_creates_campaign_sees_agreement_and_exports(live, visit, tmp_path
     for n, expected in enumerate(stats["annotators"]):
         cells = table.nth(n).locator("td").all_inner_texts()
         assert cells[0] == expected["name"] and cells[1] == str(expected["labels"])
-        assert cells[3] == f"{expected['median_seconds']:.3f}"
-        assert cells[4].startswith(f"{expected['majority_agreement']:.3f}")
+        assert cells[3] == f"{expected['median_seconds']:.1f}"
+        assert cells[4].startswith(f"{expected['majority_agreement']:.2f}")
     shown_stats = dict(zip(page.locator("#agreement dt").all_inner_texts(),
                            page.locator("#agreement dd").all_inner_texts(), strict=True))
-    assert set(shown_stats) == set(stats["agreement"])
+    assert set(shown_stats) == {agreement_name(key) for key in stats["agreement"]}
     for key, value in stats["agreement"].items():
-        assert shown_stats[key] == (f"{value:.3f}" if isinstance(value, float) else str(value))
+        assert shown_stats[agreement_name(key)] == (f"{value:.3f}" if isinstance(value, float)
+                                                     else str(value))
     alpha = stats["agreement"]["krippendorff_alpha_nominal"]
     assert -1 < alpha < 1  # a real, non-trivial agreement
 
@@ -793,10 +798,13 @@ SHOT_RESPONSES = [
 ]
 
 
-def test_screenshots_for_readme(live, visit):
+def test_screenshots_for_readme(live, visit, tmp_path):
+    import os
+
     import numpy as np
 
-    IMAGES.mkdir(parents=True, exist_ok=True)
+    images = IMAGES if os.environ.get("PREFKIT_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    images.mkdir(parents=True, exist_ok=True)
     live.person("alice")
     live.person("admin", "admin")
     pairwise = live.campaign("Helpfulness, round 1", "pairwise",
@@ -804,7 +812,7 @@ def test_screenshots_for_readme(live, visit):
                              annotators=["alice"], strength=True, guidelines=SHOT_GUIDELINES)
     page, watch = visit("alice", width=1100, height=800)
     go(page, f"/c/{pairwise.id}")
-    page.screenshot(path=str(IMAGES / "serve-annotate.png"), full_page=True)
+    page.screenshot(path=str(images / "serve-annotate.png"), full_page=True)
 
     # an arena with votes from simulated voters of known strengths
     models = ["llama-3-8b-sft", "llama-3-8b-dpo", "qwen2-7b-instruct", "mistral-7b-v0.3",
@@ -826,7 +834,7 @@ def test_screenshots_for_readme(live, visit):
                          f"shot-{n}", seconds=float(rng.uniform(4, 20)))
     go(page, f"/c/{arena.id}/leaderboard")
     assert page.locator("#leaderboard tbody tr").count() == len(models)
-    page.screenshot(path=str(IMAGES / "serve-leaderboard.png"), full_page=True)
+    page.screenshot(path=str(images / "serve-leaderboard.png"), full_page=True)
 
     # an admin page with overlap-3 labels
     answers = {f"rater-{i}": outcomes for i, outcomes in
@@ -838,9 +846,9 @@ def test_screenshots_for_readme(live, visit):
     label_all(live, rated, answers)
     admin, admin_watch = visit("admin", width=1100, height=800)
     go(admin, f"/admin/c/{rated.id}")
-    admin.screenshot(path=str(IMAGES / "serve-admin.png"), full_page=True)
+    admin.screenshot(path=str(images / "serve-admin.png"), full_page=True)
     for shot in ("serve-annotate.png", "serve-leaderboard.png", "serve-admin.png"):
-        data = (IMAGES / shot).read_bytes()
+        data = (images / shot).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     watch.clean()
     admin_watch.clean()

@@ -57,17 +57,31 @@ def export_formats(campaign: Campaign) -> list[str]:
     return [name for name, fmt in FORMATS.items() if kind in fmt.kinds]
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.{digits}f}"
     return str(value)
+
+
+def agreement_name(key: str) -> str:
+    """``krippendorff_alpha_interval[helpfulness]`` -> "Krippendorff's alpha (interval,
+    helpfulness)"."""
+    base, _, attribute = key.partition("[")
+    names = {"krippendorff_alpha_nominal": "Krippendorff's alpha (nominal)",
+             "krippendorff_alpha_interval": "Krippendorff's alpha (interval)",
+             "krippendorff_alpha_ordinal": "Krippendorff's alpha (ordinal)",
+             "fleiss_kappa": "Fleiss' kappa", "fleiss_items_used": "items in Fleiss' kappa",
+             "fleiss_raters_per_item": "labels per item in Fleiss' kappa"}
+    name = names.get(base, base)
+    return f"{name[:-1]}, {attribute[:-1]})" if attribute and name.endswith(")") else name
 
 
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     person = getattr(request.state, "person", None)
-    html = _ENV.get_template(template).render(person=person, fmt=_fmt, **context)
+    html = _ENV.get_template(template).render(person=person, fmt=_fmt,
+                                              agreement_name=agreement_name, **context)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
