@@ -14,13 +14,11 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import orjson
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from prefkit.commands.store import app
@@ -52,9 +50,8 @@ from prefkit.data.store import (
     schema_version,
     upgrade,
 )
+from store_backends import BACKENDS, backend_url
 
-PG_ENV = "PREFKIT_TEST_POSTGRES_URL"
-PG_SKIP = "PREFKIT_TEST_POSTGRES_URL not set: start PostgreSQL to run the store tests against it"
 N_WRITERS = 8
 N_UNIQUE = 10_000
 
@@ -113,27 +110,12 @@ def stored_dicts(store: FeedbackStore) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def store_url(request, tmp_path):
     """URL of an empty store: an SQLite file, or a new schema of the PostgreSQL database in
     PREFKIT_TEST_POSTGRES_URL (dropped afterwards)."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "store.db")
-        return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(PG_SKIP)
-    schema = f"prefkit_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
+    with backend_url(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
