@@ -438,6 +438,12 @@ def test_export_to_every_format_that_holds_the_records(tmp_path):
     written = {}
     for fmt in formats:
         out = tmp_path / f"prefs-{fmt}.jsonl"
+        if fmt == "rewardbench":  # needs a subset per record, which labels do not have
+            error = cli_json("serve", "campaign", "export", "prefs", "--out", out,
+                             "--format", fmt, "--db", db, code=2)
+            assert "holds none of its 8 labels (dropped: 8 no subset)" in error["error"]
+            assert not out.exists()
+            continue
         report = cli_json("serve", "campaign", "export", "prefs", "--out", out, "--format",
                           fmt, "--db", db)
         # what a format cannot hold is counted by reason, never silently lost

@@ -298,7 +298,12 @@ def campaign_export(
 
     with _store(db, create=False) as store:
         records = [label.record for label in campaign_labels(store, get_campaign(store, name))]
-    report = write_records(records, out, format)
+    report = write_records(records, out, format, keep_empty=False)
+    if not report.written:  # as `prefkit store export`: no empty file, the reasons named
+        ledger = "; ".join(f"{n} {reason}" for reason, n in report.dropped.items())
+        why = (f"the {format} format holds none of its {len(records)} labels (dropped: "
+               f"{ledger})" if ledger else "the campaign has no labels yet")
+        raise ValueError(f"{name}: nothing to export: {why}; {out} was not written")
     result = {"campaign": name, "out": str(out), "format": format, **report.to_dict()}
     if as_json:
         print_json(result)

@@ -428,9 +428,13 @@ def export(campaign_id: int, request: Request, format: str = "prefkit") -> Respo
     with tempfile.TemporaryDirectory(prefix="prefkit-export-") as tmp:
         path = Path(tmp) / "labels.jsonl"
         try:
-            write_records(records, path, format)
+            report = write_records(records, path, format, keep_empty=False)
         except ValueError as exc:
             raise HTTPException(422, f"cannot export as {format}: {exc}") from None
+        if not report.written:
+            ledger = "; ".join(f"{n} {reason}" for reason, n in report.dropped.items())
+            raise HTTPException(422, f"nothing to export as {format}"
+                                     + (f" (dropped: {ledger})" if ledger else ": no labels"))
         body = path.read_bytes()
     name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{campaign.name}-{format}.jsonl")
     return Response(body, media_type="application/x-ndjson", headers={
