@@ -124,7 +124,7 @@ def _http(exc: ValueError) -> HTTPException:
     return HTTPException(422, str(exc))
 
 
-def person(request: Request) -> Person:
+async def person(request: Request) -> Person:
     """The signed-in person (set by the app's auth middleware) or 401."""
     found = getattr(request.state, "person", None)
     if found is None:
@@ -133,7 +133,7 @@ def person(request: Request) -> Person:
     return found
 
 
-def admin(who: Person = Depends(person)) -> Person:
+async def admin(who: Person = Depends(person)) -> Person:
     if not who.is_admin:
         raise HTTPException(403, "admins only")
     return who
@@ -242,14 +242,13 @@ def submit(campaign_id: CampaignId, body: LabelIn, request: Request, response: R
     store = _store(request)
     try:
         result = svc.submit_label(store, found, who, body.assignment_id, body.answer,
-                                  body.idempotency_key, body.seconds)
-        following = svc.next_assignment(store, found, who) if next else None
+                                  body.idempotency_key, body.seconds, lease_next=next)
     except AnswerError as exc:
         raise HTTPException(422, str(exc)) from None
     except ServeError as exc:
         raise _http(exc) from None
     response.status_code = 200 if result.replayed else 201
-    return LabelOut(**result.to_dict(), next=_assignment(following))
+    return LabelOut(**result.to_dict(), next=_assignment(result.next))
 
 
 @router.post("/campaigns/{campaign_id}/skip", response_model=NextOut)

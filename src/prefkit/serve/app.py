@@ -16,9 +16,10 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from ..data.store import FeedbackStore
 from . import service as svc
@@ -52,24 +53,6 @@ def create_app(store: FeedbackStore | str | os.PathLike, settings: ServeSettings
                   description=api.__doc__, docs_url=None, redoc_url=None)
     app.state.store = store
     app.state.settings = settings
-    limiter = RateLimit(settings.rate, settings.burst)
-
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Any) -> Any:
-        path = request.url.path
-        token = request_token({k.decode().lower(): v.decode() for k, v in
-                               request.scope["headers"]}, _cookies(request))
-        request.state.person = None
-        if token is not None:
-            request.state.person = await _lookup(store, token)
-        key = (svc.hash_token(token) if request.state.person is not None
-               else f"ip:{request.client.host if request.client else '?'}")
-        if not path.startswith("/static/"):
-            wait = limiter.check(key)
-            if wait > 0:
-                return JSONResponse({"detail": "rate limit: slow down"}, status_code=429,
-                                    headers={"Retry-After": str(max(1, round(wait + 0.5)))})
-        return await call_next(request)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -78,19 +61,50 @@ def create_app(store: FeedbackStore | str | os.PathLike, settings: ServeSettings
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(Authenticate, store=store,
+                       limiter=RateLimit(settings.rate, settings.burst))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)
     return app
 
 
-async def _lookup(store: FeedbackStore, token: str) -> svc.Person | None:
-    from starlette.concurrency import run_in_threadpool
+class Authenticate:
+    """Plain ASGI middleware: the person of the request's token (bearer header, else the
+    session cookie) goes to ``request.state.person`` (None without a valid token); the rate
+    limit is applied per token (per client address before sign-in), static files excepted."""
 
-    return await run_in_threadpool(svc.authenticate, store, token)
+    def __init__(self, app: Any, store: FeedbackStore, limiter: RateLimit):
+        self.app = app
+        self.store = store
+        self.limiter = limiter
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope["headers"] if k in (b"authorization", b"cookie")}
+        token = request_token(headers, _cookies(headers.get("cookie")))
+        person = None
+        if token is not None:
+            person = svc.cached_person(self.store, token)
+            if person is svc.UNKNOWN:
+                person = await run_in_threadpool(svc.authenticate, self.store, token)
+        scope.setdefault("state", {})["person"] = person
+        if not scope["path"].startswith("/static/"):
+            client = scope.get("client")
+            key = (svc.hash_token(token) if person is not None
+                   else f"ip:{client[0] if client else '?'}")
+            wait = self.limiter.check(key)
+            if wait > 0:
+                response = JSONResponse({"detail": "rate limit: slow down"}, status_code=429,
+                                        headers={"Retry-After": str(max(1, round(wait + 0.5)))})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
-def _cookies(request: Request) -> dict[str, str]:
-    raw = request.headers.get("cookie")
+def _cookies(raw: str | None) -> dict[str, str]:
     if not raw:
         return {}
     jar: SimpleCookie = SimpleCookie()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -120,6 +121,7 @@ def revoke_annotator(store: FeedbackStore, name: str) -> None:
             raise ServeError(f"no active annotator {name!r}", 404)
         conn.execute(sa.update(ANNOTATORS).where(ANNOTATORS.c.id == row.id).values(
             revoked_at=_now()))
+        _PEOPLE.clear()
         conn.execute(sa.update(ASSIGNMENTS).where(
             ASSIGNMENTS.c.annotator_id == row.id, ASSIGNMENTS.c.state == "active").values(
             state="released"))
@@ -127,15 +129,36 @@ def revoke_annotator(store: FeedbackStore, name: str) -> None:
     store.transaction(run)
 
 
+CACHE_SECONDS = 2.0
+"""How long a token's person and a campaign's settings are reused without reading the store
+again. A revocation or a closed campaign takes effect at once in the process that made it, and
+within this many seconds in other server processes on the same store."""
+UNKNOWN = object()
+""":func:`cached_person`'s answer when the cache does not know the token."""
+_PEOPLE: dict[tuple[str, str], tuple[float, Person | None]] = {}
+_CAMPAIGNS: dict[tuple[str, int | str], tuple[float, Campaign]] = {}
+
+
+def cached_person(store: FeedbackStore, token: str) -> Person | None | object:
+    """The person of ``token`` if :func:`authenticate` saw it less than
+    :data:`CACHE_SECONDS` ago (None: an invalid token), else :data:`UNKNOWN`."""
+    hit = _PEOPLE.get((store.url, hash_token(token)))
+    return hit[1] if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS else UNKNOWN
+
+
 def authenticate(store: FeedbackStore, token: str) -> Person | None:
     """The person a token belongs to, or None (unknown or revoked)."""
     if not token or len(token) > 200:
         return None
+    digest = hash_token(token)
     row = store.read(lambda conn: conn.execute(
         sa.select(ANNOTATORS.c.id, ANNOTATORS.c.name, ANNOTATORS.c.role).where(
-            ANNOTATORS.c.token_hash == hash_token(token),
-            ANNOTATORS.c.revoked_at.is_(None))).first())
-    return None if row is None else Person(row.id, row.name, row.role)
+            ANNOTATORS.c.token_hash == digest, ANNOTATORS.c.revoked_at.is_(None))).first())
+    person = None if row is None else Person(row.id, row.name, row.role)
+    if len(_PEOPLE) > 10_000:
+        _PEOPLE.clear()
+    _PEOPLE[(store.url, digest)] = (time.monotonic(), person)
+    return person
 
 
 def list_annotators(store: FeedbackStore) -> list[dict[str, Any]]:
@@ -216,12 +239,21 @@ def create_campaign(store: FeedbackStore, name: str, settings: TaskSettings,
 
 
 def get_campaign(store: FeedbackStore, ref: int | str) -> Campaign:
-    """A campaign by id or name (:class:`ServeError` 404 when there is none)."""
+    """A campaign by id or name (:class:`ServeError` 404 when there is none); read again
+    after :data:`CACHE_SECONDS`."""
+    key = (store.url, ref)
+    hit = _CAMPAIGNS.get(key)
+    if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
+        return hit[1]
     column = CAMPAIGNS.c.id if isinstance(ref, int) else CAMPAIGNS.c.name
     row = store.read(lambda conn: conn.execute(sa.select(CAMPAIGNS).where(column == ref)).first())
     if row is None:
         raise ServeError(f"no campaign {ref!r}", 404)
-    return _campaign(row)
+    campaign = _campaign(row)
+    if len(_CAMPAIGNS) > 10_000:
+        _CAMPAIGNS.clear()
+    _CAMPAIGNS[key] = (time.monotonic(), campaign)
+    return campaign
 
 
 def list_campaigns(store: FeedbackStore, person: Person | None = None) -> list[Campaign]:
@@ -236,6 +268,7 @@ def set_campaign_status(store: FeedbackStore, campaign: Campaign, status: str) -
         raise ServeError(f"status {status!r}: expected open or closed", 400)
     store.transaction(lambda conn: conn.execute(
         sa.update(CAMPAIGNS).where(CAMPAIGNS.c.id == campaign.id).values(status=status)))
+    _CAMPAIGNS.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,18 +299,15 @@ def _lock_campaign(conn: Connection, campaign_id: int) -> None:
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_CAMPAIGN_LOCK, campaign_id)))
 
 
-def _active_leases(item_id: Any, now: datetime) -> sa.ScalarSelect:
-    return (sa.select(sa.func.count()).select_from(ASSIGNMENTS)
-            .where(ASSIGNMENTS.c.item_id == item_id, ASSIGNMENTS.c.state == "active",
-                   ASSIGNMENTS.c.lease_expires > now).scalar_subquery())
-
-
-def _shown_view(conn: Connection, row: Any) -> Assignment:
-    payload = orjson.loads(conn.execute(sa.select(ITEMS.c.payload).where(
-        ITEMS.c.id == row.item_id)).scalar_one())
-    shown = orjson.loads(row.shown)
-    return Assignment(row.id, row.campaign_id, row.item_id, payload["prompt"],
-                      [payload["responses"][i] for i in shown], _aware(row.lease_expires))
+def _shown_view(conn: Connection, campaign_id: int, assignment_id: int, item_id: int,
+               shown: str, lease_expires: datetime, payload: dict | None = None
+               ) -> Assignment:
+    if payload is None:
+        payload = orjson.loads(conn.execute(sa.select(ITEMS.c.payload).where(
+            ITEMS.c.id == item_id)).scalar_one())
+    order = orjson.loads(shown)
+    return Assignment(assignment_id, campaign_id, item_id, payload["prompt"],
+                      [payload["responses"][i] for i in order], _aware(lease_expires))
 
 
 def _check_open(campaign: Campaign, person: Person) -> None:
@@ -293,55 +323,98 @@ def next_assignment(store: FeedbackStore, campaign: Campaign, person: Person, *,
     them. Arena campaigns draw a new battle (:mod:`prefkit.serve.arena`)."""
     _check_open(campaign, person)
     rng = rng or np.random.default_rng(secrets.randbits(64))
-    lease = timedelta(seconds=campaign.settings.lease_seconds)
 
     def run(conn: Connection) -> Assignment | None:
         _lock_campaign(conn, campaign.id)
-        now = _now()
-        current = conn.execute(
-            sa.select(ASSIGNMENTS, ITEMS.c.n_labels)
-            .join(ITEMS, ITEMS.c.id == ASSIGNMENTS.c.item_id)
-            .where(ASSIGNMENTS.c.campaign_id == campaign.id,
-                   ASSIGNMENTS.c.annotator_id == person.id, ASSIGNMENTS.c.state == "active")
-            .order_by(ASSIGNMENTS.c.id).limit(1)).first()
-        if current is not None:
-            others = conn.execute(sa.select(_active_leases(current.item_id, now))).scalar_one()
-            mine = 1 if _aware(current.lease_expires) > now else 0
-            if current.n_labels + others - mine < campaign.overlap:
-                conn.execute(sa.update(ASSIGNMENTS).where(ASSIGNMENTS.c.id == current.id)
-                             .values(lease_expires=now + lease))
-                return _shown_view(conn, conn.execute(sa.select(ASSIGNMENTS).where(
-                    ASSIGNMENTS.c.id == current.id)).one())
-            conn.execute(sa.update(ASSIGNMENTS).where(ASSIGNMENTS.c.id == current.id)
-                         .values(state="expired"))
-        if campaign.task == "arena":
-            from .arena import draw_battle
-
-            item_id, n_responses = draw_battle(conn, campaign, person, rng)
-            if item_id is None:
-                return None
-        else:
-            mine = (sa.select(ASSIGNMENTS.c.id).where(ASSIGNMENTS.c.item_id == ITEMS.c.id,
-                                                      ASSIGNMENTS.c.annotator_id == person.id))
-            found = conn.execute(
-                sa.select(ITEMS.c.id, ITEMS.c.payload)
-                .where(ITEMS.c.campaign_id == campaign.id, ITEMS.c.role == "item",
-                       ITEMS.c.full.is_(False), ~sa.exists(mine),
-                       ITEMS.c.n_labels + _active_leases(ITEMS.c.id, now) < campaign.overlap)
-                .order_by(ITEMS.c.position).limit(1)).first()
-            if found is None:
-                return None
-            item_id = found.id
-            n_responses = len(orjson.loads(found.payload)["responses"])
-        shown = [int(i) for i in rng.permutation(n_responses)]
-        aid = conn.execute(sa.insert(ASSIGNMENTS).values(
-            campaign_id=campaign.id, item_id=item_id, annotator_id=person.id,
-            shown=_json(shown), state="active", leased_at=now,
-            lease_expires=now + lease).returning(ASSIGNMENTS.c.id)).scalar_one()
-        return _shown_view(conn, conn.execute(sa.select(ASSIGNMENTS).where(
-            ASSIGNMENTS.c.id == aid)).one())
+        return _lease(conn, campaign, person, rng)
 
     return store.transaction(run)
+
+
+def _b(name: str) -> sa.BindParameter:
+    return sa.bindparam(name)
+
+
+class _Q:
+    """The statements every label runs, built once (building a statement costs more than
+    executing it on SQLite); parameters are bound by name at execution."""
+
+    current = (sa.select(ASSIGNMENTS, ITEMS.c.n_labels)
+               .join(ITEMS, ITEMS.c.id == ASSIGNMENTS.c.item_id)
+               .where(ASSIGNMENTS.c.campaign_id == _b("b_campaign"),
+                      ASSIGNMENTS.c.annotator_id == _b("b_person"),
+                      ASSIGNMENTS.c.state == "active")
+               .order_by(ASSIGNMENTS.c.id).limit(1))
+    leases = (sa.select(sa.func.count()).select_from(ASSIGNMENTS)
+              .where(ASSIGNMENTS.c.item_id == _b("b_item"), ASSIGNMENTS.c.state == "active",
+                     ASSIGNMENTS.c.lease_expires > _b("b_now")))
+    free = (sa.select(ITEMS.c.id, ITEMS.c.payload)
+            .where(ITEMS.c.campaign_id == _b("b_campaign"), ITEMS.c.role == "item",
+                   ITEMS.c.full.is_(False),
+                   ~sa.exists(sa.select(ASSIGNMENTS.c.id).where(
+                       ASSIGNMENTS.c.item_id == ITEMS.c.id,
+                       ASSIGNMENTS.c.annotator_id == _b("b_person"))),
+                   ITEMS.c.n_labels + sa.select(sa.func.count()).select_from(ASSIGNMENTS)
+                   .where(ASSIGNMENTS.c.item_id == ITEMS.c.id,
+                          ASSIGNMENTS.c.state == "active",
+                          ASSIGNMENTS.c.lease_expires > _b("b_now")).scalar_subquery()
+                   < _b("b_overlap"))
+            .order_by(ITEMS.c.position).limit(1))
+    lease = (sa.insert(ASSIGNMENTS).values(
+        campaign_id=_b("b_campaign"), item_id=_b("b_item"), annotator_id=_b("b_person"),
+        shown=_b("b_shown"), state="active", leased_at=_b("b_now"),
+        lease_expires=_b("b_expires")).returning(ASSIGNMENTS.c.id))
+    renew = (sa.update(ASSIGNMENTS).where(ASSIGNMENTS.c.id == _b("b_assignment"))
+             .values(lease_expires=_b("b_expires")))
+    set_state = (sa.update(ASSIGNMENTS).where(ASSIGNMENTS.c.id == _b("b_assignment"))
+                 .values(state=_b("b_state")))
+    by_key = sa.select(LABELS).where(LABELS.c.idempotency_key == _b("b_key"))
+    assignment = sa.select(ASSIGNMENTS).where(ASSIGNMENTS.c.id == _b("b_assignment"),
+                                              ASSIGNMENTS.c.campaign_id == _b("b_campaign"))
+    item = sa.select(ITEMS).where(ITEMS.c.id == _b("b_item"))
+    count = (sa.update(ITEMS).where(ITEMS.c.id == _b("b_item"))
+             .values(n_labels=_b("b_labels"), full=_b("b_full")))
+    label = (sa.insert(LABELS).values(
+        campaign_id=_b("b_campaign"), item_id=_b("b_item"), annotator_id=_b("b_person"),
+        assignment_id=_b("b_assignment"), record_id=_b("b_record"),
+        idempotency_key=_b("b_key"), answer=_b("b_answer"), seconds=_b("b_seconds"),
+        created_at=_b("b_now")).returning(LABELS.c.id))
+
+
+def _lease(conn: Connection, campaign: Campaign, person: Person, rng: np.random.Generator
+           ) -> Assignment | None:
+    """:func:`next_assignment` inside the caller's (campaign-locked) transaction."""
+    now = _now()
+    expires = now + timedelta(seconds=campaign.settings.lease_seconds)
+    current = conn.execute(_Q.current, {"b_campaign": campaign.id,
+                                        "b_person": person.id}).first()
+    if current is not None:
+        others = conn.execute(_Q.leases, {"b_item": current.item_id, "b_now": now}).scalar_one()
+        mine = 1 if _aware(current.lease_expires) > now else 0
+        if current.n_labels + others - mine < campaign.overlap:
+            conn.execute(_Q.renew, {"b_assignment": current.id, "b_expires": expires})
+            return _shown_view(conn, campaign.id, current.id, current.item_id,
+                               current.shown, expires)
+        conn.execute(_Q.set_state, {"b_assignment": current.id, "b_state": "expired"})
+    if campaign.task == "arena":
+        from .arena import draw_battle
+
+        item_id, n_responses = draw_battle(conn, campaign, person, rng)
+        if item_id is None:
+            return None
+        payload = None
+    else:
+        found = conn.execute(_Q.free, {"b_campaign": campaign.id, "b_person": person.id,
+                                       "b_now": now, "b_overlap": campaign.overlap}).first()
+        if found is None:
+            return None
+        item_id, payload = found.id, orjson.loads(found.payload)
+        n_responses = len(payload["responses"])
+    shown = _json([int(i) for i in rng.permutation(n_responses)])
+    aid = conn.execute(_Q.lease, {"b_campaign": campaign.id, "b_item": item_id,
+                                  "b_person": person.id, "b_shown": shown, "b_now": now,
+                                  "b_expires": expires}).scalar_one()
+    return _shown_view(conn, campaign.id, aid, item_id, shown, expires, payload)
 
 
 @dataclass
@@ -351,6 +424,8 @@ class LabelResult:
     assignment_id: int
     replayed: bool
     """True when this idempotency key had already been stored (nothing new was written)."""
+    next: Assignment | None = None
+    """With ``lease_next``: the annotator's next item (None when nothing is left)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"label_id": self.label_id, "record_id": self.record_id,
@@ -363,13 +438,15 @@ def label_record_id(campaign_id: int, item_id: int, annotator_id: int) -> str:
 
 
 def submit_label(store: FeedbackStore, campaign: Campaign, person: Person, assignment_id: int,
-                 answer: Any, idempotency_key: str, seconds: float | None = None
+                 answer: Any, idempotency_key: str, seconds: float | None = None, *,
+                 lease_next: bool = False, rng: np.random.Generator | None = None
                  ) -> LabelResult:
     """Store an answer to a leased item as a label and its feedback record (one transaction).
     A key seen before returns the first result (``replayed``); the same item answered twice,
     a foreign or skipped assignment, or an item already at its overlap is a
     :class:`ServeError`; an answer that does not fit the task an
-    :class:`~prefkit.serve.tasks.AnswerError`."""
+    :class:`~prefkit.serve.tasks.AnswerError`. ``lease_next``: also lease the annotator's next
+    item in the same transaction (``result.next``; one round trip and one commit per label)."""
     if not idempotency_key or len(idempotency_key) > 200:
         raise ServeError("idempotency_key: expected 1-200 characters", 422)
     if seconds is not None and not 0 <= seconds < 1e7:
@@ -378,51 +455,59 @@ def submit_label(store: FeedbackStore, campaign: Campaign, person: Person, assig
 
     def run(conn: Connection) -> LabelResult:
         _lock_campaign(conn, campaign.id)
-        seen = conn.execute(sa.select(LABELS).where(
-            LABELS.c.idempotency_key == idempotency_key)).first()
-        if seen is not None:
-            if seen.annotator_id != person.id or seen.assignment_id != assignment_id:
-                raise ServeError("idempotency_key was used for another submission")
-            return LabelResult(seen.id, seen.record_id, seen.assignment_id, True)
-        row = conn.execute(sa.select(ASSIGNMENTS).where(
-            ASSIGNMENTS.c.id == assignment_id, ASSIGNMENTS.c.campaign_id == campaign.id)).first()
-        if row is None or row.annotator_id != person.id:
-            raise ServeError(f"no assignment {assignment_id} of yours in this campaign", 404)
-        if row.state == "done":
-            raise ServeError("this item is already labelled (undo the label to change it)")
-        if row.state != "active":
-            raise ServeError(f"this assignment was {row.state}; ask for the next item")
-        item = conn.execute(sa.select(ITEMS).where(ITEMS.c.id == row.item_id)).one()
-        if item.n_labels >= campaign.overlap:
-            conn.execute(sa.update(ASSIGNMENTS).where(ASSIGNMENTS.c.id == row.id)
-                         .values(state="expired"))
-            raise ServeError("the lease expired and the item got its labels from others; "
-                             "ask for the next item")
-        payload = orjson.loads(item.payload)
-        if item.source_id:  # kept out of the payload; a critique targets it
-            payload["source_id"] = item.source_id
-        rid = label_record_id(campaign.id, item.id, person.id)
-        metadata = {"campaign": campaign.name, "item": item.position,
-                    **({"source_id": item.source_id} if item.source_id else {}),
-                    **({"seconds": round(seconds, 3)} if seconds is not None else {})}
-        record = _record(campaign, payload, answer, orjson.loads(row.shown), person, metadata,
-                         rid)
-        status = store.add_in(conn, record)
-        if status != "inserted":
-            raise ServeError(f"record {rid} is already stored ({status})")
-        n_labels = item.n_labels + 1
-        conn.execute(sa.update(ITEMS).where(ITEMS.c.id == item.id).values(
-            n_labels=n_labels, full=n_labels >= campaign.overlap))
-        conn.execute(sa.update(ASSIGNMENTS).where(ASSIGNMENTS.c.id == row.id)
-                     .values(state="done"))
-        label_id = conn.execute(sa.insert(LABELS).values(
-            campaign_id=campaign.id, item_id=item.id, annotator_id=person.id,
-            assignment_id=row.id, record_id=rid, idempotency_key=idempotency_key,
-            answer=_json(answer), seconds=seconds, created_at=_now())
-            .returning(LABELS.c.id)).scalar_one()
-        return LabelResult(label_id, rid, row.id, False)
+        result = _store_label(conn, store, campaign, person, assignment_id, answer,
+                              idempotency_key, seconds)
+        if lease_next:
+            result.next = _lease(conn, campaign, person,
+                                 rng or np.random.default_rng(secrets.randbits(64)))
+        return result
 
     return store.transaction(run)
+
+
+def _store_label(conn: Connection, store: FeedbackStore, campaign: Campaign, person: Person,
+                 assignment_id: int, answer: Any, idempotency_key: str,
+                 seconds: float | None) -> LabelResult:
+    """:func:`submit_label` inside the caller's (campaign-locked) transaction."""
+    seen = conn.execute(_Q.by_key, {"b_key": idempotency_key}).first()
+    if seen is not None:
+        if seen.annotator_id != person.id or seen.assignment_id != assignment_id:
+            raise ServeError("idempotency_key was used for another submission")
+        return LabelResult(seen.id, seen.record_id, seen.assignment_id, True)
+    row = conn.execute(_Q.assignment, {"b_assignment": assignment_id,
+                                       "b_campaign": campaign.id}).first()
+    if row is None or row.annotator_id != person.id:
+        raise ServeError(f"no assignment {assignment_id} of yours in this campaign", 404)
+    if row.state == "done":
+        raise ServeError("this item is already labelled (undo the label to change it)")
+    if row.state != "active":
+        raise ServeError(f"this assignment was {row.state}; ask for the next item")
+    item = conn.execute(_Q.item, {"b_item": row.item_id}).one()
+    if item.n_labels >= campaign.overlap:
+        conn.execute(_Q.set_state, {"b_assignment": row.id, "b_state": "expired"})
+        raise ServeError("the lease expired and the item got its labels from others; "
+                         "ask for the next item")
+    payload = orjson.loads(item.payload)
+    if item.source_id:  # kept out of the payload; a critique targets it
+        payload["source_id"] = item.source_id
+    rid = label_record_id(campaign.id, item.id, person.id)
+    metadata = {"campaign": campaign.name, "item": item.position,
+                **({"source_id": item.source_id} if item.source_id else {}),
+                **({"seconds": round(seconds, 3)} if seconds is not None else {})}
+    record = _record(campaign, payload, answer, orjson.loads(row.shown), person, metadata,
+                     rid)
+    status = store.add_in(conn, record)
+    if status != "inserted":
+        raise ServeError(f"record {rid} is already stored ({status})")
+    n_labels = item.n_labels + 1
+    conn.execute(_Q.count, {"b_item": item.id, "b_labels": n_labels,
+                            "b_full": n_labels >= campaign.overlap})
+    conn.execute(_Q.set_state, {"b_assignment": row.id, "b_state": "done"})
+    label_id = conn.execute(_Q.label, {
+        "b_campaign": campaign.id, "b_item": item.id, "b_person": person.id,
+        "b_assignment": row.id, "b_record": rid, "b_key": idempotency_key,
+        "b_answer": _json(answer), "b_seconds": seconds, "b_now": _now()}).scalar_one()
+    return LabelResult(label_id, rid, row.id, False)
 
 
 def _record(campaign: Campaign, payload: dict, answer: Any, shown: list[int], person: Person,
@@ -472,8 +557,10 @@ def undo_last(store: FeedbackStore, campaign: Campaign, person: Person) -> Assig
         now = _now()
         conn.execute(sa.update(ASSIGNMENTS).where(ASSIGNMENTS.c.id == label.assignment_id)
                      .values(state="active", leased_at=now, lease_expires=now + lease))
-        return _shown_view(conn, conn.execute(sa.select(ASSIGNMENTS).where(
-            ASSIGNMENTS.c.id == label.assignment_id)).one())
+        shown = conn.execute(sa.select(ASSIGNMENTS.c.shown).where(
+            ASSIGNMENTS.c.id == label.assignment_id)).scalar_one()
+        return _shown_view(conn, campaign.id, label.assignment_id, label.item_id, shown,
+                           now + lease)
 
     return store.transaction(run)
 
