@@ -47,6 +47,8 @@ from prefkit.serve.stats import campaign_stats
 from prefkit.serve.tasks import HELPSTEER_SCALES, TaskSettings
 from xss_corpus import HOSTILE_TEXTS
 
+pytestmark = pytest.mark.slow  # ~40 s of Chromium: `make test` and CI run it, the quick loop not
+
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
