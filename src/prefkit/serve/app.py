@@ -60,6 +60,7 @@ def create_app(store: FeedbackStore | str | os.PathLike, settings: ServeSettings
 
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.add_exception_handler(pages.SignInRequired, pages.sign_in_page)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(Authenticate, store=store,
                        limiter=RateLimit(settings.rate, settings.burst))

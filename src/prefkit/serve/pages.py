@@ -89,6 +89,15 @@ def _signin(request: Request, error: str | None = None) -> HTMLResponse:
     return _page(request, "login.html", 401, error=error)
 
 
+class SignInRequired(Exception):
+    """A page asked for without a valid session: answered by :func:`sign_in_page`."""
+
+
+async def sign_in_page(request: Request, _exc: Exception) -> HTMLResponse:
+    """The app's handler of :class:`SignInRequired`: 401 with the sign-in form."""
+    return _signin(request)
+
+
 def _store(request: Request):
     return request.app.state.store
 
@@ -147,9 +156,7 @@ def logout(request: Request) -> Response:
 
 @router.get("/")
 def home(request: Request) -> Response:
-    who = _who(request)
-    if who is None:
-        return _signin(request)
+    who = _person(request)
     store = _store(request)
     campaigns = [(c, svc.annotator_progress(store, c, who))
                  for c in svc.list_campaigns(store, who)]
@@ -181,9 +188,7 @@ def _annotate(request: Request, campaign: Campaign, who: Person,
 
 @router.get("/c/{campaign_id}")
 def annotate(campaign_id: int, request: Request) -> Response:
-    who = _who(request)
-    if who is None:
-        return _signin(request)
+    who = _person(request)
     campaign = _campaign_for(request, campaign_id, who)
     try:
         assignment = svc.next_assignment(_store(request), campaign, who)
@@ -231,9 +236,7 @@ def answer_from_form(task: str, k: int, form: dict[str, str]) -> dict[str, Any]:
 
 @router.post("/c/{campaign_id}/label")
 async def label(campaign_id: int, request: Request) -> Response:
-    who = _who(request)
-    if who is None:
-        return _signin(request)
+    who = _person(request)
     _same_origin(request)
     campaign = _campaign_for(request, campaign_id, who)
     form = {k: str(v) for k, v in (await request.form()).items()}
@@ -258,9 +261,7 @@ async def label(campaign_id: int, request: Request) -> Response:
 
 @router.post("/c/{campaign_id}/skip")
 async def skip(campaign_id: int, request: Request) -> Response:
-    who = _who(request)
-    if who is None:
-        return _signin(request)
+    who = _person(request)
     _same_origin(request)
     campaign = _campaign_for(request, campaign_id, who)
     form = await request.form()
@@ -272,9 +273,7 @@ async def skip(campaign_id: int, request: Request) -> Response:
 
 @router.post("/c/{campaign_id}/undo")
 def undo(campaign_id: int, request: Request) -> Response:
-    who = _who(request)
-    if who is None:
-        return _signin(request)
+    who = _person(request)
     _same_origin(request)
     campaign = _campaign_for(request, campaign_id, who)
     try:
@@ -290,9 +289,7 @@ def undo(campaign_id: int, request: Request) -> Response:
 def leaderboard(campaign_id: int, request: Request) -> Response:
     from .arena import leaderboard as arena_board
 
-    who = _who(request)
-    if who is None:
-        return _signin(request)
+    who = _person(request)
     campaign = _campaign_for(request, campaign_id, who)
     if campaign.task != "arena":
         raise HTTPException(404, "only arena campaigns have a leaderboard")
@@ -303,13 +300,25 @@ def leaderboard(campaign_id: int, request: Request) -> Response:
 # --- admins -----------------------------------------------------------------------------------
 
 
-def _admin(request: Request) -> Person | Response:
+def _person(request: Request) -> Person:
     who = _who(request)
     if who is None:
-        return _signin(request)
+        raise SignInRequired
+    return who
+
+
+def _admin(request: Request) -> Person:
+    who = _person(request)
     if not who.is_admin:
         raise HTTPException(403, "admins only")
     return who
+
+
+async def _admin_form(request: Request) -> tuple[Person, Any]:
+    """The admin behind a form post from this site, and the form."""
+    who = _admin(request)
+    _same_origin(request)
+    return who, await request.form()
 
 
 def _admin_page(request: Request, **extra: Any) -> HTMLResponse:
@@ -321,19 +330,15 @@ def _admin_page(request: Request, **extra: Any) -> HTMLResponse:
 
 @router.get("/admin")
 def admin(request: Request) -> Response:
-    who = _admin(request)
-    return who if isinstance(who, Response) else _admin_page(request)
+    _admin(request)
+    return _admin_page(request)
 
 
 @router.post("/admin/campaigns")
 async def create_campaign(request: Request) -> Response:
     from .items import read_items
 
-    who = _admin(request)
-    if isinstance(who, Response):
-        return who
-    _same_origin(request)
-    form = await request.form()
+    who, form = await _admin_form(request)
     upload = form.get("file")
     try:
         settings = TaskSettings(task=str(form.get("task", "")),
@@ -358,11 +363,7 @@ async def create_campaign(request: Request) -> Response:
 
 @router.post("/admin/annotators")
 async def add_annotator(request: Request) -> Response:
-    who = _admin(request)
-    if isinstance(who, Response):
-        return who
-    _same_origin(request)
-    form = await request.form()
+    who, form = await _admin_form(request)
     name, role = str(form.get("name", "")), str(form.get("role", "annotator"))
     try:
         token = svc.add_annotator(_store(request), name, role)
@@ -373,11 +374,7 @@ async def add_annotator(request: Request) -> Response:
 
 @router.post("/admin/annotators/revoke")
 async def revoke(request: Request) -> Response:
-    who = _admin(request)
-    if isinstance(who, Response):
-        return who
-    _same_origin(request)
-    form = await request.form()
+    who, form = await _admin_form(request)
     try:
         svc.revoke_annotator(_store(request), str(form.get("name", "")))
     except ServeError as exc:
@@ -390,8 +387,6 @@ def admin_campaign(campaign_id: int, request: Request) -> Response:
     from .stats import campaign_stats
 
     who = _admin(request)
-    if isinstance(who, Response):
-        return who
     campaign = _campaign_for(request, campaign_id, who)
     return _page(request, "admin_campaign.html", campaign=campaign,
                  stats=campaign_stats(_store(request), campaign),
@@ -400,12 +395,8 @@ def admin_campaign(campaign_id: int, request: Request) -> Response:
 
 @router.post("/admin/c/{campaign_id}/status")
 async def campaign_status(campaign_id: int, request: Request) -> Response:
-    who = _admin(request)
-    if isinstance(who, Response):
-        return who
-    _same_origin(request)
+    who, form = await _admin_form(request)
     campaign = _campaign_for(request, campaign_id, who)
-    form = await request.form()
     try:
         svc.set_campaign_status(_store(request), campaign, str(form.get("status", "")))
     except ServeError as exc:
@@ -418,8 +409,6 @@ def export(campaign_id: int, request: Request, format: str = "prefkit") -> Respo
     from ..data.io import write_records
 
     who = _admin(request)
-    if isinstance(who, Response):
-        return who
     campaign = _campaign_for(request, campaign_id, who)
     formats = export_formats(campaign)
     if format not in formats:
