@@ -552,25 +552,3 @@ def test_folders_of_an_older_prefkit_are_judged_by_their_checkpoints(tmp_path):
         _train(tmp_path, max_steps=6, learning_rate=3e-2)
     res = _train(tmp_path, max_steps=6, resume_from="latest", learning_rate=1e-2)
     assert [h["step"] for h in res.history] == [5, 6]
-
-
-def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_training():
-    """SIGINT delivered inside a finalizer raises KeyboardInterrupt there, and Python prints it
-    as "ignored": the loop's latch keeps it and raises it at the next step boundary."""
-    import contextlib
-    import signal
-
-    from prefkit.train.loop import _SigintLatch
-
-    latch = _SigintLatch()
-    try:
-        assert signal.getsignal(signal.SIGINT) == latch._handle
-        latch.check()  # nothing yet
-        # what a finalizer does with the KeyboardInterrupt the handler raises: drops it
-        with contextlib.suppress(KeyboardInterrupt):
-            latch._handle(signal.SIGINT, None)
-        with pytest.raises(KeyboardInterrupt):
-            latch.check()
-    finally:
-        latch.restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

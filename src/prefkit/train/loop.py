@@ -765,7 +765,6 @@ class _Loop:
         bar = ProgressBar(self.total, self.step, cfg.progress and acc.is_main_process)
         lr = self.scheduler.get_last_lr()[0]
         stop = self.step >= self.total
-        sigint = _SigintLatch()
         try:
             while not stop:
                 if cfg.max_steps is None and self.epoch >= cfg.num_epochs:
@@ -778,7 +777,6 @@ class _Loop:
                         break
                     got_any = True
                     sums, lr = self._optimizer_step(micro)
-                    sigint.check()
                     self.step += 1
                     self.batch_in_epoch += len(micro)
                     self.window.add(sums)
@@ -806,7 +804,6 @@ class _Loop:
                                       output_dir=str(self.out_dir),
                                       checkpoint=str(ckpts[-1]) if ckpts else None) from None
         finally:
-            sigint.restore()
             bar.close()
         if acc.log_with:
             acc.end_training()
@@ -835,39 +832,6 @@ class _Loop:
             if cb.on_step_end(self.step, self.model):
                 stop = True
         return stop
-
-
-class _SigintLatch:
-    """Ctrl-C that cannot be lost. Python raises KeyboardInterrupt wherever the main thread is
-    when SIGINT arrives; if that is inside a finalizer (``__del__``, a weakref or GC callback)
-    the exception is printed as "ignored" and training would go on. While installed (main
-    thread, default handler only), the handler also latches the signal and :meth:`check`
-    raises it at the next step boundary."""
-
-    def __init__(self) -> None:
-        import signal
-        import threading
-
-        self.hit = False
-        self.previous = None
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.hit = True
-        raise KeyboardInterrupt
-
-    def check(self) -> None:
-        if self.hit:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            import signal
-
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
 
 
 def _flat_config(config: LoopConfig) -> dict[str, Any]:
