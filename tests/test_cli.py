@@ -148,8 +148,12 @@ def test_ctrl_c_in_training_prints_the_resume_command(tmp_path):
             str(example_path("pairs.jsonl")), "--output-dir", str(out), "--max-steps", "100000",
             "--set", "save_steps=2", "--set", "reference_cache=none", "--set", "logging_steps=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf"))
+    # a shell running the tests in the background starts them with SIGINT ignored, and a
+    # child inherits that (Python then never raises KeyboardInterrupt): Ctrl-C as a terminal
+    # delivers it needs the default disposition
     proc = subprocess.Popen([*PREFKIT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     from prefkit.train.checkpoint import list_checkpoints
 
     # wait for a complete checkpoint (any: older ones are pruned as training goes on)
