@@ -46,8 +46,11 @@ class _Votes:
     n_labels: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self) -> None:
+        self.code = {m: i for i, m in enumerate(self.models)}
+
     def add(self, record: dict[str, Any]) -> None:
-        code = {m: i for i, m in enumerate(self.models)}
+        code = self.code
         if record["kind"] == "battle":
             a, b = code[record["model_a"]], code[record["model_b"]]
             outcome = record["outcome"]
@@ -142,7 +145,7 @@ def draw_battle(conn: Connection, campaign: Campaign, person: Person,
         if not usable:
             return None, 0
         item_id, index = usable[int(rng.integers(len(usable)))]
-        present = [votes.models.index(m) for m in index]
+        present = [votes.code[m] for m in index]
         sub = _sub_counts(votes, present)
         picked, _, _ = match_from_counts(sub, campaign.settings.matchmaking, k, rng)
         names = [votes.models[present[i]] for i in picked]

@@ -197,8 +197,10 @@ def annotate(campaign_id: int, request: Request) -> Response:
     return _annotate(request, campaign, who, assignment)
 
 
-def answer_from_form(task: str, k: int, form: dict[str, str]) -> dict[str, Any]:
-    """The JSON answer a page's form stands for (see :mod:`prefkit.serve.tasks`)."""
+def answer_from_form(task: str, form: dict[str, str]) -> dict[str, Any]:
+    """The JSON answer a page's form stands for (see :mod:`prefkit.serve.tasks`). A ranking
+    form has one ``rank_i`` field per response shown; the service checks that every display
+    position is ranked once."""
     if task in ("pairwise", "arena") and "choice" in form:
         answer: dict[str, Any] = {"choice": form["choice"]}
         if form.get("strength"):
@@ -210,6 +212,7 @@ def answer_from_form(task: str, k: int, form: dict[str, str]) -> dict[str, Any]:
             answer["rationale"] = form["rationale"]
         return answer
     if task in ("ranking", "arena"):
+        k = sum(1 for key in form if key.startswith("rank_"))
         ranks = {}
         for i in range(k):
             value = form.get(f"rank_{i}", "")
@@ -245,16 +248,17 @@ async def label(campaign_id: int, request: Request) -> Response:
         assignment_id = int(form.get("assignment_id", ""))
     except ValueError:
         raise HTTPException(422, "assignment_id: expected a number") from None
-    current = None
     try:
-        current = svc.next_assignment(store, campaign, who)
-        k = len(current.responses) if current is not None else 2
-        answer = answer_from_form(campaign.task, k, form)
+        answer = answer_from_form(campaign.task, form)
         seconds = float(form["seconds"]) if form.get("seconds") else None
         svc.submit_label(store, campaign, who, assignment_id, answer,
                          form.get("idempotency_key", ""), seconds)
     except (AnswerError, ServeError, ValueError) as exc:
         status = getattr(exc, "status", 422)
+        try:  # show the item again (its lease renewed) with what was wrong
+            current = svc.next_assignment(store, campaign, who)
+        except ServeError:
+            current = None
         return _annotate(request, campaign, who, current, error=str(exc), status=status)
     return RedirectResponse(f"/c/{campaign_id}", status_code=303)
 

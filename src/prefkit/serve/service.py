@@ -494,8 +494,8 @@ def _store_label(conn: Connection, store: FeedbackStore, campaign: Campaign, per
     metadata = {"campaign": campaign.name, "item": item.position,
                 **({"source_id": item.source_id} if item.source_id else {}),
                 **({"seconds": round(seconds, 3)} if seconds is not None else {})}
-    record = _record(campaign, payload, answer, orjson.loads(row.shown), person, metadata,
-                     rid)
+    record = to_record(campaign.settings, payload, answer, orjson.loads(row.shown),
+                       annotator=person.annotator(), metadata=metadata, record_id=rid)
     status = store.add_in(conn, record)
     if status != "inserted":
         raise ServeError(f"record {rid} is already stored ({status})")
@@ -508,12 +508,6 @@ def _store_label(conn: Connection, store: FeedbackStore, campaign: Campaign, per
         "b_assignment": row.id, "b_record": rid, "b_key": idempotency_key,
         "b_answer": _json(answer), "b_seconds": seconds, "b_now": _now()}).scalar_one()
     return LabelResult(label_id, rid, row.id, False)
-
-
-def _record(campaign: Campaign, payload: dict, answer: Any, shown: list[int], person: Person,
-            metadata: dict[str, Any], rid: str) -> Record:
-    return to_record(campaign.settings, payload, answer, shown, annotator=person.annotator(),
-                     metadata=metadata, record_id=rid)
 
 
 def skip_assignment(store: FeedbackStore, campaign: Campaign, person: Person,

@@ -202,12 +202,6 @@ def _scores(settings: TaskSettings, answer: dict) -> dict[str, float]:
     return out
 
 
-def check_answer(settings: TaskSettings, answer: Any, shown: list[int]) -> None:
-    """Raise :class:`AnswerError` unless ``answer`` fits the task (nothing is built)."""
-    to_record(settings, {"prompt": "", "responses": [""] * len(shown)}, answer, shown,
-              annotator=Annotator("check"), metadata={})
-
-
 def to_record(settings: TaskSettings, item: dict[str, Any], answer: Any, shown: list[int], *,
               annotator: Annotator, metadata: dict[str, Any], record_id: str | None = None
               ) -> Record:
