@@ -73,6 +73,11 @@ class StoreError(ValueError):
     """A store URL or path that does not name a usable store (see :func:`check_store_url`)."""
 
 
+class WriteBusy(RuntimeError):
+    """``FeedbackStore.transaction(action, wait=False)``: the write lock is not free right now
+    (or the store cannot write without waiting: PostgreSQL); nothing was written."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------
@@ -348,8 +353,10 @@ def _check_driver(sa_url: URL) -> None:
                          f"({exc}); {POSTGRES_EXTRA} and use postgresql+psycopg://...") from None
 
 
-def create_store_engine(url: str | os.PathLike | URL) -> Engine:
-    """An engine for a store URL or path, configured for concurrent writers."""
+def create_store_engine(url: str | os.PathLike | URL, *, busy_timeout_s: float = BUSY_TIMEOUT_S
+                        ) -> Engine:
+    """An engine for a store URL or path, configured for concurrent writers (SQLite: waiting
+    up to ``busy_timeout_s`` for another writer)."""
     sa_url = url if isinstance(url, URL) else store_url(url)
     dialect = sa_url.get_backend_name()
     if dialect not in SUPPORTED_DIALECTS:
@@ -360,18 +367,20 @@ def create_store_engine(url: str | os.PathLike | URL) -> Engine:
     in_memory = sa_url.database in (None, "", ":memory:")
     options: dict[str, Any] = {"poolclass": StaticPool} if in_memory else {}
     engine = sa.create_engine(
-        sa_url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}, **options)
-    sa.event.listen(engine, "connect", _sqlite_connect_listener(wal=not in_memory))
+        sa_url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False}, **options)
+    sa.event.listen(engine, "connect", _sqlite_connect_listener(wal=not in_memory,
+                                                                busy_timeout_s=busy_timeout_s))
     sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
-def _sqlite_connect_listener(wal: bool) -> Callable[[Any, Any], None]:
+def _sqlite_connect_listener(wal: bool, busy_timeout_s: float = BUSY_TIMEOUT_S
+                             ) -> Callable[[Any, Any], None]:
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN (pysqlite's implicit one is deferred).
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         if wal:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
@@ -559,10 +568,11 @@ class FeedbackStore:
         self._insert = self._insert_statement()
         self._write_lock = (threading.Lock() if self.engine.dialect.name == "sqlite"
                             else contextlib.nullcontext())
+        self._no_wait: Engine | None = None  # SQLite: writes that never wait (made when needed)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def url(self) -> str:
         """The database URL with any password masked."""
         return self.engine.url.render_as_string(hide_password=True)
@@ -570,6 +580,8 @@ class FeedbackStore:
     def close(self) -> None:
         """Release the store's connections."""
         self.engine.dispose()
+        if self._no_wait is not None and self._no_wait is not self.engine:
+            self._no_wait.dispose()
 
     def __enter__(self) -> FeedbackStore:
         return self
@@ -617,17 +629,44 @@ class FeedbackStore:
         of an annotator's own last label); True when it existed."""
         return conn.execute(sa.delete(RECORDS).where(RECORDS.c.id == rid)).rowcount > 0
 
-    def transaction(self, action: Callable[[Connection], T]) -> T:
+    def transaction(self, action: Callable[[Connection], T], *, wait: bool = True) -> T:
         """Run ``action(conn)`` in one write transaction, retried on transient lock errors
         (SQLite: the write lock is taken at BEGIN). On SQLite the threads of this process also
         queue on one in-process lock first: SQLite's busy handler polls with sleeps of up to
         100 ms rather than waking a waiting writer, which put a server's slowest requests at
-        several times its median (other processes still wait in the busy handler)."""
+        several times its median (other processes still wait in the busy handler).
+
+        ``wait=False`` (for a caller that must not block, such as an event loop): run it only
+        if the write lock is free right now, else raise :class:`WriteBusy` having written
+        nothing -- SQLite only (another thread of this process or another process writing:
+        busy); on PostgreSQL always :class:`WriteBusy` (its statements wait on the network)."""
+        if not wait:
+            return self._transaction_now(action)
+
         def run() -> T:
             with self._write_lock, self.engine.begin() as conn:
                 return action(conn)
 
         return _retrying(run)
+
+    def _transaction_now(self, action: Callable[[Connection], T]) -> T:
+        if self.engine.dialect.name != "sqlite":
+            raise WriteBusy("PostgreSQL transactions wait on the server")
+        if not self._write_lock.acquire(blocking=False):
+            raise WriteBusy("another thread of this process is writing")
+        try:
+            if self._no_wait is None:  # in memory: no other process can hold its lock
+                in_memory = self.engine.url.database in (None, "", ":memory:")
+                self._no_wait = (self.engine if in_memory else
+                                 create_store_engine(self.engine.url, busy_timeout_s=0))
+            with self._no_wait.begin() as conn:
+                return action(conn)
+        except DBAPIError as exc:
+            if _is_transient(exc):  # rolled back: another process holds SQLite's write lock
+                raise WriteBusy("another process is writing") from exc
+            raise
+        finally:
+            self._write_lock.release()
 
     def read(self, action: Callable[[Connection], T]) -> T:
         """Run ``action(conn)`` on a read-only connection (no write lock)."""

@@ -9,12 +9,17 @@ time (``replayed: true``) and never stores a second one.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
+from ..data.store import FeedbackStore, WriteBusy
 from . import service as svc
 from .service import Campaign, Person, ServeError
 from .tasks import TASKS, AnswerError, TaskSettings
@@ -248,12 +253,73 @@ def submit(campaign_id: CampaignId, body: LabelIn, request: Request,
         raise HTTPException(422, str(exc)) from None
     except ServeError as exc:
         raise _http(exc) from None
+    return _label_response(result)
+
+
+def _label_response(result: svc.LabelResult) -> Response:
     # the hot path: the body is built here (its shape is LabelOut's, checked by the schema
     # tests) instead of validating a response model for every label
     following = None if result.next is None else result.next.to_dict()
     return Response(orjson.dumps({**result.to_dict(), "next": following}),
                     status_code=200 if result.replayed else 201,
                     media_type="application/json")
+
+
+LABELS_PATH = re.compile(r"/api/campaigns/([1-9][0-9]{0,17})/labels")
+"""The path of :func:`submit` (an id of up to 18 digits is within its bounds)."""
+_NEXT_QUERY = {b"": False, b"next=true": True, b"next=false": False}
+
+
+async def submit_direct(app: Any, scope: dict, receive: Any, send: Any, store: FeedbackStore,
+                        who: Person, campaign_id: int) -> None:
+    """:func:`submit` for a signed-in ``POST /api/campaigns/{id}/labels`` without FastAPI's
+    routing, dependency solving and thread hand-off (the app's auth middleware calls it; every
+    label goes through here). It answers only a plain request -- a JSON body that
+    :class:`LabelIn` accepts, ``next`` absent, ``true`` or ``false``, a campaign the person
+    may see whose settings are cached -- exactly as :func:`submit` would; any other request
+    goes on to ``app`` (the route), its body replayed, for the route's own answer (422s,
+    404s...). On SQLite the label's short transaction runs right here when the write lock is
+    free (:class:`~prefkit.data.store.WriteBusy` otherwise: then in a worker thread, like
+    PostgreSQL's)."""
+    messages: list[dict] = []
+    body = b""
+    plain = (_NEXT_QUERY.get(scope.get("query_string", b"")) is not None
+             and (b"content-type", b"application/json") in scope["headers"])
+    while plain:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            plain = False
+            break
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    found = svc.cached_campaign(store, campaign_id) if plain else None
+    label = None
+    if found is not None and found.allows(who):
+        with contextlib.suppress(orjson.JSONDecodeError, ValidationError):  # the route says
+            label = LabelIn.model_validate(orjson.loads(body))
+    if label is None:
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await app(scope, replay, send)
+        return
+    args = (store, found, who, label.assignment_id, label.answer, label.idempotency_key,
+            label.seconds)
+    lease_next = _NEXT_QUERY[scope.get("query_string", b"")]
+    try:
+        try:
+            result = svc.submit_label(*args, lease_next=lease_next, wait=False)
+        except WriteBusy:
+            result = await run_in_threadpool(svc.submit_label, *args, lease_next=lease_next)
+    except AnswerError as exc:
+        response: Response = JSONResponse({"detail": str(exc)}, status_code=422)
+    except ServeError as exc:
+        response = JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    else:
+        response = _label_response(result)
+    await response(scope, receive, send)
 
 
 @router.post("/campaigns/{campaign_id}/skip", response_model=NextOut)

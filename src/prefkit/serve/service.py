@@ -238,6 +238,13 @@ def create_campaign(store: FeedbackStore, name: str, settings: TaskSettings,
     return store.transaction(run)
 
 
+def cached_campaign(store: FeedbackStore, ref: int | str) -> Campaign | None:
+    """The campaign :func:`get_campaign` read less than :data:`CACHE_SECONDS` ago, else None
+    (reads nothing)."""
+    hit = _CAMPAIGNS.get((store.url, ref))
+    return hit[1] if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS else None
+
+
 def get_campaign(store: FeedbackStore, ref: int | str) -> Campaign:
     """A campaign by id or name (:class:`ServeError` 404 when there is none); read again
     after :data:`CACHE_SECONDS`."""
@@ -369,9 +376,19 @@ class _Q:
     set_state = (sa.update(ASSIGNMENTS).where(ASSIGNMENTS.c.id == _b("b_assignment"))
                  .values(state=_b("b_state")))
     by_key = sa.select(LABELS).where(LABELS.c.idempotency_key == _b("b_key"))
-    assignment = sa.select(ASSIGNMENTS).where(ASSIGNMENTS.c.id == _b("b_assignment"),
-                                              ASSIGNMENTS.c.campaign_id == _b("b_campaign"))
-    item = sa.select(ITEMS).where(ITEMS.c.id == _b("b_item"))
+    # a submission's three reads in one: the assignment, its item, and the label stored under
+    # the idempotency key if any (no assignment row: ``by_key`` alone tells a replay from a 404)
+    submitted = (sa.select(ASSIGNMENTS.c.id, ASSIGNMENTS.c.annotator_id, ASSIGNMENTS.c.state,
+                           ASSIGNMENTS.c.shown, ITEMS.c.id.label("item_id"), ITEMS.c.position,
+                           ITEMS.c.payload, ITEMS.c.source_id, ITEMS.c.n_labels,
+                           LABELS.c.id.label("seen_id"),
+                           LABELS.c.annotator_id.label("seen_annotator_id"),
+                           LABELS.c.assignment_id.label("seen_assignment_id"),
+                           LABELS.c.record_id.label("seen_record_id"))
+                 .select_from(ASSIGNMENTS.join(ITEMS, ITEMS.c.id == ASSIGNMENTS.c.item_id)
+                              .outerjoin(LABELS, LABELS.c.idempotency_key == _b("b_key")))
+                 .where(ASSIGNMENTS.c.id == _b("b_assignment"),
+                        ASSIGNMENTS.c.campaign_id == _b("b_campaign")))
     count = (sa.update(ITEMS).where(ITEMS.c.id == _b("b_item"))
              .values(n_labels=_b("b_labels"), full=_b("b_full")))
     label = (sa.insert(LABELS).values(
@@ -381,13 +398,17 @@ class _Q:
         created_at=_b("b_now")).returning(LABELS.c.id))
 
 
-def _lease(conn: Connection, campaign: Campaign, person: Person, rng: np.random.Generator
-           ) -> Assignment | None:
-    """:func:`next_assignment` inside the caller's (campaign-locked) transaction."""
+def _lease(conn: Connection, campaign: Campaign, person: Person, rng: np.random.Generator, *,
+           idle: bool = False) -> Assignment | None:
+    """:func:`next_assignment` inside the caller's (campaign-locked) transaction. ``idle``: the
+    caller knows the annotator holds no active lease in the campaign, so none is looked up (a
+    label was just stored for their active one: a new lease is only made when they hold none,
+    and an undo drops the active one before it re-activates another, so they hold at most
+    one)."""
     now = _now()
     expires = now + timedelta(seconds=campaign.settings.lease_seconds)
-    current = conn.execute(_Q.current, {"b_campaign": campaign.id,
-                                        "b_person": person.id}).first()
+    current = None if idle else conn.execute(_Q.current, {"b_campaign": campaign.id,
+                                                          "b_person": person.id}).first()
     if current is not None:
         others = conn.execute(_Q.leases, {"b_item": current.item_id, "b_now": now}).scalar_one()
         mine = 1 if _aware(current.lease_expires) > now else 0
@@ -439,14 +460,16 @@ def label_record_id(campaign_id: int, item_id: int, annotator_id: int) -> str:
 
 def submit_label(store: FeedbackStore, campaign: Campaign, person: Person, assignment_id: int,
                  answer: Any, idempotency_key: str, seconds: float | None = None, *,
-                 lease_next: bool = False, rng: np.random.Generator | None = None
-                 ) -> LabelResult:
+                 lease_next: bool = False, rng: np.random.Generator | None = None,
+                 wait: bool = True) -> LabelResult:
     """Store an answer to a leased item as a label and its feedback record (one transaction).
     A key seen before returns the first result (``replayed``); the same item answered twice,
     a foreign or skipped assignment, or an item already at its overlap is a
     :class:`ServeError`; an answer that does not fit the task an
     :class:`~prefkit.serve.tasks.AnswerError`. ``lease_next``: also lease the annotator's next
-    item in the same transaction (``result.next``; one round trip and one commit per label)."""
+    item in the same transaction (``result.next``; one round trip and one commit per label).
+    ``wait=False``: raise :class:`~prefkit.data.store.WriteBusy` (nothing stored) rather than
+    wait for the store's write lock (``FeedbackStore.transaction``)."""
     if not idempotency_key or len(idempotency_key) > 200:
         raise ServeError("idempotency_key: expected 1-200 characters", 422)
     if seconds is not None and not 0 <= seconds < 1e7:
@@ -459,30 +482,38 @@ def submit_label(store: FeedbackStore, campaign: Campaign, person: Person, assig
                               idempotency_key, seconds)
         if lease_next:
             result.next = _lease(conn, campaign, person,
-                                 rng or np.random.default_rng(secrets.randbits(64)))
+                                 rng or np.random.default_rng(secrets.randbits(64)),
+                                 idle=not result.replayed)
         return result
 
-    return store.transaction(run)
+    return store.transaction(run, wait=wait)
 
 
 def _store_label(conn: Connection, store: FeedbackStore, campaign: Campaign, person: Person,
                  assignment_id: int, answer: Any, idempotency_key: str,
                  seconds: float | None) -> LabelResult:
     """:func:`submit_label` inside the caller's (campaign-locked) transaction."""
-    seen = conn.execute(_Q.by_key, {"b_key": idempotency_key}).first()
+    row = conn.execute(_Q.submitted, {"b_assignment": assignment_id, "b_campaign": campaign.id,
+                                      "b_key": idempotency_key}).first()
+    if row is not None:
+        seen = None if row.seen_id is None else (row.seen_id, row.seen_annotator_id,
+                                                 row.seen_assignment_id, row.seen_record_id)
+    else:  # no such assignment in this campaign; the key may still have been used elsewhere
+        seen = conn.execute(_Q.by_key, {"b_key": idempotency_key}).first()
+        seen = None if seen is None else (seen.id, seen.annotator_id, seen.assignment_id,
+                                          seen.record_id)
     if seen is not None:
-        if seen.annotator_id != person.id or seen.assignment_id != assignment_id:
+        label_id, annotator_id, seen_assignment, record_id = seen
+        if annotator_id != person.id or seen_assignment != assignment_id:
             raise ServeError("idempotency_key was used for another submission")
-        return LabelResult(seen.id, seen.record_id, seen.assignment_id, True)
-    row = conn.execute(_Q.assignment, {"b_assignment": assignment_id,
-                                       "b_campaign": campaign.id}).first()
+        return LabelResult(label_id, record_id, seen_assignment, True)
     if row is None or row.annotator_id != person.id:
         raise ServeError(f"no assignment {assignment_id} of yours in this campaign", 404)
     if row.state == "done":
         raise ServeError("this item is already labelled (undo the label to change it)")
     if row.state != "active":
         raise ServeError(f"this assignment was {row.state}; ask for the next item")
-    item = conn.execute(_Q.item, {"b_item": row.item_id}).one()
+    item = row  # the item's columns came with the assignment
     if item.n_labels >= campaign.overlap:
         conn.execute(_Q.set_state, {"b_assignment": row.id, "b_state": "expired"})
         raise ServeError("the lease expired and the item got its labels from others; "
@@ -490,7 +521,7 @@ def _store_label(conn: Connection, store: FeedbackStore, campaign: Campaign, per
     payload = orjson.loads(item.payload)
     if item.source_id:  # kept out of the payload; a critique targets it
         payload["source_id"] = item.source_id
-    rid = label_record_id(campaign.id, item.id, person.id)
+    rid = label_record_id(campaign.id, item.item_id, person.id)
     metadata = {"campaign": campaign.name, "item": item.position,
                 **({"source_id": item.source_id} if item.source_id else {}),
                 **({"seconds": round(seconds, 3)} if seconds is not None else {})}
@@ -500,11 +531,11 @@ def _store_label(conn: Connection, store: FeedbackStore, campaign: Campaign, per
     if status != "inserted":
         raise ServeError(f"record {rid} is already stored ({status})")
     n_labels = item.n_labels + 1
-    conn.execute(_Q.count, {"b_item": item.id, "b_labels": n_labels,
+    conn.execute(_Q.count, {"b_item": item.item_id, "b_labels": n_labels,
                             "b_full": n_labels >= campaign.overlap})
     conn.execute(_Q.set_state, {"b_assignment": row.id, "b_state": "done"})
     label_id = conn.execute(_Q.label, {
-        "b_campaign": campaign.id, "b_item": item.id, "b_person": person.id,
+        "b_campaign": campaign.id, "b_item": item.item_id, "b_person": person.id,
         "b_assignment": row.id, "b_record": rid, "b_key": idempotency_key,
         "b_answer": _json(answer), "b_seconds": seconds, "b_now": _now()}).scalar_one()
     return LabelResult(label_id, rid, row.id, False)
