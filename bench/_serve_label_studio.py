@@ -50,7 +50,7 @@ from typing import Any
 
 import httpx
 
-from _serve_client import Side, Stats, call, percentiles_ms, run_load
+from _serve_client import Http, Side, Stats, call, percentiles_ms, run_load
 from _serve_prefkit import CHOICES, cpu_seconds, free_port
 
 VERSION = os.environ.get("SERVE_LOAD_LABEL_STUDIO_VERSION", "1.23.2")
@@ -226,11 +226,10 @@ class LabelStudioSide(Side):
         self.tokens = tokens
         self.plan = plan
 
-    def client(self, slot: int, base_url: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=base_url, timeout=120.0,
-                                 headers={"authorization": f"Token {self.tokens[slot]}"})
+    def client(self, slot: int, base_url: str) -> Http:
+        return Http(base_url, {"authorization": f"Token {self.tokens[slot]}"}, timeout=120.0)
 
-    async def start(self, slot: int, http: httpx.AsyncClient, stats: Stats) -> Any:
+    async def start(self, slot: int, http: Http, stats: Stats) -> Any:
         return (slot, 0) if self.plan[slot] else None
 
     def request(self, state: Any, key: str, rng: Any) -> tuple[str, dict]:
@@ -243,16 +242,16 @@ class LabelStudioSide(Side):
     def parse(self, body: dict) -> tuple[Any, bool]:
         return body["id"], False
 
-    async def advance(self, slot: int, http: httpx.AsyncClient, state: Any, body: dict | None,
+    async def advance(self, slot: int, http: Http, state: Any, body: dict | None,
                       stats: Stats) -> Any:
         slot, i = state
         return (slot, i + 1) if i + 1 < len(self.plan[slot]) else None
 
-    async def after_error(self, slot: int, http: httpx.AsyncClient, state: Any, stats: Stats
+    async def after_error(self, slot: int, http: Http, state: Any, stats: Stats
                           ) -> Any:
         return await self.advance(slot, http, state, None, stats)
 
-    async def lookup(self, http: httpx.AsyncClient, state: Any, key: str) -> Any:
+    async def lookup(self, http: Http, state: Any, key: str) -> Any:
         slot, i = state
         resp = await call(http, "GET", f"/api/tasks/{self.plan[slot][i]}/annotations/",
                           Stats(target=0), float("inf"))

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from _serve_client import Side, Stats, call, percentiles_ms, run_load
+from _serve_client import Http, Side, Stats, call, percentiles_ms, run_load
 
 HERE = Path(__file__).parent
 CHOICES = ("first", "second", "tie", "both_bad")
@@ -253,11 +253,10 @@ class PrefkitSide(Side):
         self.cid = campaign_id
         self.tokens = tokens
 
-    def client(self, slot: int, base_url: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=base_url, timeout=60.0,
-                                 headers={"authorization": f"Bearer {self.tokens[slot]}"})
+    def client(self, slot: int, base_url: str) -> Http:
+        return Http(base_url, {"authorization": f"Bearer {self.tokens[slot]}"}, timeout=60.0)
 
-    async def start(self, slot: int, http: httpx.AsyncClient, stats: Stats) -> Any:
+    async def start(self, slot: int, http: Http, stats: Stats) -> Any:
         resp = await call(http, "POST", f"/api/campaigns/{self.cid}/next", stats, stats.deadline)
         if resp.status_code != 200:
             raise RuntimeError(f"POST next: {resp.status_code} {resp.text[:300]}")
@@ -274,7 +273,7 @@ class PrefkitSide(Side):
     def parse(self, body: dict) -> tuple[Any, bool]:
         return body["label_id"], bool(body["replayed"])
 
-    async def advance(self, slot: int, http: httpx.AsyncClient, state: Any, body: dict | None,
+    async def advance(self, slot: int, http: Http, state: Any, body: dict | None,
                       stats: Stats) -> Any:
         following = body.get("next") if body else None
         return following if following is not None else await self.start(slot, http, stats)

@@ -75,7 +75,12 @@ class StoreError(ValueError):
 
 class WriteBusy(RuntimeError):
     """``FeedbackStore.transaction(action, wait=False)``: the write lock is not free right now
-    (or the store cannot write without waiting: PostgreSQL); nothing was written."""
+    (or the store cannot write without waiting: PostgreSQL); nothing was written. ``here``:
+    another thread of this process holds it (it is let go within one short transaction)."""
+
+    def __init__(self, message: str, *, here: bool = False):
+        super().__init__(message)
+        self.here = here
 
 
 # ---------------------------------------------------------------------------------------------
@@ -653,7 +658,7 @@ class FeedbackStore:
         if self.engine.dialect.name != "sqlite":
             raise WriteBusy("PostgreSQL transactions wait on the server")
         if not self._write_lock.acquire(blocking=False):
-            raise WriteBusy("another thread of this process is writing")
+            raise WriteBusy("another thread of this process is writing", here=True)
         try:
             if self._no_wait is None:  # in memory: no other process can hold its lock
                 in_memory = self.engine.url.database in (None, "", ":memory:")

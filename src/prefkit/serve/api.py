@@ -9,6 +9,7 @@ time (``replayed: true``) and never stores a second one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from typing import Annotated, Any, Literal
@@ -265,6 +266,27 @@ def _label_response(result: svc.LabelResult) -> Response:
                     media_type="application/json")
 
 
+_BUSY_WAITS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
+"""Seconds the event loop waits before it tries again when another thread of this process
+holds the store's write lock (31.5 ms in all; then a worker thread waits for it)."""
+
+
+async def _submit_soon(args: tuple, lease_next: bool) -> svc.LabelResult:
+    """:func:`svc.submit_label` in the event loop when the store's write lock is free (SQLite),
+    waiting for it without blocking the loop while another thread of this process holds it
+    (sending the label to a worker thread there would keep the lock busy for the next ones);
+    in a worker thread when another process holds it, after :data:`_BUSY_WAITS`, and on
+    PostgreSQL."""
+    for delay in (*_BUSY_WAITS, None):
+        try:
+            return svc.submit_label(*args, lease_next=lease_next, wait=False)
+        except WriteBusy as busy:
+            if not busy.here or delay is None:
+                break
+        await asyncio.sleep(delay)
+    return await run_in_threadpool(svc.submit_label, *args, lease_next=lease_next)
+
+
 LABELS_PATH = re.compile(r"/api/campaigns/([1-9][0-9]{0,17})/labels")
 """The path of :func:`submit` (an id of up to 18 digits is within its bounds)."""
 _NEXT_QUERY = {b"": False, b"next=true": True, b"next=false": False}
@@ -309,10 +331,7 @@ async def submit_direct(app: Any, scope: dict, receive: Any, send: Any, store: F
             label.seconds)
     lease_next = _NEXT_QUERY[scope.get("query_string", b"")]
     try:
-        try:
-            result = svc.submit_label(*args, lease_next=lease_next, wait=False)
-        except WriteBusy:
-            result = await run_in_threadpool(svc.submit_label, *args, lease_next=lease_next)
+        result = await _submit_soon(args, lease_next)
     except AnswerError as exc:
         response: Response = JSONResponse({"detail": str(exc)}, status_code=422)
     except ServeError as exc:
