@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import itertools
 import logging
 import os
@@ -46,7 +47,7 @@ from sqlalchemy.pool import StaticPool
 
 from .app_schema import migration_3 as _app_migration_3
 from .formats import decode_native
-from .records import KINDS, Record, content_hash, record_id, to_dict
+from .records import KINDS, Record, to_dict
 
 if TYPE_CHECKING:
     from .io import WriteReport
@@ -375,8 +376,19 @@ def create_store_engine(url: str | os.PathLike | URL, *, busy_timeout_s: float =
         sa_url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False}, **options)
     sa.event.listen(engine, "connect", _sqlite_connect_listener(wal=not in_memory,
                                                                 busy_timeout_s=busy_timeout_s))
-    sa.event.listen(engine, "begin", _sqlite_begin)
+    # BEGIN comes from the dialect, not from an engine "begin" listener: any listener on the
+    # engine has SQLAlchemy dispatch its execute events around every statement
+    engine.dialect.do_begin = _sqlite_begin_immediate  # type: ignore[method-assign]
     return engine
+
+
+def reader_engine(engine: Engine) -> Engine:
+    """``engine`` for read-only work: on SQLite its transactions begin DEFERRED (no write
+    lock); the engine's own begin IMMEDIATE."""
+    reader = engine.execution_options(prefkit_begin="DEFERRED")
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(reader, "begin", _sqlite_begin)
+    return reader
 
 
 def _sqlite_connect_listener(wal: bool, busy_timeout_s: float = BUSY_TIMEOUT_S
@@ -394,9 +406,18 @@ def _sqlite_connect_listener(wal: bool, busy_timeout_s: float = BUSY_TIMEOUT_S
     return on_connect
 
 
+def _sqlite_begin_immediate(dbapi_conn: Any) -> None:
+    """Writers take the write lock at BEGIN (no deadlock-prone lock upgrades); a reader's
+    transaction has begun already (:func:`_sqlite_begin`)."""
+    if not dbapi_conn.in_transaction:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.close()
+
+
 def _sqlite_begin(conn: Connection) -> None:
-    """Writers take the write lock at BEGIN (no deadlock-prone lock upgrades); readers pass
-    ``prefkit_begin="DEFERRED"``."""
+    """A :func:`reader_engine`'s "begin" listener: ``prefkit_begin`` (DEFERRED) instead of the
+    engine's IMMEDIATE."""
     mode = conn.get_execution_options().get("prefkit_begin", "IMMEDIATE")
     conn.exec_driver_sql(f"BEGIN {mode}")
 
@@ -454,8 +475,7 @@ def upgrade(engine: Engine, target: int | None = None) -> int:
     returns the resulting version. Concurrent upgrades are serialized (SQLite's write lock,
     a PostgreSQL advisory lock). Raises :class:`SchemaVersionError` for a newer schema."""
     target = LATEST_VERSION if target is None else target
-    reader = engine.execution_options(prefkit_begin="DEFERRED")
-    with reader.connect() as conn:
+    with reader_engine(engine).connect() as conn:
         current = schema_version(conn)
     _check_known(current, engine.url)
     if current >= target:
@@ -485,14 +505,17 @@ def _upgrade_transaction(engine: Engine, target: int) -> int:
 
 def record_row(record: Record, created_at: datetime | None = None) -> dict[str, Any]:
     """The ``records`` row of a record (its payload carries the id, derived if missing)."""
-    rid = record_id(record)
     payload = to_dict(record)
+    # records.content_hash and records.record_id (a content-derived id), from the one dictionary
+    content = {k: v for k, v in payload.items() if k != "id"} if "id" in payload else payload
+    digest = hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    rid = record.id or f"{record.kind}-{digest[:24]}"
     payload["id"] = rid
     annotator = record.annotator
     return {
         "id": rid,
         "kind": record.kind,
-        "content_hash": content_hash(record),
+        "content_hash": digest,
         "payload": orjson.dumps(payload).decode(),
         "annotator_id": annotator.id if annotator else None,
         "annotator_kind": annotator.kind.value if annotator else None,
@@ -555,7 +578,7 @@ class FeedbackStore:
             except OSError as exc:
                 raise StoreError(f"cannot create the store {path}: {exc.strerror}") from None
         self.engine = create_store_engine(sa_url)
-        self._reader = self.engine.execution_options(prefkit_begin="DEFERRED")
+        self._reader = reader_engine(self.engine)
         try:
             if not create and self._read_version() == 0:
                 raise StoreError(f"no store at {_shown(sa_url)}: the database holds no prefkit "
