@@ -245,7 +245,7 @@ def test_next_match_reports_the_posterior_sd_of_every_model(battles):
         info[j, i] -= v
     centre = np.eye(8) - 1 / 8
     expected = np.sqrt(np.diag(centre @ np.linalg.inv(info) @ centre))
-    for strategy in ("ucb", "infogain", "random"):
+    for strategy in ("ucb", "infogain", "order", "random"):
         result = _invoke("next-match", battles["jsonl"], "--strategy", strategy, "--k", 4,
                          "--json")
         assert result.exit_code == 0, result.output

@@ -5,8 +5,12 @@ import pytest
 from scipy.special import expit
 from scipy.stats import norm
 
+from prefkit.rank import PairCounts
+from prefkit.rank.bt import fit_bradley_terry
 from prefkit.rank.matchmaking import (
+    STRATEGIES,
     information_gain_match,
+    match_from_counts,
     pairwise_information_gain,
     random_match,
     ucb_match,
@@ -133,6 +137,43 @@ def test_information_gain_prefers_uncertain_close_pair():
     mu = np.array([0.0, 0.1, 0.5, 0.8])
     for weight in (False, True):
         assert set(information_gain_match(mu, cov, 2, rng, order_weight=weight).tolist()) == {2, 3}
+
+
+def test_order_weight_spends_the_vote_where_the_order_is_in_doubt():
+    # items 2, 3: uncertain, so one vote tells a lot about them, but their order is nearly
+    # settled (a 3-logit gap, 1.2 sd); items 0, 1: better known, and their order a coin flip
+    mu = np.array([0.0, 0.05, 4.0, 7.0])
+    cov = np.diag([0.3, 0.3, 3.0, 3.0])
+    rng = np.random.default_rng(0)
+    gain = pairwise_information_gain(mu, cov)
+    weighted = pairwise_information_gain(mu, cov, order_weight=True)
+    for (a, b), v in (((0, 1), 0.6), ((2, 3), 6.0)):  # the documented formulas, by hand
+        p = expit(mu[a] - mu[b])
+        assert np.isclose(gain[a, b], 0.5 * np.log1p(p * (1 - p) * v))
+        assert np.isclose(weighted[a, b], gain[a, b] * norm.cdf(-abs(mu[a] - mu[b]) / np.sqrt(v)))
+    # plain: the pair that most reduces the posterior entropy; weighted (the web app's default
+    # strategy ``order``): the near tie
+    assert set(information_gain_match(mu, cov, 2, rng).tolist()) == {2, 3}
+    assert set(information_gain_match(mu, cov, 2, rng, order_weight=True).tolist()) == {0, 1}
+
+
+def test_match_from_counts_order_is_weighted_information_gain():
+    assert STRATEGIES == ("random", "ucb", "infogain", "order")
+    n = 6
+    i, j = np.triu_indices(n, 1)
+    wins = np.random.default_rng(3).integers(0, 6, (2, len(i))).astype(float)
+    counts = PairCounts(n, i, j, wins[0], wins[1], np.zeros(len(i)))
+    fit = fit_bradley_terry(counts, alpha=1.0)
+    for k in (2, 3):
+        for strategy, weight in (("infogain", False), ("order", True)):
+            chosen, params, sigma = match_from_counts(counts, strategy, k,
+                                                      np.random.default_rng(11))
+            expected = information_gain_match(fit.params, fit.covariance(), k,
+                                              np.random.default_rng(11), order_weight=weight)
+            assert chosen.tolist() == expected.tolist()
+            assert np.allclose(params, fit.params)
+    with pytest.raises(ValueError, match="order"):
+        match_from_counts(counts, "thompson", 2, np.random.default_rng(0))
 
 
 def test_information_gain_greedy_tuple_and_random_ties():

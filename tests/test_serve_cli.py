@@ -201,7 +201,7 @@ def test_campaign_from_pairs_file(tmp_path):
     assert out["annotators"] == ["alice", "bob"]
     assert out["settings"] == {
         "task": "pairwise", "allow_tie": False, "allow_both_bad": True, "strength": True,
-        "rationale": "required", "scales": {}, "k": 2, "matchmaking": "infogain",
+        "rationale": "required", "scales": {}, "k": 2, "matchmaking": "order",
         "lease_seconds": 120.0}
     items = items_of(db, "pairs")
     assert [i["prompt"] for i in items] == [r.prompt for r in records]

@@ -389,14 +389,15 @@ def _print_board(result: dict[str, Any]) -> None:
                      f"orderings: max spread {result['order_sensitivity']['max_spread']} points")
 
 
-STRATEGIES = ("random", "ucb", "infogain")  # rank.matchmaking.STRATEGIES (not imported: scipy)
+# rank.matchmaking.STRATEGIES (not imported here: scipy)
+STRATEGIES = ("random", "ucb", "infogain", "order")
 
 
 @app.command("next-match")
 @cli_errors
 def next_match(
     votes: Annotated[str, typer.Argument(help="Votes so far (battle records).")],
-    strategy: Annotated[str, typer.Option(help="random | ucb | infogain")] = "infogain",
+    strategy: Annotated[str, typer.Option(help="random | ucb | infogain | order")] = "infogain",
     k: Annotated[int, typer.Option("--k", help="Models per match (2 = a pair).")] = 2,
     models: Annotated[str | None, typer.Option(
         help="Comma-separated model names to include (also ones with no votes yet).")] = None,
@@ -405,7 +406,9 @@ def next_match(
 ) -> None:
     """Which models to compare next, given the votes so far: uniform random; K-Sort style UCB
     (least-compared pivot + close, rarely paired opponents); or the largest expected
-    information gain on the ranking under the BT posterior (Laplace approximation)."""
+    information gain on the ranking under the BT posterior (Laplace approximation), plain
+    (infogain) or weighted by the probability that the pair's order is wrong (order: fewer votes
+    until a ranking holds, the web app's default)."""
     from ..data.battles import aggregate_battle_file
     from ..rank import PairCounts
     from ..rank.matchmaking import match_from_counts

@@ -186,8 +186,9 @@ def campaign_create(
     ] = None,
     k: Annotated[int, typer.Option("--k", help="Responses per arena battle.", min=2)] = 2,
     matchmaking: Annotated[str, typer.Option(
-        help="Arena: how the next models are chosen (infogain | ucb | random).")
-    ] = "infogain",
+        help="Arena: how the next models are chosen (order | infogain | ucb | random; order: "
+             "information gain where the ranking is in doubt).")
+    ] = "order",
     lease_minutes: Annotated[float, typer.Option(
         help="How long an item stays reserved for the annotator it was handed to.", min=0.1)
     ] = 15.0,

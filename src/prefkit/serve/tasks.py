@@ -45,6 +45,7 @@ from ..data.records import (
 TASKS = ("pairwise", "ranking", "rating", "binary", "critique", "arena")
 CHOICES = {"first": 0, "second": 1, "tie": None, "both_bad": None}
 RATIONALE_MODES = ("off", "optional", "required")
+MATCHMAKING = ("order", "infogain", "ucb", "random")  # rank.matchmaking.STRATEGIES (no scipy here)
 HELPSTEER_SCALES = {name: (0.0, 4.0) for name in
                     ("helpfulness", "correctness", "coherence", "complexity", "verbosity")}
 """HelpSteer2's five attributes on 0-4: the default scales of a rating campaign."""
@@ -70,8 +71,9 @@ class TaskSettings:
     preference is (1 slight, 2 clear, 3 strong); ``rationale``: free text off / optional /
     required (pairwise and arena); ``scales``: rating attributes and their ranges (default
     HelpSteer2's); ``k``: responses per arena battle; ``matchmaking``: how the arena picks the
-    next models (``infogain``, ``ucb``, ``random``); ``lease_seconds``: how long an item stays
-    reserved for the annotator it was handed to."""
+    next models (:data:`MATCHMAKING`: ``order``, the default, is information gain weighted by
+    the probability that a pair's order is wrong, see :mod:`prefkit.rank.matchmaking`);
+    ``lease_seconds``: how long an item stays reserved for the annotator it was handed to."""
 
     task: str
     allow_tie: bool = True
@@ -80,7 +82,7 @@ class TaskSettings:
     rationale: str = "optional"
     scales: dict[str, tuple[float, float]] = field(default_factory=dict)
     k: int = 2
-    matchmaking: str = "infogain"
+    matchmaking: str = "order"
     lease_seconds: float = 900.0
 
     def __post_init__(self) -> None:
@@ -97,9 +99,9 @@ class TaskSettings:
                 raise ValueError(f"scale {name}: expected low < high, got {low}..{high}")
         if self.k < 2:
             raise ValueError(f"k {self.k}: an arena battle needs at least 2 models")
-        if self.matchmaking not in ("infogain", "ucb", "random"):
-            raise ValueError(f"matchmaking {self.matchmaking!r}: expected infogain, ucb or "
-                             "random")
+        if self.matchmaking not in MATCHMAKING:
+            raise ValueError(f"matchmaking {self.matchmaking!r}: expected one of "
+                             f"{', '.join(MATCHMAKING)}")
         if not self.lease_seconds > 0:
             raise ValueError(f"lease_seconds {self.lease_seconds}: expected > 0")
 
