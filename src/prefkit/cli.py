@@ -26,6 +26,7 @@ GROUPS = {
     "rm": "prefkit.commands.rm",
     "lab": "prefkit.commands.lab",
     "serve": "prefkit.commands.serve",
+    "judge": "prefkit.commands.judge",
 }
 
 

@@ -168,6 +168,23 @@ class Judge(Protocol):
         ...
 
 
+def judge_label(judge: Judge) -> str:
+    """A short readable name of a judge (annotator ids, report keys): ``http:MODEL``,
+    ``lab:NAME``, the reward spec, ``jury(a,b,c)``."""
+    config = judge.config()
+    backend = config.get("backend")
+    if backend == "jury":
+        members = getattr(judge, "members", [])
+        return f"jury-{config.get('aggregate')}({','.join(judge_label(m) for m in members)})"
+    if backend == "http":
+        return f"http:{config.get('model')}"
+    if backend == "simulated":
+        return f"lab:{config.get('name')}"
+    if backend == "reward":
+        return str(config.get("spec"))
+    return str(config.get("name") or getattr(judge, "name", backend))
+
+
 def cache_key(judge_config: dict[str, Any], request: JudgeRequest) -> str:
     """SHA-256 of the judge's configuration and what the judge is shown, in that order: any
     change of model, template, sampling setting, prompt, response or response order changes
@@ -197,6 +214,7 @@ async def ajudge_all(judge: Judge, requests: Sequence[JudgeRequest], *,
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     config = judge.config()
+    label = judge_label(judge)
     keys = [cache_key(config, r) for r in requests] if cache is not None else []
     hits = cache.get_many(keys) if cache is not None else {}
     out: list[Judgment | None] = [None] * len(requests)
@@ -213,7 +231,7 @@ async def ajudge_all(judge: Judge, requests: Sequence[JudgeRequest], *,
                     found = Judgment.failed(requests[index].task,
                                             f"{type(exc).__name__}: {exc}")
             if cache is not None and found.status != "failed":
-                cache.put(keys[index], found)
+                cache.put(keys[index], replace(found, extra={**found.extra, "judge": label}))
         out[index] = found
         if on_done is not None:
             on_done(index, found)

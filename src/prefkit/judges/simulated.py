@@ -124,7 +124,8 @@ class SimulatedJudge:
             utility = annotator.utilities(request.prompt, request.responses)["utility"][0]
             low, high = self.scale
             score = self.center + self.slope * utility + self.noise_sd * rng.normal()
-            return Judgment(task="grade", score=float(min(max(round(score), low), high)))
+            return Judgment(task="grade", score=float(min(max(round(score), low), high)),
+                            extra={"scale": [low, high]})
         ranking = annotator.rank(request.prompt, request.responses, rng=rng)
         return Judgment(task="rank", ranking=[list(tier) for tier in ranking.tiers])
 

@@ -144,5 +144,6 @@ class TextJudge:
             return Judgment(task="compare", verdict=parsed.verdict,
                             p_first=soft_p_first(completion, parsed.span), **common)
         if request.task == "grade":
-            return Judgment(task="grade", score=parsed.score, **common)
+            scale = {"scale": list(self.template.scale)} if self.template.scale else {}
+            return Judgment(task="grade", score=parsed.score, extra=scale, **common)
         return Judgment(task="rank", ranking=parsed.ranking, **common)
