@@ -153,10 +153,11 @@ def pairwise_information_gain(
     1190 vs 1055 for pairs; k = 4 with 20% noisy votes, 8 seeds: 665 vs 395): it keeps
     returning to nearly tied pairs, which a lucky streak of votes does not need. Counted until
     tau >= 0.9 *holds* while the votes double (the hold rule of the arena benches), those are
-    the pairs that keep swapping, and the weighted criterion needs far fewer votes: Bradley-Terry
-    voters, 10 models, 24 truths, median 270 (pairs) vs 910 unweighted and 880 random, 140 vs
-    220 and 260 for k = 4 (``bench/serve_arena_convergence.py``); at 20 items it held the order in
-    5 of 12 runs within 3,000 votes, the unweighted gain in 1. It is the web app's default
+    the pairs that keep swapping, and the weighted criterion needs far fewer votes: through the
+    web app's REST API (``bench/serve_arena_convergence.py``: Bradley-Terry voters, 10 models,
+    24 truths) median 385 votes vs 910 unweighted and 955 random pairs; in an offline replica of
+    that loop 140 vs 220 (unweighted) and 260 (random) for k = 4, and at 20 models it held the
+    order in 5 of 12 runs within 3,000 votes, the unweighted gain in 1. It is the web app's default
     (strategy ``order``).
     """
     mu = np.asarray(mu, dtype=float)
