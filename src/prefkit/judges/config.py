@@ -4,7 +4,8 @@ Short specs:
 
 - ``http:MODEL@URL`` -- an OpenAI-compatible server (``http:qwen2.5-7b@http://127.0.0.1:8000/v1``);
 - ``lab:TASK:NAME`` -- a simulated judge of the lab's pool on that task's gold reward (``NAME``:
-  fair, positional, verbose, self_preferring; :func:`prefkit.judges.simulated.lab_judge_pool`);
+  fair, positional, verbose, self_preferring; :func:`prefkit.judges.simulated.lab_judge_pool`,
+  temperature :data:`LAB_JUDGE_TEMPERATURE`); ``lab:TASK:jury``: the four as a majority jury;
 - ``rm:PATH``, ``gold:TASK``, ``implicit:POLICY[,REF]`` -- a reward as a judge
   (:class:`~prefkit.judges.reward.RewardJudge`);
 - ``python:module:function`` -- :class:`~prefkit.judges.base.FunctionJudge`.
@@ -36,6 +37,9 @@ from .base import FunctionJudge, Judge, judge_label
 __all__ = ["judge_from_config", "judge_from_spec", "judge_label", "read_config"]
 
 _FILE_SUFFIXES = (".json", ".yaml", ".yml", ".toml")
+LAB_JUDGE_TEMPERATURE = 0.1
+"""Noise of the ``lab:TASK:NAME`` judges: the lab annotators' (``LabConfig.pool_scale / 3``;
+lab gold rewards span about 0-1)."""
 HTTP_FIELDS = ("base_url", "model", "template", "task", "api", "temperature", "max_tokens",
                "top_p", "seed", "logprobs", "api_key_env", "concurrency", "rpm", "tpm",
                "timeout", "retries", "parse_retries")
@@ -93,10 +97,15 @@ def judge_from_spec(spec: str | Path, *, template: str | None = None, task: str 
         from .simulated import lab_judge_pool
 
         task_name, _, name = arg.partition(":")
-        pool = {j.name: j for j in lab_judge_pool(get_task(task_name).gold_reward)}
+        pool = {j.name: j for j in lab_judge_pool(get_task(task_name).gold_reward,
+                                                  temperature=LAB_JUDGE_TEMPERATURE)}
+        if name == "jury":
+            from .jury import Jury
+
+            return Jury(list(pool.values()), aggregate="majority")
         if name not in pool:
             raise ValueError(f"judge {text!r}: expected lab:TASK:NAME with NAME one of "
-                             f"{', '.join(pool)}")
+                             f"{', '.join(pool)} or jury")
         return pool[name]
     if kind in ("rm", "gold", "implicit"):
         from ..rewards.sources import reward_from_spec

@@ -358,12 +358,16 @@ def reward_from_spec(spec: str, *, tokenizer: Any = None) -> Callable:
     * ``implicit:POLICY[,REFERENCE]`` -- the implicit reward of a DPO policy;
     * ``gold:TASK`` -- a lab task's gold reward;
     * ``python:module:function`` (or ``python:FILE.py:function``) --
-      ``function(prompt, completion) -> float``; the working folder is searched too.
+      ``function(prompt, completion) -> float``; the working folder is searched too;
+    * ``judge:CONFIG`` -- a pairwise judge (:func:`prefkit.judges.config.judge_from_spec`: an
+      LLM behind an OpenAI-compatible server, a lab judge, a jury ...): each sample's
+      round-robin win rate in its group, judged in both orders
+      (:class:`prefkit.judges.reward_source.JudgeReward`; RLAIF).
     """
     kind, _, arg = spec.partition(":")
     if not arg:
         raise ValueError(f"reward {spec!r}: expected KIND:ARGUMENT (rm:PATH, implicit:POLICY, "
-                         "gold:TASK or python:module:function)")
+                         "gold:TASK, python:module:function or judge:CONFIG)")
     if kind == "rm":
         from .model import RewardModel
 
@@ -389,4 +393,10 @@ def reward_from_spec(spec: str, *, tokenizer: Any = None) -> Callable:
         return FunctionReward(task.gold_reward, name=f"gold:{arg}")
     if kind == "python":
         return FunctionReward(_import_function(arg), name=arg)
-    raise ValueError(f"reward {spec!r}: unknown kind {kind!r} (rm, implicit, gold or python)")
+    if kind == "judge":
+        from ..judges.config import judge_from_spec
+        from ..judges.reward_source import JudgeReward
+
+        return JudgeReward(judge_from_spec(arg), name=spec)
+    raise ValueError(f"reward {spec!r}: unknown kind {kind!r} (rm, implicit, gold, python or "
+                     "judge)")

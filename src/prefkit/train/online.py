@@ -145,7 +145,9 @@ class OnlineConfig(LoopConfig):
                          "'implicit:POLICY[,REFERENCE]', 'python:module:function' "
                          "(fn(prompt, completion) -> float; the module may be a file in the "
                          "working folder, or give FILE.py:function), 'gold:TASK' (a lab "
-                         "task's gold reward), 'self' (the policy's own implicit reward).", "")
+                         "task's gold reward), 'judge:CONFIG' (a pairwise LLM / lab judge or "
+                         "jury: each sample's win rate in its group, RLAIF; see prefkit judge), "
+                         "'self' (the policy's own implicit reward).", "")
     algo: str = option("ppo, reinforce, rloo, grpo, dr_grpo, remax, online_dpo, online_ipo or "
                        "raft.", "grpo", choices=ALGORITHMS)
     iterations: int = option("Rollout/update iterations (sets max_steps; a resume may change "
