@@ -24,6 +24,7 @@ from .base import (
 
 _WHERE = {
     "SQLiteCache": "cache",
+    "OpenAIJudge": "http",
 }
 
 __all__ = [  # noqa: RUF022 (the lazy names are added below)
