@@ -8,7 +8,8 @@ local transformers judge): a backend only implements ``complete(messages, attemp
   request: a sampling server may answer differently; a greedy one will not, and the judgment
   ends ``unparsed``); the last text and the parse error are kept;
 - a :class:`CallError` (timeout, HTTP status, broken body -- after the backend's own retries)
-  ends the judgment as ``failed`` with that reason;
+  ends the judgment as ``failed`` with that reason, also when an earlier attempt's text did not
+  parse (that text is kept in ``raw``; a failed judgment is not cached, so a re-run asks again);
 - tokens and latency are summed over the attempts.
 
 **Soft verdicts.** When the backend returns the log-probabilities of the top alternatives at
@@ -104,8 +105,9 @@ class TextJudge:
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
+        # parse_retries decides whether an answer ends unparsed, and unparsed answers are cached
         return {**self.backend_config(), "template": self.template.digest,
-                "parser": self.template.parser}
+                "parser": self.template.parser, "parse_retries": self.parse_retries}
 
     async def judge(self, request: JudgeRequest) -> Judgment:
         messages = self.template.messages(request)
