@@ -74,7 +74,7 @@ def test_unknown_method_lists_the_known_ones(no_work):
     assert result.exit_code == 2 and no_work == []
     error = json.loads(result.stdout)["error"]
     assert "invalid LabConfig.methods: unknown method 'grpoo'" in error
-    for name in ("dpo", "kto", "lipo", "raft", "grpo", "ppo", "rloo", "online_dpo"):
+    for name in ("dpo", "kto", "lipo", "raft", "grpo", "ppo", "rloo", "online_dpo", "rlaif"):
         assert name in error.split("known methods:")[1]
     # a reward-model loss is not a way to align a policy
     error = json.loads(_run("--set", "methods=bt", "--json").stdout)["error"]

@@ -18,8 +18,9 @@ from ..train.config import ConfigError
 __all__ = ["ONLINE_METHODS", "QUICK", "LabConfig", "check_method", "known_methods"]
 
 ONLINE_METHODS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo",
-                  "online_ipo", "online_raft")
-"""Online methods (:func:`prefkit.train.online.train_online` against the proxy reward model)."""
+                  "online_ipo", "online_raft", "rlaif")
+"""Online methods (:func:`prefkit.train.online.train_online` against the proxy reward model;
+``rlaif``: online DPO against a jury of the lab's simulated LLM judges instead)."""
 
 
 def known_methods() -> list[str]:

@@ -129,7 +129,7 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
     from ..rewards.sources import BTPreference, ModelReward
     from ..train.online import OnlineConfig, train_online
 
-    algo = "raft" if method == "online_raft" else method
+    algo = {"online_raft": "raft", "rlaif": "online_dpo"}.get(method, method)
     with quiet:  # transformers' loading bar: the lab reports its own progress
         policy, tokenizer = load_model(sft_path)
 
@@ -150,6 +150,14 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
     reward: Any = ModelReward(rm.model, tokenizer)
     if algo == "online_ipo":  # the reward model's Bradley-Terry preference between 2 samples
         reward = BTPreference(reward)
+    if method == "rlaif":  # AI feedback: a majority jury of the simulated LLM judges
+        from ..judges.jury import Jury
+        from ..judges.reward_source import JudgeReward
+        from ..judges.simulated import lab_judge_pool
+
+        judges = lab_judge_pool(task.gold_reward, temperature=config.pool_scale / 3,
+                                seed=config.seed)
+        reward = JudgeReward(Jury(judges, aggregate="majority"), name="lab judges")
     with quiet:
         result = train_online(cfg, reward=reward, prompts=prompts, model=policy,
                               tokenizer=tokenizer, monitor=gold)
@@ -200,6 +208,9 @@ def _safe(method: str) -> str:
 
 def _method_detail(config: LabConfig, method: str) -> str:
     """What training ``method`` means in this config (a progress line)."""
+    if method == "rlaif":
+        return (f"online DPO judged by a jury of simulated LLM judges, {config.rl_iterations} "
+                f"iterations of {config.rl_prompts_per_iteration} prompts")
     if method in ONLINE_METHODS:
         return (f"online against the proxy reward model, {config.rl_iterations} iterations of "
                 f"{config.rl_prompts_per_iteration} prompts")
