@@ -29,19 +29,28 @@ GROUPS = {
     "judge": "prefkit.commands.judge",
 }
 
+#: Top-level commands built the same way: name -> the module whose ``app`` holds that command.
+COMMANDS = {
+    "serve-model": "prefkit.commands.serve_model",
+}
+
 
 class _LazyGroups(TyperGroup):
     """The top-level group: the :data:`GROUPS` sub-commands, each built from its module on
     first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [*GROUPS, *super().list_commands(ctx)]
+        return [*GROUPS, *COMMANDS, *super().list_commands(ctx)]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> Any:
         if cmd_name in GROUPS:
             group = typer.main.get_group(importlib.import_module(GROUPS[cmd_name]).app)
             group.name = cmd_name
             return group
+        if cmd_name in COMMANDS:
+            command = typer.main.get_command(importlib.import_module(COMMANDS[cmd_name]).app)
+            command.name = cmd_name
+            return command
         return super().get_command(ctx, cmd_name)
 
 
