@@ -113,9 +113,9 @@ def judge_from_spec(spec: str | Path, *, template: str | None = None, task: str 
 
         return RewardJudge(reward_from_spec(text), text)
     if kind == "python":
-        from ..rewards.sources import _import_function
+        from ..rewards.sources import import_function
 
-        return FunctionJudge(_import_function(arg), name=text)
+        return FunctionJudge(import_function(arg), name=text)
     raise ValueError(f"judge {text!r}: unknown kind {kind!r} (http, lab, rm, gold, implicit, "
                      "python, or a config file)")
 

@@ -293,7 +293,7 @@ class BTPreference:
         return torch.stack([p, 1.0 - p], dim=1)
 
 
-def _import_function(path: str) -> Callable:
+def import_function(path: str) -> Callable:
     """``function`` of ``module:function`` (or ``module.function``), or of ``FILE.py:function``.
 
     The current working folder is searched too (after the installed packages, so a local file
@@ -392,7 +392,7 @@ def reward_from_spec(spec: str, *, tokenizer: Any = None) -> Callable:
         task = get_task(arg)
         return FunctionReward(task.gold_reward, name=f"gold:{arg}")
     if kind == "python":
-        return FunctionReward(_import_function(arg), name=arg)
+        return FunctionReward(import_function(arg), name=arg)
     if kind == "judge":
         from ..judges.config import judge_from_spec
         from ..judges.reward_source import JudgeReward
