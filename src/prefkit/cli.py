@@ -27,6 +27,7 @@ GROUPS = {
     "lab": "prefkit.commands.lab",
     "serve": "prefkit.commands.serve",
     "judge": "prefkit.commands.judge",
+    "eval": "prefkit.commands.eval",
 }
 
 #: Top-level commands built the same way: name -> the module whose ``app`` holds that command.

@@ -43,6 +43,15 @@ _WHERE = {
     "vs_majority": "agreement",
     "position_bias": "agreement",
     "labels_per_hour": "agreement",
+    "SWITCH_SEED": "alpaca",
+    "alpaca_switched": "alpaca",
+    "annotations_from_judgments": "alpaca",
+    "judge_pairs": "alpaca",
+    "pair_outputs": "alpaca",
+    "read_annotations": "alpaca",
+    "read_model_outputs": "alpaca",
+    "winrate_report": "alpaca",
+    "write_annotations": "alpaca",
 }
 """Public name -> the submodule defining it: imported on first use (PEP 562), so that
 ``prefkit.data.stats`` can use the agreement maths without loading scipy.stats and matplotlib."""
