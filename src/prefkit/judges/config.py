@@ -8,7 +8,9 @@ Short specs:
   temperature :data:`LAB_JUDGE_TEMPERATURE`); ``lab:TASK:jury``: the four as a majority jury;
 - ``rm:PATH``, ``gold:TASK``, ``implicit:POLICY[,REF]`` -- a reward as a judge
   (:class:`~prefkit.judges.reward.RewardJudge`);
-- ``python:module:function`` -- :class:`~prefkit.judges.base.FunctionJudge`.
+- ``python:module:function`` -- :class:`~prefkit.judges.base.FunctionJudge`;
+- ``hf:PATH`` -- a local transformers model as a text judge (:class:`~prefkit.judges.local.
+  TransformersJudge`: a checkpoint folder, a tiny-model file or ``hf:lab:TASK``).
 
 A config file (``.json``, ``.yaml`` / ``.yml`` or ``.toml``) holds one object::
 
@@ -113,11 +115,15 @@ def judge_from_spec(spec: str | Path, *, template: str | None = None, task: str 
 
         return RewardJudge(reward_from_spec(text), text)
     if kind == "python":
-        from ..rewards.sources import import_function
+        from ..importing import import_function
 
-        return FunctionJudge(import_function(arg), name=text)
-    raise ValueError(f"judge {text!r}: unknown kind {kind!r} (http, lab, rm, gold, implicit, "
-                     "python, or a config file)")
+        return FunctionJudge(import_function(arg, kind="judge"), name=text)
+    if kind == "hf":
+        from .local import TransformersJudge
+
+        return TransformersJudge.from_pretrained(arg, template=template, task=task)
+    raise ValueError(f"judge {text!r}: unknown kind {kind!r} (http, hf, lab, rm, gold, "
+                     "implicit, python, or a config file)")
 
 
 def judge_from_config(config: dict[str, Any], *, where: str = "judge config",
@@ -148,6 +154,17 @@ def judge_from_config(config: dict[str, Any], *, where: str = "judge config",
             raise ValueError(f"{where}: {exc}") from None
     if "spec" in config:
         return judge_from_spec(config["spec"], template=config.get("template"), task=task)
+    if config.get("backend") == "hf":
+        from .local import TransformersJudge
+
+        options = {k: v for k, v in config.items() if k not in ("backend", "model")}
+        if not config.get("model"):
+            raise ValueError(f"{where}: model: required for the hf backend (a checkpoint "
+                             "folder, a model file or lab:TASK)")
+        try:
+            return TransformersJudge.from_pretrained(config["model"], task=task, **options)
+        except TypeError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     backend = config.get("backend")
     if backend == "http":
         unknown = sorted(set(config) - {"backend", *HTTP_FIELDS})
@@ -165,6 +182,6 @@ def judge_from_config(config: dict[str, Any], *, where: str = "judge config",
             return OpenAIJudge(**options)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: {exc}") from None
-    raise ValueError(f"{where}: expected \"backend\": \"http\", a \"spec\" or a \"jury\", got "
-                     f"{sorted(config)}")
+    raise ValueError(f"{where}: expected \"backend\": \"http\" or \"hf\", a \"spec\" or a "
+                     f"\"jury\", got {sorted(config)}")
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from ..importing import import_function
 from ..losses import rl
 from ..models.packing import PromptGroup
 from .scoring import packed_outputs
@@ -291,55 +291,6 @@ class BTPreference:
             raise ValueError(f"a preference compares 2 samples per prompt, got {r.shape[1]}")
         p = torch.sigmoid((r[:, 0] - r[:, 1]) / self.temperature)
         return torch.stack([p, 1.0 - p], dim=1)
-
-
-def import_function(path: str) -> Callable:
-    """``function`` of ``module:function`` (or ``module.function``), or of ``FILE.py:function``.
-
-    The current working folder is searched too (after the installed packages, so a local file
-    cannot shadow one), so ``python:my_rewards:fn`` finds ``./my_rewards.py`` without
-    ``PYTHONPATH=.``. A missing module, a missing function or an error while importing the
-    module raises ``ValueError`` naming it."""
-    import importlib
-    import importlib.util
-    import os
-    import sys
-
-    spec = f"python:{path}"
-    module_name, _, attr = path.rpartition(":")
-    if not module_name:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"reward {spec!r}: expected python:module:function")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.append(cwd)
-    try:
-        if module_name.endswith(".py"):
-            file = Path(module_name)
-            if not file.is_file():
-                raise ValueError(f"reward {spec!r}: no such file {file}")
-            loader_spec = importlib.util.spec_from_file_location(file.stem, file)
-            module = importlib.util.module_from_spec(loader_spec)
-            loader_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.split(".")[0] == exc.name.split(".")[0]:
-            raise ValueError(f"reward {spec!r}: no module named {exc.name!r} in the current "
-                             f"folder ({cwd}) or the installed packages") from None
-        raise ValueError(f"reward {spec!r}: importing {module_name!r} failed: {exc}") from None
-    except ValueError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the user's module failed to import: bad input
-        raise ValueError(f"reward {spec!r}: importing {module_name!r} failed: "
-                         f"{type(exc).__name__}: {exc}") from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise ValueError(f"reward {spec!r}: module {module_name!r} has no function {attr!r}")
-    if not callable(fn):
-        raise ValueError(f"reward {spec!r}: {module_name}.{attr} is not callable")
-    return fn
 
 
 def _same_vocab(a: Any, b: Any) -> bool:
