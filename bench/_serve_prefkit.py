@@ -148,6 +148,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (Linux /proc): the worker processes of ``prefkit serve
+    --workers N``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants."""
+    return sum(cpu_seconds(p) or 0.0 for p in process_tree(pid))
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a live process (Linux /proc)."""
     try:
@@ -161,9 +186,11 @@ class Server:
     """``prefkit serve`` on the store, 127.0.0.1:``port``, rate limits out of the way. With
     ``profile``, the process runs under ``_serve_profiled.py`` (cProfile in every thread)."""
 
-    def __init__(self, url: str, port: int, log: Path, profile: Path | None = None):
+    def __init__(self, url: str, port: int, log: Path, profile: Path | None = None,
+                 workers: int = 1):
         self.url, self.port, self.log = url, port, log
         self.profile = profile
+        self.workers = workers
         self.base = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -176,11 +203,12 @@ class Server:
             cmd = [sys.executable, str(HERE / "_serve_profiled.py"),
                    f"{self.profile}.{self.starts}.prof"]
         cmd += ["serve", "--host", "127.0.0.1", "--port", str(self.port),
-                "--rate", "100000", "--burst", "100000"]
+                "--rate", "100000", "--burst", "100000", "--workers", str(self.workers)]
         env = {**os.environ, "PREFKIT_STORE": self.url}
         with open(self.log, "a") as log:
+            # its own session: a SIGKILL of the process group takes every worker down at once
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                         env=env)
+                                         env=env, start_new_session=True)
         self.starts += 1
 
     def _check_alive(self) -> None:
@@ -216,20 +244,21 @@ class Server:
 
     def _account(self) -> None:
         if self.proc is not None:
-            self.cpu_s += cpu_seconds(self.proc.pid) or 0.0
+            self.cpu_s += tree_cpu_seconds(self.proc.pid)
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush, in-flight requests cut."""
+        """SIGKILL to the server's process group (the supervisor and every worker): no
+        shutdown, no flush, in-flight requests cut."""
         assert self.proc is not None
         self._account()
-        os.kill(self.proc.pid, signal.SIGKILL)
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         self._account()
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signal.SIGTERM)  # uvicorn's supervisor stops its workers
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -286,16 +315,18 @@ class PrefkitSide(Side):
 
 def run(backend: str, url: str, *, items: list[dict[str, Any]], labels: int, clients: int,
         loss: float, seed: int, cap_s: float, kill_fraction: float | None, tmp: Path,
-        profile: Path | None = None) -> dict[str, Any]:
-    """Set up, serve, load (with one SIGKILL + restart), stop, check."""
+        profile: Path | None = None, workers: int = 1) -> dict[str, Any]:
+    """Set up, serve (``workers`` processes), load (with one SIGKILL + restart), stop,
+    check."""
     start = time.perf_counter()
     campaign_id, tokens = setup_store(url, items, clients)
     setup_s = time.perf_counter() - start
     server = Server(url, free_port(), tmp / f"prefkit-{backend}.log",
-                    None if profile is None else profile.with_name(f"{profile.name}-{backend}"))
+                    None if profile is None else profile.with_name(f"{profile.name}-{backend}"),
+                    workers=workers)
     server.start()
     startup_s = server.wait_ready()
-    cpu_ready = cpu_seconds(server.proc.pid) or 0.0  # imports and startup, not the load
+    cpu_ready = tree_cpu_seconds(server.proc.pid)  # imports and startup, not the load
     kill_at = None if kill_fraction is None else int(labels * kill_fraction)
     outage: dict[str, Any] = {}
 
@@ -325,6 +356,7 @@ def run(backend: str, url: str, *, items: list[dict[str, Any]], labels: int, cli
     n = len(stats.acked)
     return {
         "backend": backend,
+        "workers": workers,
         "labels_acknowledged": n,
         "labels_per_s": round(n / (wall - down), 1),
         "labels_per_s_including_outage": round(n / wall, 1),

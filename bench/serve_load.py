@@ -1,15 +1,17 @@
 """Durability and speed of ``prefkit serve`` under load, side by side with Label Studio.
 
-prefkit: ``prefkit serve`` (uvicorn, one process) on a fresh store with 50 annotators and one
-pairwise campaign at overlap 3 (7,334 items: 10% more label slots than labels, so that clients
-do not run out of items near the end). 50 concurrent simulated annotators (asyncio + one
-httpx.AsyncClient each, see ``_serve_client.py``; no think time) lease an item with
+prefkit: ``prefkit serve`` (uvicorn; one process, or ``--workers N`` processes sharing the port)
+on a fresh store with 50 annotators and one pairwise campaign at overlap 3 (7,334 items: 10%
+more label slots than labels, so that clients do not run out of items near the end). 50
+concurrent simulated annotators (asyncio + one aiohttp session each, see ``_serve_client.py``;
+no think time) lease an item with
 ``POST /api/campaigns/{id}/next`` and then loop on ``POST /api/campaigns/{id}/labels?next=true``
 (answer + the next lease in one round trip) with a fresh idempotency key per label; ~5% of
 first responses are "lost" (half thrown away after they arrive, half cut by a 1-30 ms client
 timeout) and the request is sent again with the same key; connection errors and 5xx are retried
 with the same key until acknowledged. After 40% of the labels (8,000 of 20,000) the server is
-killed with SIGKILL, restarted on the same store, and the clients retry through the outage.
+killed with SIGKILL (its whole process group: the supervisor and every worker), restarted on
+the same store, and the clients retry through the outage.
 Run on SQLite, and on PostgreSQL too when ``--postgres URL`` or PREFKIT_TEST_POSTGRES_URL is
 given (a fresh schema per run, dropped afterwards).
 
@@ -25,7 +27,8 @@ replays (responses the server marked ``replayed``) and the server's CPU time per
 the first server's readiness on, the restarted one's startup included: a figure that other
 load on a shared machine disturbs less than wall time; PostgreSQL's own processes not counted).
 ``--profile-server PREFIX`` runs the server under cProfile in every thread
-(``_serve_profiled.py``) to see where that CPU goes.
+(``_serve_profiled.py``) to see where that CPU goes. With ``--workers N`` the server's CPU is
+summed over its processes.
 
 Peer (``_serve_label_studio.py``): Label Studio from PyPI in its own virtualenv (created once
 under ~/.cache/prefkit-bench), ``label-studio start`` with its defaults (SQLite, Django's
@@ -95,6 +98,8 @@ def main() -> None:
     parser.add_argument("--peer-cap-s", type=float, default=3600.0,
                         help="wall-clock cap of the peer's load run (s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="prefkit serve --workers: server processes (default 1)")
     parser.add_argument("--profile-server", type=Path, metavar="PREFIX",
                         help="run prefkit serve under cProfile (all threads); writes "
                              "PREFIX.<start>.prof per server process (the SIGKILLed one "
@@ -106,7 +111,7 @@ def main() -> None:
     n_items = -(-labels * 11 // 30)
     items = make_items(n_items, args.seed)
     common = {"items": items, "labels": labels, "clients": clients, "loss": args.loss,
-              "seed": args.seed, "kill_fraction": 0.4}
+              "seed": args.seed, "kill_fraction": 0.4, "workers": args.workers}
     result: dict = {"bench": "serve_load", "labels": labels, "clients": clients,
                     "items": n_items, "overlap": 3, "loss": args.loss}
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp_name:

@@ -69,6 +69,9 @@ def serve(
     secure_cookies: Annotated[bool, typer.Option(
         "--secure-cookies", help="Mark the session cookie Secure (when served over HTTPS).")
     ] = False,
+    workers: Annotated[int, typer.Option(
+        help="Server processes sharing the port (rate limits then apply per process).", min=1)
+    ] = 1,
 ) -> None:
     """Run the web app (annotation pages, arena, admin pages, REST API at /api with its schema
     at /openapi.json) on the feedback store; see the sub-commands to add people and
@@ -86,9 +89,27 @@ def serve(
     store = _store(db)
     settings = ServeSettings(max_body_bytes=max_body_kb * 1024, rate=rate, burst=burst,
                              secure_cookies=secure_cookies)
-    stdout.print(f"prefkit serve: http://{host}:{port} on {store.url} (Ctrl-C stops)")
-    uvicorn.run(create_app(store, settings), host=host, port=port, log_level="warning",
-                access_log=False)
+    stdout.print(f"prefkit serve: http://{host}:{port} on {store.url} (Ctrl-C stops)"
+                 + (f", {workers} processes" if workers > 1 else ""))
+    if workers == 1:
+        uvicorn.run(create_app(store, settings), host=host, port=port, log_level="warning",
+                    access_log=False)
+        return
+    # several processes: each worker builds its own app on the same store (every rule is
+    # enforced in the database's transactions, so they agree); uvicorn's supervisor restarts
+    # a worker that dies
+    import dataclasses
+    import json
+    import os
+
+    from ..serve.app import WORKER_ENV
+
+    url = store.engine.url.render_as_string(hide_password=False)
+    store.close()
+    os.environ[WORKER_ENV] = json.dumps({"store": url,
+                                         "settings": dataclasses.asdict(settings)})
+    uvicorn.run("prefkit.serve.app:app_from_env", factory=True, workers=workers, host=host,
+                port=port, log_level="warning", access_log=False)
 
 
 @app.command("add-annotator")

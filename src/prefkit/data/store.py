@@ -31,7 +31,6 @@ import itertools
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from sqlalchemy.pool import StaticPool
 from .app_schema import migration_3 as _app_migration_3
 from .formats import decode_native
 from .records import KINDS, Record, to_dict
+from .write_lock import WriteLock
 
 if TYPE_CHECKING:
     from .io import WriteReport
@@ -594,8 +594,8 @@ class FeedbackStore:
             self.engine.dispose()
             raise
         self._insert = self._insert_statement()
-        self._write_lock = (threading.Lock() if self.engine.dialect.name == "sqlite"
-                            else contextlib.nullcontext())
+        self._write_lock = (WriteLock(self.engine.url.database)
+                            if self.engine.dialect.name == "sqlite" else contextlib.nullcontext())
         self._no_wait: Engine | None = None  # SQLite: writes that never wait (made when needed)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -610,6 +610,8 @@ class FeedbackStore:
         self.engine.dispose()
         if self._no_wait is not None and self._no_wait is not self.engine:
             self._no_wait.dispose()
+        if isinstance(self._write_lock, WriteLock):
+            self._write_lock.close()
 
     def __enter__(self) -> FeedbackStore:
         return self
@@ -659,10 +661,11 @@ class FeedbackStore:
 
     def transaction(self, action: Callable[[Connection], T], *, wait: bool = True) -> T:
         """Run ``action(conn)`` in one write transaction, retried on transient lock errors
-        (SQLite: the write lock is taken at BEGIN). On SQLite the threads of this process also
-        queue on one in-process lock first: SQLite's busy handler polls with sleeps of up to
-        100 ms rather than waking a waiting writer, which put a server's slowest requests at
-        several times its median (other processes still wait in the busy handler).
+        (SQLite: the write lock is taken at BEGIN). On SQLite writers first queue on a
+        :class:`~prefkit.data.write_lock.WriteLock` (this process's threads, then other
+        processes through a lock file): SQLite's busy handler polls with sleeps of up to 100 ms
+        rather than waking a waiting writer, which put a server's slowest requests at several
+        times its median.
 
         ``wait=False`` (for a caller that must not block, such as an event loop): run it only
         if the write lock is free right now, else raise :class:`WriteBusy` having written
@@ -681,6 +684,8 @@ class FeedbackStore:
         if self.engine.dialect.name != "sqlite":
             raise WriteBusy("PostgreSQL transactions wait on the server")
         if not self._write_lock.acquire(blocking=False):
+            if self._write_lock.held_elsewhere:
+                raise WriteBusy("another process is writing")
             raise WriteBusy("another thread of this process is writing", here=True)
         try:
             if self._no_wait is None:  # in memory: no other process can hold its lock

@@ -266,25 +266,47 @@ def _label_response(result: svc.LabelResult) -> Response:
                     media_type="application/json")
 
 
-_BUSY_WAITS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016)
-"""Seconds the event loop waits before it tries again when another thread of this process
-holds the store's write lock (31.5 ms in all; then a worker thread waits for it)."""
+_BUSY_WAITS = (0.0005, 0.0005, 0.001, 0.001, 0.002, 0.002, 0.004, 0.004, 0.008, 0.008)
+"""Seconds the event loop waits before it tries again when another thread of this process or
+another server process holds the store's write lock (31 ms in all; then a worker thread waits
+for it). A label's transaction takes about a millisecond."""
+
+
+_LABEL_QUEUES: dict[tuple[int, int], asyncio.Lock] = {}
+
+
+def _label_queue(store: FeedbackStore) -> asyncio.Lock:
+    """This event loop's queue of labels waiting for ``store``'s write lock."""
+    key = (id(asyncio.get_running_loop()), id(store))
+    queue = _LABEL_QUEUES.get(key)
+    if queue is None:
+        queue = _LABEL_QUEUES[key] = asyncio.Lock()
+    return queue
 
 
 async def _submit_soon(args: tuple, lease_next: bool) -> svc.LabelResult:
     """:func:`svc.submit_label` in the event loop when the store's write lock is free (SQLite),
-    waiting for it without blocking the loop while another thread of this process holds it
-    (sending the label to a worker thread there would keep the lock busy for the next ones);
-    in a worker thread when another process holds it, after :data:`_BUSY_WAITS`, and on
-    PostgreSQL."""
-    for delay in (*_BUSY_WAITS, None):
-        try:
-            return svc.submit_label(*args, lease_next=lease_next, wait=False)
-        except WriteBusy as busy:
-            if not busy.here or delay is None:
-                break
-        await asyncio.sleep(delay)
+    else waiting for it without blocking the loop while another thread or server process holds
+    it -- the labels of this loop queue first (in order, woken one by one), and only the one at
+    the head tries the lock again after each of :data:`_BUSY_WAITS` (handing every label to a
+    worker thread instead would keep the lock busy and cost a thread hand-off per label; many
+    pollers would burn the CPU the lock holder needs); in a worker thread after those waits,
+    and on PostgreSQL."""
+    if store_is_postgres(args[0]):
+        return await run_in_threadpool(svc.submit_label, *args, lease_next=lease_next)
+    async with _label_queue(args[0]):
+        for delay in (*_BUSY_WAITS, None):
+            try:
+                return svc.submit_label(*args, lease_next=lease_next, wait=False)
+            except WriteBusy:
+                if delay is None:
+                    break
+            await asyncio.sleep(delay)
     return await run_in_threadpool(svc.submit_label, *args, lease_next=lease_next)
+
+
+def store_is_postgres(store: FeedbackStore) -> bool:
+    return store.engine.dialect.name != "sqlite"
 
 
 LABELS_PATH = re.compile(r"/api/campaigns/([1-9][0-9]{0,17})/labels")

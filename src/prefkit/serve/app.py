@@ -42,6 +42,20 @@ class ServeSettings:
     secure_cookies: bool = False
 
 
+WORKER_ENV = "PREFKIT_SERVE_WORKER"
+"""Environment variable through which ``prefkit serve --workers N`` hands each worker process
+its store URL and settings (JSON)."""
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of ``prefkit serve --workers N`` (uvicorn's factory): the
+    store and settings from :data:`WORKER_ENV`."""
+    import json
+
+    spec = json.loads(os.environ[WORKER_ENV])
+    return create_app(spec["store"], ServeSettings(**spec["settings"]))
+
+
 def create_app(store: FeedbackStore | str | os.PathLike, settings: ServeSettings | None = None
                ) -> FastAPI:
     """The app on ``store`` (a :class:`~prefkit.data.store.FeedbackStore`, or its path/URL)."""
