@@ -6,6 +6,8 @@ re-imported by `prefkit store import` into identical records."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -455,3 +457,76 @@ def test_export_to_every_format_that_holds_the_records(tmp_path):
     error = cli_json("serve", "campaign", "export", "prefs", "--out", tmp_path / "x.jsonl",
                      "--format", "nope", "--db", db, code=2)
     assert "nope" in error["error"]
+
+
+def _process_tree(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
+def test_serve_with_two_worker_processes(tmp_path):
+    """`--workers 2`: two processes answer on one port; 8 people label concurrently through
+    both, and the store holds every label once with the overlap kept."""
+    import concurrent.futures
+
+    db = tmp_path / "workers.db"
+    tokens = [cli_json("serve", "add-annotator", f"p{i}", "--db", db)["token"] for i in range(8)]
+    rows = [{"prompt": f"p{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(12)]
+    cli("serve", "campaign", "create", "w", "--task", "pairwise", "--overlap", "2", "--items",
+        write_jsonl(tmp_path / "w.jsonl", rows), "--db", db)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefkit.cli", "serve", "--db", str(db), "--port", str(port),
+         "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+            assert server.poll() is None, server.stdout.read().decode()
+        # the supervisor and two workers
+        assert len(_process_tree(server.pid)) >= 3
+
+        def label_all(token: str) -> int:
+            done = 0
+            # a new connection per request: the kernel spreads them over both workers
+            while True:
+                reply = httpx.post(f"{base}/api/campaigns/1/next", headers=bearer(token),
+                                   timeout=30).json()["assignment"]
+                if reply is None:
+                    return done
+                body = {"assignment_id": reply["assignment_id"],
+                        "idempotency_key": f"{token[:8]}-{done}",
+                        "answer": {"choice": "first"}}
+                assert httpx.post(f"{base}/api/campaigns/1/labels", json=body,
+                                  headers=bearer(token), timeout=30).status_code == 201
+                done += 1
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            done = list(pool.map(label_all, tokens))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+    assert sum(done) == 24  # 12 items x overlap 2
+    with FeedbackStore(db) as store:
+        count = store.read(lambda c: c.execute(sa.text(
+            "SELECT item_id, COUNT(*), COUNT(DISTINCT annotator_id) FROM labels GROUP BY item_id"
+        )).all())
+    assert len(count) == 12 and all(n == 2 and people == 2 for _, n, people in count)
