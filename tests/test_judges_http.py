@@ -379,3 +379,31 @@ def test_stub_times_are_monotonic_clock():
         before = time.monotonic()
         run(judge_for(stub), make_requests(1))
         assert before <= stub.records[0].t <= time.monotonic()
+
+
+def test_malformed_verdicts_leave_the_win_rate_of_the_clean_subset():
+    """10% of the judge's answers hold no verdict (every retry too): they are reported as
+    unparsed, and the win rate equals, exactly, the win rate of a clean run on the items that
+    were judged -- an unparsed answer is never a loss or a tie."""
+    from prefkit.evaluate.alpaca import judge_pairs, pair_outputs, winrate_report
+
+    model = [{"instruction": f"task {i} want={'ABC'[i % 3]}", "output": f"mine {i}" + " x" * i,
+              "generator": "mine"} for i in range(60)]
+    reference = [{"instruction": m["instruction"], "output": f"theirs {i}", "generator": "ref"}
+                 for i, m in enumerate(model)]
+    pairs = pair_outputs(model, reference)
+    plan = seeded({"garbage": 0.1}, seed=5, sticky=True)
+    with StubServer(faults=plan) as stub:
+        faulty = judge_pairs(pairs, judge_for(stub, parse_retries=1), concurrency=16)
+    with StubServer() as stub:
+        clean = judge_pairs(pairs, judge_for(stub), concurrency=16)
+    unparsed = [a["preference"] is None for a in faulty]
+    assert 3 <= sum(unparsed) <= 12
+    assert all(a["preference"] is not None for a in clean)
+    report = winrate_report(faulty)
+    assert report["not_judged"] == {"unparsed": sum(unparsed), "failed": 0}
+    assert report["n"] == 60 - sum(unparsed)
+    subset = [c for c, bad in zip(clean, unparsed, strict=True) if not bad]
+    expected = winrate_report(subset)
+    for key in ("win_rate", "standard_error", "discrete_win_rate", "wins", "ties", "losses"):
+        assert report[key] == expected[key], key
