@@ -256,6 +256,11 @@ def template(
             for row in rows:
                 stdout.print(f"{row['name']:<20} {row['task']:<8} {row['parser']}")
         return
+    if name in ("critique.txt", "revision.txt"):
+        from ..judges.revise import DEFAULT_PROMPTS
+
+        typer.echo(DEFAULT_PROMPTS[name.split(".")[0]].read_text(encoding="utf-8"), nl=False)
+        return
     loaded = load_template(name)
     if as_json:
         print_json({"name": name, "task": loaded.task, "parser": loaded.parser,
@@ -403,3 +408,60 @@ def validate(
             stderr.print(f"[red]below threshold:[/red] {name}: {'; '.join(reasons)}")
     if failures:
         raise typer.Exit(EXIT_BELOW_THRESHOLD)
+
+
+@app.command()
+@cli_errors
+def revise(
+    data: Annotated[list[str], typer.Argument(
+        help="Responses to improve: records or {prompt, responses} rows (each response is "
+             "revised).")],
+    judge: JudgeOpt,
+    principles: Annotated[str, typer.Option(
+        help="The principles (Markdown/text: '- ' bullets or one per line).")],
+    out: OutOpt = None,
+    db: DbOpt = None,
+    critique_prompt: Annotated[str | None, typer.Option(
+        help="Your critique prompt (.j2, blocks system/user; `prefkit judge template "
+             "critique.txt` prints the default).")] = None,
+    revision_prompt: Annotated[str | None, typer.Option(
+        help="Your revision prompt (.j2).")] = None,
+    seed: Annotated[int, typer.Option(help="Which principle each response gets.")] = 0,
+    concurrency: ConcurrencyOpt = 8,
+    limit: Annotated[int | None, typer.Option(help="Only the first N responses.", min=1)
+                     ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Constitutional-AI critique -> revision: for each response, a principle, the model's
+    critique, its revision; writes preference pairs (revision chosen over the original)."""
+    from ..judges.base import judge_label
+    from ..judges.config import judge_from_spec
+    from ..judges.revise import read_principles, revise_all, revision_records
+
+    if not out and not db:
+        raise bad_input("give --out FILE and/or --db URL for the preference pairs", as_json)
+    rules = read_principles(principles)
+    items = _items(data, "grade", limit)
+    pairs = [(item["prompt"], item["responses"][0]) for item in items]
+    writer = judge_from_spec(judge)
+    prompts = {k: Path(v) for k, v in (("critique", critique_prompt),
+                                       ("revision", revision_prompt)) if v}
+    for name, path in prompts.items():
+        if not path.is_file():
+            raise bad_input(f"--{name}-prompt {path}: no such file", as_json)
+    revisions = revise_all(writer, pairs, rules, seed=seed, concurrency=concurrency,
+                           prompts=prompts)
+    label = judge_label(writer)
+    records = revision_records(pairs, revisions, label)
+    counts: dict[str, int] = {}
+    for r in revisions:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    result = {"ok": True, "judge": label, "responses": len(pairs), "pairs": len(records),
+              "status": counts, "principles": len(rules),
+              "reasons": sorted({r.reason for r in revisions if r.reason})[:10],
+              **_write(records, out, db)}
+    if as_json:
+        print_json(result)
+    else:
+        stdout.print(f"{label}: {len(records)} preference pairs from {len(pairs)} responses "
+                     f"({counts})")
