@@ -274,7 +274,44 @@ def _campaign_tour(console: Console, work: Path) -> dict[str, Any]:
     console.print("  With people instead: prefkit serve add-annotator NAME --db feedback.db; "
                   "prefkit serve campaign create NAME --task pairwise --items FILE --overlap 3 "
                   "--db feedback.db; prefkit serve --db feedback.db (see README)")
-    return {"labels": labels, "agreement": agreement, "annotators": stats["annotators"]}
+    judges = _judges_vs_people(console, db, campaign, task)
+    return {"labels": labels, "agreement": agreement, "annotators": stats["annotators"],
+            "judges": judges}
+
+
+def _judges_vs_people(console: Console, db: Path, campaign: Any, task: Any) -> dict[str, Any]:
+    """The lab's simulated LLM judges checked against the campaign's labels, as `prefkit
+    judge validate` does: accuracy, Cohen's kappa, and position bias before / after judging
+    both orders."""
+    from .data.store import FeedbackStore
+    from .judges.bias import judge_both_orders
+    from .judges.config import LAB_JUDGE_TEMPERATURE
+    from .judges.jury import Jury
+    from .judges.simulated import lab_judge_pool
+    from .judges.validate import agreement_report, requests_from_labels
+    from .serve import service as svc
+
+    with FeedbackStore(db) as store:
+        records = [label.record for label in svc.campaign_labels(store, campaign)]
+    pool = lab_judge_pool(task.gold_reward, temperature=LAB_JUDGE_TEMPERATURE)
+    judges = {"fair": pool[0], "positional": pool[1],
+              "jury of 4 (majority)": Jury(pool, aggregate="majority")}
+    requests = requests_from_labels(records)
+    table = Table("AI judge", "accuracy vs the people", "Cohen's kappa",
+                  "picks the first-shown", "flips with the order")
+    out = {}
+    for name, judge in judges.items():
+        report = agreement_report(judge_both_orders(judge, requests), records)
+        pos = report["position"]
+        out[name] = {k: report[k] for k in ("accuracy", "cohen_kappa")}
+        out[name].update(p_prefer_first=pos["p_prefer_first"], flip_rate=pos["flip_rate"])
+        table.add_row(name, f"{report['accuracy']:.0%}",
+                      f"{report['cohen_kappa']:.2f}", f"{pos['p_prefer_first']:.0%}",
+                      f"{pos['flip_rate']:.0%}")
+    console.print("  The lab's simulated LLM judges on the same 180 labelled pairs, each judged "
+                  "in both orders (prefkit judge validate):")
+    console.print(table)
+    return out
 
 
 def _arena_tour(console: Console) -> dict[str, Any]:
