@@ -91,6 +91,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pool_scale": _number(False), "overopt_length_bias": _number(False),
     "kl_coef": _number(False),
     "training_flips": (lambda v: isinstance(v, bool), "true or false"),
+    "genrm": (lambda v: isinstance(v, bool), "true or false"),
     "feedback": (lambda v: v in ("pairs", "ratings"), "pairs or ratings"),
     "workdir": (lambda v: isinstance(v, str) and bool(v.strip()), "a folder name"),
     "cache_dir": (lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
@@ -136,6 +137,7 @@ class LabConfig:
     kl_coef: float = 0.05
     curve_every: int = 20  # offline methods: gold / proxy / KL on curve_prompts every N steps
     curve_prompts: int = 64
+    genrm: bool = False  # also train a generative RM; compare it with the BT RM
     seed: int = 0
 
     def __post_init__(self) -> None:

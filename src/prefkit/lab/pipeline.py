@@ -317,7 +317,7 @@ def _stage_key(config: LabConfig, task, base_key: str) -> str:
     from .. import __version__
 
     data = {k: v for k, v in asdict(config).items() if k not in ("workdir", "cache_dir",
-                                                                 "methods")}
+                                                                 "methods", "genrm")}
     data |= {"task_settings": task.config(), "base_model": base_key, "prefkit": __version__,
              "stage_version": STAGE_VERSION}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -637,6 +637,14 @@ def run_lab(config: LabConfig | None = None, *, progress: LabProgress | None = N
     rm_report = _cached(stage / "rm_report.json",
                         lambda: _rm_report(rm, pool_for("rm_report"), heldout, task),
                         progress, "reward model on held-out pairs")
+    genrm = None
+    if config.genrm:  # generative RM vs the BT RM on the same held-out pairs (lab/genrm.py)
+        from .genrm import genrm_vs_bt
+
+        genrm = _cached(stage / "genrm.json", lambda: genrm_vs_bt(
+            sft_path, pairs, heldout, rm.model, tokenizer, output_dir=str(runs / "genrm"),
+            seed=config.seed), progress,
+            "generative reward model", "verdict-token GenRM from the SFT weights, both orders")
 
     def evaluate(texts: list[str], policy=None, name: str = "sft") -> dict[str, Any]:
         out = _evaluate(texts, eval_prompts, task, sft_texts, sft, tokenizer, policy=policy)
@@ -732,7 +740,8 @@ def run_lab(config: LabConfig | None = None, *, progress: LabProgress | None = N
                      "heldout_pairs": len(heldout)},
             "feedback_store": str(stage / "feedback.db"),
             "annotators": annotators,
-            "reward_model": {"train_accuracy": rm_accuracy, "heldout": rm_report},
+            "reward_model": {"train_accuracy": rm_accuracy, "heldout": rm_report}
+            | ({"generative": genrm} if genrm is not None else {}),
             "methods": results, "leaderboard": leaderboard,
             "idealized_ranking_accuracy": ideal,
             "overoptimization": overopt, "training_curves": curves}

@@ -683,9 +683,13 @@ def _reward_model_cards(rm: Mapping[str, Any]) -> str:
     gold, calibration, length (the reliability bins go to the figure, not a table)."""
     cards = []
     top = [(k.replace("_", " "), v) for k, v in _flat_items({k: v for k, v in rm.items()
-                                                             if k != "heldout"})]
+                                                             if k not in ("heldout",
+                                                                          "generative")})]
     if top:
         cards.append(("training", top, "reward-model"))
+    if isinstance(rm.get("generative"), Mapping):  # GenRM vs BT RM, same held-out pairs
+        cards.append(("generative RM vs BT", [(k.replace("_", " "), v) for k, v in
+                                              rm["generative"].items()], "rm-generative"))
     held = rm.get("heldout")
     if isinstance(held, Mapping):
         gold = held.get("gold") if isinstance(held.get("gold"), Mapping) else {}
