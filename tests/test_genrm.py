@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +131,42 @@ def test_lab_genrm_within_3_points_of_bt(tmp_path):
     assert gen["bt_rm_heldout_accuracy"] > 0.7
     assert gen["genrm_heldout_accuracy"] >= gen["bt_rm_heldout_accuracy"] - 0.03, gen
     assert 'id="rm-generative"' in lab_report_html(res)
+
+
+def test_cli_train_genrm_then_judge_with_it(tmp_path, monkeypatch):
+    """`prefkit rm train-genrm` on the bundled pairs, then `--judge genrm:PATH`: the judge's
+    p_first is the saved model's calibrated preference."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from prefkit.cli import app
+    from prefkit.data.io import read_records
+    from prefkit.judges.base import JudgeRequest, judge_all
+    from prefkit.judges.config import judge_from_spec
+    from prefkit.rewards.generative import GenerativeRewardModel
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("PREFKIT_JUDGE_CACHE", raising=False)
+    runner = CliRunner()
+    model = tmp_path / "m"
+    assert runner.invoke(app, ["models", "init", str(model), "--json"]).exit_code == 0
+    pairs = Path(__file__).resolve().parents[1] / "src" / "prefkit" / "examples" / "pairs.jsonl"
+    saved = tmp_path / "genrm"
+    result = runner.invoke(app, [
+        "rm", "train-genrm", "--set", f"model={model}", "--set", f"data={pairs}",
+        "--set", f"output_dir={tmp_path / 'run'}", "--set", "max_steps=3",
+        "--set", "batch_size=2", "--set", "progress=false", "--save-model", str(saved),
+        "--json"])
+    assert result.exit_code == 0, result.output
+    out = _json.loads(result.stdout)
+    assert out["steps"] == 3 and out["saved_model"] == str(saved)
+    genrm = GenerativeRewardModel.from_pretrained(saved)
+    record = next(r for r in read_records(pairs) if isinstance(r.prompt, str))
+    judge = judge_from_spec(f"genrm:{saved}")
+    request = JudgeRequest("compare", record.prompt, (record.response_a, record.response_b))
+    [j] = judge_all(judge, [request])
+    assert j.ok and j.p_first == pytest.approx(
+        genrm.preference(record.prompt, record.response_a, record.response_b), abs=1e-6)
+    [g] = judge_all(judge, [JudgeRequest("grade", "p", ("x",))])
+    assert g.status == "failed" and "only compares" in g.reason

@@ -144,6 +144,34 @@ def train(
         stderr.print(note, markup=False)
 
 
+@app.command("train-genrm")
+@cli_errors
+def train_genrm_command(
+    config: Annotated[str | None, typer.Option(
+        help="YAML file with any GenRMConfig fields (--set overrides it).")] = None,
+    save_model: Annotated[str | None, typer.Option(help="Save the generative RM here (use "
+                                                         "it as --judge genrm:PATH).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Any GenRMConfig field: --set model=M --set data=D (repeatable).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a generative reward model: a causal LM that writes the verdict token (A / B)
+    after both responses, every pair in both orders; its position-calibrated verdict
+    probability is the preference (prefkit.rewards.generative)."""
+    from ..rewards.generative import GenRMConfig, train_genrm
+
+    cfg = config_from_cli(GenRMConfig, config, {}, set_, as_json)
+    result = train_genrm(cfg)
+    fit = result.fit
+    out = {"ok": True, "steps": fit.steps, "metrics": fit.metrics, "seconds": fit.seconds,
+           "data": result.data, "checkpoints": fit.checkpoints}
+    if finish_training(out, save_model, result.genrm.save_pretrained, as_json):
+        stdout.print(f"trained {fit.steps} steps: loss "
+                     f"{fit.metrics.get('loss', float('nan')):.4f}, verdict accuracy "
+                     f"{fit.metrics.get('accuracy', '-')}")
+
+
 @app.command("score")
 @cli_errors
 def score(

@@ -180,7 +180,7 @@ def judge_label(judge: Judge) -> str:
         return f"http:{config.get('model')}"
     if backend == "simulated":
         return f"lab:{config.get('name')}"
-    if backend == "reward":
+    if backend in ("reward", "genrm"):
         return str(config.get("spec"))
     return str(config.get("name") or getattr(judge, "name", backend))
 

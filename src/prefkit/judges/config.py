@@ -9,6 +9,7 @@ Short specs:
 - ``rm:PATH``, ``gold:TASK``, ``implicit:POLICY[,REF]`` -- a reward as a judge
   (:class:`~prefkit.judges.reward.RewardJudge`);
 - ``python:module:function`` -- :class:`~prefkit.judges.base.FunctionJudge`;
+- ``genrm:PATH`` -- a generative reward model (``prefkit rm train-genrm``) as a judge;
 - ``hf:PATH`` -- a local transformers model as a text judge (:class:`~prefkit.judges.local.
   TransformersJudge`: a checkpoint folder, a tiny-model file or ``hf:lab:TASK``).
 
@@ -118,12 +119,16 @@ def judge_from_spec(spec: str | Path, *, template: str | None = None, task: str 
         from ..importing import import_function
 
         return FunctionJudge(import_function(arg, kind="judge"), name=text)
+    if kind == "genrm":
+        from .genrm import GenRMJudge
+
+        return GenRMJudge(arg)
     if kind == "hf":
         from .local import TransformersJudge
 
         return TransformersJudge.from_pretrained(arg, template=template, task=task)
-    raise ValueError(f"judge {text!r}: unknown kind {kind!r} (http, hf, lab, rm, gold, "
-                     "implicit, python, or a config file)")
+    raise ValueError(f"judge {text!r}: unknown kind {kind!r} (http, hf, genrm, lab, rm, "
+                     "gold, implicit, python, or a config file)")
 
 
 def judge_from_config(config: dict[str, Any], *, where: str = "judge config",

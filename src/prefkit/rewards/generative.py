@@ -71,8 +71,9 @@ def prepare_tokenizer(tokenizer, model: torch.nn.Module | None = None,
                       template: dict[str, Any] = TEMPLATE) -> tuple[int, int]:
     """The ids of the two verdict tokens; when a fixed piece of ``template`` encodes to the
     unknown token (a word-level tokenizer), its words are added to ``tokenizer`` (as whole
-    words) and ``model``'s embeddings are resized. Raises ``ValueError`` when a verdict is
-    not one token."""
+    words), and when a verdict is more than one token (a small BPE vocabulary), it is added as
+    one token; ``model``'s embeddings are resized then. Raises ``ValueError`` when a verdict
+    still is not one token."""
     from tokenizers import AddedToken
 
     pieces = [template["header_a"], template["header_b"], template["question"],
@@ -82,6 +83,11 @@ def prepare_tokenizer(tokenizer, model: torch.nn.Module | None = None,
         words = list(dict.fromkeys(w for p in pieces for w in p.split()))
         tokenizer.add_tokens([AddedToken(w, single_word=True, normalized=False)
                               for w in words])
+        if model is not None:
+            model.resize_token_embeddings(len(tokenizer))
+    split = [v for v in template["verdicts"] if len(_ids(tokenizer, v)) != 1]
+    if split:
+        tokenizer.add_tokens([AddedToken(v, normalized=False) for v in split])
         if model is not None:
             model.resize_token_embeddings(len(tokenizer))
     out = []
@@ -284,12 +290,14 @@ class GenRMResult:
 
 def _pairs_from_records(path: str) -> tuple[list[tuple[Any, str, str]], int]:
     from ..data.io import read_records
-    from ..data.records import Comparison
+    from ..data.records import Comparison, text_content
 
     pairs, skipped = [], 0
     for record in read_records(path):
         if isinstance(record, Comparison) and not record.outcome.is_tie:
-            pairs.append((record.prompt, record.chosen, record.rejected))
+            # a conversational response: its messages' text
+            pairs.append((record.prompt, text_content(record.chosen),
+                          text_content(record.rejected)))
         else:
             skipped += 1
     return pairs, skipped
