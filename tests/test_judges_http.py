@@ -407,3 +407,23 @@ def test_malformed_verdicts_leave_the_win_rate_of_the_clean_subset():
     expected = winrate_report(subset)
     for key in ("win_rate", "standard_error", "discrete_win_rate", "wins", "ties", "losses"):
         assert report[key] == expected[key], key
+
+
+def test_a_cached_rerun_makes_no_request(tmp_path):
+    """Counted by the server: the second run of the same judgments sends nothing; changing the
+    template (or the order of the responses) does."""
+    from prefkit.judges.base import judge_all
+    from prefkit.judges.cache import SQLiteCache
+
+    requests = make_requests(12)
+    with StubServer() as stub, SQLiteCache(tmp_path / "cache.sqlite") as cache:
+        first = judge_all(judge_for(stub), requests, cache=cache)
+        after_first = len(stub.records)
+        again = judge_all(judge_for(stub), requests, cache=cache)
+        assert len(stub.records) == after_first == 12
+        assert [j.verdict for j in again] == [j.verdict for j in first]
+        assert all(j.cached and j.attempts == 0 for j in again)
+        # (requests 0 and 1 want A and B: answers the no-tie template parses at once)
+        judge_all(judge_for(stub, template="pairwise"), requests[:2], cache=cache)
+        judge_all(judge_for(stub), [r.swapped() for r in requests[:2]], cache=cache)
+        assert len(stub.records) == 12 + 2 + 2
