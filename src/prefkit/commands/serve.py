@@ -331,3 +331,80 @@ def campaign_export(
         print_json(result)
         return
     stdout.print(f"wrote {report.written} labels of {name} to {out} ({format})")
+
+
+@app.command("generate")
+@cli_errors
+def generate(
+    prompts: Annotated[str, typer.Argument(
+        help="Prompts: a .txt file (one a line), the prompt column of any file prefkit reads, "
+             "or lab:TASK[:N].")],
+    endpoint: Annotated[list[str], typer.Option(
+        "--endpoint", help="MODEL@http(s)://HOST:PORT/v1, an OpenAI-compatible server (e.g. "
+                           "`prefkit serve-model`); the name is sent as `model`. Repeat, at "
+                           "least twice.")],
+    out: Annotated[Path, typer.Option("--out", help="The arena items file to write (.jsonl): "
+                                                    "{prompt, responses, models} rows.")],
+    max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.", min=1)] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).",
+                                               min=0.0)] = 0.0,
+    seed: Annotated[int, typer.Option(help="Sent as `seed`; also seeds lab:TASK prompts.")
+                    ] = 0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight per endpoint.", min=1)
+                           ] = 8,
+    timeout: Annotated[float, typer.Option(help="Seconds per HTTP attempt.", min=0.001)
+                       ] = 60.0,
+    retries: Annotated[int, typer.Option(help="Retries of a failed request (timeouts, 429, "
+                                               "5xx, connection errors).", min=0)] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Arena outputs: every prompt sent to every model server; writes the rows a `campaign
+    create --task arena --items` reads. A prompt fewer than two models answered is left out
+    and reported; exit 1 when no prompt has two answers."""
+    import orjson
+
+    from ..serve.generate_outputs import generate_outputs, parse_endpoint
+    from ..train.online import resolve_prompts
+
+    if out.suffix != ".jsonl":
+        raise ValueError(f"--out {out}: expected a .jsonl file")
+    endpoints = [parse_endpoint(spec) for spec in endpoint]
+    if len(endpoints) < 2:
+        raise ValueError(f"--endpoint: an arena needs at least 2 models, got {len(endpoints)}")
+    texts = resolve_prompts(prompts, seed=seed)
+    rows, failures = generate_outputs(texts, endpoints, max_tokens=max_tokens,
+                                      temperature=temperature, seed=seed,
+                                      concurrency=concurrency, timeout=timeout, retries=retries)
+    dropped = sorted({f.prompt_index for f in failures if f.model is None})
+    failed: dict[str, int] = {}
+    for f in failures:
+        if f.model is not None:
+            failed[f.model] = failed.get(f.model, 0) + 1
+    result: dict[str, Any] = {
+        "ok": bool(rows), "out": str(out) if rows else None, "prompts": len(texts),
+        "rows": len(rows), "dropped": len(dropped), "dropped_prompts": dropped,
+        "models": [name for name, _ in endpoints], "failed_by_model": failed,
+        "failures": [f.as_dict() for f in failures]}
+    if rows:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        with tmp.open("wb") as fh:
+            for row in rows:
+                fh.write(orjson.dumps(row) + b"\n")
+        tmp.replace(out)
+    if as_json:
+        print_json(result)
+    else:
+        for f in failures[:20]:
+            who = f.model or "(left out)"
+            stdout.print(f"prompt {f.prompt_index}: {who}: {f.reason}"
+                         + (f" ({f.detail})" if f.detail else ""))
+        if len(failures) > 20:
+            stdout.print(f"... {len(failures) - 20} more failures (--json lists them all)")
+        if rows:
+            stdout.print(f"wrote {len(rows)} of {len(texts)} prompts with outputs of "
+                         f"{len(endpoints)} models to {out} ({len(dropped)} left out)")
+        else:
+            stdout.print(f"no prompt got answers from 2 models; {out} was not written")
+    if not rows:
+        raise typer.Exit(1)
