@@ -290,3 +290,19 @@ def test_simulated_judge_pairs_are_deterministic_per_request():
     assert first == again
     assert [j.verdict for j in judge_all(judge, requests)] == [
         j.verdict for j in judge_all(judge, requests)]
+
+
+def test_compare_flags_self_preference_when_the_judge_family_wrote_responses(judge_module):
+    rows = [{"prompt": f"q{i}", "responses": [f"g={i % 3} a", f"g={(i + 1) % 3} b"],
+             "models": ["mine-7b", "other"]} for i in range(30)]
+    data = judge_module / "owned.jsonl"
+    data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    out = cli_json("judge", "compare", data, "--judge", "python:judge_fns:prefer_higher",
+                   "--no-cache", "--family", "mine")
+    report = out["self_preference"]
+    assert report["family"] == "mine" and report["own_pairs"] == 30
+    own = [1.0 if i % 3 > (i + 1) % 3 else 0.0 for i in range(30)]
+    assert report["judge_own_share"] == pytest.approx(np.mean(own))
+    plain = cli_json("judge", "compare", data, "--judge", "python:judge_fns:prefer_higher",
+                     "--no-cache")
+    assert "self_preference" not in plain

@@ -93,7 +93,7 @@ def _write(records: list[Any], out: str | None, db: str | None) -> dict[str, Any
 def _run_judge(task: str, paths: list[str], judge_spec: str, template: str | None,
                both_orders: bool, out: str | None, db: str | None, cache_path: str | None,
                no_cache: bool, concurrency: int, limit: int | None, failures: str | None,
-               as_json: bool) -> None:
+               as_json: bool, family: str | None = None) -> None:
     from ..judges import base
     from ..judges.bias import ajudge_both_orders, length_report, position_report
     from ..judges.config import judge_from_spec, judge_label
@@ -140,6 +140,13 @@ def _run_judge(task: str, paths: list[str], judge_spec: str, template: str | Non
     if pairs is not None:
         result["position"] = position_report(pairs)
         result["length"] = length_report(pairs)
+        own = family or getattr(judge, "family", None)
+        if own and any(r.models for r in requests):
+            from ..judges.bias import self_preference_report
+
+            # flagged: the judge's family wrote some of the responses it judges
+            result["self_preference"] = {"family": own, **self_preference_report(
+                pairs, lambda m: bool(m) and str(m).lower().startswith(own.lower()))}
     if failures:
         from ..data.io import write_jsonl_rows
 
@@ -186,12 +193,15 @@ def compare(
     failures: Annotated[str | None, typer.Option(
         help="Write the items not judged (unparsed / failed, with the reason and raw text) "
              "to this JSONL file.")] = None,
+    family: Annotated[str | None, typer.Option(
+        help="The judge's model family: with items that name their models, the report flags "
+             "and measures self-preference (the share of own-family wins).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Which of two responses is better: Comparison records (annotator kind judge; soft_label
     = the calibrated P(a better)). Unparsed and failed items are counted, never guessed."""
     _run_judge("compare", data, judge, template, both_orders, out, db, cache, no_cache,
-               concurrency, limit, failures, as_json)
+               concurrency, limit, failures, as_json, family=family)
 
 
 @app.command()
