@@ -170,3 +170,37 @@ def test_cli_train_genrm_then_judge_with_it(tmp_path, monkeypatch):
         genrm.preference(record.prompt, record.response_a, record.response_b), abs=1e-6)
     [g] = judge_all(judge, [JudgeRequest("grade", "p", ("x",))])
     assert g.status == "failed" and "only compares" in g.reason
+
+
+def test_rm_evaluate_takes_a_generative_reward_model(tmp_path, monkeypatch):
+    """`prefkit rm eval GENRM pairs`: accuracy = the share with p(chosen > rejected) > 1/2,
+    computed here from the saved model directly."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from prefkit.cli import app
+    from prefkit.rewards.generative import GenerativeRewardModel
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runner = CliRunner()
+    model = tmp_path / "m"
+    assert runner.invoke(app, ["models", "init", str(model), "--json"]).exit_code == 0
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"sort: {i} 1", "chosen": f"1 {i}", "rejected": f"{i} 1"}
+            for i in range(2, 12)]
+    pairs.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    saved = tmp_path / "genrm"
+    assert runner.invoke(app, [
+        "rm", "train-genrm", "--set", f"model={model}", "--set", f"data={pairs}",
+        "--set", f"output_dir={tmp_path / 'run'}", "--set", "max_steps=2",
+        "--set", "batch_size=2", "--set", "progress=false", "--save-model", str(saved),
+        "--json"]).exit_code == 0
+    result = runner.invoke(app, ["rm", "eval", str(saved), str(pairs), "--json"])
+    assert result.exit_code == 0, result.output
+    report = _json.loads(result.stdout)
+    genrm = GenerativeRewardModel.from_pretrained(saved)
+    p = genrm.preferences([r["prompt"] for r in rows], [r["chosen"] for r in rows],
+                          [r["rejected"] for r in rows])
+    assert report["model_kind"] == "generative" and report["n"] == len(rows)
+    assert report["accuracy"] == pytest.approx(float((p > 0.5).float().mean()))

@@ -106,6 +106,36 @@ def _score(scorer: Any, data: Any, batch_size: int, max_length: int | None,
     return rewards, lengths, truncation
 
 
+def _evaluate_genrm(model: str, rows: Any, data: str, batch_size: int, bins: int
+                    ) -> dict[str, Any]:
+    """`rm eval` for a generative reward model: pairs only; its calibrated preference
+    ``p(chosen > rejected)`` enters the pair report as the reward margin ``logit(p)``, so
+    accuracy is ``p > 1/2`` and the calibration bins are ``p`` itself."""
+    import numpy as np
+
+    from ..data.records import text_content
+    from ..evaluate.rm import evaluate_pairs
+    from ..rewards.generative import GenerativeRewardModel
+
+    if rows.shape != "pairs":
+        raise ValueError(f"{data}: holds ranked sets; a generative reward model compares pairs")
+    genrm = GenerativeRewardModel.from_pretrained(model)
+    best = [int(b) for b in rows.best]
+    chosen = [text_content(r[b]) for r, b in zip(rows.responses, best, strict=True)]
+    rejected = [text_content(r[1 - b]) for r, b in zip(rows.responses, best, strict=True)]
+    p = genrm.preferences(rows.prompts, chosen, rejected, batch_size=batch_size).double()
+    p = p.clamp(1e-12, 1 - 1e-12).numpy()
+    n_tokens = [len(genrm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in
+                (*chosen, *rejected)]
+    report = evaluate_pairs(np.log(p) - np.log1p(-p), np.zeros(len(p)), subsets=rows.subsets,
+                            chosen_lengths=np.array(n_tokens[:len(p)]),
+                            rejected_lengths=np.array(n_tokens[len(p):]),
+                            gold=None if rows.gold is None else np.array(rows.gold),
+                            n_bins=bins)
+    report.update(data=data, model_kind="generative")
+    return report
+
+
 #: Config fields that are flags of `prefkit rm train` (every other one: --set).
 TRAIN_FLAGS = ("model", "data", "objective", "head", "lora", "output_dir", "max_steps",
                "batch_size", "learning_rate", "eval_data", "resume_from", "overwrite")
@@ -265,6 +295,17 @@ def evaluate(
                      f"{', '.join(str(rows.lines[i]) for i in ties[:5])}"
                      f"{', ...' if len(ties) > 5 else ''})")
         rows = rows.select(keep)
+    from ..rewards.generative import GENRM_CONFIG
+
+    if (Path(model) / GENRM_CONFIG).exists():
+        report = _evaluate_genrm(model, rows, data, batch_size, bins)
+        if ties:
+            report["skipped_ties"] = len(ties)
+        if as_json:
+            print_json(report)
+        else:
+            _print_eval_summary(report, rows.shape)
+        return
     scorer, info = _load_scorer(model, reference, beta, implicit)
     rewards, lengths, truncation = _score(scorer, rows, batch_size, max_length,
                                           max_prompt_length)
