@@ -476,6 +476,7 @@ def _process_tree(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
 def test_serve_with_two_worker_processes(tmp_path):
     """`--workers 2`: two processes answer on one port; 8 people label concurrently through

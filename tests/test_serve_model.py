@@ -435,6 +435,7 @@ def test_cli_loads_a_tiny_model_file(tmp_path, chat):
     assert body["usage"]["prompt_tokens"] == len(encode_prompt(tok, "the"))
 
 
+@pytest.mark.slow
 def test_cli_serves_over_http(tmp_path, chat):
     """`prefkit serve-model FILE --port P --name N`: the URL on stderr once it listens, then
     OpenAI-shaped answers under the given name."""
