@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +42,7 @@ from prefkit.serve.pages import agreement_name
 from prefkit.serve.security import CSP
 from prefkit.serve.stats import campaign_stats
 from prefkit.serve.tasks import HELPSTEER_SCALES, TaskSettings
+from serve_fixtures import serve_in_thread
 from xss_corpus import HOSTILE_TEXTS
 
 pytestmark = pytest.mark.slow  # ~40 s of Chromium: `make test` and CI run it, the quick loop not
@@ -96,32 +94,16 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory) -> Iterator[Live]:
-    import uvicorn
-
     from prefkit.serve.app import ServeSettings, create_app
 
     store = FeedbackStore(tmp_path_factory.mktemp("serve") / "feedback.db")
     # generous rate limits: the browser is one client making many quick requests (the limits
     # themselves are tested with the REST API)
     app = create_app(store, ServeSettings(rate=1000.0, burst=1000.0))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
     try:
-        yield Live(f"http://127.0.0.1:{port}", store)
+        with serve_in_thread(app) as base:
+            yield Live(base, store)
     finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
         store.close()
 
 

@@ -4,12 +4,10 @@ once against two real `serve-model` apps over HTTP -- and the file feeds an aren
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +21,7 @@ from prefkit.serve.generate_outputs import generate_outputs, parse_endpoint
 
 sys.path.insert(0, os.path.dirname(__file__))
 from judges_stub import StubServer, prompt_of  # noqa: E402
+from serve_fixtures import serve_in_thread  # noqa: E402
 
 PROMPTS = ["sort 3 1 2", "always fails at m1", "flaky at m1", "say hi", "both fail"]
 
@@ -169,23 +168,6 @@ def test_cli_bad_input_and_no_rows(tmp_path):
 
 # ---------------------------------------------------------------- two real serve-model apps
 
-def _serve(app: Any) -> tuple[Any, threading.Thread, socket.socket]:
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    return server, thread, sock
-
-
 def test_two_real_model_servers(tmp_path):
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
@@ -203,17 +185,17 @@ def test_two_real_model_servers(tmp_path):
     cfg = tiny_llama_config(len(tok), hidden_size=32, num_layers=1, num_heads=2,
                             intermediate_size=64, bos_token_id=tok.bos_token_id,
                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    running = []
-    try:
+    with contextlib.ExitStack() as servers:
+        endpoints = []
         for seed, name in [(0, "tiny0"), (1, "tiny1")]:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
             with torch.no_grad():
                 model.lm_head.weight.mul_(4.0)
-            running.append((name, _serve(create_model_app(model.eval(), tok, name))))
-        endpoints = [(name, f"http://127.0.0.1:{s[2].getsockname()[1]}/v1")
-                     for name, s in running]
+            base = servers.enter_context(serve_in_thread(create_model_app(model.eval(), tok,
+                                                                          name)))
+            endpoints.append((name, f"{base}/v1"))
         import random
         rng = random.Random(0)
         prompts = [task.sample_prompt(rng) for _ in range(3)]
@@ -226,8 +208,3 @@ def test_two_real_model_servers(tmp_path):
                     "model": name, "messages": [{"role": "user", "content": prompt}],
                     "max_tokens": 4, "temperature": 0.0, "seed": 0}, timeout=30).json()
                 assert text == direct["choices"][0]["message"]["content"]
-    finally:
-        for _, (server, thread, sock) in running:
-            server.should_exit = True
-            thread.join(10)
-            sock.close()

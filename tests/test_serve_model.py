@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +28,7 @@ from prefkit.models.generate import encode_prompt, sample  # noqa: E402
 from prefkit.models.load import tiny_llama_config  # noqa: E402
 from prefkit.models.tokenizer import train_tokenizer, word_level_tokenizer  # noqa: E402
 from prefkit.serve.model_api import create_model_app, plain_chat_prompt  # noqa: E402
+from serve_fixtures import serve_in_thread  # noqa: E402
 
 WORDS = "words"
 CHAT = "chat"
@@ -323,26 +323,9 @@ def test_malformed_json_and_unknown_route(client):
 
 @pytest.fixture(scope="module")
 def live(chat) -> Iterator[tuple[str, Any]]:
-    import uvicorn
-
     app = create_model_app(chat[0], chat[1], CHAT)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", app
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serve_in_thread(app) as base:
+        yield f"{base}/v1", app
 
 
 def test_real_http_models_answer_while_generating(live, chat):
