@@ -560,15 +560,12 @@ def plot_convergence(table: Sequence[dict], path: str | Path) -> Path:
     """PNG of median votes to the target (log scale) against noise, one panel per
     (n_items, k), one line per method + strategy; a combination that did not converge is drawn
     as an open marker at its ``max_votes``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     panels = sorted({(r["n_items"], r["k"]) for r in table})
     combos = list(dict.fromkeys((r["method"], r["strategy"]) for r in table))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False,
-                             sharey=True)
+    fig = Figure(figsize=(4.2 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)
     for ax, (n_items, k) in zip(axes[0], panels, strict=True):
         for idx, (method, strategy) in enumerate(combos):
             rows = sorted((r for r in table if (r["n_items"], r["k"], r["method"],
@@ -593,5 +590,4 @@ def plot_convergence(table: Sequence[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -1,4 +1,6 @@
-"""Figures (matplotlib, Agg backend, PNG)."""
+"""Figures (matplotlib, PNG). Each is drawn on its own :class:`matplotlib.figure.Figure` (no
+pyplot, no global backend switch: a caller's interactive backend and open figures are left
+alone) and saved with the Agg renderer PNG output uses."""
 
 from __future__ import annotations
 
@@ -9,13 +11,12 @@ from typing import Any, BinaryIO
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+def _subplots(*args: Any, figsize: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
+    """``(figure, axes)`` like ``pyplot.subplots``, on a standalone Figure."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def plot_leaderboard(models: Sequence[str], rating: np.ndarray, low: np.ndarray | None,
@@ -28,10 +29,9 @@ def plot_leaderboard(models: Sequence[str], rating: np.ndarray, low: np.ndarray 
     A whisker never points away from its estimate: an interval that misses the estimate (a
     percentile interval from few bootstrap rounds may) is drawn from the estimate to the
     interval's far end, the near side clipped at 0."""
-    plt = _pyplot()
     order = np.argsort(rating)
     height = max(2.5, 0.28 * len(models) + 1)
-    fig, ax = plt.subplots(figsize=(7, height))
+    fig, ax = _subplots(figsize=(7, height))
     y = np.arange(len(models))
     r = rating[order]
     if low is not None and high is not None:
@@ -45,17 +45,15 @@ def plot_leaderboard(models: Sequence[str], rating: np.ndarray, low: np.ndarray 
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)
 
 
 def plot_win_rates(models: Sequence[str], observed: np.ndarray, predicted: np.ndarray,
                    path: str | os.PathLike) -> str:
     """Observed and predicted win-rate matrices side by side (row model beats column model)."""
-    plt = _pyplot()
     n = len(models)
     size = max(4.0, 0.35 * n + 2)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
+    fig, axes = _subplots(1, 2, figsize=(2 * size, size))
     for ax, matrix, title in ((axes[0], observed, "observed"), (axes[1], predicted,
                                                                  "predicted")):
         shown = np.ma.masked_invalid(matrix)
@@ -71,7 +69,6 @@ def plot_win_rates(models: Sequence[str], observed: np.ndarray, predicted: np.nd
                                 fontsize=7)
     fig.colorbar(image, ax=axes, shrink=0.7)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)
 
 
@@ -85,9 +82,7 @@ _BLUE, _LIGHT_BLUE, _GREY, _ORANGE = "#1f5fa8", "#7a9cc6", "#808080", "#d9822b"
 
 def _save(fig, target: Target) -> Target:
     """Save ``fig`` as PNG (dpi 110, like the other figures) to ``target`` and close it."""
-    plt = _pyplot()
     fig.savefig(target, format="png", dpi=110)
-    plt.close(fig)
     return str(target) if isinstance(target, str | os.PathLike) else target
 
 
@@ -98,9 +93,8 @@ def plot_lab_win_rates(methods: Sequence[str], win_rate: Sequence[float],
     """One row per method (first on top): the gold win rate against the reference policy with
     its 95% interval as whiskers (no whisker where a bound is missing), a line at 0.5 (a tie
     with the reference); the reference row is grey."""
-    plt = _pyplot()
     n = len(methods)
-    fig, ax = plt.subplots(figsize=(7, max(2.4, 0.36 * n + 1.2)))
+    fig, ax = _subplots(figsize=(7, max(2.4, 0.36 * n + 1.2)))
     for i, (name, w, lo, hi) in enumerate(zip(methods, win_rate, low, high, strict=True)):
         color = _GREY if name == reference else _BLUE
         if lo is not None and hi is not None:
@@ -125,8 +119,7 @@ def plot_reward_vs_kl(methods: Sequence[str], kl: Sequence[float], gold: Sequenc
                       title: str = "Gold reward vs KL to SFT") -> Target:
     """Scatter of each method's mean gold reward against its KL to the SFT policy, every point
     labelled with its method (standard-error whiskers when ``gold_se`` is given)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _subplots(figsize=(7, 4.2))
     for i, (name, x, y) in enumerate(zip(methods, kl, gold, strict=True)):
         color = _GREY if name == reference else _BLUE
         se = gold_se[i] if gold_se is not None else None
@@ -154,11 +147,10 @@ def plot_overoptimization(xs: Sequence[float], gold: Sequence[float], proxy: Seq
     """Gold and proxy reward along the optimisation axis (``n`` of best-of-n on a log2 axis,
     or KL), the gold maximum marked (± ``gold_se`` whiskers when given). Proxy and gold live
     on different scales, so the proxy has its own y axis on the right."""
-    plt = _pyplot()
     x = np.asarray(xs, dtype=float)
     order = np.argsort(x, kind="stable")
     x, g, p = x[order], np.asarray(gold, float)[order], np.asarray(proxy, float)[order]
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    fig, ax = _subplots(figsize=(7, 4.6))
     if gold_se is not None:
         ax.errorbar(x, g, yerr=np.asarray(gold_se, float)[order], fmt="o-", color=_BLUE,
                     ecolor=_LIGHT_BLUE, capsize=3, label="gold reward (± se)")
@@ -192,15 +184,16 @@ def plot_training_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], targ
                          title: str = "Training curves") -> Target:
     """One panel per key of ``keys`` that some curve has (gold reward, proxy reward, KL)
     against ``step``, one line per method (the same colour in every panel)."""
-    plt = _pyplot()
     shown = [k for k in keys if any(_finite(pt.get(k)) is not None
                                     for pts in curves.values() for pt in pts)]
     if not shown:
         raise ValueError("no curve has any of " + ", ".join(keys))
     # at most ~10 inches wide: the HTML page shows it ~940 px wide, text stays readable
-    fig, axes = plt.subplots(1, len(shown), figsize=(min(3.6 * len(shown) + 0.6, 10.5), 3.9),
+    fig, axes = _subplots(1, len(shown), figsize=(min(3.6 * len(shown) + 0.6, 10.5), 3.9),
                              squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    from matplotlib import rcParams
+
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     handles: dict[str, Any] = {}  # each method's first line, whichever panel it is in
     for j, key in enumerate(shown):
         ax = axes[0][j]
@@ -241,11 +234,10 @@ def plot_lab_leaderboard(models: Sequence[str], rating: Sequence[float],
     """Ratings sorted best on top, 95% bootstrap intervals as whiskers, each labelled with its
     rating (and rank when ``ranks`` is given); the reference (the anchor) is grey with a
     dashed vertical line at its rating."""
-    plt = _pyplot()
     r = np.asarray(rating, dtype=float)
     order = np.argsort(-r, kind="stable")
     n = len(models)
-    fig, ax = plt.subplots(figsize=(7.5, max(2.4, 0.36 * n + 1.3)))
+    fig, ax = _subplots(figsize=(7.5, max(2.4, 0.36 * n + 1.3)))
     for row, i in enumerate(order):
         name, w, lo, hi = models[i], r[i], low[i], high[i]
         ref = name == reference
@@ -285,9 +277,8 @@ def plot_judge_win_rates(methods: Sequence[str],
     label to its win rates, lower and upper 95% bounds; a None win rate is not drawn), the
     judges side by side within the row, a dashed line at 0.5 (a tie with SFT); the legend
     lists the judges in the order of ``judges``."""
-    plt = _pyplot()
     n, k = len(methods), len(judges)
-    fig, ax = plt.subplots(figsize=(7.5, max(2.6, 0.5 * n + 1.4)))
+    fig, ax = _subplots(figsize=(7.5, max(2.6, 0.5 * n + 1.4)))
     colors = [_BLUE, _GREEN, _ORANGE, _GREY]
     markers = ["o", "s", "D", "^"]
     offsets = np.linspace(-0.22, 0.22, k) if k > 1 else np.zeros(1)
@@ -332,13 +323,12 @@ def plot_reliability_diagram(bins: Sequence[Mapping[str, Any]], target: Target,
     each bin's mean predicted probability as a dot and its count above the bar; ``ece`` goes
     into the title. Bins are dicts with ``lo``, ``hi``, ``count``, ``mean_prob`` and
     ``accuracy`` (empty bins are skipped)."""
-    plt = _pyplot()
     filled = [b for b in bins if _finite(b.get("count")) and _finite(b.get("accuracy"))
               is not None and _finite(b.get("lo")) is not None
               and _finite(b.get("hi")) is not None]
     if not filled:
         raise ValueError("no non-empty calibration bin")
-    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    fig, ax = _subplots(figsize=(5.6, 5.0))
     ax.plot([0, 1], [0, 1], "--", color=_GREY, label="perfect calibration")
     centers = [(b["lo"] + b["hi"]) / 2 for b in filled]
     widths = [b["hi"] - b["lo"] for b in filled]
@@ -371,9 +361,8 @@ def plot_length_drift(methods: Sequence[str], length_delta: Sequence[float],
     """Two panels sharing the method rows (first on top): the change of mean answer length
     from SFT's (left) and the change of mean gold reward from SFT's with ± se whiskers
     (right); longer answers are orange, shorter blue, gains green and losses red."""
-    plt = _pyplot()
     n = len(methods)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, max(2.6, 0.38 * n + 1.4)),
+    fig, (left, right) = _subplots(1, 2, figsize=(9.5, max(2.6, 0.38 * n + 1.4)),
                                       sharey=True)
     y = np.arange(n)
     dl = np.asarray(length_delta, dtype=float)
