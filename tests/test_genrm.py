@@ -15,12 +15,11 @@ from prefkit.models.load import tiny_llama_config
 from prefkit.models.tokenizer import word_level_tokenizer
 from prefkit.rewards.generative import (
     GenerativeRewardModel,
-    GenRMConfig,
     balanced_preference,
-    train_genrm,
     verdict_logits,
     verdict_loss,
 )
+from prefkit.train.genrm import GenRMConfig, train_genrm
 
 
 def _tiny(hidden: int = 32, layers: int = 1, seed: int = 0):

@@ -189,7 +189,7 @@ def train_genrm_command(
     """Train a generative reward model: a causal LM that writes the verdict token (A / B)
     after both responses, every pair in both orders; its position-calibrated verdict
     probability is the preference (prefkit.rewards.generative)."""
-    from ..rewards.generative import GenRMConfig, train_genrm
+    from ..train.genrm import GenRMConfig, train_genrm
 
     cfg = config_from_cli(GenRMConfig, config, {}, set_, as_json)
     result = train_genrm(cfg)

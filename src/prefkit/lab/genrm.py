@@ -2,7 +2,7 @@
 
 :func:`genrm_vs_bt` trains a :class:`~prefkit.rewards.generative.GenerativeRewardModel` from the
 SFT policy's weights on the lab's training pairs (each pair in both orders, the verdict token's
-cross-entropy; :func:`~prefkit.rewards.generative.train_genrm`) and measures, on the same
+cross-entropy; :func:`~prefkit.train.genrm.train_genrm`) and measures, on the same
 held-out gold-ordered pairs, the pairwise accuracy of the GenRM (position-calibrated
 ``p(chosen > rejected) > 0.5``) and of the BT reward model (``r(chosen) > r(rejected)``).
 """
@@ -43,7 +43,7 @@ def genrm_vs_bt(sft_path: str, train_pairs: str | Sequence[tuple[str, str, str]]
 
     Returns ``{"genrm_heldout_accuracy", "bt_rm_heldout_accuracy", "heldout_pairs",
     "genrm_train_accuracy", "genrm_steps", "genrm_seconds"}``."""
-    from ..rewards.generative import GenRMConfig, train_genrm
+    from ..train.genrm import GenRMConfig, train_genrm
 
     config = GenRMConfig(model=sft_path, data=train_pairs if isinstance(train_pairs, str)
                          else "", output_dir=output_dir, max_steps=steps,
