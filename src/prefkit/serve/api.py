@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import weakref
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -272,15 +273,19 @@ another server process holds the store's write lock (31 ms in all; then a worker
 for it). A label's transaction takes about a millisecond."""
 
 
-_LABEL_QUEUES: dict[tuple[int, int], asyncio.Lock] = {}
+_LABEL_QUEUES: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[FeedbackStore,
+                                                                       asyncio.Lock]] = (
+    weakref.WeakKeyDictionary())
+"""Per event loop, per store: the labels waiting for the store's write lock (an asyncio lock
+belongs to one loop; entries go with their loop or store)."""
 
 
 def _label_queue(store: FeedbackStore) -> asyncio.Lock:
     """This event loop's queue of labels waiting for ``store``'s write lock."""
-    key = (id(asyncio.get_running_loop()), id(store))
-    queue = _LABEL_QUEUES.get(key)
+    queues = _LABEL_QUEUES.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
+    queue = queues.get(store)
     if queue is None:
-        queue = _LABEL_QUEUES[key] = asyncio.Lock()
+        queue = queues[store] = asyncio.Lock()
     return queue
 
 
