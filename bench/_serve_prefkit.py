@@ -148,38 +148,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants (Linux /proc): the worker processes of ``prefkit serve
-    --workers N``."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo.extend(children.get(current, []))
-    return out
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (None when it is gone)."""
+    import psutil
+
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return times.user + times.system
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid`` and its live descendants."""
-    return sum(cpu_seconds(p) or 0.0 for p in process_tree(pid))
+    """CPU seconds of ``pid`` and its live descendants (the worker processes of ``prefkit
+    serve --workers N``)."""
+    import psutil
 
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a live process (Linux /proc)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    return sum(cpu_seconds(p) or 0.0 for p in (pid, *(c.pid for c in children)))
 
 
 class Server:
