@@ -31,6 +31,10 @@ TemplateOpt = Annotated[str | None, typer.Option(
 ConcurrencyOpt = Annotated[int, typer.Option(help="Requests in flight at most.", min=1)]
 OutOpt = Annotated[str | None, typer.Option(
     "--out", help="Write the records to this file (.jsonl/.json/.parquet).")]
+LimitOpt = Annotated[int | None, typer.Option(help="Only the first N items.", min=1)]
+FailuresOpt = Annotated[str | None, typer.Option(
+    help="Write the items not judged (unparsed / failed, with the reason and raw text) to this "
+         "JSONL file.")]
 DbOpt = Annotated[str | None, typer.Option(
     "--db", help="Add the records to this feedback store (SQLite path or URL).")]
 
@@ -189,10 +193,8 @@ def compare(
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     concurrency: ConcurrencyOpt = 8,
-    limit: Annotated[int | None, typer.Option(help="Only the first N items.", min=1)] = None,
-    failures: Annotated[str | None, typer.Option(
-        help="Write the items not judged (unparsed / failed, with the reason and raw text) "
-             "to this JSONL file.")] = None,
+    limit: LimitOpt = None,
+    failures: FailuresOpt = None,
     family: Annotated[str | None, typer.Option(
         help="The judge's model family: with items that name their models, the report flags "
              "and measures self-preference (the share of own-family wins).")] = None,
@@ -215,9 +217,8 @@ def grade(
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     concurrency: ConcurrencyOpt = 8,
-    limit: Annotated[int | None, typer.Option(help="Only the first N items.", min=1)] = None,
-    failures: Annotated[str | None, typer.Option(help="JSONL of the items not graded.")
-                        ] = None,
+    limit: LimitOpt = None,
+    failures: FailuresOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Grade each response on the template's scale: Rating records (attribute ``score``)."""
@@ -236,9 +237,8 @@ def rank(
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     concurrency: ConcurrencyOpt = 8,
-    limit: Annotated[int | None, typer.Option(help="Only the first N items.", min=1)] = None,
-    failures: Annotated[str | None, typer.Option(help="JSONL of the items not ranked.")
-                        ] = None,
+    limit: LimitOpt = None,
+    failures: FailuresOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rank K responses best first (ties allowed): Ranking records."""
