@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.records import Annotator, AnnotatorKind, Comparison, Outcome, text_content
-from .templates import TEMPLATE_DIR
+from .templates import TEMPLATE_DIR, chat_messages
 from .text import CallError
 
 __all__ = ["DEFAULT_PROMPTS", "Revision", "read_principles", "revise_all", "revision_records"]
@@ -57,20 +57,15 @@ def read_principles(path: str | Path) -> list[str]:
     return found
 
 
-def _render(path: Path, values: dict[str, Any]) -> list[dict[str, str]]:
-    import jinja2
-
-    env = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined)
-    template = env.from_string(path.read_text(encoding="utf-8"))
-    out = []
-    for role in ("system", "user"):
-        if role in template.blocks:
-            text = "".join(template.blocks[role](template.new_context(values))).strip()
-            if text:
-                out.append({"role": role, "content": text})
-    if not out:
-        raise ValueError(f"prompt template {path}: needs a {{% block user %}}")
-    return out
+def _prompt_sources(prompts: dict[str, Path]) -> dict[str, str]:
+    """The critique and revision templates' text, read once; each must have a user block."""
+    sources = {}
+    for name, path in prompts.items():
+        source = Path(path).read_text(encoding="utf-8")
+        if "block user" not in source:
+            raise ValueError(f"prompt template {path}: needs a {{% block user %}}")
+        sources[name] = source
+    return sources
 
 
 @dataclass(frozen=True)
@@ -91,13 +86,15 @@ def _principle(principles: Sequence[str], seed: int, prompt: str, response: str)
 
 
 async def _revise_one(writer: Any, index: int, prompt: str, response: str, principle: str,
-                      prompts: dict[str, Path], gate: asyncio.Semaphore) -> Revision:
+                      sources: dict[str, str], gate: asyncio.Semaphore) -> Revision:
     values = {"prompt": prompt, "response": response, "principle": principle}
     async with gate:
         try:
-            critique = (await writer.complete(_render(prompts["critique"], values), 0)).text
+            critique = (await writer.complete(chat_messages(sources["critique"], values),
+                                              0)).text
             values["critique"] = critique.strip()
-            revised = (await writer.complete(_render(prompts["revision"], values), 0)).text
+            revised = (await writer.complete(chat_messages(sources["revision"], values),
+                                             0)).text
         except CallError as exc:
             return Revision(index, principle, None, None, "failed", str(exc))
     revised = revised.strip()
@@ -122,7 +119,7 @@ def revise_all(writer: Any, items: Sequence[tuple[Any, Any]], principles: Sequen
                          "file of one); this judge only gives verdicts")
     if not principles:
         raise ValueError("no principles")
-    prompts = {**DEFAULT_PROMPTS, **(prompts or {})}
+    sources = _prompt_sources({**DEFAULT_PROMPTS, **(prompts or {})})
 
     async def main() -> list[Revision]:
         gate = asyncio.Semaphore(concurrency)
@@ -130,7 +127,7 @@ def revise_all(writer: Any, items: Sequence[tuple[Any, Any]], principles: Sequen
         for i, (prompt, response) in enumerate(items):
             p, r = text_content(prompt), text_content(response)
             jobs.append(_revise_one(writer, i, p, r, _principle(principles, seed, p, r),
-                                    prompts, gate))
+                                    sources, gate))
         return list(await asyncio.gather(*jobs))
 
     return run_sync(main())

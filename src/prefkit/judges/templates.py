@@ -84,18 +84,10 @@ class JudgeTemplate:
         for name in self.needs:
             if not getattr(request, name):
                 raise ValueError(f"template {self.name!r} needs a {name} for every request")
-        template = _compiled(self.source)
-        values = {"prompt": request.prompt, "responses": list(request.responses),
-                  "reference": request.reference, "rubric": request.rubric,
-                  "k": len(request.responses)}
-        out = []
-        for role in ("system", "user"):
-            if role not in template.blocks:
-                continue
-            text = "".join(template.blocks[role](template.new_context(values))).strip()
-            if text:
-                out.append({"role": role, "content": text})
-        return out
+        return chat_messages(self.source, {
+            "prompt": request.prompt, "responses": list(request.responses),
+            "reference": request.reference, "rubric": request.rubric,
+            "k": len(request.responses)})
 
     def prompt_text(self, request: JudgeRequest) -> str:
         """The messages as one prompt (completions APIs)."""
@@ -103,6 +95,19 @@ class JudgeTemplate:
 
     def parse(self, text: str, request: JudgeRequest) -> Parsed:
         return parse(self.parser, text, scale=self.scale, k=len(request.responses))
+
+
+def chat_messages(source: str, values: dict[str, Any]) -> list[dict[str, str]]:
+    """The ``system`` and ``user`` blocks of the Jinja2 template ``source`` rendered with
+    ``values``, as chat messages (an empty block left out); the compiled template is cached."""
+    template = _compiled(source)
+    out = []
+    for role in ("system", "user"):
+        if role in template.blocks:
+            text = "".join(template.blocks[role](template.new_context(values))).strip()
+            if text:
+                out.append({"role": role, "content": text})
+    return out
 
 
 @lru_cache(maxsize=64)
