@@ -90,9 +90,13 @@ def judge_from_spec(spec: str | Path, *, template: str | None = None, task: str 
                          "or KIND:ARGUMENT (http:MODEL@URL, lab:TASK:NAME, rm:PATH, gold:TASK, "
                          "implicit:POLICY, python:module:function)")
     if kind == "http":
-        model, at, url = arg.rpartition("@")
-        if not at or not model or not url.startswith(("http://", "https://")):
-            raise ValueError(f"judge {text!r}: expected http:MODEL@http(s)://HOST:PORT/v1")
+        from .http import parse_endpoint
+
+        try:
+            model, url = parse_endpoint(arg)
+        except ValueError:
+            raise ValueError(f"judge {text!r}: expected http:MODEL@http(s)://HOST:PORT/v1"
+                             ) from None
         return judge_from_config({"backend": "http", "model": model, "base_url": url,
                                   "template": template}, where=f"judge {text!r}", task=task)
     if kind == "lab":

@@ -68,7 +68,7 @@ import orjson
 from .templates import JudgeTemplate
 from .text import CallError, Completion, TextJudge
 
-__all__ = ["CallStats", "OpenAIJudge", "Pacer", "parse_retry_after"]
+__all__ = ["CallStats", "OpenAIJudge", "Pacer", "parse_endpoint", "parse_retry_after"]
 
 APIS: tuple[str, ...] = ("chat", "completions")
 _ERROR_SNIPPET = 200
@@ -135,6 +135,16 @@ class Pacer:
     def correct(self, delta: float) -> None:
         with self._lock:
             self._free_at += delta / self.rate
+
+
+def parse_endpoint(spec: str) -> tuple[str, str]:
+    """``MODEL@http(s)://HOST:PORT/v1`` -> ``(model, base_url)`` (the judges' ``http:MODEL@URL``
+    without ``http:``, and ``prefkit serve generate --endpoint``; the last ``@`` splits, so a
+    model name may hold ``@``)."""
+    model, at, url = str(spec).rpartition("@")
+    if not at or not model or not url.startswith(("http://", "https://")):
+        raise ValueError(f"endpoint {spec!r}: expected MODEL@http(s)://HOST:PORT/v1")
+    return model, url
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..judges.http import parse_endpoint
+
 __all__ = ["GenerationFailure", "generate_outputs", "parse_endpoint"]
 
 
@@ -41,15 +43,6 @@ class GenerationFailure:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def parse_endpoint(spec: str) -> tuple[str, str]:
-    """``MODEL@http(s)://HOST:PORT/v1`` -> ``(model, base_url)`` (the judges' ``http:MODEL@URL``
-    spec without ``http:``; the last ``@`` splits, so a model name may hold ``@``)."""
-    model, at, url = str(spec).rpartition("@")
-    if not at or not model or not url.startswith(("http://", "https://")):
-        raise ValueError(f"endpoint {spec!r}: expected MODEL@http(s)://HOST:PORT/v1")
-    return model, url
 
 
 def _messages(prompt: Any, index: int) -> list[dict[str, Any]]:
