@@ -13,7 +13,7 @@ $(PY):
 
 $(VENV)/.base-installed: pyproject.toml | $(PY)
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e '.[serve]'
+	$(PIP) install -q -e '.[train,serve]'
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.base-installed

@@ -7,10 +7,12 @@ import importlib
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from . import __version__
-from .commands.common import cli_errors, print_json
+from .commands.common import bad_input, cli_errors, print_json
+from .extras import missing_extra, missing_extra_message
 
 if TYPE_CHECKING:  # typer carries its own click; the real package is not a dependency
     import click
@@ -44,15 +46,38 @@ class _LazyGroups(TyperGroup):
         return [*GROUPS, *COMMANDS, *super().list_commands(ctx)]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> Any:
-        if cmd_name in GROUPS:
-            group = typer.main.get_group(importlib.import_module(GROUPS[cmd_name]).app)
-            group.name = cmd_name
-            return group
-        if cmd_name in COMMANDS:
-            command = typer.main.get_command(importlib.import_module(COMMANDS[cmd_name]).app)
-            command.name = cmd_name
-            return command
-        return super().get_command(ctx, cmd_name)
+        module_name = GROUPS.get(cmd_name) or COMMANDS.get(cmd_name)
+        if module_name is None:
+            return super().get_command(ctx, cmd_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            message = missing_extra_message(exc)
+            if message is None:
+                raise
+            command = typer.main.get_command(_needs_extra(message, missing_extra(exc)))
+        else:
+            build = typer.main.get_group if cmd_name in GROUPS else typer.main.get_command
+            command = build(module.app)
+        command.name = cmd_name
+        return command
+
+
+def _needs_extra(message: str, extra: str | None) -> typer.Typer:
+    """A stand-in for a command group whose module needs an extra that is not installed (the
+    light install has no torch): listed in ``prefkit --help`` with the extra to install; run
+    (with any arguments, ``--help`` included) it says so and exits 2 (bad input: the command
+    cannot run here), as the JSON object too under ``--json``."""
+    stand_in = typer.Typer(add_completion=False)
+
+    @stand_in.command(
+        help=escape(f"(needs the {extra} extra: pip install 'prefkit[{extra}]')"),
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                          "help_option_names": []})
+    def needs_extra(ctx: typer.Context) -> None:
+        raise bad_input(message, "--json" in ctx.args, extra=extra)
+
+    return stand_in
 
 
 app = typer.Typer(

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..data.errors import RecordError
+from ..extras import missing_extra, missing_extra_message
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -85,6 +86,11 @@ def cli_errors(func: Callable) -> Callable:
             raise interrupted(exc, as_json) from None
         except RecordError as exc:
             raise bad_input(str(exc), as_json, detail=exc.to_dict()) from None
+        except ModuleNotFoundError as exc:
+            message = missing_extra_message(exc)
+            if message is None:
+                raise _internal(exc, as_json) from None
+            raise bad_input(message, as_json, extra=missing_extra(exc)) from None
         except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise bad_input(str(exc), as_json) from None
         except OSError as exc:
