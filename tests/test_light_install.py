@@ -8,6 +8,7 @@ script (.ci/run) also checks a real virtualenv without torch."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,22 @@ def test_training_command_names_the_extra_to_install(tmp_path):
     train_line = next(line for line in proc.stdout.splitlines() if " train " in line)
     assert "pip install 'prefkit[train]'" in train_line
     assert "Arena leaderboards" in proc.stdout  # the light groups keep their own help
+
+
+def test_light_python_api_imports_without_the_train_extra(tmp_path):
+    """The light core's Python API: records and IO, the store, rankings, evaluation maths, API
+    judges and reports import with the train extra's modules unimportable."""
+    code = (f"import sys\nfor n in {TRAIN_MODULES!r}: sys.modules[n] = None\n"
+            "import prefkit.data, prefkit.data.store, prefkit.rank, prefkit.evaluate\n"
+            "import prefkit.judges, prefkit.report\n"
+            "import numpy as np\n"
+            "from prefkit.rank import A_WINS, B_WINS, aggregate_pairwise, fit_bradley_terry\n"
+            "# model 0 beats model 1 three times in four: BT log-strength gap = log 3\n"
+            "counts = aggregate_pairwise(np.zeros(4), np.ones(4), "
+            "np.array([A_WINS] * 3 + [B_WINS]))\n"
+            "p = fit_bradley_terry(counts).params\n"
+            "print(round(float(p[0] - p[1]), 6))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout) == pytest.approx(math.log(3), abs=1e-5)
