@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shlex
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-
-def example_path(name: str = "") -> Path:
-    """Path of a bundled example file (or of the examples folder)."""
-    return Path(str(resources.files("prefkit") / "examples" / name))
-
-
-EXAMPLES = (
-    "pairs.jsonl", "pairs_implicit.jsonl", "unpaired.jsonl", "rankings.jsonl", "ratings.jsonl",
-    "helpsteer.jsonl", "alpaca_eval.json", "arena_battles.json", "rewardbench.jsonl",
-    "feedback.jsonl",
-)
-
+from .data.examples import EXAMPLES, example_path
 
 STEPS = (
     "read and check every format", "bad input named precisely", "statistics",

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from ..leaderboard import anchor_index, bt_board, kwise_board
 from .common import JsonOpt, bad_input, cli_errors, print_json, stdout
 
 app = typer.Typer(help="Arena leaderboards from pairwise or K-wise votes.", no_args_is_help=True)
@@ -34,18 +35,6 @@ def _parse_anchor(anchor: str | None) -> tuple[str, float] | None:
         return name, float(value)
     except ValueError:
         raise ValueError(f"--anchor must be MODEL=RATING, got {anchor!r}") from None
-
-
-def _anchor_index(anchor: tuple[str, float] | None, models: list[str], votes: str
-                  ) -> tuple[int, float] | None:
-    """``(index, rating)`` of the anchor model; an unknown name is bad input, listing the
-    models there are."""
-    if anchor is None:
-        return None
-    if anchor[0] not in models:
-        raise ValueError(f"--anchor {anchor[0]}: no such model in {votes}; the models are: "
-                         f"{', '.join(sorted(models))}")
-    return models.index(anchor[0]), anchor[1]
 
 
 def _png_path(text: str | None, default_name: str, option: str) -> Path | None:
@@ -168,23 +157,10 @@ def rank(
     _print_board(result)
 
 
-def rank_votes_file(votes: str, *, method: str = "bt", ties: str = "half", bootstrap: int = 100,
-                    ci: str = "bootstrap", alpha: float = 0.0,
-                    anchor: tuple[str, float] | None = None, min_votes: int = 20,
-                    seed: int = 0) -> dict[str, Any]:
-    """What ``prefkit arena rank VOTES --json`` prints, with the same defaults (methods bt and
-    pl, no style control or figures): the web app's live leaderboard calls this, so it equals
-    the command on the exported votes."""
-    if method == "bt":
-        return _rank_bt(votes, ties, bootstrap, ci, None, alpha, anchor, min_votes, seed, None,
-                        None)
-    return _rank_kwise(votes, method, alpha, bootstrap, seed, anchor, None)
-
-
 def _rank_bt(votes, ties, bootstrap, ci, style, alpha, anchor, min_votes, seed, plot,
              winrate_plot) -> dict[str, Any]:
     from ..data.battles import aggregate_battle_file
-    from ..rank import BOTH_BAD, aggregate_pairwise, bt_leaderboard, win_rate_matrices
+    from ..rank import BOTH_BAD, aggregate_pairwise
 
     if style is None:
         counts, models, extra = aggregate_battle_file(votes)
@@ -195,22 +171,16 @@ def _rank_bt(votes, ties, bootstrap, ci, style, alpha, anchor, min_votes, seed, 
         models = arrays.models
         counts = aggregate_pairwise(arrays.a, arrays.b, arrays.outcome, len(models))
         extra = {"both_bad": int(np.sum(arrays.outcome == BOTH_BAD))}
-    if counts.n_items < 2:
-        raise ValueError(f"{votes}: votes between at least 2 models are needed")
-    anchor_at = _anchor_index(anchor, models, votes)
-    board = bt_leaderboard(counts, models, ties=ties, alpha=alpha, bootstrap=bootstrap,
-                           seed=seed, anchor=anchor, min_votes=min_votes, ci=ci)
-    result = {"votes": int(round(counts.n_votes)), "models": len(models), **extra,
-              **board.to_dict()}
-    observed, predicted = win_rate_matrices(counts, board.params, board.tie_param)
-    result["win_rates"] = {"models": models, "observed": _matrix(observed),
-                           "predicted": _matrix(predicted)}
+    result, board, observed, predicted = bt_board(
+        votes, counts, models, extra, ties=ties, bootstrap=bootstrap, ci=ci, alpha=alpha,
+        anchor=anchor, min_votes=min_votes, seed=seed)
     if style is not None:
         from .arena_style import style_board
 
         result["style_control"] = style_board(votes, arrays, board.rating,
                                               convention=style["convention"], ci=ci,
-                                              bootstrap=bootstrap, seed=seed, anchor=anchor_at,
+                                              bootstrap=bootstrap, seed=seed,
+                                              anchor=anchor_index(anchor, models, votes),
                                               plain=(counts, board.params))
     if plot:
         result["plot"] = _plot_board(plot, models, board.rating, board.ci_low, board.ci_high,
@@ -225,10 +195,6 @@ def _rank_bt(votes, ties, bootstrap, ci, style, alpha, anchor, min_votes, seed, 
     return result
 
 
-def _matrix(m: np.ndarray) -> list[list[float | None]]:
-    return [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in m]
-
-
 def _rank_elo(votes, k_factor, permutations, seed, anchor, plot) -> dict[str, Any]:
     from ..data.battles import load_battle_arrays
     from ..rank.elo import elo_order_sensitivity, online_elo
@@ -237,7 +203,7 @@ def _rank_elo(votes, k_factor, permutations, seed, anchor, plot) -> dict[str, An
     n = len(arrays.models)
     score = np.where(arrays.outcome == 0, 1.0, np.where(arrays.outcome == 1, 0.0, 0.5))
     ratings = online_elo(n, arrays.a, arrays.b, score, k=k_factor)
-    anchor_at = _anchor_index(anchor, arrays.models, votes)
+    anchor_at = anchor_index(anchor, arrays.models, votes)
     if anchor_at is not None:
         ratings = ratings + anchor_at[1] - ratings[anchor_at[0]]
     rows = [{"rank": r + 1, "model": arrays.models[i], "rating": round(float(ratings[i]), 2)}
@@ -263,95 +229,23 @@ def _rank_elo(votes, k_factor, permutations, seed, anchor, plot) -> dict[str, An
 
 def _rank_kwise(votes, method, alpha, bootstrap, seed, anchor, plot,
                 skill_tau=None) -> dict[str, Any]:
-    from ..data.battles import load_kwise_votes
-
-    data = load_kwise_votes(votes)
-    n = len(data.models)
-    if n < 2:
-        raise ValueError(f"{votes}: votes between at least 2 models are needed")
-    if method == "pl":
-        result = _rank_pl(data, alpha, bootstrap, seed, _anchor_index(anchor, data.models,
-                                                                       votes))
-    else:
-        result = _rank_bayes(data, skill_tau)
-    result.update(votes=len(data.rankings), models=n)
+    result, models = kwise_board(votes, method, alpha=alpha, bootstrap=bootstrap, seed=seed,
+                                 anchor=anchor, skill_tau=skill_tau)
+    n = len(models)
     if plot:
         rating = np.array([0.0] * n)
         low = high = None
         for row in result["leaderboard"]:
-            i = data.models.index(row["model"])
+            i = models.index(row["model"])
             rating[i] = row["rating"]
         if "ci_low" in result["leaderboard"][0]:
             low, high = np.zeros(n), np.zeros(n)
             for row in result["leaderboard"]:
-                i = data.models.index(row["model"])
+                i = models.index(row["model"])
                 low[i], high[i] = row["ci_low"], row["ci_high"]
         title = "Plackett-Luce" if method == "pl" else "Bayesian skill (mu - 3 sigma)"
-        result["plot"] = _plot_board(plot, data.models, rating, low, high, title)
+        result["plot"] = _plot_board(plot, models, rating, low, high, title)
     return result
-
-
-def _rank_pl(data, alpha, bootstrap, seed, anchor_at) -> dict[str, Any]:
-    from ..rank import ci_ranks, to_elo
-    from ..rank.plackett_luce import fit_plackett_luce
-
-    n = len(data.models)
-    problems = []
-    fit_alpha = alpha
-    fit = fit_plackett_luce(n, data.rankings, alpha=alpha)
-    if not fit.converged and alpha == 0:
-        fit_alpha = 0.01
-        problems.append({"problem": "infinite_mle", "message": "the Plackett-Luce MLE is "
-                         "infinite (a model never lost or never won); a Gaussian prior "
-                         f"alpha={fit_alpha} keeps it finite"})
-        fit = fit_plackett_luce(n, data.rankings, alpha=fit_alpha)
-    rating = to_elo(fit.params, anchor=anchor_at)
-    low = high = None
-    if bootstrap:
-        rng = np.random.default_rng(seed)
-        m = len(data.rankings)
-        samples = np.empty((bootstrap, n))
-        for r in range(bootstrap):  # resampled votes as multinomial weights, warm-started
-            weights = np.bincount(rng.integers(0, m, m), minlength=m).astype(float)
-            boot = fit_plackett_luce(n, data.rankings, weights=weights,
-                                     alpha=max(fit_alpha, 1e-6), initial_params=fit.params)
-            samples[r] = to_elo(boot.params, anchor=anchor_at)
-        low, high = np.percentile(samples, [2.5, 97.5], axis=0)
-        rank = ci_ranks(low, high)
-    else:
-        rank = np.argsort(np.argsort(-rating)) + 1
-    rows = []
-    for i in np.lexsort((-rating, rank)):
-        row = {"rank": int(rank[i]), "model": data.models[i], "rating": round(float(rating[i]),
-                                                                               2)}
-        if low is not None:
-            row.update(ci_low=round(float(low[i]), 2), ci_high=round(float(high[i]), 2))
-        rows.append(row)
-    return {"method": "pl", "settings": {"alpha": fit_alpha, "bootstrap": bootstrap,
-                                         "seed": seed}, "leaderboard": rows,
-            "problems": problems}
-
-
-def _rank_bayes(data, skill_tau: float | None) -> dict[str, Any]:
-    from ..rank.skill import TAU, conservative_score, initial_state, rate_many
-
-    tau = TAU if skill_tau is None else float(skill_tau)
-    if not tau >= 0:
-        raise ValueError(f"--skill-tau must be >= 0, got {skill_tau}")
-    n = len(data.models)
-    matches = []
-    for tiers in data.rankings:
-        items = [i for tier in tiers for i in tier]
-        ranks = [r for r, tier in enumerate(tiers) for _ in tier]
-        matches.append((items, ranks))
-    state = rate_many(initial_state(n), matches, tau=tau)
-    score = conservative_score(state)
-    rows = [{"rank": r + 1, "model": data.models[i], "rating": round(float(score[i]), 3),
-             "mu": round(float(state.mu[i]), 3), "sigma": round(float(state.sigma[i]), 3)}
-            for r, i in enumerate(np.argsort(-score))]
-    return {"method": "bayes", "settings": {"score": "mu - 3 sigma", "order": "file order",
-                                            "tau": tau},
-            "leaderboard": rows, "problems": []}
 
 
 def _print_board(result: dict[str, Any]) -> None:

@@ -58,7 +58,7 @@ def record_texts(sources: Iterable[str | Path]) -> list[str]:
 
 
 def _bundled_texts() -> list[str]:
-    from ..demo import EXAMPLES, example_path
+    from ..data.examples import EXAMPLES, example_path
 
     return record_texts(example_path(name) for name in EXAMPLES)
 

@@ -185,7 +185,7 @@ def leaderboard(store: FeedbackStore, campaign: Campaign, *, ci: str = "bootstra
     """The campaign's leaderboard exactly as ``prefkit arena rank`` computes it on the exported
     votes (Bradley-Terry for pairwise battles, Plackett-Luce for K-wise), with its defaults;
     None before the first vote."""
-    from ..commands.arena import rank_votes_file
+    from ..leaderboard import rank_votes_file
 
     records = arena_records(store, campaign)
     if not records:
