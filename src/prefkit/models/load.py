@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ __all__ = [
     "save_model",
     "tiny_llama_config",
 ]
+
+logger = logging.getLogger(__name__)
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -197,7 +200,8 @@ def load_model(
             computes in that dtype (no autocast). Log-probs are reduced in float32 anyway.
         lora: add LoRA adapters (the base weights are frozen) when given.
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``; both work with the packed
-            4D masks of :mod:`prefkit.models.packing`.
+            4D masks of :mod:`prefkit.models.packing`. An architecture without sdpa attention
+            (Gemma 2) gets ``"eager"``, with a logged reason.
         seed: seeds the random init of a model built from a file and of the LoRA adapters,
             without touching the global RNG state.
 
@@ -214,12 +218,11 @@ def load_model(
             adapters = (path / ADAPTER_CONFIG).is_file()
             # an absolute name_or_path: LoRA adapters saved from this model record it as their
             # base, so they load from any working directory
-            model = AutoModelForCausalLM.from_pretrained(
-                str(_adapter_base(path) if adapters else path.resolve()),
-                local_files_only=True,
-                dtype=torch_dtype,
-                attn_implementation=attn_implementation,
-            )
+            source = str(_adapter_base(path) if adapters else path.resolve())
+            model = with_attention_fallback(
+                lambda impl: AutoModelForCausalLM.from_pretrained(
+                    source, local_files_only=True, dtype=torch_dtype, attn_implementation=impl),
+                attn_implementation, str(path))
             if adapters:
                 model = _merge_adapters(model, path)
         elif path.suffix.lower() in CONFIG_SUFFIXES:
@@ -231,9 +234,10 @@ def load_model(
                 )
             tokenizer = load_tokenizer(tokenizer_dir)
             config = _config_from_file(path, tokenizer, data)
-            model = AutoModelForCausalLM.from_config(
-                config, dtype=torch_dtype, attn_implementation=attn_implementation
-            )
+            model = with_attention_fallback(
+                lambda impl: AutoModelForCausalLM.from_config(
+                    config, dtype=torch_dtype, attn_implementation=impl),
+                attn_implementation, f"{path} ({config.model_type})")
         else:
             raise ValueError(
                 f"{path}: expected a checkpoint directory or a model file ending in "
@@ -244,6 +248,21 @@ def load_model(
         if lora is not None:
             model = apply_lora(model, lora)
     return model, tokenizer
+
+
+def with_attention_fallback(build: Callable[[str], PreTrainedModel], attn_implementation: str,
+                    where: str) -> PreTrainedModel:
+    """``build(attn_implementation)``, or ``build("eager")`` with a logged reason when the
+    architecture has no sdpa attention (Gemma 2: its attention logit soft-capping needs the
+    eager path); both take the packed 4D masks (eager gets an additive one)."""
+    try:
+        return build(attn_implementation)
+    except ValueError as err:
+        if attn_implementation != "sdpa" or "scaled_dot_product_attention" not in str(err):
+            raise
+    logger.info("%s: this architecture has no sdpa attention in transformers; using eager "
+                "attention (same results, additive float masks)", where)
+    return build("eager")
 
 
 def _merge_adapters(model: PreTrainedModel, folder: Path) -> PreTrainedModel:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from prefkit.models.arch import decoder_attention_mask
 from prefkit.models.packing import PackedBatch, PaddedBatch, additive_mask
 from prefkit.models.prune import hidden_at
 
@@ -106,14 +107,26 @@ def _is_wrapper(model: nn.Module) -> bool:
     return name == "FullyShardedDataParallel" or name.startswith("FSDP")
 
 
+class SoftcappedHead(nn.Module):
+    """``cap * tanh(head(h) / cap)``: the final logit soft-capping Gemma 2's (and Gemma 3's,
+    when set) ``ForCausalLM.forward`` applies after the LM head, the same operations in the
+    same order, so the decoder path keeps its chunked head for these models."""
+
+    def __init__(self, head: nn.Module, cap: float) -> None:
+        super().__init__()
+        self.head = head
+        self.cap = float(cap)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.head(hidden) / self.cap) * self.cap
+
+
 def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """The transformer body and the LM head, or None when calling them apart is unsafe."""
     if _is_wrapper(model):
         return None
     config = getattr(model, "config", None)
-    # Heads with post-processing inside the CausalLM forward (Gemma softcap, Cohere scale).
-    if getattr(config, "final_logit_softcapping", None):
-        return None
+    # Heads with other post-processing inside the CausalLM forward (Cohere's logit scale).
     if getattr(config, "logit_scale", None) not in (None, 1, 1.0):
         return None
     try:
@@ -123,6 +136,9 @@ def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
         return None
     if decoder is None or head is None or decoder is model or decoder is _unwrap(model):
         return None
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        head = SoftcappedHead(head, cap)
     return decoder, head
 
 
@@ -136,24 +152,26 @@ def _attn_implementation(model: nn.Module) -> str:
     return getattr(config, "_attn_implementation", None) or "eager"
 
 
-def model_attention_mask(model: nn.Module, batch: Batch) -> torch.Tensor:
+def model_attention_mask(model: nn.Module, batch: Batch
+                         ) -> torch.Tensor | dict[str, torch.Tensor]:
     """The batch's mask in the form the model's attention needs.
 
     A 4D bool mask is only correct with sdpa (eager ADDS the mask), so it is converted to an
     additive one for any other implementation; an additive mask is re-built in the model's
-    compute dtype (sdpa requires the mask dtype to match the queries).
+    compute dtype (sdpa requires the mask dtype to match the queries). Models with sliding-window
+    layers get the window added (a mapping per layer type where layers differ:
+    :func:`prefkit.models.arch.decoder_attention_mask`).
     """
     mask = batch.attention_mask
     if mask.dim() != 4:
         return mask
     dtype = _compute_dtype(model)
     if mask.dtype == torch.bool:
-        if _attn_implementation(model) == "sdpa":
-            return mask
-        return additive_mask(mask, dtype)
-    if mask.dtype != dtype:
-        return additive_mask(mask == 0, dtype)
-    return mask
+        if _attn_implementation(model) != "sdpa":
+            mask = additive_mask(mask, dtype)
+    elif mask.dtype != dtype:
+        mask = additive_mask(mask == 0, dtype)
+    return decoder_attention_mask(model, mask, batch.position_ids)
 
 
 def _completion_logps_decoder(
@@ -228,8 +246,9 @@ def sequence_logps(
             positions, chunked head); ``"forward"`` calls ``model(...)`` with a bool
             ``logits_to_keep`` (the head still skips prompt positions, but runs unchunked);
             ``"auto"`` (default) picks ``"decoder"`` unless the model is a data-parallel
-            wrapper (whose own forward must run) or its forward post-processes logits
-            (``final_logit_softcapping``, ``logit_scale``).
+            wrapper (whose own forward must run) or its forward post-processes logits with a
+            ``logit_scale`` (Gemma's ``final_logit_softcapping`` is applied by the decoder path
+            itself: :class:`SoftcappedHead`).
         with_hidden: also return the hidden states at the completion-predicting positions
             (:attr:`SequenceLogps.hidden`; decoder path only).
     """

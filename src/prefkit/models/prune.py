@@ -7,61 +7,203 @@ attention output, output projection and MLP are only needed at the selected posi
 reward model at prompt 256 that is ~85% of one of the model's layers skipped; for DPO the
 prompt positions' share of it.
 
-:func:`hidden_at` runs a decoder (a ``LlamaModel``-style body) with its last layer replaced,
-for the call, by :class:`_LastLayerAt`, which computes that layer at the unique selected
-positions only (every other position of the returned tensor keeps the layer's INPUT and must
-not be read), and returns the final hidden states ``[N, H]`` at ``(rows, cols)``. Exact: the
-same operations on the same numbers as the full layer, so results agree to float rounding.
+:func:`hidden_at` runs a decoder with its last layer replaced, for the call, by
+:class:`_LastLayerAt`, which computes that layer at the unique selected positions only (every
+other position of the returned tensor keeps the layer's INPUT and must not be read), and
+returns the final hidden states ``[N, H]`` at ``(rows, cols)``. Exact: the same operations on
+the same numbers as the full layer (per-token norms and projections commute with selecting
+tokens; attention rows are independent given all keys and values), so results agree to float
+rounding.
 
-Supported layers: Llama-style decoder layers (``input_layernorm``, ``self_attn`` with
-``q/k/v/o_proj``, ``head_dim``, ``scaling``, rotary ``position_embeddings``,
-``post_attention_layernorm``, ``mlp``) without sliding windows, logit soft-capping or
-attention dropout during training, and no gradient checkpointing; anything else falls back to
-the full forward (same results, no saving).
+Layer families (:data:`FAMILIES`, by decoder-layer class; each checked against the full layer
+in tests/test_architectures.py):
+
+* ``pre_norm`` -- ``h + attn(norm(h))`` then ``h + mlp(norm(h))``: Llama, Mistral, Qwen2,
+  Qwen3 (per-head q/k RMSNorm), Phi-3 (fused ``qkv_proj``);
+* ``post_norm`` -- OLMo 2: ``h + norm(attn(h))`` then ``h + norm(mlp(h))``, q/k RMSNorm over
+  the whole projection;
+* ``sandwich`` -- Gemma 2 / Gemma 3: input, post-attention, pre- and post-feed-forward norms;
+  Gemma 2's attention logit soft-capping ``c * tanh(s / c)`` (computed as eager attention
+  does), Gemma 3's per-head q/k norms;
+* ``parallel`` -- GPT-NeoX: fused per-head ``query_key_value``, partial rotary (the model's own
+  ``apply_rotary_pos_emb``), parallel residual ``h + attn(ln1(h)) + mlp(ln2(h))`` (or the
+  sequential form when ``use_parallel_residual`` is off).
+
+Sliding-window layers need nothing extra: the layer is given the (windowed) mask the model
+built, or the one :func:`prefkit.models.arch.decoder_attention_mask` built. Anything else
+falls back to the full forward (same results, no saving) and :func:`prune_fallback_reason`
+says why -- another layer class, gradient checkpointing, dropout active in training, an
+attention implementation other than sdpa / eager (flash / flex attention take no dense
+mask), bidirectional attention; the reason is logged once per decoder class (logger
+``prefkit.models.prune``, INFO).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["hidden_at", "last_layer_supported"]
+__all__ = ["FAMILIES", "hidden_at", "last_layer_supported", "prune_fallback_reason"]
 
-_SUPPORTED = {"LlamaDecoderLayer"}
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How one decoder-layer class computes: ``residual`` form, ``qkv`` projection layout,
+    ``qk_norm`` (``""``, ``"head"``: per head before rotary, ``"full"``: on the projection)
+    and whether the attention logits are soft-capped (``attn_logit_softcapping``)."""
+
+    residual: str  # pre_norm | post_norm | sandwich | parallel
+    qkv: str = "separate"  # separate | fused (Phi-3) | per_head (GPT-NeoX)
+    qk_norm: str = ""
+    softcap: bool = False
+
+
+FAMILIES: dict[str, _Family] = {
+    "LlamaDecoderLayer": _Family("pre_norm"),
+    "MistralDecoderLayer": _Family("pre_norm"),
+    "Qwen2DecoderLayer": _Family("pre_norm"),
+    "Qwen3DecoderLayer": _Family("pre_norm", qk_norm="head"),
+    "Phi3DecoderLayer": _Family("pre_norm", qkv="fused"),
+    "Olmo2DecoderLayer": _Family("post_norm", qk_norm="full"),
+    "Gemma2DecoderLayer": _Family("sandwich", softcap=True),
+    "Gemma3DecoderLayer": _Family("sandwich", qk_norm="head"),
+    "GPTNeoXLayer": _Family("parallel", qkv="per_head"),
+}
+"""Decoder-layer classes whose last layer :func:`hidden_at` computes at selected positions."""
+
+_logged: set[tuple[str, str]] = set()
+
+
+def _base(decoder: nn.Module) -> nn.Module:
+    return decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
 
 
 def _layers(decoder: nn.Module) -> nn.ModuleList | None:
-    base = decoder
-    if hasattr(base, "get_base_model"):  # peft
-        base = base.get_base_model()
-    layers = getattr(base, "layers", None)
+    layers = getattr(_base(decoder), "layers", None)
     return layers if isinstance(layers, nn.ModuleList) and len(layers) else None
+
+
+def _attention(layer: nn.Module) -> nn.Module | None:
+    return getattr(layer, "self_attn", None) or getattr(layer, "attention", None)
+
+
+def prune_fallback_reason(decoder: nn.Module) -> str | None:
+    """Why :func:`hidden_at` must run ``decoder``'s last layer whole, or None if it can prune."""
+    name = type(_base(decoder)).__name__
+    layers = _layers(decoder)
+    if layers is None:
+        return f"{name} has no `layers` list"
+    layer = layers[-1]
+    kind = type(layer).__name__
+    if kind not in FAMILIES:
+        return f"{kind} is not a layer family prefkit prunes ({', '.join(FAMILIES)})"
+    attn = _attention(layer)
+    config = getattr(attn, "config", None) or getattr(_base(decoder), "config", None)
+    if attn is None or config is None:
+        return f"{kind} has no attention module with a config"
+    if getattr(layer, "gradient_checkpointing", False) or getattr(
+            _base(decoder), "gradient_checkpointing", False):
+        return "gradient checkpointing is on"
+    implementation = getattr(config, "_attn_implementation", None) or "eager"
+    if implementation not in ("sdpa", "eager"):
+        return (f"attention implementation {implementation!r} (the pruned layer computes sdpa / "
+                "eager attention from a dense mask)")
+    if getattr(config, "use_bidirectional_attention", False):
+        return "bidirectional attention"
+    if layer.training:
+        dropout = getattr(attn, "attention_dropout", 0.0) or 0.0
+        if dropout or any(isinstance(m, nn.Dropout) and m.p > 0 for m in layer.modules()):
+            return "dropout is active in training"
+    return None
 
 
 def last_layer_supported(decoder: nn.Module) -> bool:
     """Whether :func:`hidden_at` can prune ``decoder``'s last layer (else it runs it whole)."""
-    layers = _layers(decoder)
-    if layers is None:
-        return False
-    layer = layers[-1]
-    if type(layer).__name__ not in _SUPPORTED or getattr(layer, "gradient_checkpointing", False):
-        return False
-    attn = getattr(layer, "self_attn", None)
-    config = getattr(attn, "config", None)
-    if attn is None or config is None:
-        return False
-    if getattr(config, "sliding_window", None) or getattr(config, "attn_logit_softcapping", None):
-        return False
-    if attn.training and getattr(attn, "attention_dropout", 0.0):
-        return False
-    base = decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
-    return not getattr(base, "gradient_checkpointing", False)
+    return prune_fallback_reason(decoder) is None
+
+
+def _log_fallback(decoder: nn.Module, reason: str) -> None:
+    key = (type(_base(decoder)).__name__, reason)
+    if key not in _logged:
+        _logged.add(key)
+        logger.info("last-layer pruning off for %s: %s; the full last layer runs (same "
+                    "results, no saving)", key[0], reason)
+
+
+def _heads(t: torch.Tensor, d: int) -> torch.Tensor:
+    """``[..., H * d] -> [..., H, d]``."""
+    return t.unflatten(-1, (-1, d))
+
+
+def _qkv(layer: nn.Module, family: _Family, x: torch.Tensor, rows: torch.Tensor,
+         cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries at the selected positions ``[N, Hq, D]`` and keys, values at every position
+    ``[B, L, Hk, D]`` of the attention input ``x``, before rotary, as the family's attention
+    computes them (q/k norms included)."""
+    attn = _attention(layer)
+    d = getattr(attn, "head_dim", None) or attn.head_size
+    if family.qkv == "fused":  # Phi-3: [q | k | v] along the features
+        n_q = attn.config.num_attention_heads * d
+        n_kv = attn.config.num_key_value_heads * d
+        qkv = attn.qkv_proj(x)
+        q = _heads(qkv[rows, cols, :n_q], d)
+        k, v = _heads(qkv[..., n_q:n_q + n_kv], d), _heads(qkv[..., n_q + n_kv:], d)
+        return q, k, v
+    if family.qkv == "per_head":  # GPT-NeoX: [q | k | v] inside each head
+        q, k, v = _heads(attn.query_key_value(x), 3 * d).chunk(3, dim=-1)
+        return q[rows, cols], k, v
+    q, k, v = attn.q_proj(x[rows, cols]), attn.k_proj(x), attn.v_proj(x)
+    if family.qk_norm == "full":
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = _heads(q, d), _heads(k, d), _heads(v, d)
+    if family.qk_norm == "head":
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    return q, k, v
+
+
+def _finish(layer: nn.Module, family: _Family, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The layer's output at the selected positions from its input ``h`` and the projected
+    attention output ``a`` there."""
+    if family.residual == "pre_norm":
+        h = h + a
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+    if family.residual == "post_norm":
+        h = h + layer.post_attention_layernorm(a)
+        return h + layer.post_feedforward_layernorm(layer.mlp(h))
+    if family.residual == "sandwich":
+        h = h + layer.post_attention_layernorm(a)
+        return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+    if layer.use_parallel_residual:  # GPT-NeoX
+        return layer.mlp(layer.post_attention_layernorm(h)) + a + h
+    a = a + h
+    return layer.mlp(layer.post_attention_layernorm(a)) + a
+
+
+def _eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                     scale: float, softcap: float | None) -> torch.Tensor:
+    """Eager attention as transformers computes it: scaled scores, optional soft-cap
+    ``c * tanh(s / c)``, additive mask, float32 softmax cast back."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if mask.dtype == torch.bool:
+        zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
+        mask = torch.where(mask, zero, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores + mask, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(weights, v)
 
 
 class _LastLayerAt(nn.Module):
@@ -77,13 +219,14 @@ class _LastLayerAt(nn.Module):
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
                 **kwargs: Any) -> torch.Tensor:
         layer, rows, cols = self.layer, self.rows, self.cols
-        attn = layer.self_attn
+        family = FAMILIES[type(layer).__name__]
+        attn = _attention(layer)
         rotary = sys.modules[type(layer).__module__].apply_rotary_pos_emb
         b, length, _ = hidden_states.shape
-        d = attn.head_dim
-        x = layer.input_layernorm(hidden_states)
-        k = attn.k_proj(x).view(b, length, -1, d).transpose(1, 2)
-        v = attn.v_proj(x).view(b, length, -1, d).transpose(1, 2)
+        x = hidden_states if family.residual == "post_norm" else layer.input_layernorm(
+            hidden_states)
+        q, k, v = _qkv(layer, family, x, rows, cols)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hk, L, D]
         cos, sin = position_embeddings
         k, _ = rotary(k, k, cos, sin)
         cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)  # position ids may broadcast
@@ -93,23 +236,28 @@ class _LastLayerAt(nn.Module):
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.arange(n, device=rows.device) - starts[rows]  # rows are sorted
         width = int(counts.max())
-        q = attn.q_proj(x[rows, cols]).view(n, -1, d)[:, :, None]  # [N, Hq, 1, D]
+        q = q[:, :, None]  # [N, Hq, 1, D]
         q, _ = rotary(q, q, cos[rows, cols][:, None], sin[rows, cols][:, None])
-        heads = q.shape[1]
+        heads, d = q.shape[1], q.shape[-1]
         queries = q.new_zeros(b, width, heads, d)
-        queries = queries.index_put((rows, slot), q[:, :, 0])
-        mask = self._mask(attention_mask, rows, cols, slot, b, width, length, q.dtype)
-        out = F.scaled_dot_product_attention(
-            queries.transpose(1, 2), k, v, attn_mask=mask, scale=attn.scaling,
-            enable_gqa=heads != k.shape[1])
+        queries = queries.index_put((rows, slot), q[:, :, 0]).transpose(1, 2)
+        mask = self._mask(attention_mask, rows, cols, slot, b, width, length)
+        softcap = getattr(attn, "attn_logit_softcapping", None) if family.softcap else None
+        implementation = getattr(attn.config, "_attn_implementation", None) or "eager"
+        if softcap is not None or implementation == "eager":
+            out = _eager_attention(queries, k, v, mask, attn.scaling, softcap)
+        else:
+            out = F.scaled_dot_product_attention(queries, k, v, attn_mask=mask,
+                                                 scale=attn.scaling,
+                                                 enable_gqa=heads != k.shape[1])
         out = out.transpose(1, 2)[rows, slot].reshape(n, heads * d)
-        h = hidden_states[rows, cols] + attn.o_proj(out)
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        output = attn.o_proj if hasattr(attn, "o_proj") else attn.dense
+        h = _finish(layer, family, hidden_states[rows, cols], output(out))
         return hidden_states.index_put((rows, cols), h)
 
     @staticmethod
-    def _mask(mask: torch.Tensor | None, rows, cols, slot, b: int, width: int, length: int,
-              dtype: torch.dtype) -> torch.Tensor:
+    def _mask(mask: torch.Tensor | None, rows, cols, slot, b: int, width: int, length: int
+              ) -> torch.Tensor:
         """``[B, 1, width, L]`` bool (True = attend) or additive rows of the layer's mask for
         the selected queries; padded query slots attend to position 0 (never read)."""
         keys = torch.arange(length, device=rows.device)
@@ -138,11 +286,24 @@ def _pruned(layers: nn.ModuleList, rows: torch.Tensor, cols: torch.Tensor) -> It
         layers[-1] = original
 
 
+def _dense_mask(mask: Any) -> bool:
+    """Whether an ``attention_mask`` argument is one the pruned layer can read (None, a
+    tensor, or a mapping of tensors per layer type)."""
+    if isinstance(mask, dict):
+        return all(m is None or isinstance(m, torch.Tensor) for m in mask.values())
+    return mask is None or isinstance(mask, torch.Tensor)
+
+
 def hidden_at(decoder: nn.Module, rows: torch.Tensor, cols: torch.Tensor, **inputs: Any
               ) -> torch.Tensor:
     """``decoder(**inputs)``'s final hidden states at ``(rows, cols)`` (``[N, H]``; positions
-    may repeat), with the last layer computed only at those positions when supported."""
-    if not last_layer_supported(decoder):
+    may repeat), with the last layer computed only at those positions when supported (else the
+    reason is logged once: :func:`prune_fallback_reason`)."""
+    reason = prune_fallback_reason(decoder)
+    if reason is None and not _dense_mask(inputs.get("attention_mask")):
+        reason = f"attention mask of type {type(inputs['attention_mask']).__name__}"
+    if reason is not None:
+        _log_fallback(decoder, reason)
         out = decoder(**inputs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return hidden[rows, cols]

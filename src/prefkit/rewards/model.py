@@ -35,7 +35,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from prefkit.models.bounded import bound_text
-from prefkit.models.load import LoraSettings, load_model, load_tokenizer
+from prefkit.models.load import (
+    LoraSettings,
+    load_model,
+    load_tokenizer,
+    with_attention_fallback,
+)
 from prefkit.models.logprobs import model_attention_mask
 from prefkit.models.packing import PackedBatch, PaddedBatch, PromptGroup
 from prefkit.models.prune import hidden_at
@@ -493,12 +498,10 @@ class RewardModel(nn.Module):
         backbone_cls = getattr(transformers, config.get("backbone_class", ""), None)
         if backbone_cls is None:
             backbone_cls = transformers.AutoModel
-        backbone = backbone_cls.from_pretrained(
-            str(folder),
-            local_files_only=True,
-            dtype=torch_dtype,
-            attn_implementation=attn_implementation,
-        )
+        backbone = with_attention_fallback(
+            lambda impl: backbone_cls.from_pretrained(
+                str(folder), local_files_only=True, dtype=torch_dtype, attn_implementation=impl),
+            attn_implementation, str(folder))
         if lora is not None:
             backbone = _add_lora(backbone, lora, seed)
         head = build_head(config["head"], int(config["hidden_size"]), **config["head_config"])
