@@ -57,6 +57,7 @@ T = TypeVar("T")
 
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("no", "bf16")
+SHARDINGS = ("ddp", "fsdp2")
 DTYPES = ("float32", "bfloat16")
 """Weight dtypes a training run loads its model in."""
 TRACKERS = ("jsonl", "tensorboard", "wandb")
@@ -214,6 +215,13 @@ class LoopConfig:
         "Train on the CPU even when a GPU is present (without a GPU the CPU is used anyway; "
         "several torchrun processes then form a gloo data-parallel group).", False,
         identity=False)
+    sharding: str = option(
+        "How several processes hold the model: 'ddp' (every process a full copy, gradients "
+        "all-reduced) or 'fsdp2' (torch fully_shard: each decoder layer, then the model, split "
+        "over the processes; parameters, gradients and optimizer state are 1/N per process). "
+        "Both give the gradient of the mean loss over the global batch; a checkpoint of one "
+        "resumes only with the same setting. With one process both train the model as is.",
+        "ddp", choices=SHARDINGS)
     logging_steps: int = option(
         "Log every N optimizer steps (metrics averaged over the examples of those steps) to "
         "metrics.jsonl, the console and trackers.", 10, bounds=AT_LEAST_1, identity=False)

@@ -48,9 +48,21 @@ Launching several processes
 ``accelerate launch --cpu --num_processes 2`` silently starts ONE process; :func:`fit` refuses to
 run when ``WORLD_SIZE`` says N processes but accelerate set up fewer.
 
-Scope: DDP (CPU gloo, tested here; GPU NCCL) and FSDP go through the same gradient path
-(FSDP untested here). DeepSpeed is not supported: it owns accumulation, loss scaling and
-clipping.
+Sharding
+--------
+``config.sharding="ddp"`` (default): accelerate wraps the model in DDP; every process holds a
+full copy. ``"fsdp2"``: the loop shards a copy of the model with torch's ``fully_shard`` (each
+decoder layer, then the model; :mod:`prefkit.train.sharding`), builds AdamW over the shards,
+accumulates with ``set_requires_gradient_sync`` and writes sharded checkpoints
+(``torch.distributed.checkpoint``); at the end the caller's model receives the full trained
+weights. Both are tested on CPU processes (gloo) against one process.
+
+Mixed precision is the loop's own ``torch.autocast(bfloat16)`` around each forward (the
+accelerator is always built with ``mixed_precision="no"``), so no process-wide accelerate state
+has to change between runs of different precision. DeepSpeed is not supported and refused: its
+engine takes over gradient accumulation, loss scaling, clipping and the optimizer step, which
+this loop owns (the rule above); shard with ``sharding="fsdp2"`` instead. accelerate's own FSDP
+plugin (``ACCELERATE_USE_FSDP``) is refused for the same reason.
 """
 
 from __future__ import annotations
@@ -69,10 +81,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.state import AcceleratorState
-from accelerate.utils import send_to_device, set_seed
+from accelerate.utils import DistributedType, send_to_device, set_seed
 from torch.utils.data import DataLoader
 
+from . import sharding as fsdp
 from .checkpoint import (
     checkpoint_dir,
     list_checkpoints,
@@ -81,7 +93,7 @@ from .checkpoint import (
     resolve_resume,
     write_trainer_state,
 )
-from .config import LoopConfig
+from .config import ConfigError, LoopConfig
 from .reporting import JsonlWriter, ProgressBar, format_record
 from .run_dir import RunConflictError, check_run_dir, clear_run_dir, run_record, write_run_config
 from .schedule import make_scheduler, warmup_steps_for
@@ -178,20 +190,19 @@ def make_accelerator(config: LoopConfig) -> Accelerator:
 
     Gradient accumulation is done by the loop itself (accelerate's accumulation divides the loss
     by the number of micro-batches, which is wrong for uneven micro-batches), so accelerate sees
-    ``gradient_accumulation_steps=1``. Shuffling uses the seedable sampler seeded with
-    ``config.seed``. Without a GPU (or with ``config.cpu``) it runs on the CPU, where several
-    processes launched by ``torchrun`` form a gloo data-parallel group.
+    ``gradient_accumulation_steps=1``. Mixed precision too (``torch.autocast`` in the loop), so
+    accelerate sees ``mixed_precision="no"``: its process-wide state is then the same for every
+    run of a process. Shuffling uses the seedable sampler seeded with ``config.seed``. Without a
+    GPU (or with ``config.cpu``) it runs on the CPU, where several processes launched by
+    ``torchrun`` form a gloo data-parallel group. A DeepSpeed or accelerate-FSDP launch is
+    refused (module docstring).
     """
     trackers = [t for t in config.log_with if t != "jsonl"]
     _check_trackers(trackers)
-    if AcceleratorState._shared_state and (
-        AcceleratorState().mixed_precision != config.mixed_precision
-    ):
-        # accelerate keeps one process-wide state; a new precision needs a fresh one
-        AcceleratorState._reset_state()
+    _refuse_engines(None)
     acc = Accelerator(
         cpu=config.cpu or not _has_accelerator_device(),
-        mixed_precision=config.mixed_precision,
+        mixed_precision="no",
         log_with=trackers or None,
         project_dir=config.output_dir,
         step_scheduler_with_optimizer=False,
@@ -201,6 +212,31 @@ def make_accelerator(config: LoopConfig) -> Accelerator:
     )
     _check_world_size(acc)
     return acc
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _refuse_engines(acc: Accelerator | None) -> None:
+    """Refuse DeepSpeed and accelerate's FSDP plugin (they take over what the loop owns)."""
+    deepspeed = _env_flag("ACCELERATE_USE_DEEPSPEED") or (
+        acc is not None and acc.distributed_type == DistributedType.DEEPSPEED)
+    if deepspeed:
+        raise ConfigError(
+            "DeepSpeed is not supported: its engine takes over gradient accumulation, loss "
+            "normalization, clipping and the optimizer step, which prefkit's loop owns (that is "
+            "what makes the gradient the mean over the global batch). Launch without DeepSpeed "
+            "(e.g. `accelerate launch --multi_gpu` or torchrun) and shard the model with "
+            "`--sharding fsdp2` (config: sharding: fsdp2); see docs/distributed.md")
+    accel_fsdp = _env_flag("ACCELERATE_USE_FSDP") or (
+        acc is not None and acc.distributed_type == DistributedType.FSDP)
+    if accel_fsdp:
+        raise ConfigError(
+            "accelerate's FSDP plugin is not used by prefkit: launch with a plain multi-GPU "
+            "accelerate config (distributed_type: MULTI_GPU) or torchrun and pass "
+            "`--sharding fsdp2` (config: sharding: fsdp2); prefkit applies FSDP2 itself "
+            "(docs/distributed.md)")
 
 
 def _has_accelerator_device() -> bool:
@@ -428,10 +464,19 @@ class _Loop:
         self.callbacks = callbacks
         self.acc = acc = accelerator or make_accelerator(config)
         _check_world_size(acc)
+        _refuse_engines(acc)
         self.out_dir = Path(config.output_dir)
+        # FSDP2 shards over several processes; one process trains the model as is
+        self.sharded = config.sharding == "fsdp2" and acc.num_processes > 1
+        self.plain_model: torch.nn.Module | None = None  # gets the weights back at the end
+        if self.sharded and optimizer is not None:
+            raise ValueError("sharding='fsdp2' builds the optimizer over the sharded parameters: "
+                             "pass trainable_params instead of an optimizer")
         resume = self._claim_output_dir()
         set_seed(config.seed)
 
+        if self.sharded:
+            model, trainable_params = self._shard(model, trainable_params)
         if optimizer is None:
             if trainable_params is None:
                 params = [p for p in model.parameters() if p.requires_grad]
@@ -443,7 +488,12 @@ class _Loop:
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
 
         self.is_loader = isinstance(train_data, DataLoader)
-        if self.is_loader:
+        if self.sharded:
+            # the model is sharded already and the optimizer stays torch's own: accelerate only
+            # shards the data
+            self.model, self.optimizer = model, optimizer
+            self.train_data = acc.prepare(train_data) if self.is_loader else train_data
+        elif self.is_loader:
             self.model, self.optimizer, self.train_data = acc.prepare(model, optimizer, train_data)
         else:
             self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -483,6 +533,32 @@ class _Loop:
             )
         if acc.log_with:
             acc.init_trackers(config.project_name, config=_flat_config(config))
+
+    def _shard(self, model: torch.nn.Module, trainable: Iterable[torch.nn.Parameter] | None
+               ) -> tuple[torch.nn.Module, list[torch.nn.Parameter] | None]:
+        """The FSDP2 model to train and its trainable parameters. A model the caller sharded
+        already (:func:`prefkit.train.sharding.shard_model`) is used as it is; any other is
+        trained as a sharded copy whose weights go back into it at the end."""
+        if fsdp.is_sharded(model):
+            return model, None if trainable is None else list(trainable)
+        self.plain_model = model
+        self.plain_device = next(model.parameters()).device
+        work = fsdp.sharded_copy(model, device=self.acc.device,
+                                 world_size=self.acc.num_processes,
+                                 mixed_precision=self.cfg.mixed_precision)
+        params = None if trainable is None else fsdp.matching_params(model, work, trainable)
+        return work, params
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The forward's precision: ``torch.autocast(bfloat16)`` for ``mixed_precision="bf16"``
+        (inside the accelerator's own autocast, a no-op unless a caller's accelerator has a
+        precision of its own)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.acc.autocast())
+        if self.cfg.mixed_precision == "bf16":
+            stack.enter_context(torch.autocast(device_type=self.acc.device.type,
+                                               dtype=torch.bfloat16))
+        return stack
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -529,6 +605,8 @@ class _Loop:
 
     def _load(self, path: Path) -> None:
         self.acc.load_state(str(path))
+        if self.sharded:
+            fsdp.load_sharded(path / fsdp.SHARDED_DIR, self.model, self.optimizer)
         st = read_trainer_state(path)
         before = st.get("total_steps")
         if before not in (None, self.total) and (self.cfg.lr_scheduler != "constant"
@@ -553,12 +631,11 @@ class _Loop:
 
     def _save(self) -> None:
         acc = self.acc
-        for p in self.params:
-            if not torch.isfinite(p.detach()).all():
-                raise NonFiniteLossError(
-                    f"refusing to save checkpoint-{self.step}: parameters are not finite",
-                    step=self.step,
-                )
+        if not self._params_finite():
+            raise NonFiniteLossError(
+                f"refusing to save checkpoint-{self.step}: parameters are not finite",
+                step=self.step,
+            )
         final = checkpoint_dir(self.out_dir, self.step)
         tmp = final.with_name(final.name + ".tmp")
         if acc.is_main_process:
@@ -568,6 +645,8 @@ class _Loop:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        if self.sharded:
+            fsdp.save_sharded(tmp / fsdp.SHARDED_DIR, self.model, self.optimizer)
         acc.wait_for_everyone()
         if acc.is_main_process:
             import shutil
@@ -580,6 +659,14 @@ class _Loop:
         self.saved_step = self.step
         for cb in self.callbacks:
             cb.on_save(final, self.step)
+
+    def _params_finite(self) -> bool:
+        if not self.sharded:
+            return all(bool(torch.isfinite(p.detach()).all()) for p in self.params)
+        # each process holds other shards: every process must reach the same verdict
+        bad = torch.tensor([0.0 if fsdp.local_finite(self.params) else 1.0],
+                           dtype=torch.float64, device=self.acc.device)
+        return float(self.acc.reduce(bad, reduction="sum")) == 0.0
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -636,14 +723,16 @@ class _Loop:
         outs: list[StepOutput] = []
         keys: list[str] | None = None
         with torch.no_grad():
-            for i, batch in enumerate(self.eval_data if self.eval_data is not None else ()):
-                if i % acc.num_processes != acc.process_index:
-                    continue
+            mine = [b for i, b in enumerate(self.eval_data if self.eval_data is not None else ())
+                    if i % acc.num_processes == acc.process_index]
+            for batch in mine:
                 batch = send_to_device(batch, acc.device)
-                with acc.autocast():
+                with self._autocast():
                     out = self.eval_fn(model, batch)
                 keys = _check_keys(out, keys, "eval_fn")
                 outs.append(out)
+            if self.sharded:
+                self._pad_eval_forwards(model, mine)
         model.train(was_training)
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
@@ -662,6 +751,21 @@ class _Loop:
         self._emit(rec, bar)
         return rec
 
+    def _pad_eval_forwards(self, model: torch.nn.Module, mine: list[Any]) -> None:
+        """A sharded forward is a collective (it all-gathers each unit's parameters): a process
+        holding fewer eval batches than another repeats one of its own (or any eval batch) and
+        discards the result, so every process runs as many forwards."""
+        acc = self.acc
+        count = torch.tensor([float(len(mine))], dtype=torch.float64, device=acc.device)
+        most = int(acc.gather(count).max())
+        if most == len(mine):
+            return
+        spare = mine[0] if mine else next(iter(self.eval_data))
+        spare = send_to_device(spare, acc.device)
+        for _ in range(most - len(mine)):
+            with self._autocast():
+                self.eval_fn(model, spare)
+
     # -- one optimizer step -------------------------------------------------------------------
 
     def _optimizer_step(self, micro: list[Any]) -> tuple[_Sums, float]:
@@ -673,9 +777,13 @@ class _Loop:
             if not self.is_loader:
                 batch = send_to_device(batch, acc.device)
             last = i == len(micro) - 1
-            sync = contextlib.nullcontext() if last else acc.no_sync(model)
+            if self.sharded:  # FSDP2: reduce-scatter only after the step's last backward
+                model.set_requires_gradient_sync(last)
+                sync = contextlib.nullcontext()
+            else:
+                sync = contextlib.nullcontext() if last else acc.no_sync(model)
             with sync:
-                with acc.autocast():
+                with self._autocast():
                     out = self.step_fn(model, batch)
                 self.keys = _check_keys(out, self.keys, "step_fn")
                 if out.loss_sum.dim() != 0:
@@ -699,7 +807,10 @@ class _Loop:
                 if p.grad is not None:
                     p.grad.mul_(scale)
             max_norm = self.cfg.max_grad_norm or math.inf
-            grad_norm = float(acc.clip_grad_norm_(self.params, max_norm))
+            if self.sharded:
+                grad_norm = fsdp.clip_grad_norm(self.params, max_norm)
+            else:
+                grad_norm = float(acc.clip_grad_norm_(self.params, max_norm))
             if not math.isfinite(grad_norm):
                 if self.cfg.stop_on_nonfinite:
                     raise NonFiniteLossError(
@@ -710,8 +821,9 @@ class _Loop:
                 nonfinite = True
             else:
                 step_sums.grad_norm = grad_norm
-        # accelerate's wrappers skip step/zero_grad while "accumulating"; we accumulate ourselves
-        acc.gradient_state._set_sync_gradients(True)
+        # accelerate's optimizer wrapper skips step/zero_grad while "accumulating"; the loop
+        # accumulates itself, so every optimizer step is a synchronizing one
+        acc.sync_gradients = True
         if nonfinite:
             step_sums.nonfinite_steps = 1
             step_sums.loss = step_sums.n = step_sums.tokens = 0.0
@@ -798,6 +910,8 @@ class _Loop:
                 self.evaluate(bar)
             if cfg.save_final and self.saved_step != self.step and self.step > 0:
                 self._save()
+            if self.plain_model is not None:  # the caller's model gets the trained weights
+                fsdp.copy_full_weights(self.model, self.plain_model, self.plain_device)
         except KeyboardInterrupt:
             ckpts = list_checkpoints(self.out_dir)
             raise TrainingInterrupted(step=self.step, total=self.total,
