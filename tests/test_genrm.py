@@ -142,8 +142,8 @@ def test_cli_train_genrm_then_judge_with_it(tmp_path, monkeypatch):
     from prefkit.cli import app
     from prefkit.data.io import read_records
     from prefkit.judges.base import JudgeRequest, judge_all
-    from prefkit.judges.config import judge_from_spec
     from prefkit.rewards.generative import GenerativeRewardModel
+    from prefkit.specs import judge_from_spec
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("PREFKIT_JUDGE_CACHE", raising=False)

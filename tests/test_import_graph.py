@@ -5,8 +5,9 @@ A *part* is a subpackage (``prefkit.data``, ``prefkit.rank``, ...) or a top-leve
 The graph is built with grimp from the source and counts EVERY import statement: at module
 level, inside functions (a lazy import is still a dependency) and under ``TYPE_CHECKING``.
 
-The layering, lowest first (a part imports only parts on its own layer or below; parts on one
-layer import nothing from each other):
+The layering, lowest first (a part imports only parts on lower layers; parts on one layer
+import nothing from each other; the package's ``__init__`` holds ``__version__`` only and is
+below them all):
 
 0. ``extras``, ``importing``, ``losses``, ``rank``, ``report`` -- leaves: import nothing from
    prefkit (``report`` only reads ``prefkit.__version__``);
@@ -43,7 +44,8 @@ import pytest
 grimp = pytest.importorskip("grimp")
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("prefkit", "extras", "importing", "losses", "rank", "report"),
+    ("prefkit",),
+    ("extras", "importing", "losses", "rank", "report"),
     ("data",),
     ("models",),
     ("rewards",),
@@ -58,7 +60,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("__main__",),
 )
-"""The layering of the module docstring (``prefkit``: the package's ``__init__``)."""
+"""The layering of the module docstring, below it all ``prefkit``: the package's ``__init__``
+(``__version__`` only)."""
 
 Edges = dict[tuple[str, str], list[str]]
 

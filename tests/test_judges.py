@@ -25,9 +25,9 @@ from prefkit.judges.bias import (
 )
 from prefkit.judges.jury import Jury, accuracy_weight
 from prefkit.judges.parse import ParseError, parse
-from prefkit.judges.simulated import SimulatedJudge, lab_judge_pool
 from prefkit.judges.templates import BUILTIN_TEMPLATES, load_template, template_from_source
 from prefkit.judges.text import CallError, Completion, TextJudge, soft_p_first
+from prefkit.lab.simulated_judge import SimulatedJudge, lab_judge_pool
 
 # -- parsing ---------------------------------------------------------------------------------
 

@@ -19,8 +19,8 @@ from prefkit.data.io import read_records
 from prefkit.judges.base import FunctionJudge, JudgeRequest, judge_all
 from prefkit.judges.bias import judge_both_orders
 from prefkit.judges.reward_source import JudgeReward
-from prefkit.judges.simulated import SimulatedJudge
-from prefkit.rewards.sources import reward_from_spec
+from prefkit.lab.simulated_judge import SimulatedJudge
+from prefkit.specs import reward_from_spec
 
 runner = CliRunner()
 

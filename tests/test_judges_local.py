@@ -11,13 +11,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prefkit.judges.base import JudgeRequest, judge_all
-from prefkit.judges.config import judge_from_config
 from prefkit.judges.local import TransformersJudge
 from prefkit.lab.tasks import SortTask
 from prefkit.models.generate import sample
 from prefkit.models.load import tiny_llama_config
 from prefkit.models.serving import Choice, Generation
 from prefkit.models.tokenizer import word_level_tokenizer
+from prefkit.specs import judge_from_config
 
 
 @pytest.fixture(scope="module")

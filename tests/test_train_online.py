@@ -793,7 +793,7 @@ def test_default_max_prompt_length_comes_from_the_model(small):
 def test_python_reward_module_in_the_current_folder(tmp_path, monkeypatch):
     """python:module:function finds a module in the working folder without PYTHONPATH=.
     (issue 12 item 10); a missing module or function is a clear error."""
-    from prefkit.rewards.sources import reward_from_spec
+    from prefkit.specs import reward_from_spec
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])

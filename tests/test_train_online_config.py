@@ -62,12 +62,14 @@ BAD = [
 def test_bad_values_exit_2_naming_field_value_and_expectation_before_any_model_loads(
         setting, expected, monkeypatch):
     import prefkit.models.load as load
+    import prefkit.specs.models as spec_models
     import prefkit.train.online as online
 
     def no_loading(*a, **k):
         raise AssertionError("a model was loaded before the settings were checked")
 
     monkeypatch.setattr(online, "resolve_model", no_loading)
+    monkeypatch.setattr(spec_models, "lab_model", no_loading)  # --model lab:sort
     monkeypatch.setattr(load, "load_model", no_loading)
     result = CliRunner().invoke(app, ["train", "online", "--model", "lab:sort", "--prompts",
                                       "lab:sort:8", "--reward", "gold:sort", "--set", setting,

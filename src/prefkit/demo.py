@@ -272,11 +272,10 @@ def _judges_vs_people(console: Console, db: Path, campaign: Any, task: Any) -> d
     judge validate` does: accuracy, Cohen's kappa, and position bias before / after judging
     both orders."""
     from .data.store import FeedbackStore
+    from .evaluate.judge_agreement import agreement_report, requests_from_labels
     from .judges.bias import judge_both_orders
-    from .judges.config import LAB_JUDGE_TEMPERATURE
     from .judges.jury import Jury
-    from .judges.simulated import lab_judge_pool
-    from .judges.validate import agreement_report, requests_from_labels
+    from .lab.simulated_judge import LAB_JUDGE_TEMPERATURE, lab_judge_pool
     from .serve import service as svc
 
     with FeedbackStore(db) as store:

@@ -1,6 +1,6 @@
 """Loading a user's function by name (``module:function`` or ``FILE.py:function``): how the CLI
-takes Python rewards (``python:...`` in :func:`prefkit.rewards.sources.reward_from_spec`) and
-Python judges (:func:`prefkit.judges.config.judge_from_spec`). No heavy imports here."""
+takes Python rewards (``python:...`` in :func:`prefkit.specs.reward_from_spec`) and
+Python judges (:func:`prefkit.specs.judge_from_spec`). No heavy imports here."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def winrate(
                                     "instruction.")] = None,
     judge: Annotated[str | None, typer.Option(
         "--judge", help="http:MODEL@URL | lab:TASK:NAME | rm:PATH | gold:TASK | python:mod:fn | "
-                        "a config file (prefkit.judges.config).")] = None,
+                        "a config file (prefkit.specs.judges).")] = None,
     template: Annotated[str | None, typer.Option(
         help="Template name or .j2 file (text judges).")] = None,
     annotations: Annotated[str | None, typer.Option(
@@ -113,7 +113,8 @@ def _judge(pairs: list[dict[str, Any]], spec: str, template: str | None, both_or
     from rich.progress import Progress
 
     from ..evaluate.alpaca import judge_pairs
-    from ..judges.config import judge_from_spec, judge_label
+    from ..judges.base import judge_label
+    from ..specs import judge_from_spec
 
     judge = judge_from_spec(spec, template=template, task="compare")
     cache = None

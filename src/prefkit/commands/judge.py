@@ -21,7 +21,7 @@ EXIT_BELOW_THRESHOLD = 3
 
 JudgeOpt = Annotated[str, typer.Option(
     "--judge", help="http:MODEL@URL | lab:TASK:NAME | rm:PATH | gold:TASK | python:mod:fn | a "
-                    "config file (.json/.yaml/.toml; a jury too). See prefkit.judges.config.")]
+                    "config file (.json/.yaml/.toml; a jury too). See prefkit.specs.judges.")]
 CacheOpt = Annotated[str | None, typer.Option(
     "--cache", envvar="PREFKIT_JUDGE_CACHE",
     help="Judgment cache (SQLite; default ~/.cache/prefkit/judgments.sqlite).")]
@@ -99,9 +99,10 @@ def _run_judge(task: str, paths: list[str], judge_spec: str, template: str | Non
                no_cache: bool, concurrency: int, limit: int | None, failures: str | None,
                as_json: bool, family: str | None = None) -> None:
     from ..judges import base
+    from ..judges.base import judge_label
     from ..judges.bias import ajudge_both_orders, length_report, position_report
-    from ..judges.config import judge_from_spec, judge_label
     from ..judges.records import judged_records
+    from ..specs import judge_from_spec
 
     if not out and not db and not as_json:
         raise bad_input("give --out FILE and/or --db URL for the records (or --json to print "
@@ -349,11 +350,12 @@ def validate(
     excluded), Cohen's kappa, position consistency, length and self-preference. Exits 3 when a
     judge is below a threshold you pass."""
     from ..data.io import read_records
+    from ..evaluate.judge_agreement import agreement_report, requests_from_labels, thresholds_failed
     from ..judges import base
+    from ..judges.base import judge_label
     from ..judges.bias import ajudge_both_orders
-    from ..judges.config import judge_from_spec, judge_label
     from ..judges.jury import Jury, accuracy_weight
-    from ..judges.validate import agreement_report, requests_from_labels, thresholds_failed
+    from ..specs import judge_from_spec
 
     records = list(read_records(labels))
     bad = next((i for i, r in enumerate(records) if r.kind != "comparison"), None)
@@ -445,8 +447,8 @@ def revise(
     """Constitutional-AI critique -> revision: for each response, a principle, the model's
     critique, its revision; writes preference pairs (revision chosen over the original)."""
     from ..judges.base import judge_label
-    from ..judges.config import judge_from_spec
     from ..judges.revise import read_principles, revise_all, revision_records
+    from ..specs import judge_from_spec
 
     if not out and not db:
         raise bad_input("give --out FILE and/or --db URL for the preference pairs", as_json)

@@ -364,7 +364,7 @@ def generate(
     import orjson
 
     from ..serve.generate_outputs import generate_outputs, parse_endpoint
-    from ..train.online import resolve_prompts
+    from ..specs import resolve_prompts
 
     if out.suffix != ".jsonl":
         raise ValueError(f"--out {out}: expected a .jsonl file")

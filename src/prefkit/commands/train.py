@@ -118,8 +118,8 @@ def online(
     ReMax, REINFORCE, online DPO, online IPO, RAFT); each prompt computed once for its
     samples."""
     from ..models.load import save_model as save_pretrained
-    from ..rewards.sources import reward_from_spec
-    from ..train.online import resolve_model, resolve_prompts, train_online
+    from ..specs import resolve_model, resolve_prompts, reward_from_spec
+    from ..train.online import train_online
     from .common import bad_input, check_run_start
 
     cfg = config_from_cli(OnlineConfig, config, flags, set_, as_json,

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from ..evaluate.agreement import krippendorff_alpha_interval, krippendorff_alpha_nominal
+from .krippendorff import krippendorff_alpha_interval, krippendorff_alpha_nominal
 from .records import (
     Battle,
     Binary,

@@ -27,8 +27,9 @@ __all__ = ["TransformersJudge"]
 
 class TransformersJudge(TextJudge):
     """``TransformersJudge(model, tokenizer, name=..., template=..., ...)``, or
-    :meth:`from_pretrained` (a checkpoint folder, a tiny-model file or ``lab:TASK``). Requests
-    run one at a time in a worker thread (the model is used under a lock)."""
+    :meth:`from_pretrained` (a checkpoint folder or a tiny-model file; the lab's model through
+    :func:`prefkit.specs.judge_from_spec`, ``hf:lab:TASK``). Requests run one at a time in a
+    worker thread (the model is used under a lock)."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str,
                  template: str | JudgeTemplate | None = None, task: str = "compare",
@@ -50,15 +51,14 @@ class TransformersJudge(TextJudge):
     @classmethod
     def from_pretrained(cls, spec: str, **options: Any) -> TransformersJudge:
         """The model of ``spec``: a checkpoint folder or tiny-model file
-        (:func:`prefkit.models.load.load_model`) or ``lab:TASK`` (the lab's base model)."""
+        (:func:`prefkit.models.load.load_model`). The lab's base model (``lab:TASK``) is a spec
+        of the layer above: :func:`prefkit.specs.judge_from_spec` (``hf:lab:TASK``)."""
         if spec.startswith("lab:"):
-            from ..train.online import OnlineConfig, resolve_model
+            raise ValueError(f"{spec!r} names the lab's base model: build this judge with "
+                             f"prefkit.specs.judge_from_spec('hf:{spec}')")
+        from ..models.load import load_model
 
-            model, tokenizer = resolve_model(OnlineConfig(model=spec))
-        else:
-            from ..models.load import load_model
-
-            model, tokenizer = load_model(spec)
+        model, tokenizer = load_model(spec)
         options.setdefault("name", f"hf:{spec}")
         return cls(model.eval(), tokenizer, **options)
 

@@ -4,7 +4,7 @@
 model was trained for), verdict ``first`` / ``second`` by its sign, ``tie`` when the rewards are
 equal; ``grade``: the reward itself (``score``, unbounded); ``rank``: the responses sorted by
 reward, equal rewards sharing a tier. The source is any of
-:func:`prefkit.rewards.sources.reward_from_spec`'s (``rm:PATH``, ``gold:TASK``,
+:func:`prefkit.specs.reward_from_spec`'s (``rm:PATH``, ``gold:TASK``,
 ``implicit:POLICY``, ``python:module:function``): ``source(prompts, completions) -> [P, G]``.
 """
 

@@ -153,7 +153,7 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
     if method == "rlaif":  # AI feedback: a majority jury of the simulated LLM judges
         from ..judges.jury import Jury
         from ..judges.reward_source import JudgeReward
-        from ..judges.simulated import lab_judge_pool
+        from .simulated_judge import lab_judge_pool
 
         judges = lab_judge_pool(task.gold_reward, temperature=config.pool_scale / 3,
                                 seed=config.seed)

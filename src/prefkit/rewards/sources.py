@@ -22,6 +22,9 @@ text). Sources:
 
 :class:`RewardShaping` post-processes any source: a length penalty, normalization (per batch
 or with running moments) and clipping -- in that order.
+
+Spec strings (``rm:PATH``, ``gold:TASK``, ``judge:CONFIG`` ...) are resolved into these sources
+by :func:`prefkit.specs.reward_from_spec`, in the layer above.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from typing import Any, Protocol
 
 import torch
 
-from ..importing import import_function
 from ..losses import rl
 from ..models.packing import PromptGroup
 from .scoring import packed_outputs
@@ -49,7 +51,6 @@ __all__ = [
     "PairwiseJudgeReward",
     "RewardShaping",
     "RewardSource",
-    "reward_from_spec",
 ]
 
 
@@ -291,63 +292,3 @@ class BTPreference:
             raise ValueError(f"a preference compares 2 samples per prompt, got {r.shape[1]}")
         p = torch.sigmoid((r[:, 0] - r[:, 1]) / self.temperature)
         return torch.stack([p, 1.0 - p], dim=1)
-
-
-def _same_vocab(a: Any, b: Any) -> bool:
-    try:
-        return a is b or a.get_vocab() == b.get_vocab()
-    except AttributeError:
-        return False
-
-
-def reward_from_spec(spec: str, *, tokenizer: Any = None) -> Callable:
-    """A reward source from a CLI string:
-
-    * ``rm:PATH`` -- a saved :class:`~prefkit.rewards.RewardModel` (sampled ids scored directly
-      when its tokenizer is the policy's, else re-tokenized text); a GPM model becomes a
-      :class:`GPMPreference` (for ``online_ipo``);
-    * ``implicit:POLICY[,REFERENCE]`` -- the implicit reward of a DPO policy;
-    * ``gold:TASK`` -- a lab task's gold reward;
-    * ``python:module:function`` (or ``python:FILE.py:function``) --
-      ``function(prompt, completion) -> float``; the working folder is searched too;
-    * ``judge:CONFIG`` -- a pairwise judge (:func:`prefkit.judges.config.judge_from_spec`: an
-      LLM behind an OpenAI-compatible server, a lab judge, a jury ...): each sample's
-      round-robin win rate in its group, judged in both orders
-      (:class:`prefkit.judges.reward_source.JudgeReward`; RLAIF).
-    """
-    kind, _, arg = spec.partition(":")
-    if not arg:
-        raise ValueError(f"reward {spec!r}: expected KIND:ARGUMENT (rm:PATH, implicit:POLICY, "
-                         "gold:TASK, python:module:function or judge:CONFIG)")
-    if kind == "rm":
-        from .model import RewardModel
-
-        model = RewardModel.from_pretrained(arg)
-        same = tokenizer is None or _same_vocab(model.tokenizer, tokenizer)
-        if getattr(model, "head_kind", None) == "gpm":
-            if not same:
-                raise ValueError(f"reward {spec!r}: a GPM preference needs the policy's tokenizer")
-            return GPMPreference(model)
-        return ModelReward(model, model.tokenizer, same_tokenizer=same)
-    if kind == "implicit":
-        from .implicit import ImplicitReward
-
-        policy, _, ref = arg.partition(",")
-        model = ImplicitReward.from_paths(policy, ref or None)
-        return ModelReward(model, model.tokenizer,
-                           same_tokenizer=tokenizer is None or _same_vocab(model.tokenizer,
-                                                                           tokenizer))
-    if kind == "gold":
-        from ..lab.tasks import get_task
-
-        task = get_task(arg)
-        return FunctionReward(task.gold_reward, name=f"gold:{arg}")
-    if kind == "python":
-        return FunctionReward(import_function(arg), name=arg)
-    if kind == "judge":
-        from ..judges.config import judge_from_spec
-        from ..judges.reward_source import JudgeReward
-
-        return JudgeReward(judge_from_spec(arg), name=spec)
-    raise ValueError(f"reward {spec!r}: unknown kind {kind!r} (rm, implicit, gold, python or "
-                     "judge)")

@@ -963,34 +963,22 @@ def self_reward(policy: nn.Module, reference: nn.Module | None, tokenizer: Any, 
 
 
 def resolve_model(config: OnlineConfig) -> tuple[nn.Module, Any]:
-    """The policy and tokenizer of ``config.model``: a checkpoint / tiny-model file, or
-    ``lab:TASK`` for the lab's cached SFT model of that task (built on first use)."""
-    from ..models.load import LoraSettings, apply_lora, load_model
+    """The policy and tokenizer of ``config.model``: a checkpoint folder or tiny-model file
+    (with LoRA adapters when ``config.lora``). The lab's model (``lab:TASK``) is a spec of the
+    layer above: :func:`prefkit.specs.resolve_model` (what the CLI calls) resolves it."""
+    from ..models.load import LoraSettings, load_model
 
-    lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
     if config.model.startswith("lab:"):
-        from ..lab.base_model import build_base_model
-        from ..lab.tasks import get_task
-        from .reference import default_cache_dir
-
-        model, tokenizer, _ = build_base_model(get_task(config.model[4:]),
-                                               default_cache_dir().parent / "lab-base",
-                                               seed=config.seed)
-        return (apply_lora(model, lora) if lora else model), tokenizer
+        raise ValueError(f"model {config.model!r} names the lab's base model: load it with "
+                         "prefkit.specs.resolve_model(config) and pass model= and tokenizer=")
+    lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
     return load_model(config.model, dtype=config.dtype, lora=lora, seed=config.seed)
 
 
 def resolve_prompts(spec: str, *, seed: int = 0) -> list[Any]:
-    """Prompts from a file or dataset (:func:`read_prompts`) or ``lab:TASK[:N]`` (N sampled
-    prompts of a lab task, default 256)."""
+    """Prompts from a file or dataset (:func:`read_prompts`). A lab task's prompts
+    (``lab:TASK[:N]``) are a spec of the layer above: :func:`prefkit.specs.resolve_prompts`."""
     if spec.startswith("lab:"):
-        from ..lab.tasks import get_task
-
-        name, _, n = spec[4:].partition(":")
-        if n and not (n.isdigit() and int(n) > 0):
-            raise ValueError(f"prompts {spec!r}: N in lab:TASK:N must be a positive integer, "
-                             f"got {n!r}")
-        task = get_task(name)
-        rng = random.Random(seed)
-        return [task.sample_prompt(rng) for _ in range(int(n) if n else 256)]
+        raise ValueError(f"prompts {spec!r} name a lab task: sample them with "
+                         "prefkit.specs.resolve_prompts and pass prompts=")
     return read_prompts(spec)

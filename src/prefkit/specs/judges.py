@@ -1,10 +1,12 @@
-"""``--judge CONFIG``: a judge from a short spec or a config file.
+"""``--judge CONFIG``: a judge from a short spec or a config file (it was
+``prefkit.judges.config``; spec strings name objects of the lab, rewards and train layers, so
+they are resolved here, above them, and ``prefkit.judges`` takes built judges).
 
 Short specs:
 
 - ``http:MODEL@URL`` -- an OpenAI-compatible server (``http:qwen2.5-7b@http://127.0.0.1:8000/v1``);
 - ``lab:TASK:NAME`` -- a simulated judge of the lab's pool on that task's gold reward (``NAME``:
-  fair, positional, verbose, self_preferring; :func:`prefkit.judges.simulated.lab_judge_pool`,
+  fair, positional, verbose, self_preferring; :func:`prefkit.lab.simulated_judge.lab_judge_pool`,
   temperature :data:`LAB_JUDGE_TEMPERATURE`); ``lab:TASK:jury``: the four as a majority jury;
 - ``rm:PATH``, ``gold:TASK``, ``implicit:POLICY[,REF]`` -- a reward as a judge
   (:class:`~prefkit.judges.reward.RewardJudge`);
@@ -35,14 +37,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .base import FunctionJudge, Judge, judge_label
+from ..judges.base import FunctionJudge, Judge
 
-__all__ = ["judge_from_config", "judge_from_spec", "judge_label", "read_config"]
+__all__ = ["HTTP_FIELDS", "judge_from_config", "judge_from_spec", "read_config"]
 
 _FILE_SUFFIXES = (".json", ".yaml", ".yml", ".toml")
-LAB_JUDGE_TEMPERATURE = 0.1
-"""Noise of the ``lab:TASK:NAME`` judges: the lab annotators' (``LabConfig.pool_scale / 3``;
-lab gold rewards span about 0-1)."""
 HTTP_FIELDS = ("base_url", "model", "template", "task", "api", "temperature", "max_tokens",
                "top_p", "seed", "logprobs", "api_key_env", "concurrency", "rpm", "tpm",
                "timeout", "retries", "parse_retries")
@@ -90,7 +89,7 @@ def judge_from_spec(spec: str | Path, *, template: str | None = None, task: str 
                          "or KIND:ARGUMENT (http:MODEL@URL, lab:TASK:NAME, rm:PATH, gold:TASK, "
                          "implicit:POLICY, python:module:function)")
     if kind == "http":
-        from .http import parse_endpoint
+        from ..judges.http import parse_endpoint
 
         try:
             model, url = parse_endpoint(arg)
@@ -100,14 +99,14 @@ def judge_from_spec(spec: str | Path, *, template: str | None = None, task: str 
         return judge_from_config({"backend": "http", "model": model, "base_url": url,
                                   "template": template}, where=f"judge {text!r}", task=task)
     if kind == "lab":
+        from ..lab.simulated_judge import LAB_JUDGE_TEMPERATURE, lab_judge_pool
         from ..lab.tasks import get_task
-        from .simulated import lab_judge_pool
 
         task_name, _, name = arg.partition(":")
         pool = {j.name: j for j in lab_judge_pool(get_task(task_name).gold_reward,
                                                   temperature=LAB_JUDGE_TEMPERATURE)}
         if name == "jury":
-            from .jury import Jury
+            from ..judges.jury import Jury
 
             return Jury(list(pool.values()), aggregate="majority")
         if name not in pool:
@@ -115,8 +114,8 @@ def judge_from_spec(spec: str | Path, *, template: str | None = None, task: str 
                              f"{', '.join(pool)} or jury")
         return pool[name]
     if kind in ("rm", "gold", "implicit"):
-        from ..rewards.sources import reward_from_spec
-        from .reward import RewardJudge
+        from ..judges.reward import RewardJudge
+        from .rewards import reward_from_spec
 
         return RewardJudge(reward_from_spec(text), text)
     if kind == "python":
@@ -124,13 +123,11 @@ def judge_from_spec(spec: str | Path, *, template: str | None = None, task: str 
 
         return FunctionJudge(import_function(arg, kind="judge"), name=text)
     if kind == "genrm":
-        from .genrm import GenRMJudge
+        from ..judges.genrm import GenRMJudge
 
         return GenRMJudge(arg)
     if kind == "hf":
-        from .local import TransformersJudge
-
-        return TransformersJudge.from_pretrained(arg, template=template, task=task)
+        return _hf_judge(arg, template=template, task=task)
     raise ValueError(f"judge {text!r}: unknown kind {kind!r} (http, hf, genrm, lab, rm, "
                      "gold, implicit, python, or a config file)")
 
@@ -139,7 +136,7 @@ def judge_from_config(config: dict[str, Any], *, where: str = "judge config",
                       task: str = "compare") -> Judge:
     """A judge from a config object (module docstring)."""
     if "jury" in config:
-        from .jury import Jury
+        from ..judges.jury import Jury
 
         members = config["jury"]
         if not isinstance(members, list) or not members:
@@ -164,14 +161,12 @@ def judge_from_config(config: dict[str, Any], *, where: str = "judge config",
     if "spec" in config:
         return judge_from_spec(config["spec"], template=config.get("template"), task=task)
     if config.get("backend") == "hf":
-        from .local import TransformersJudge
-
         options = {k: v for k, v in config.items() if k not in ("backend", "model")}
         if not config.get("model"):
             raise ValueError(f"{where}: model: required for the hf backend (a checkpoint "
                              "folder, a model file or lab:TASK)")
         try:
-            return TransformersJudge.from_pretrained(config["model"], task=task, **options)
+            return _hf_judge(config["model"], task=task, **options)
         except TypeError as exc:
             raise ValueError(f"{where}: {exc}") from None
     backend = config.get("backend")
@@ -183,7 +178,7 @@ def judge_from_config(config: dict[str, Any], *, where: str = "judge config",
         for field in ("base_url", "model"):
             if not config.get(field):
                 raise ValueError(f"{where}: {field}: required for the http backend")
-        from .http import OpenAIJudge
+        from ..judges.http import OpenAIJudge
 
         options = {k: v for k, v in config.items() if k != "backend" and v is not None}
         options.setdefault("task", task)
@@ -194,3 +189,17 @@ def judge_from_config(config: dict[str, Any], *, where: str = "judge config",
     raise ValueError(f"{where}: expected \"backend\": \"http\" or \"hf\", a \"spec\" or a "
                      f"\"jury\", got {sorted(config)}")
 
+
+def _hf_judge(model: str, **options: Any) -> Judge:
+    """A local transformers judge on ``model``: a checkpoint folder or tiny-model file, or
+    ``lab:TASK`` (the lab's cached SFT model of that task, :func:`prefkit.specs.models.
+    lab_model`)."""
+    from ..judges.local import TransformersJudge
+
+    if model.startswith("lab:"):
+        from .models import lab_model
+
+        policy, tokenizer = lab_model(model[4:])
+        options.setdefault("name", f"hf:{model}")
+        return TransformersJudge(policy.eval(), tokenizer, **options)
+    return TransformersJudge.from_pretrained(model, **options)

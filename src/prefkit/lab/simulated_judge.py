@@ -26,7 +26,9 @@ Every random draw comes from a generator seeded by the judge's seed and the requ
 (:func:`prefkit.judges.base.cache_key`), so a judgment does not depend on how many requests run
 at once or in which order, and a cached re-run equals a fresh one.
 
-:func:`lab_judge_pool` builds a pool of differently biased judges on a lab gold reward.
+:func:`lab_judge_pool` builds a pool of differently biased judges on a lab gold reward. (They are
+part of the lab, built on its annotators, so they live here rather than in ``prefkit.judges``,
+which the lab imports; this module was ``prefkit.judges.simulated``.)
 """
 
 from __future__ import annotations
@@ -37,10 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from ..lab.annotators import GoldFn, SimulatedAnnotator
-from .base import JudgeRequest, Judgment, cache_key
+from ..judges.base import JudgeRequest, Judgment, cache_key
+from .annotators import GoldFn, SimulatedAnnotator
 
-__all__ = ["SimulatedJudge", "lab_judge_pool"]
+__all__ = ["LAB_JUDGE_TEMPERATURE", "SimulatedJudge", "lab_judge_pool"]
+
+LAB_JUDGE_TEMPERATURE = 0.1
+"""Noise of the ``lab:TASK:NAME`` judges (:func:`prefkit.specs.judge_from_spec`): the lab
+annotators' (``LabConfig.pool_scale / 3``; lab gold rewards span about 0-1)."""
 
 
 def _logit(p: float) -> float:

@@ -1,6 +1,7 @@
 """Does a judge agree with people? Accuracy, Cohen's kappa and the biases, from labels people
 gave (e.g. exported from a ``prefkit serve`` campaign) -- the check AlpacaEval users ask for
-before trusting a new judge (tatsu-lab/alpaca_eval #450).
+before trusting a new judge (tatsu-lab/alpaca_eval #450). (An evaluation of a judge, so it
+lives in ``evaluate``, above ``judges``; it was ``prefkit.judges.validate``.)
 
 Each labelled pair is judged in both orders (Balanced Position Calibration,
 :mod:`prefkit.judges.bias`); the judge's label is the calibrated winner ``a`` / ``b`` / ``tie``.
@@ -25,8 +26,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..data.records import Comparison, Outcome
-from .base import JudgeRequest
-from .bias import PairJudgment, length_report, position_report, self_preference_report
+from ..judges.base import JudgeRequest
+from ..judges.bias import (
+    PairJudgment,
+    length_report,
+    position_report,
+    self_preference_report,
+)
 
 __all__ = ["agreement_report", "human_label", "requests_from_labels", "thresholds_failed"]
 
@@ -56,8 +62,8 @@ def requests_from_labels(records: Sequence[Comparison]) -> list[JudgeRequest]:
 def agreement_report(pairs: Sequence[PairJudgment], records: Sequence[Comparison], *,
                      is_own: Callable[[str | None], bool] | None = None) -> dict[str, Any]:
     """The module docstring's figures for one judge's ``pairs`` (same order as ``records``)."""
-    from ..evaluate.agreement import cohen_kappa
-    from ..evaluate.winrate import wilson_interval
+    from .agreement import cohen_kappa
+    from .winrate import wilson_interval
 
     if len(pairs) != len(records):
         raise ValueError(f"{len(pairs)} judged pairs for {len(records)} labels")

@@ -1,0 +1,74 @@
+"""``--reward SPEC``: a reward source (:mod:`prefkit.rewards.sources`) from a spec string (it
+was ``prefkit.rewards.sources.reward_from_spec``; ``gold:`` names a lab task and ``judge:`` a
+judge, both layers above ``rewards``, so the string is resolved here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["reward_from_spec"]
+
+
+def _same_vocab(a: Any, b: Any) -> bool:
+    try:
+        return a is b or a.get_vocab() == b.get_vocab()
+    except AttributeError:
+        return False
+
+
+def reward_from_spec(spec: str, *, tokenizer: Any = None) -> Callable:
+    """A reward source from a CLI string:
+
+    * ``rm:PATH`` -- a saved :class:`~prefkit.rewards.RewardModel` (sampled ids scored directly
+      when its tokenizer is the policy's, else re-tokenized text); a GPM model becomes a
+      :class:`~prefkit.rewards.sources.GPMPreference` (for ``online_ipo``);
+    * ``implicit:POLICY[,REFERENCE]`` -- the implicit reward of a DPO policy;
+    * ``gold:TASK`` -- a lab task's gold reward;
+    * ``python:module:function`` (or ``python:FILE.py:function``) --
+      ``function(prompt, completion) -> float``; the working folder is searched too;
+    * ``judge:CONFIG`` -- a pairwise judge (:func:`prefkit.specs.judge_from_spec`: an
+      LLM behind an OpenAI-compatible server, a lab judge, a jury ...): each sample's
+      round-robin win rate in its group, judged in both orders
+      (:class:`prefkit.judges.reward_source.JudgeReward`; RLAIF).
+    """
+    from ..rewards.sources import FunctionReward, GPMPreference, ModelReward
+
+    kind, _, arg = spec.partition(":")
+    if not arg:
+        raise ValueError(f"reward {spec!r}: expected KIND:ARGUMENT (rm:PATH, implicit:POLICY, "
+                         "gold:TASK, python:module:function or judge:CONFIG)")
+    if kind == "rm":
+        from ..rewards.model import RewardModel
+
+        model = RewardModel.from_pretrained(arg)
+        same = tokenizer is None or _same_vocab(model.tokenizer, tokenizer)
+        if getattr(model, "head_kind", None) == "gpm":
+            if not same:
+                raise ValueError(f"reward {spec!r}: a GPM preference needs the policy's tokenizer")
+            return GPMPreference(model)
+        return ModelReward(model, model.tokenizer, same_tokenizer=same)
+    if kind == "implicit":
+        from ..rewards.implicit import ImplicitReward
+
+        policy, _, ref = arg.partition(",")
+        model = ImplicitReward.from_paths(policy, ref or None)
+        return ModelReward(model, model.tokenizer,
+                           same_tokenizer=tokenizer is None or _same_vocab(model.tokenizer,
+                                                                           tokenizer))
+    if kind == "gold":
+        from ..lab.tasks import get_task
+
+        task = get_task(arg)
+        return FunctionReward(task.gold_reward, name=f"gold:{arg}")
+    if kind == "python":
+        from ..importing import import_function
+
+        return FunctionReward(import_function(arg), name=arg)
+    if kind == "judge":
+        from ..judges.reward_source import JudgeReward
+        from .judges import judge_from_spec
+
+        return JudgeReward(judge_from_spec(arg), name=spec)
+    raise ValueError(f"reward {spec!r}: unknown kind {kind!r} (rm, implicit, gold, python or "
+                     "judge)")
