@@ -17,14 +17,15 @@ tests compare against.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from prefkit.models.arch import decoder_attention_mask
-from prefkit.models.packing import PackedBatch, PaddedBatch, additive_mask
+from prefkit.models.arch import attention_window, decoder_attention_mask, sliding_layer_types
+from prefkit.models.attention import FLEX_IMPLEMENTATION, packed_block_mask
+from prefkit.models.packing import PackedBatch, PaddedBatch, additive_mask, segment_mask
 from prefkit.models.prune import hidden_at
 
 __all__ = ["SequenceLogps", "sequence_logps", "sequence_logps_padded", "token_logps"]
@@ -161,8 +162,22 @@ def model_attention_mask(model: nn.Module, batch: Batch
     compute dtype (sdpa requires the mask dtype to match the queries). Models with sliding-window
     layers get the window added (a mapping per layer type where layers differ:
     :func:`prefkit.models.arch.decoder_attention_mask`).
+
+    Packed batches on other back-ends (:mod:`prefkit.models.attention`): a flex model gets a
+    ``BlockMask`` built from the segment ids (no dense mask is read or built); a
+    FlashAttention model gets no mask (a one-row :func:`~prefkit.models.packing.pack_sequences`
+    batch, whose ``position_ids`` restarts mark the sequences; a prefix-shared pack raises
+    ``ValueError``); a pack built without its dense mask gets it built from the segment ids.
     """
     mask = batch.attention_mask
+    if isinstance(batch, PackedBatch):
+        impl = _attn_implementation(model)
+        if impl == FLEX_IMPLEMENTATION:
+            return _flex_mask(model, batch)
+        if "flash" in impl:
+            return _flash_mask(batch, impl)
+        if mask is None:
+            mask = segment_mask(batch.token_group, batch.token_part, _compute_dtype(model))
     if mask.dim() != 4:
         return mask
     dtype = _compute_dtype(model)
@@ -174,6 +189,32 @@ def model_attention_mask(model: nn.Module, batch: Batch
     return decoder_attention_mask(model, mask, batch.position_ids)
 
 
+def _flex_mask(model: nn.Module, batch: PackedBatch) -> Any:
+    """The pack's ``BlockMask``; for sliding-window layers (when a row is longer than the
+    window) a windowed one, per layer type as :func:`~prefkit.models.arch.decoder_attention_mask`
+    does for the dense mask."""
+    mask = packed_block_mask(batch.token_group, batch.token_part)
+    config = getattr(_unwrap(model), "config", None)
+    kind = sliding_layer_types(config)
+    window = attention_window(config)
+    if kind == "none" or int(batch.position_ids.max()) < window:
+        return mask
+    windowed = packed_block_mask(batch.token_group, batch.token_part,
+                                 window=(batch.position_ids, window))
+    return windowed if kind == "all" else {"full_attention": mask,
+                                           "sliding_attention": windowed}
+
+
+def _flash_mask(batch: PackedBatch, impl: str) -> None:
+    """FlashAttention takes no 4D mask: only a one-row pack of independent sequences, whose
+    ``position_ids`` restarts transformers turns into sequence boundaries, can run on it."""
+    if batch.input_ids.shape[0] != 1 or bool((batch.token_part != 0).any()):
+        raise ValueError(f"{impl} cannot take a prefix-shared pack (it has no custom mask): "
+                         "build the batch with pack_sequences (no prefix sharing), or use "
+                         "attention 'sdpa' / 'flex'")
+    return None
+
+
 def _completion_logps_decoder(
     decoder: nn.Module,
     head: nn.Module,
@@ -183,9 +224,17 @@ def _completion_logps_decoder(
     recompute: bool | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = batch.logit_positions[:, 0], batch.logit_positions[:, 1]
-    # [N, H]: completion-predicting positions only (the last layer runs only there)
-    selected = hidden_at(decoder, rows, cols, input_ids=batch.input_ids, attention_mask=mask,
-                         position_ids=batch.position_ids, use_cache=False)
+    inputs = {"input_ids": batch.input_ids, "attention_mask": mask,
+              "position_ids": batch.position_ids, "use_cache": False}
+    if mask is None and isinstance(batch, PackedBatch):
+        # sequences marked by position_ids restarts only (FlashAttention): the pruned last
+        # layer would read "no mask" as one causal sequence, so the whole decoder runs
+        out = decoder(**inputs)
+        selected = (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])[
+            rows, cols]
+    else:
+        # [N, H]: completion-predicting positions only (the last layer runs only there)
+        selected = hidden_at(decoder, rows, cols, **inputs)
     if recompute is None:
         recompute = torch.is_grad_enabled() and selected.shape[0] > chunk_size
     return _chunked_logps(head, selected, batch.target_ids, chunk_size, recompute), selected

@@ -18,6 +18,15 @@ Both batch types carry the same flat index tensors for the log-prob hot path
 logits predict a completion token), ``target_ids`` (the predicted token) and ``segment``
 (``group * k_max + response``, the (group, response) each completion token belongs to).
 Truncation to a length budget: :func:`truncate_group` / :func:`truncate_groups`.
+
+A :class:`PackedBatch` also keeps per-token segment ids, ``token_group`` (the group, -1 for
+padding) and ``token_part`` (0 for a prompt token, ``k + 1`` for response ``k``), from which
+either mask is built: the dense one (:func:`segment_mask`, what ``sdpa`` gets on the CPU) or a
+flex-attention block mask without any ``L x L`` tensor
+(:func:`prefkit.models.attention.packed_block_mask`, GPUs). ``pack_groups(mask_dtype=None)``
+skips the dense mask. :func:`pack_sequences` is the layout without prefix sharing for
+FlashAttention-2: every (prompt, response) its own sequence in ONE padding-free row, with
+``position_ids`` restarting at 0 where each sequence starts.
 """
 
 from __future__ import annotations
@@ -34,8 +43,11 @@ __all__ = [
     "SkippedGroup",
     "TruncationReport",
     "additive_mask",
+    "document_segments",
     "pack_groups",
+    "pack_sequences",
     "pad_groups",
+    "segment_mask",
     "truncate_group",
     "truncate_groups",
 ]
@@ -111,13 +123,17 @@ class PackedBatch(_Targets):
     """Prompt-shared packed rows.
 
     Fields: ``input_ids [R, L]``, ``position_ids [R, L]``, ``attention_mask [R, 1, L, L]``
-    (additive float: 0 = attend, dtype-min = blocked; or bool: True = attend, sdpa only),
+    (additive float: 0 = attend, dtype-min = blocked; or bool: True = attend, sdpa only; None
+    when the pack was built without it), ``token_group [R, L]`` / ``token_part [R, L]`` (the
+    segment ids the mask is built from: module docstring),
     ``logit_positions [N, 2]``, ``target_ids [N]``, ``segment [N]``, ``k [G]``,
     ``completion_lengths [G, Kmax]``, ``group_rows [G]`` (the row each group sits in),
     ``group_offsets [G]`` (its first column) and ``n_tokens`` (non-pad tokens).
     """
 
-    attention_mask: torch.Tensor  # [R, 1, L, L]
+    attention_mask: torch.Tensor | None  # [R, 1, L, L]
+    token_group: torch.Tensor  # [R, L] long, -1 = padding
+    token_part: torch.Tensor  # [R, L] long, 0 = prompt, k + 1 = response k
     group_rows: torch.Tensor  # [G]
     group_offsets: torch.Tensor  # [G]
     n_tokens: int
@@ -187,13 +203,36 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
     return torch.where(allowed, zero, blocked)
 
 
+def segment_mask(
+    token_group: torch.Tensor, token_part: torch.Tensor, mask_dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The dense ``[R, 1, L, L]`` mask of the segment rule over ``[R, L]`` segment ids.
+
+    Query ``q`` may attend key ``k`` iff both are in the same group, ``k <= q``, and ``k`` is a
+    prompt token or in ``q``'s own response; a pad query (group -1) attends to itself only, so
+    no softmax row is empty. ``mask_dtype`` as in :func:`pack_groups`.
+    """
+    width = token_group.shape[1]
+    device = token_group.device
+    same_group = token_group[:, :, None] == token_group[:, None, :]
+    causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+    same_part = token_part[:, :, None] == token_part[:, None, :]
+    key_is_prompt = (token_part == 0)[:, None, :]
+    real_query = (token_group >= 0)[:, :, None]
+    allowed = same_group & causal & (key_is_prompt | same_part) & real_query
+    # Pad queries attend to themselves only, so no softmax row is empty.
+    allowed |= torch.eye(width, dtype=torch.bool, device=device)
+    allowed = allowed[:, None, :, :]
+    return allowed if mask_dtype == torch.bool else additive_mask(allowed, mask_dtype)
+
+
 def pack_groups(
     groups: Sequence[PromptGroup],
     *,
     max_length: int,
     pad_id: int,
     rows: int | None = None,
-    mask_dtype: torch.dtype = torch.float32,
+    mask_dtype: torch.dtype | None = torch.float32,
 ) -> PackedBatch:
     """Pack groups into rows of at most ``max_length`` tokens, each prompt computed once.
 
@@ -209,7 +248,10 @@ def pack_groups(
         mask_dtype: ``torch.float32`` / ``torch.bfloat16`` / ... for an additive mask (works
             with every attention implementation), or ``torch.bool`` (True = attend) which is
             correct with ``sdpa`` only -- eager attention adds the mask, so
-            :func:`~prefkit.models.logprobs.sequence_logps` converts a bool mask for eager.
+            :func:`~prefkit.models.logprobs.sequence_logps` converts a bool mask for eager;
+            or None: no dense mask (``attention_mask=None``; the flex path builds a block mask
+            from ``token_group`` / ``token_part``, any other path builds the dense mask from
+            them on the batch's device).
     """
     _check_groups(groups)
     sizes = [g.packed_length for g in groups]
@@ -272,16 +314,7 @@ def pack_groups(
                 segment.extend([g * k_max + k] * n_resp)
                 col += n_resp
 
-    same_group = tok_group[:, :, None] == tok_group[:, None, :]
-    causal = torch.ones((width, width), dtype=torch.bool).tril()
-    same_part = tok_part[:, :, None] == tok_part[:, None, :]
-    key_is_prompt = (tok_part == 0)[:, None, :]
-    real_query = (tok_group >= 0)[:, :, None]
-    allowed = same_group & causal & (key_is_prompt | same_part) & real_query
-    # Pad queries attend to themselves only, so no softmax row is empty.
-    allowed |= torch.eye(width, dtype=torch.bool)
-    allowed = allowed[:, None, :, :]
-    mask = allowed if mask_dtype == torch.bool else additive_mask(allowed, mask_dtype)
+    mask = None if mask_dtype is None else segment_mask(tok_group, tok_part, mask_dtype)
 
     pos_rows = [x for f in flat for x in f[0]]
     pos_cols = [x for f in flat for x in f[1]]
@@ -294,9 +327,70 @@ def pack_groups(
         k=torch.tensor([g.k for g in groups], dtype=torch.long),
         completion_lengths=completion_lengths,
         attention_mask=mask,
+        token_group=tok_group,
+        token_part=tok_part,
         group_rows=group_rows,
         group_offsets=group_offsets,
         n_tokens=sum(sizes),
+    )
+
+
+def document_segments(position_ids: torch.Tensor) -> torch.Tensor:
+    """``[R, L]`` document index of every token of rows whose ``position_ids`` restart at 0
+    where each document starts (the cumulative count of restarts, minus one): as segment ids
+    (``token_group`` = document, ``token_part`` = 0) the segment rule is the document-causal
+    mask FlashAttention-2 applies to such a row."""
+    return torch.cumsum((position_ids == 0).long(), dim=1) - 1
+
+
+def pack_sequences(groups: Sequence[PromptGroup]) -> PackedBatch:
+    """Every (group, response) as its own sequence ``prompt + response`` (the prompt repeated
+    K times: no prefix sharing) in ONE padding-free row, ``position_ids`` restarting at 0 per
+    sequence: the packed layout FlashAttention-2 reads from ``position_ids`` alone (no mask).
+
+    ``attention_mask`` is None; ``token_group`` is the sequence index
+    (:func:`document_segments` of the positions) and ``token_part`` is 0, so the dense or flex
+    mask built from them is the document-causal mask. ``group_rows`` is 0 and
+    ``group_offsets`` the column of each group's first sequence. The ``[G, ...]`` outputs and
+    the flat target tensors are those of :func:`pack_groups` for the same groups.
+    """
+    _check_groups(groups)
+    k_max = max(g.k for g in groups)
+    ids: list[int] = []
+    positions: list[int] = []
+    pos_cols: list[int] = []
+    targets: list[int] = []
+    segment: list[int] = []
+    offsets: list[int] = []
+    completion_lengths = torch.zeros((len(groups), k_max), dtype=torch.long)
+    for g, group in enumerate(groups):
+        offsets.append(len(ids))
+        n_prompt = len(group.prompt_ids)
+        for k, resp in enumerate(group.response_ids):
+            start = len(ids)
+            ids.extend(group.prompt_ids + resp)
+            positions.extend(range(n_prompt + len(resp)))
+            pos_cols.extend(range(start + n_prompt - 1, start + n_prompt + len(resp) - 1))
+            targets.extend(resp)
+            segment.extend([g * k_max + k] * len(resp))
+            completion_lengths[g, k] = len(resp)
+    position_ids = torch.tensor([positions], dtype=torch.long)
+    n = len(targets)
+    return PackedBatch(
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        position_ids=position_ids,
+        logit_positions=torch.stack([torch.zeros(n, dtype=torch.long),
+                                     torch.tensor(pos_cols, dtype=torch.long)], dim=1),
+        target_ids=torch.tensor(targets, dtype=torch.long),
+        segment=torch.tensor(segment, dtype=torch.long),
+        k=torch.tensor([g.k for g in groups], dtype=torch.long),
+        completion_lengths=completion_lengths,
+        attention_mask=None,
+        token_group=document_segments(position_ids),
+        token_part=torch.zeros_like(position_ids),
+        group_rows=torch.zeros(len(groups), dtype=torch.long),
+        group_offsets=torch.tensor(offsets, dtype=torch.long),
+        n_tokens=len(ids),
     )
 
 

@@ -58,6 +58,7 @@ T = TypeVar("T")
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("no", "bf16")
 SHARDINGS = ("ddp", "fsdp2")
+ATTENTIONS = ("auto", "sdpa", "flex")
 DTYPES = ("float32", "bfloat16")
 """Weight dtypes a training run loads its model in."""
 TRACKERS = ("jsonl", "tensorboard", "wandb")
@@ -222,6 +223,11 @@ class LoopConfig:
         "Both give the gradient of the mean loss over the global batch; a checkpoint of one "
         "resumes only with the same setting. With one process both train the model as is.",
         "ddp", choices=SHARDINGS)
+    attention: str = option(
+        "Attention back-end of the packed forward: 'auto' (flex_attention with a block mask on a "
+        "CUDA device when torch has it, else sdpa with the dense mask), 'sdpa' or 'flex' "
+        "(prefkit.models.attention; flex has no backward on the CPU). The same maths either way.",
+        "auto", choices=ATTENTIONS, identity=False)
     logging_steps: int = option(
         "Log every N optimizer steps (metrics averaged over the examples of those steps) to "
         "metrics.jsonl, the console and trackers.", 10, bounds=AT_LEAST_1, identity=False)
