@@ -267,8 +267,10 @@ def test_compiled_flex_uses_the_block_structure(monkeypatch):
     """The eager CPU kernel evaluates mask_mod everywhere and ignores the tiles; the compiled
     kernel (the GPU path's, here compiled for the CPU: ~20-60 s) skips untouched tiles and
     runs full tiles without mask_mod, so a wrong tile map would change its output."""
-    monkeypatch.setattr(attn, "_flex_function",
-                        lambda device: torch.compile(attn._flex_function(torch.device("cpu"))))
+    from torch.nn.attention.flex_attention import flex_attention
+
+    compiled = torch.compile(flex_attention)
+    monkeypatch.setattr(attn, "_flex_function", lambda device: compiled)
     monkeypatch.setattr(attn, "DEFAULT_BLOCK_SIZE", 16)
     groups = _groups(SHAPE * 2)
     model = _model(kv_heads=2)
@@ -280,3 +282,60 @@ def test_compiled_flex_uses_the_block_structure(monkeypatch):
         out = sequence_logps(model, sparse)
     assert torch.allclose(out.sum, ref.sum, atol=TOL, rtol=0)
     assert torch.allclose(out.per_token, ref.per_token, atol=TOL, rtol=0)
+
+
+def test_preference_trainer_packs_without_dense_mask_when_flex_is_chosen(tmp_path, monkeypatch):
+    """The trainer's ``attention`` option goes to use_attention with the run's device; when it
+    answers flex the collated packs carry no dense mask (flex builds its block mask on the
+    device). Run here with the model left on sdpa, which then builds the dense mask from the
+    segment ids: the same parameters as the default run."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prefkit.models.tokenizer import word_level_tokenizer
+    from prefkit.train import preference
+    from prefkit.train.preference import PreferenceConfig, train_preference
+
+    words = [f"w{i}" for i in range(20)]
+    word_level_tokenizer(words).save_pretrained(tmp_path / "model")
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=24, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)).save_pretrained(tmp_path / "model")
+    rows = [{"prompt": f"w{i} w{i + 1}", "chosen": f" w{i + 2} w{i + 3}",
+             "rejected": f" w{i + 4}"} for i in range(8)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(name, attention):
+        cfg = PreferenceConfig(
+            model=str(tmp_path / "model"), data=str(data), output_dir=str(tmp_path / name),
+            max_steps=2, batch_size=4, learning_rate=1e-2, save_steps=0, save_final=False,
+            progress=False, reference_cache="none", shuffle=False, seed=0,
+            attention=attention)
+        return train_preference(cfg).model
+
+    dtypes, calls = [], []
+    original_pack, original_use = preference.pack_groups, preference.use_attention
+
+    def pack(*args, **kwargs):
+        dtypes.append(kwargs.get("mask_dtype", "default"))
+        return original_pack(*args, **kwargs)
+
+    def use(model, choice, device):
+        calls.append((choice, torch.device(device).type))
+        original_use(model, "sdpa", device)
+        return "flex" if choice == "flex" else "sdpa"
+
+    monkeypatch.setattr(preference, "pack_groups", pack)
+    monkeypatch.setattr(preference, "use_attention", use)
+    dense = run("dense", "auto")
+    assert calls == [("auto", "cpu")] and set(dtypes) == {torch.float32}
+    dtypes.clear()
+    segments = run("segments", "flex")
+    assert calls[-1] == ("flex", "cpu") and set(dtypes) == {None}
+    for (name, p), (_, q) in zip(dense.named_parameters(), segments.named_parameters(),
+                                 strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name

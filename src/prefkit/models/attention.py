@@ -47,6 +47,7 @@ __all__ = [
     "segment_mask_mod",
     "select_attention",
     "use_attention",
+    "uses_flex",
 ]
 
 ATTENTION_CHOICES = ("auto", "sdpa", "flex")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from .. import losses
+from ..models.attention import use_attention
 from ..models.logprobs import sequence_logps
 from ..models.packing import PromptGroup, pack_groups, truncate_groups
 from .config import (
@@ -163,6 +164,7 @@ class PreferenceTask:
         self.pad_id = pad_id
         self.pack_length = pack_length
         self.chunk_size = chunk_size
+        self.mask_dtype: torch.dtype | None = torch.float32  # None: flex (no dense mask)
 
     # ---- data checks
     def check_example(self, example: PreferenceExample) -> str | None:
@@ -187,7 +189,8 @@ class PreferenceTask:
         if self.kind == "unpaired":
             groups += [it.shadow for it in items]
         capacity = max(self.pack_length or 0, max(g.packed_length for g in groups))
-        packed = pack_groups(groups, max_length=capacity, pad_id=self.pad_id)
+        packed = pack_groups(groups, max_length=capacity, pad_id=self.pad_id,
+                             mask_dtype=self.mask_dtype)
         k_max = max(it.group.k for it in items)
         scores = torch.full((len(items), k_max), float("-inf"))
         for i, it in enumerate(items):
@@ -357,6 +360,8 @@ def train_preference(config: PreferenceConfig, *, model: torch.nn.Module | None 
     eval_shadows = (_shadows(eval_groups, config.seed + 1)
                     if task.kind == "unpaired" and eval_groups else None)
     model.to(accelerator.device)
+    if use_attention(model, config.attention, accelerator.device) == "flex":
+        task.mask_dtype = None  # the block mask is built from the segment ids on the device
     ref_info = None
     ref = shadow_ref = eval_ref = eval_shadow_ref = None
     if task.needs_reference:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..models.attention import uses_flex
 from ..models.logprobs import sequence_logps
 from ..models.packing import PromptGroup, pack_groups
 from .fingerprint import cache_key, hash_groups, hash_weights
@@ -71,12 +72,15 @@ def compute_logps(model: torch.nn.Module, groups: Sequence[PromptGroup], *, pad_
     out = torch.zeros(len(groups), k_max)
     device = device or next(model.parameters()).device
     was_training = model.training
+    # a flex model builds its block mask from the segment ids: no dense mask to pack
+    mask_dtype = None if uses_flex(model) else torch.float32
     model.eval()
     try:
         for start in range(0, len(groups), batch_groups):
             chunk = list(groups[start:start + batch_groups])
             capacity = max(g.packed_length for g in chunk)
-            batch = pack_groups(chunk, max_length=capacity, pad_id=pad_id).to(device)
+            batch = pack_groups(chunk, max_length=capacity, pad_id=pad_id,
+                                mask_dtype=mask_dtype).to(device)
             lp = sequence_logps(model, batch, chunk_size=chunk_size)
             out[start:start + len(chunk), : lp.sum.shape[1]] = lp.sum.float().cpu()
     finally:

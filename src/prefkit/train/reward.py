@@ -33,6 +33,7 @@ import torch
 
 from .. import losses
 from ..data.records import Comparison, Outcome, Ranking, Rating
+from ..models.attention import use_attention
 from ..models.packing import PromptGroup, pack_groups, truncate_groups
 from ..rewards.heads import HEADS as _HEAD_CLASSES
 from .config import (
@@ -216,12 +217,14 @@ class RewardTask:
             self.data_kind = "pairs"
         self.keep_ties = "ties" in inputs
         self.pad_id = pad_id
+        self.mask_dtype: torch.dtype | None = torch.float32  # None: flex (no dense mask)
         self.pack_length = pack_length
 
     def collate(self, examples: list[RMExample]) -> dict[str, Any]:
         groups = [e.group for e in examples]
         capacity = max(self.pack_length or 0, max(g.packed_length for g in groups))
-        packed = pack_groups(groups, max_length=capacity, pad_id=self.pad_id)
+        packed = pack_groups(groups, max_length=capacity, pad_id=self.pad_id,
+                             mask_dtype=self.mask_dtype)
         k_max = max(g.k for g in groups)
         scores = torch.full((len(examples), k_max), float("-inf"))
         for i, e in enumerate(examples):
@@ -354,6 +357,8 @@ def train_reward(config: RewardConfig, *, model: torch.nn.Module | None = None,
         raise ValueError("a model passed directly needs its tokenizer too")
     task.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     accelerator = make_accelerator(config)
+    if use_attention(model.backbone, config.attention, accelerator.device) == "flex":
+        task.mask_dtype = None  # the block mask is built from the segment ids on the device
     report = DataReport()
     examples, truncation = _load(config.data, records, tokenizer, task, config, attributes,
                                  report)
