@@ -39,7 +39,8 @@ def _long_text(n_words: int, seed: int = 0) -> str:
 def test_encode_prompt_keeps_bos_and_the_last_tokens_of_a_huge_prompt(words):
     text = _long_text(400_000)  # ~1.3 MB
     spy = Spy(words)
-    ids, cut = encode_prompt_truncated(spy, text, 64)
+    # plain text as text (the fixture's chat template would wrap it: "auto")
+    ids, cut = encode_prompt_truncated(spy, text, 64, chat_template="never")
     assert cut and len(ids) == 64
     assert ids[0] == words.bos_token_id
     tail = text.split()[-63:]
@@ -48,8 +49,11 @@ def test_encode_prompt_keeps_bos_and_the_last_tokens_of_a_huge_prompt(words):
     # short prompts: unchanged, not flagged
     short = "w1 w2 w3"
     assert encode_prompt_truncated(words, short, 64) == (encode_prompt(words, short), False)
-    assert encode_prompt(words, short, max_length=3) == [words.bos_token_id,
-                                                        *words.convert_tokens_to_ids(["w2", "w3"])]
+    assert encode_prompt(words, short, max_length=3, chat_template="never") == [
+        words.bos_token_id, *words.convert_tokens_to_ids(["w2", "w3"])]
+    # "auto": the one user message through the template, its last tokens kept
+    assert encode_prompt(words, short, max_length=3) == [
+        words.bos_token_id, *words.convert_tokens_to_ids(["w3", "assistant"])]
 
 
 def test_bpe_tail_equals_the_tail_of_the_full_tokenization(bpe):

@@ -17,59 +17,17 @@ greedy decoding.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from .encoding import encode_prompt, encode_prompt_truncated  # re-exported: the one rule
+
 __all__ = ["encode_prompt", "encode_prompt_truncated", "gumbel_noise", "sample"]
 
 _MASK32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B
-
-
-def encode_prompt(tokenizer, prompt: Any, max_length: int | None = None) -> list[int]:
-    """Token ids of a prompt: ``tokenizer(prompt)`` with BOS prepended if the tokenizer has
-    one and did not add it (the word-level lab tokenizer adds none). A conversation (a list of
-    ``{role, content}`` messages) goes through the chat template with the generation prompt.
-    ``max_length``: keep BOS and the LAST ``max_length - 1`` tokens (see
-    :func:`encode_prompt_truncated`). Training code should encode prompts the same way."""
-    return encode_prompt_truncated(tokenizer, prompt, max_length)[0]
-
-
-def encode_prompt_truncated(tokenizer, prompt: Any, max_length: int | None
-                            ) -> tuple[list[int], bool]:
-    """:func:`encode_prompt` with a token budget; returns ``(ids, cut)``.
-
-    A prompt longer than ``max_length`` tokens keeps its last ones (left truncation, as the
-    training commands do) with BOS, when the tokenizer has one, kept first. The tokenizer only
-    sees a window of the prompt's characters proportional to the budget
-    (:func:`prefkit.models.bounded.bound_text`), so a 10 MB prompt costs what its last
-    ``max_length`` tokens cost."""
-    from .bounded import bound_text, preview
-    from .load import format_prompt
-
-    if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
-    conversational = not isinstance(prompt, str)
-    if conversational and not getattr(tokenizer, "chat_template", None):
-        raise ValueError("a conversational prompt (a list of messages) needs a tokenizer with a "
-                         "chat template; this tokenizer has none")
-    prompt, cut = bound_text(tokenizer, prompt, max_length, keep="tail")
-    text = format_prompt(tokenizer, prompt)
-    ids = list(tokenizer(text, add_special_tokens=not conversational)["input_ids"])
-    bos = tokenizer.bos_token_id
-    if bos is not None and (not ids or ids[0] != bos):
-        ids = [bos, *ids]
-    if max_length is not None and len(ids) > max_length:
-        head = [bos] if bos is not None and max_length > 1 else []
-        ids = head + ids[len(ids) - (max_length - len(head)):]
-        cut = True
-    if not ids:
-        raise ValueError(f"prompt {preview(prompt)} encodes to no tokens and the tokenizer has "
-                         "no BOS")
-    return ids, cut
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
@@ -156,13 +114,16 @@ def sample(
     return_ids: bool = False,
     row_offset: int = 0,
     max_prompt_length: int | None = None,
+    chat_template: str = "auto",
 ) -> list[list[str]] | tuple[list[list[str]], list[list[list[int]]]]:
     """``k`` completions for each prompt, as text without the prompt.
 
     Args:
         model: any ``AutoModelForCausalLM`` (left padding + ``attention_mask``; put it on the
             device you want, it is used in eval mode and its mode restored afterwards).
-        tokenizer: its tokenizer; prompts are encoded with :func:`encode_prompt`.
+        tokenizer: its tokenizer; prompts are encoded with
+            :func:`prefkit.models.encoding.encode_prompt` (``chat_template``: ``"auto"``, the
+            chat template for plain text too when the tokenizer has one, or ``"never"``).
         prompts: plain-text prompts, or conversations (lists of ``{role, content}`` messages,
             rendered with the chat template).
         k: completions per prompt.
@@ -196,7 +157,8 @@ def sample(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     if pad_id is None:
         raise ValueError("the tokenizer has neither a pad nor an EOS token")
-    encoded = [encode_prompt(tokenizer, p, max_prompt_length) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, max_prompt_length, chat_template=chat_template)
+               for p in prompts]
     rows = [encoded[r // k] for r in range(len(encoded) * k)]
     device = next(model.parameters()).device
     config = GenerationConfig(

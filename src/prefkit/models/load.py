@@ -351,11 +351,8 @@ def format_prompt(
     tokenizer: PreTrainedTokenizerBase, prompt: str | Sequence[Mapping[str, str]]
 ) -> str:
     """Prompt text: a plain string as is; ``{role, content}`` messages via the chat template
-    with the generation prompt appended."""
-    if isinstance(prompt, str):
-        return prompt
-    messages = [dict(m) for m in prompt]
-    for i, message in enumerate(messages):
-        if "role" not in message or "content" not in message:
-            raise ValueError(f"prompt message {i} needs 'role' and 'content', got {message}")
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    with the generation prompt (:func:`prefkit.models.encoding.render_prompt` with
+    ``chat_template="never"``: what a raw-text completion request sends)."""
+    from .encoding import render_prompt
+
+    return render_prompt(tokenizer, prompt, "never")[0]

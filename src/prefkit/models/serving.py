@@ -163,9 +163,10 @@ class ModelServer:
         self.lock = threading.Lock()
 
     def encode(self, prompt: Any) -> list[int]:
-        """A prompt's token ids, exactly as :func:`sample` encodes it."""
+        """A prompt's token ids, exactly as :func:`sample` encodes it: messages through the chat
+        template; a string is raw text (a completions request), never templated."""
         try:
-            return encode_prompt(self.tokenizer, prompt)
+            return encode_prompt(self.tokenizer, prompt, chat_template="never")
         except ValueError as exc:
             raise APIError(400, str(exc)) from None
 
@@ -207,7 +208,7 @@ class ModelServer:
             _, ids = sample(
                 self.model, self.tokenizer, list(prompts), k=n, max_new_tokens=max_tokens,
                 temperature=temperature, top_p=top_p, seed=seed, batch_size=self.max_batch,
-                return_ids=True,
+                return_ids=True, chat_template="never",
             )
             choices = [self._choice(i, row, stops) for i, group in enumerate(ids)
                        for row in group]

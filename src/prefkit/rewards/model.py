@@ -3,7 +3,7 @@
 :class:`RewardModel` wraps the decoder of any ``AutoModelForCausalLM`` (``get_decoder()``,
 e.g. ``LlamaModel``) and a head from :mod:`prefkit.rewards.heads`. The reward of a
 response is read from the final hidden state of its LAST token (for training data that is the
-EOS appended by :func:`~prefkit.train.preference_data.tokenize_example`).
+EOS appended by :func:`~prefkit.models.encoding.tokenize_example`).
 
 Batch layouts (all give the same rewards to ~1e-6):
 
@@ -35,6 +35,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from prefkit.models.bounded import bound_text
+from prefkit.models.encoding import tokenize_example
 from prefkit.models.load import (
     LoraSettings,
     load_model,
@@ -357,10 +358,10 @@ class RewardModel(nn.Module):
 
     # ------------------------------------------------------------------ scoring
     @staticmethod
-    def _group(tokenizer: PreTrainedTokenizerBase, prompt: Any, response: Any, i: int):
-        from prefkit.train.preference_data import tokenize_example
-
-        example = tokenize_example(tokenizer, prompt, [response], index=i)
+    def _group(tokenizer: PreTrainedTokenizerBase, prompt: Any, response: Any, i: int,
+               chat_template: str = "auto"):
+        example = tokenize_example(tokenizer, prompt, [response], index=i,
+                                   chat_template=chat_template)
         prompt_ids, completion = list(example.prompt_ids), list(example.response_ids[0])
         if not completion and tokenizer.eos_token_id is not None:
             completion = [tokenizer.eos_token_id]  # an empty response is scored at EOS
@@ -380,6 +381,7 @@ class RewardModel(nn.Module):
         tokenizer: PreTrainedTokenizerBase | None = None,
         batch_size: int = 16,
         max_length: int | None = None,
+        chat_template: str = "auto",
     ) -> RewardOutput:
         """:meth:`score` returning the full :class:`RewardOutput` (G = N, Kmax = 1)."""
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
@@ -391,7 +393,7 @@ class RewardModel(nn.Module):
             prompts = [bound_text(tokenizer, p, max_length, keep="tail")[0] for p in prompts]
             responses = [bound_text(tokenizer, r, max_length, keep="head")[0] for r in responses]
         pairs = enumerate(zip(prompts, responses, strict=True))
-        groups = [self._group(tokenizer, p, r, i) for i, (p, r) in pairs]
+        groups = [self._group(tokenizer, p, r, i, chat_template) for i, (p, r) in pairs]
         if max_length is not None:
             groups = [_truncate(g, max_length, i) for i, g in enumerate(groups)]
         pad_id = tokenizer.pad_token_id
@@ -419,11 +421,13 @@ class RewardModel(nn.Module):
         tokenizer: PreTrainedTokenizerBase | None = None,
         batch_size: int = 16,
         max_length: int | None = None,
+        chat_template: str = "auto",
     ) -> torch.Tensor:
         """Rewards ``[N]`` of ``(prompts[i], responses[i])`` in input order, no grad, eval mode.
 
-        Tokenized like training data (:func:`~prefkit.train.preference_data.tokenize_example`:
-        the prompt (chat template for messages) once, the completion is what follows, EOS
+        Tokenized like training data (:func:`~prefkit.models.encoding.tokenize_example`: the
+        prompt once -- through the chat template for messages, and for plain text when the
+        tokenizer has one and ``chat_template="auto"`` -- the completion is what follows, EOS
         appended); sequences are packed ``batch_size`` at a time (the result does not depend
         on ``batch_size``). ``max_length`` keeps the LAST ``max_length - 1`` prompt tokens and
         cuts the response so the sequence fits (only a window of each text proportional to
@@ -431,7 +435,8 @@ class RewardModel(nn.Module):
         ``tokenizer`` defaults to ``self.tokenizer``.
         """
         out = self.score_outputs(
-            prompts, responses, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length
+            prompts, responses, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+            chat_template=chat_template,
         )
         return out.rewards[:, 0]
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..models.bounded import bound_text, model_max_length
+from ..models.encoding import tokenize_example
 from ..models.packing import PromptGroup, pack_groups
 
 __all__ = ["DEFAULT_MAX_LENGTH", "Truncation", "default_max_length", "fit_group",
@@ -116,13 +117,12 @@ def packed_outputs(model: Any, groups: Sequence[PromptGroup], *, pad_id: int,
 
 
 def tokenize_groups(tokenizer: Any, prompts: Sequence[Any], responses: Sequence[Sequence[Any]],
-                    *, max_length: int | None = None, max_prompt_length: int | None = None
-                    ) -> tuple[list[PromptGroup], Truncation]:
+                    *, max_length: int | None = None, max_prompt_length: int | None = None,
+                    chat_template: str = "auto") -> tuple[list[PromptGroup], Truncation]:
     """One :class:`PromptGroup` per prompt (its responses as completions, tokenized like training
-    data: :func:`~prefkit.train.preference_data.tokenize_example`; an empty completion is EOS),
-    fitted to the budget (module docstring); ``max_length=None``: no budget."""
-    from ..train.preference_data import tokenize_example
-
+    data: :func:`~prefkit.models.encoding.tokenize_example`, ``chat_template`` ``"auto"`` or
+    ``"never"``; an empty completion is EOS), fitted to the budget (module docstring);
+    ``max_length=None``: no budget."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} response lists")
     report = Truncation(max_length, max_prompt_length, groups=len(prompts))
@@ -132,7 +132,7 @@ def tokenize_groups(tokenizer: Any, prompts: Sequence[Any], responses: Sequence[
     for i, (prompt, resp) in enumerate(zip(prompts, responses, strict=True)):
         prompt = bound_text(tokenizer, prompt, prompt_chars, keep="tail")[0]
         resp = [bound_text(tokenizer, r, max_length, keep="head")[0] for r in resp]
-        ex = tokenize_example(tokenizer, prompt, resp, index=i)
+        ex = tokenize_example(tokenizer, prompt, resp, index=i, chat_template=chat_template)
         fixed = [r if r else [tokenizer.eos_token_id] for r in ex.response_ids]
         group = PromptGroup(ex.prompt_ids or [fixed[0][0]], fixed)
         if max_length is not None:
@@ -162,16 +162,18 @@ def score_prompt_groups(model: Any, groups: Sequence[PromptGroup], *, pad_id: in
 
 def score_groups(model: Any, prompts: Sequence[Any], responses: Sequence[Sequence[Any]], *,
                  tokenizer: Any = None, batch_size: int = 16, with_lengths: bool = False,
-                 max_length: int | None = None, max_prompt_length: int | None = None
+                 max_length: int | None = None, max_prompt_length: int | None = None,
+                 chat_template: str = "auto"
                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``[N, Kmax]`` float32 rewards of ``responses[i]`` to ``prompts[i]`` (NaN where absent);
     with ``with_lengths`` also the ``[N, Kmax]`` completion token counts. ``max_length`` /
-    ``max_prompt_length``: the token budget (module docstring; None: no budget)."""
+    ``max_prompt_length``: the token budget (module docstring; None: no budget).
+    ``chat_template``: the prompt-encoding mode (:mod:`prefkit.models.encoding`)."""
     tokenizer = tokenizer or model.tokenizer
     if tokenizer is None:
         raise ValueError("score_groups needs a tokenizer (none given, none saved with the model)")
     groups, _ = tokenize_groups(tokenizer, prompts, responses, max_length=max_length,
-                                max_prompt_length=max_prompt_length)
+                                max_prompt_length=max_prompt_length, chat_template=chat_template)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rewards, lengths = score_prompt_groups(model, groups, pad_id=pad, batch_size=batch_size)
     return (rewards, lengths) if with_lengths else rewards

@@ -4,11 +4,13 @@ One :class:`PreferenceExample` per usable record: the prompt's token ids once, a
 of its ``K`` responses (``K = 2`` for a comparison, ``K`` for a ranking, ``1`` for a binary
 KTO-style record), with a score per response (higher = better) or a desirable label.
 
-Tokenization follows the rule that keeps training and generation consistent: the prompt is
-rendered (chat template for conversations, with the generation prompt), ``prompt + response`` is
-tokenized as one string, and the completion is whatever follows the longest prefix the prompt's
-own tokenization shares with every ``prompt + response`` (so BPE merges across the boundary
-cannot put prompt text into a completion). EOS is appended to every completion.
+Tokenization is :func:`prefkit.models.encoding.tokenize_example` -- the one prompt-encoding
+rule of training, rollouts, reward scoring and judges: the prompt is rendered (the chat template
+with the generation prompt for conversations, and for plain text when the tokenizer has one,
+unless ``chat_template="never"``), ``prompt + response`` is tokenized as one string, and the
+completion is whatever follows the longest prefix the prompt's own tokenization shares with
+every ``prompt + response``. EOS is appended to every completion. (``tokenize_example`` and
+``PreferenceExample`` are re-exported here.)
 
 Records that cannot train are skipped and counted in :class:`DataReport` (ties and "both bad"
 comparisons, rankings with fewer than two ranked responses, empty completions) -- never silently.
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.records import Binary, Comparison, Outcome, Ranking
-from ..models.bounded import bound_text
+from ..models.encoding import PreferenceExample, check_chat_template, tokenize_example
 
 __all__ = ["DataReport", "PreferenceExample", "length_budgets", "records_to_examples",
            "tokenize_example", "truncation_dict", "truncation_note"]
@@ -45,28 +47,6 @@ def length_budgets(max_length: int | None, max_prompt_length: int | None
     response keeps fewer than ``max_length``. None: no limit."""
     prompt = max_prompt_length if max_prompt_length is not None else max_length
     return prompt, max_length
-
-
-@dataclass(slots=True)
-class PreferenceExample:
-    """A tokenized prompt group. ``scores[k]`` ranks response ``k`` (higher is better; equal =
-    tie); ``label`` is set for unpaired (binary) records."""
-
-    index: int
-    record_id: str | None
-    prompt_ids: list[int]
-    response_ids: list[list[int]]
-    scores: list[float]
-    label: bool | None = None
-
-    @property
-    def k(self) -> int:
-        return len(self.response_ids)
-
-    @property
-    def n_tokens(self) -> int:
-        """Tokens in the prefix-shared layout: the prompt once plus every response."""
-        return len(self.prompt_ids) + sum(len(r) for r in self.response_ids)
 
 
 @dataclass
@@ -108,69 +88,14 @@ def _texts(record) -> tuple[Any, list[Any], list[float], bool | None] | str:
     return f"unsupported_{getattr(record, 'kind', type(record).__name__)}"
 
 
-def _render(tokenizer, prompt, response) -> tuple[str, str, bool]:
-    """(prompt text, response text, conversational) with the chat template for messages."""
-    if isinstance(prompt, str) and isinstance(response, str):
-        return prompt, response, False
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    reply = ([{"role": "assistant", "content": response}] if isinstance(response, str)
-             else list(response))
-    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                                add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages + reply, tokenize=False)
-    if not full.startswith(prompt_text):
-        # the template renders the prompt differently once a reply follows: take the reply's
-        # rendering on its own
-        full = prompt_text + tokenizer.apply_chat_template(reply, tokenize=False)
-    return prompt_text, full[len(prompt_text):], True
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def tokenize_example(tokenizer, prompt, responses: list, *, index: int = 0,
-                     record_id: str | None = None, scores: list[float] | None = None,
-                     label: bool | None = None, max_prompt_tokens: int | None = None,
-                     max_response_tokens: int | None = None) -> PreferenceExample:
-    """Tokenize one prompt group (module docstring). Completions may come out empty (e.g. an
-    empty response): callers skip those. ``max_prompt_tokens`` / ``max_response_tokens``
-    (:func:`length_budgets`): only what a truncation to that many tokens keeps is tokenized
-    (prompt: its end; responses: their start), plus a margin; the ids then hold at least the
-    tokens the truncation keeps, equal to those of the whole text."""
-    prompt = bound_text(tokenizer, prompt, max_prompt_tokens, keep="tail")[0]
-    responses = [bound_text(tokenizer, r, max_response_tokens, keep="head")[0]
-                 for r in responses]
-    rendered = [_render(tokenizer, prompt, r) for r in responses]
-    prompt_text, conversational = rendered[0][0], rendered[0][2]
-    special = not conversational  # chat templates already carry their special tokens
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=special)["input_ids"]
-    full_ids = [tokenizer(prompt_text + text, add_special_tokens=special)["input_ids"]
-                for _, text, _ in rendered]
-    shared = min(_common_prefix(prompt_ids, f) for f in full_ids)
-    eos = tokenizer.eos_token_id
-    response_ids = []
-    for f in full_ids:
-        completion = list(f[shared:])
-        if completion and eos is not None and completion[-1] != eos:
-            completion.append(eos)
-        response_ids.append(completion)
-    return PreferenceExample(index=index, record_id=record_id, prompt_ids=list(prompt_ids[:shared]),
-                             response_ids=response_ids,
-                             scores=list(scores) if scores is not None else [0.0] * len(responses),
-                             label=label)
-
-
 def records_to_examples(records: Iterable, tokenizer, report: DataReport | None = None, *,
-                        max_length: int | None = None, max_prompt_length: int | None = None
-                        ) -> list[PreferenceExample]:
+                        max_length: int | None = None, max_prompt_length: int | None = None,
+                        chat_template: str = "auto") -> list[PreferenceExample]:
     """Tokenize every usable record (module docstring); the rest are counted in ``report``.
     ``max_length`` / ``max_prompt_length``: the truncation that will follow (bounds the text
-    tokenized, :func:`length_budgets`)."""
+    tokenized, :func:`length_budgets`). ``chat_template``: ``"auto"`` or ``"never"``
+    (:data:`prefkit.models.encoding.CHAT_TEMPLATE_MODES`)."""
+    check_chat_template(chat_template)
     prompt_budget, response_budget = length_budgets(max_length, max_prompt_length)
     report = report if report is not None else DataReport()
     out = []
@@ -187,7 +112,8 @@ def records_to_examples(records: Iterable, tokenizer, report: DataReport | None 
         example = tokenize_example(tokenizer, prompt, responses, index=index,
                                    record_id=getattr(record, "id", None), scores=scores,
                                    label=label, max_prompt_tokens=prompt_budget,
-                                   max_response_tokens=response_budget)
+                                   max_response_tokens=response_budget,
+                                   chat_template=chat_template)
         eos = tokenizer.eos_token_id
         if any(not r or r == [eos] for r in example.response_ids):
             report.skip("empty_completion", index)

@@ -14,10 +14,16 @@
   prompts were cut to ``max_prompt_length`` and which completions hit the length limit, were
   cut by a stop string or came out empty.
 
-Prompts are text or conversations (lists of ``{role, content}`` messages, rendered with the
-chat template); a prompt longer than ``SamplingSettings.max_prompt_length`` tokens keeps its
+Prompts are text or conversations (lists of ``{role, content}`` messages), encoded by the one
+rule training data also follows (:mod:`prefkit.models.encoding`): conversations, and plain text
+when the tokenizer has a chat template (``SamplingSettings.chat_template="auto"``, the default),
+go through the chat template with the generation prompt -- so an online run on a chat model
+samples from its template, and its prompt ids are those offline training gives the same
+conversation. A prompt longer than ``SamplingSettings.max_prompt_length`` tokens keeps its
 last tokens (BOS first), and only a window of its characters proportional to that budget is
-ever tokenized (:func:`prefkit.models.generate.encode_prompt_truncated`).
+ever tokenized (:func:`prefkit.models.encoding.encode_prompt_truncated`). Another backend
+(vLLM) must encode prompts the same way (:func:`prefkit.models.encoding.encode_prompt`) and
+generate from those token ids.
 
 Completions are scored by the policy in training with the prompt computed ONCE for its
 ``G`` completions (:meth:`Rollout.groups` gives prefix-shared :class:`PromptGroup` rows).
@@ -33,7 +39,8 @@ from typing import Any, Protocol
 
 import torch
 
-from ..models.generate import encode_prompt_truncated, sample
+from ..models.encoding import check_chat_template, encode_prompt_truncated
+from ..models.generate import sample
 from ..models.packing import PromptGroup
 
 __all__ = ["GenerationBackend", "Rollout", "SamplingSettings", "TransformersBackend",
@@ -43,7 +50,8 @@ __all__ = ["GenerationBackend", "Rollout", "SamplingSettings", "TransformersBack
 @dataclass
 class SamplingSettings:
     """How completions are sampled (``max_prompt_length``: prompt tokens kept, the last ones;
-    None: no limit)."""
+    None: no limit; ``chat_template``: ``"auto"`` -- plain-text prompts use the tokenizer's chat
+    template when it has one -- or ``"never"``; :mod:`prefkit.models.encoding`)."""
 
     max_new_tokens: int = 32
     temperature: float = 1.0
@@ -52,6 +60,10 @@ class SamplingSettings:
     stop: list[str] = field(default_factory=list)
     batch_size: int = 64
     max_prompt_length: int | None = None
+    chat_template: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_chat_template(self.chat_template)
 
 
 class GenerationBackend(Protocol):
@@ -75,7 +87,8 @@ class TransformersBackend:
                             max_new_tokens=s.max_new_tokens,
                             temperature=0.0 if greedy else s.temperature, top_k=s.top_k,
                             top_p=s.top_p, seed=seed, batch_size=s.batch_size, return_ids=True,
-                            row_offset=row_offset, max_prompt_length=s.max_prompt_length)
+                            row_offset=row_offset, max_prompt_length=s.max_prompt_length,
+                            chat_template=s.chat_template)
         return texts, ids
 
 
@@ -155,8 +168,8 @@ def collect_rollout(backend: GenerationBackend, model: Any, tokenizer: Any,
         trunc.append(row_trunc)
         empty.append(row_empty)
         stopped.append(row_stop)
-    encoded = [encode_prompt_truncated(tokenizer, p, settings.max_prompt_length)
-               for p in prompts]
+    encoded = [encode_prompt_truncated(tokenizer, p, settings.max_prompt_length,
+                                       chat_template=settings.chat_template) for p in prompts]
     return Rollout(prompts=list(prompts), prompt_ids=[ids for ids, _ in encoded],
                    completions=out_texts, completion_ids=out_ids,
                    truncated=torch.tensor(trunc, dtype=torch.bool),
