@@ -7,7 +7,8 @@ Short specs:
 - ``http:MODEL@URL`` -- an OpenAI-compatible server (``http:qwen2.5-7b@http://127.0.0.1:8000/v1``);
 - ``lab:TASK:NAME`` -- a simulated judge of the lab's pool on that task's gold reward (``NAME``:
   fair, positional, verbose, self_preferring; :func:`prefkit.lab.simulated_judge.lab_judge_pool`,
-  temperature :data:`LAB_JUDGE_TEMPERATURE`); ``lab:TASK:jury``: the four as a majority jury;
+  temperature :data:`~prefkit.lab.simulated_judge.LAB_JUDGE_TEMPERATURE`); ``lab:TASK:jury``: the
+  four as a majority jury;
 - ``rm:PATH``, ``gold:TASK``, ``implicit:POLICY[,REF]`` -- a reward as a judge
   (:class:`~prefkit.judges.reward.RewardJudge`);
 - ``python:module:function`` -- :class:`~prefkit.judges.base.FunctionJudge`;
