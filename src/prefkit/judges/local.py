@@ -7,10 +7,13 @@ With ``logprobs=N`` (default 5) the verdict is soft: ``p_first`` comes from the 
 letter's token alternatives (:func:`~prefkit.judges.text.soft_p_first`): the model's own
 probabilities of ``A`` / ``B`` / ``C`` at the position where it wrote its verdict.
 
-The chat messages go through the tokenizer's chat template when it has one, else they are
-joined as ``"role: content"`` lines ending in ``"assistant:"``
-(:func:`~prefkit.models.serving.plain_chat_prompt`); ``prompt_format="plain"`` sends the
-template's text with no roles (models without chat training, e.g. the lab's).
+The chat messages are encoded by the rule training and rollouts use
+(:func:`prefkit.models.encoding.encode_prompt`): through the tokenizer's chat template, with the
+generation prompt and BOS once, when it has one -- the judge sees a conversation as the same ids
+a policy trained on it would -- else they are joined as ``"role: content"`` lines ending in
+``"assistant:"`` (:func:`~prefkit.models.serving.plain_chat_prompt`); ``prompt_format="plain"``
+sends the template's text with no roles as raw text, never templated (models without chat
+training, e.g. the lab's).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..models.encoding import has_chat_template
 from ..models.serving import APIError, ModelServer, plain_chat_prompt
 from .templates import JudgeTemplate
 from .text import CallError, Completion, TextJudge
@@ -70,7 +74,7 @@ class TransformersJudge(TextJudge):
     def _prompt(self, messages: list[dict[str, str]]) -> Any:
         if self.prompt_format == "plain":
             return "\n\n".join(m["content"] for m in messages) + "\n"
-        if getattr(self.server.tokenizer, "chat_template", None):
+        if has_chat_template(self.server.tokenizer):
             return messages
         return plain_chat_prompt(messages)
 
