@@ -26,6 +26,7 @@ from prefkit.models.packing import (
     document_segments,
     pack_groups,
     pack_sequences,
+    packed_groups,
     pad_groups,
     segment_mask,
 )
@@ -228,7 +229,8 @@ def test_padding_free_layout_for_flash_attention(monkeypatch):
     (dense for sdpa, a block mask for flex) and through transformers' own reading of the
     restarts (the FA2 dispatch: no mask, position_ids only; run here by sdpa, which detects
     the packed sequences from position_ids as FA2 does), the log-probs equal the padded
-    forward's to 1e-5."""
+    forward's to 1e-5. A prefix-shared pack given to the FA2 dispatch is re-laid out this way
+    first (packed_groups inverts pack_groups)."""
     from transformers.modeling_flash_attention_utils import _is_packed_sequence
 
     groups = _groups([(5, [4]), (9, [2]), (1, [7]), (12, [3]), (3, [5, 1, 2])])
@@ -251,12 +253,15 @@ def test_padding_free_layout_for_flash_attention(monkeypatch):
         monkeypatch.setattr(logprobs, "_attn_implementation", lambda m: "flash_attention_2")
         assert model_attention_mask(model, batch) is None
         by_positions = sequence_logps(model, batch)
+        shared = pack_groups(groups, max_length=32, pad_id=PAD)
         with pytest.raises(ValueError, match="pack_sequences"):
-            model_attention_mask(model, pack_groups(groups, max_length=64, pad_id=PAD))
+            model_attention_mask(model, shared)
+        relaid = sequence_logps(model, shared)  # re-laid out without sharing for FA2
         monkeypatch.undo()
         use_attention(model, "flex", "cpu")
         flex = sequence_logps(model, batch)
-    for out in (dense, by_positions, flex):
+    assert packed_groups(shared) == groups
+    for out in (dense, by_positions, relaid, flex):
         assert torch.allclose(out.sum, ref.sum, atol=TOL, rtol=0)
         assert torch.allclose(out.per_token, ref.per_token, atol=TOL, rtol=0)
         assert torch.equal(out.count, ref.count)

@@ -25,7 +25,14 @@ from torch.utils.checkpoint import checkpoint
 
 from prefkit.models.arch import attention_window, decoder_attention_mask, sliding_layer_types
 from prefkit.models.attention import FLEX_IMPLEMENTATION, packed_block_mask
-from prefkit.models.packing import PackedBatch, PaddedBatch, additive_mask, segment_mask
+from prefkit.models.packing import (
+    PackedBatch,
+    PaddedBatch,
+    additive_mask,
+    pack_sequences,
+    packed_groups,
+    segment_mask,
+)
 from prefkit.models.prune import hidden_at
 
 __all__ = ["SequenceLogps", "sequence_logps", "sequence_logps_padded", "token_logps"]
@@ -205,10 +212,15 @@ def _flex_mask(model: nn.Module, batch: PackedBatch) -> Any:
                                            "sliding_attention": windowed}
 
 
+def _is_sequence_pack(batch: PackedBatch) -> bool:
+    """One row of independent sequences (:func:`~prefkit.models.packing.pack_sequences`)."""
+    return batch.input_ids.shape[0] == 1 and not bool((batch.token_part != 0).any())
+
+
 def _flash_mask(batch: PackedBatch, impl: str) -> None:
     """FlashAttention takes no 4D mask: only a one-row pack of independent sequences, whose
     ``position_ids`` restarts transformers turns into sequence boundaries, can run on it."""
-    if batch.input_ids.shape[0] != 1 or bool((batch.token_part != 0).any()):
+    if not _is_sequence_pack(batch):
         raise ValueError(f"{impl} cannot take a prefix-shared pack (it has no custom mask): "
                          "build the batch with pack_sequences (no prefix sharing), or use "
                          "attention 'sdpa' / 'flex'")
@@ -283,8 +295,12 @@ def sequence_logps(
     Args:
         model: any ``AutoModelForCausalLM`` model, a peft model wrapping one, or a DDP/FSDP
             wrapper. Gradients flow to its parameters when grad mode is on.
-        batch: from :func:`~prefkit.models.packing.pack_groups` or
-            :func:`~prefkit.models.packing.pad_groups` (on the model's device).
+        batch: from :func:`~prefkit.models.packing.pack_groups`,
+            :func:`~prefkit.models.packing.pack_sequences` or
+            :func:`~prefkit.models.packing.pad_groups` (on the model's device). The mask follows
+            the model's attention implementation (:func:`model_attention_mask`); on a
+            FlashAttention model a prefix-shared pack is re-laid out first with
+            :func:`~prefkit.models.packing.pack_sequences` (no sharing, no padding).
         chunk_size: completion positions per LM-head chunk (bounds the ``[chunk, vocab]``
             logits in memory); any value gives the same result.
         average: make :attr:`SequenceLogps.logps` the per-token mean instead of the sum.
@@ -303,6 +319,11 @@ def sequence_logps(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if (isinstance(batch, PackedBatch) and "flash" in _attn_implementation(model)
+            and not _is_sequence_pack(batch)):
+        # FlashAttention-2 has no custom mask: the groups are re-laid out without prefix
+        # sharing, one padding-free row (same group order, so the outputs are unchanged)
+        batch = pack_sequences(packed_groups(batch)).to(batch.input_ids.device)
     mask = model_attention_mask(model, batch)
     parts = None if path == "forward" else _decoder_and_head(model)
     if path == "decoder" and parts is None:

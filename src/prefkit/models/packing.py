@@ -46,6 +46,7 @@ __all__ = [
     "document_segments",
     "pack_groups",
     "pack_sequences",
+    "packed_groups",
     "pad_groups",
     "segment_mask",
     "truncate_group",
@@ -341,6 +342,27 @@ def document_segments(position_ids: torch.Tensor) -> torch.Tensor:
     (``token_group`` = document, ``token_part`` = 0) the segment rule is the document-causal
     mask FlashAttention-2 applies to such a row."""
     return torch.cumsum((position_ids == 0).long(), dim=1) - 1
+
+
+def packed_groups(batch: PackedBatch) -> list[PromptGroup]:
+    """The groups a :func:`pack_groups` batch holds, in group order (its inverse): group ``g``
+    starts at ``(group_rows[g], group_offsets[g])`` with its prompt (``token_part == 0``), then
+    its responses of ``completion_lengths[g, :k[g]]`` tokens."""
+    ids, parts = batch.input_ids.tolist(), batch.token_part.tolist()
+    owner = batch.token_group.tolist()
+    lengths, ks = batch.completion_lengths.tolist(), batch.k.tolist()
+    groups = []
+    for g, (r, col) in enumerate(zip(batch.group_rows.tolist(), batch.group_offsets.tolist(),
+                                     strict=True)):
+        end = col
+        while end < len(parts[r]) and parts[r][end] == 0 and owner[r][end] == g:
+            end += 1
+        prompt, responses = ids[r][col:end], []
+        for n in lengths[g][: ks[g]]:
+            responses.append(ids[r][end : end + n])
+            end += n
+        groups.append(PromptGroup(prompt, responses))
+    return groups
 
 
 def pack_sequences(groups: Sequence[PromptGroup]) -> PackedBatch:
