@@ -143,3 +143,28 @@ def test_rewards_no_longer_import_train():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_training_configs_carry_the_mode(chat_model):
+    """``chat_template`` is a field of the preference, reward-model and online configs (YAML /
+    ``--set chat_template=never``), checked against its choices, and reaches the encoders."""
+    from prefkit.train.config import ConfigError
+    from prefkit.train.online import OnlineConfig
+    from prefkit.train.preference import PreferenceConfig
+    from prefkit.train.preference_data import DataReport
+    from prefkit.train.reward import RewardConfig, records_to_rm_examples
+
+    for cls in (PreferenceConfig, RewardConfig, OnlineConfig):
+        assert cls().chat_template == "auto" and cls(chat_template="never").chat_template == "never"
+        with pytest.raises(ConfigError, match="'always': expected one of auto, never"):
+            cls(chat_template="always")
+    _, tok = chat_model
+    record = Comparison(prompt="which answer is better?", response_a="A", response_b="B",
+                        outcome=Outcome.A)
+    for mode in ("auto", "never"):
+        [rm_example] = records_to_rm_examples([record], tok, kind_needed="pairs", keep_ties=False,
+                                              attributes=[], margin_from_strength=False,
+                                              report=DataReport(), chat_template=mode)
+        [example] = records_to_examples([record], tok, chat_template=mode)
+        want = encode_prompt(tok, record.prompt, chat_template=mode)
+        assert rm_example.group.prompt_ids == example.prompt_ids == want

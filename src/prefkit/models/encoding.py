@@ -37,14 +37,19 @@ from typing import Any, Literal
 
 from .bounded import bound_text, preview
 
-__all__ = ["CHAT_TEMPLATE_MODES", "ChatTemplateMode", "PreferenceExample", "check_chat_template",
-           "encode_prompt", "encode_prompt_truncated", "has_chat_template", "render_prompt",
-           "tokenize_example", "uses_chat_template"]
+__all__ = ["CHAT_TEMPLATE_HELP", "CHAT_TEMPLATE_MODES", "ChatTemplateMode", "PreferenceExample",
+           "check_chat_template", "encode_prompt", "encode_prompt_truncated", "has_chat_template",
+           "render_prompt", "tokenize_example", "uses_chat_template"]
 
 ChatTemplateMode = Literal["auto", "never"]
 CHAT_TEMPLATE_MODES: tuple[str, ...] = ("auto", "never")
 """``"auto"``: plain-string prompts use the tokenizer's chat template when it has one;
 ``"never"``: plain strings are encoded as text (conversations always use the template)."""
+CHAT_TEMPLATE_HELP = ("Prompt encoding: 'auto' (conversations, and plain-text prompts when the "
+                      "tokenizer has a chat template, as one user message, go through the chat "
+                      "template) or 'never' (plain-text prompts stay text; conversations still "
+                      "need a template).")
+"""The help text of the ``chat_template`` field of the training configs."""
 
 
 @dataclass(slots=True)

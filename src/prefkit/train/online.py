@@ -71,6 +71,7 @@ from torch import nn
 from .. import losses
 from ..losses import rl
 from ..models.bounded import preview
+from ..models.encoding import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES
 from ..models.logprobs import sequence_logps
 from ..models.packing import pack_groups
 from ..rewards.sources import REWARD_NORMALIZATIONS
@@ -165,6 +166,7 @@ class OnlineConfig(LoopConfig):
         "Max prompt tokens: a longer prompt keeps its last tokens (BOS first); cut prompts are "
         "counted (prompts_truncated). None: the policy's max_position_embeddings minus "
         "max_new_tokens, at most 1024.", bounds=AT_LEAST_1)
+    chat_template: str = option(CHAT_TEMPLATE_HELP, "auto", choices=CHAT_TEMPLATE_MODES)
     temperature: float = option("Sampling temperature (log-probs are at temperature 1: keep 1 "
                                 "for on-policy gradients).", 1.0, bounds=POSITIVE)
     top_k: int | None = option("Top-k sampling (None: off).", bounds=AT_LEAST_1)
@@ -377,7 +379,8 @@ class _Online:
         self.backend = TransformersBackend(SamplingSettings(
             max_new_tokens=config.max_new_tokens, temperature=config.temperature,
             top_k=config.top_k, top_p=config.top_p, stop=list(config.stop),
-            batch_size=config.sampling_batch_size, max_prompt_length=max_prompt_length))
+            batch_size=config.sampling_batch_size, max_prompt_length=max_prompt_length,
+            chat_template=config.chat_template))
         self.truncation = {"max_prompt_length": max_prompt_length, "prompts_truncated": 0,
                            "completions_truncated": 0}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

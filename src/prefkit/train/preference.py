@@ -32,6 +32,7 @@ import torch
 
 from .. import losses
 from ..models.attention import use_attention
+from ..models.encoding import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES
 from ..models.logprobs import sequence_logps
 from ..models.packing import PromptGroup, pack_groups, truncate_groups
 from .config import (
@@ -94,6 +95,7 @@ class PreferenceConfig(LoopConfig):
                              "from the right).", 1024, bounds=AT_LEAST_1)
     max_prompt_length: int | None = option("Max prompt tokens (cut from the left).",
                                            bounds=AT_LEAST_1)
+    chat_template: str = option(CHAT_TEMPLATE_HELP, "auto", choices=CHAT_TEMPLATE_MODES)
     pack_length: int | None = option("Row capacity when packing several prompt groups per "
                                      "row; default: one group per row, rows as long as the "
                                      "longest group of the micro-batch.", bounds=AT_LEAST_1)
@@ -277,7 +279,8 @@ def _load_examples(path: str, tokenizer, task: PreferenceTask, config: Preferenc
 
     examples = records_to_examples(read_records(path), tokenizer, report,
                                    max_length=config.max_length,
-                                   max_prompt_length=config.max_prompt_length)
+                                   max_prompt_length=config.max_prompt_length,
+                                   chat_template=config.chat_template)
     for example in examples:
         problem = task.check_example(example)
         if problem:

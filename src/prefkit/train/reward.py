@@ -34,6 +34,7 @@ import torch
 from .. import losses
 from ..data.records import Comparison, Outcome, Ranking, Rating
 from ..models.attention import use_attention
+from ..models.encoding import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES
 from ..models.packing import PromptGroup, pack_groups, truncate_groups
 from ..rewards.heads import HEADS as _HEAD_CLASSES
 from .config import (
@@ -88,6 +89,7 @@ class RewardConfig(LoopConfig):
     max_length: int = option("Max tokens of prompt + one response.", 1024, bounds=AT_LEAST_1)
     max_prompt_length: int | None = option("Max prompt tokens (cut from the left).",
                                            bounds=AT_LEAST_1)
+    chat_template: str = option(CHAT_TEMPLATE_HELP, "auto", choices=CHAT_TEMPLATE_MODES)
     pack_length: int | None = option("Row capacity when packing several groups per row.",
                                      bounds=AT_LEAST_1)
     shuffle: bool = option("Shuffle the training records each epoch.", True)
@@ -145,10 +147,12 @@ def _attribute_names(records: list) -> list[str]:
 def records_to_rm_examples(records: Sequence, tokenizer, *, kind_needed: str, keep_ties: bool,
                            attributes: list[str], margin_from_strength: bool,
                            report: DataReport, max_length: int | None = None,
-                           max_prompt_length: int | None = None) -> list[RMExample]:
+                           max_prompt_length: int | None = None,
+                           chat_template: str = "auto") -> list[RMExample]:
     """Tokenize the records an objective can learn from; count the others in ``report``.
     ``max_length`` / ``max_prompt_length``: the truncation that will follow; only the text it
-    can keep is tokenized (:func:`~prefkit.train.preference_data.length_budgets`)."""
+    can keep is tokenized (:func:`~prefkit.train.preference_data.length_budgets`).
+    ``chat_template``: the prompt-encoding mode (:mod:`prefkit.models.encoding`)."""
     prompt_budget, response_budget = length_budgets(max_length, max_prompt_length)
     out: list[RMExample] = []
     for index, record in enumerate(records):
@@ -185,7 +189,8 @@ def records_to_rm_examples(records: Sequence, tokenizer, *, kind_needed: str, ke
             continue
         tokens = tokenize_example(tokenizer, record.prompt, responses, index=index,
                                   max_prompt_tokens=prompt_budget,
-                                  max_response_tokens=response_budget)
+                                  max_response_tokens=response_budget,
+                                  chat_template=chat_template)
         if any(not r or r == [tokenizer.eos_token_id] for r in tokens.response_ids):
             report.skip("empty_completion", index)
             continue
@@ -309,7 +314,8 @@ def _load(path: str, records: list, tokenizer, task: RewardTask, config: RewardC
     examples = records_to_rm_examples(
         records, tokenizer, kind_needed=task.data_kind, keep_ties=task.keep_ties,
         attributes=attributes, margin_from_strength=config.margin_from_strength, report=report,
-        max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+        max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+        chat_template=config.chat_template)
     if not examples:
         raise ValueError(f"{path}: no records objective {task.spec.name!r} can learn from "
                          f"(it needs {task.data_kind}; {report.to_dict()})")
