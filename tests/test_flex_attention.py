@@ -214,13 +214,22 @@ def test_selection_picks_flex_on_cuda_and_sdpa_on_cpu(monkeypatch):
     assert eager.config._attn_implementation == "eager"  # left as loaded
 
 
-def test_attention_option_in_training_configs():
+def test_attention_option_in_training_configs_and_cli():
+    from typer.testing import CliRunner
+
+    from prefkit.cli import app
     from prefkit.train.config import ConfigError, LoopConfig
 
     assert LoopConfig().attention == "auto"
     assert LoopConfig(attention="flex").attention == "flex"
     with pytest.raises(ConfigError, match="attention"):
         LoopConfig(attention="flash")
+    runner = CliRunner()
+    for command in (["train", "preference"], ["rm", "train"]):
+        bad = runner.invoke(app, [*command, "--model", "m", "--data", "d.jsonl",
+                                  "--attention", "flash", "--json"])
+        assert bad.exit_code == 2
+        assert "attention='flash': expected one of auto, sdpa, flex" in bad.output
 
 
 def test_padding_free_layout_for_flash_attention(monkeypatch):

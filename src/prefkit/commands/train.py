@@ -38,7 +38,8 @@ SaveModelOpt = Annotated[str | None, typer.Option(
 
 #: Config fields that are flags of `prefkit train preference` (every other one: --set).
 PREFERENCE_FLAGS = ("model", "data", "loss", "beta", "lora", "output_dir", "max_steps",
-                    "batch_size", "learning_rate", "eval_data", "resume_from", "overwrite")
+                    "batch_size", "learning_rate", "eval_data", "resume_from", "overwrite",
+                    "attention")
 #: Config fields that are flags of `prefkit train online`.
 ONLINE_FLAGS = ("model", "prompts", "reward", "algo", "iterations", "num_generations",
                 "prompts_per_iteration", "max_prompt_length", "max_new_tokens",

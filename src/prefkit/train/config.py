@@ -224,9 +224,10 @@ class LoopConfig:
         "resumes only with the same setting. With one process both train the model as is.",
         "ddp", choices=SHARDINGS)
     attention: str = option(
-        "Attention back-end of the packed forward: 'auto' (flex_attention with a block mask on a "
-        "CUDA device when torch has it, else sdpa with the dense mask), 'sdpa' or 'flex' "
-        "(prefkit.models.attention; flex has no backward on the CPU). The same maths either way.",
+        "Attention back-end of the packed forward of preference and reward-model training: "
+        "'auto' (flex_attention with a block mask on a CUDA device when torch has it, else sdpa "
+        "with the dense mask), 'sdpa' or 'flex' (prefkit.models.attention; flex has no backward "
+        "on the CPU). The same maths either way. Online training always uses sdpa.",
         "auto", choices=ATTENTIONS, identity=False)
     logging_steps: int = option(
         "Log every N optimizer steps (metrics averaged over the examples of those steps) to "
