@@ -353,3 +353,30 @@ def test_preference_trainer_packs_without_dense_mask_when_flex_is_chosen(tmp_pat
     for (name, p), (_, q) in zip(dense.named_parameters(), segments.named_parameters(),
                                  strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_reward_model_scores_under_flex_equal_sdpa(tmp_path):
+    """Reward pooling on a prefix-shared pack: the backbone on flex (block mask, no dense mask
+    in the batch; the last layer then runs whole) scores every response as on sdpa, 1e-5."""
+    import json
+
+    from prefkit.models.tokenizer import word_level_tokenizer
+    from prefkit.rewards import RewardModel
+
+    word_level_tokenizer([f"w{i}" for i in range(40)]).save_pretrained(str(tmp_path / "tok"))
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps({"tokenizer": "tok", "hidden_size": 32, "num_layers": 2,
+                                "num_heads": 4, "intermediate_size": 64,
+                                "max_position_embeddings": 128}))
+    model, _ = RewardModel.from_spec(spec, head="scalar", seed=1)
+    gen = torch.Generator().manual_seed(1)
+    groups = [PromptGroup(torch.randint(4, 44, (p,), generator=gen).tolist(),
+                          [torch.randint(4, 44, (r,), generator=gen).tolist() for r in rs])
+              for p, rs in [(5, [3, 4]), (9, [2]), (3, [5, 1, 2]), (12, [6, 6]), (1, [4])]]
+    with torch.no_grad():
+        ref = model(pack_groups(groups, max_length=32, pad_id=PAD))
+        use_attention(model.backbone, "flex", "cpu")
+        out = model(pack_groups(groups, max_length=32, pad_id=PAD, mask_dtype=None))
+    assert torch.equal(out.mask, ref.mask)
+    assert torch.allclose(out.rewards, ref.rewards, atol=TOL, rtol=0)
+    assert torch.all(out.rewards[out.mask] != 0)
