@@ -52,13 +52,13 @@ CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Q
 PRUNE_FALLBACK: dict[str, str | None] = dict.fromkeys(ARCHS)
 
 
-def _model(arch: str, seed: int = 0):
+def _model(arch: str, seed: int = 0, attention: str = "sdpa"):
     fields = {**COMMON, **ARCHS[arch]}
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     torch.manual_seed(seed)
     model = with_attention_fallback(
         lambda impl: AutoModelForCausalLM.from_config(config, attn_implementation=impl),
-        "sdpa", arch)
+        attention, arch)
     assert type(model).__name__ == CLASSES[arch]
     return model.float().eval()
 
@@ -88,9 +88,11 @@ def _plain_logps(model, groups):
     return out, torch.cat(per_token)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_packed_logps_equal_plain_forward(arch):
-    model = _model(arch)
+def test_packed_logps_equal_plain_forward(arch, attention):
+    """Eager attention ADDS the mask: a bool mask is converted (it would be silently wrong)."""
+    model = _model(arch, attention=attention)
     groups = _groups()
     with torch.no_grad():
         want, tokens = _plain_logps(model, groups)
@@ -120,6 +122,14 @@ def test_packed_rewards_equal_plain_forward(arch):
                 want[i, k] = rm.head(last)["rewards"]
     assert want.std() > 0.1  # the rewards differ between responses
     assert torch.allclose(got, want, atol=1e-5), got - want
+    # left-padded rows with a 2D mask: the model builds its own (windowed) masks
+    rows = [g.prompt_ids + r for g in groups for r in g.response_ids]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():
+        padded = rm.forward_padded(ids, mask).rewards[:, 0]
+    assert torch.allclose(padded, want.flatten(), atol=1e-5), padded - want.flatten()
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

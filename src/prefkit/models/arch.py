@@ -67,7 +67,8 @@ def sliding_layer_types(config: Any) -> str:
 def _windowed(mask: torch.Tensor, position_ids: torch.Tensor, window: int) -> torch.Tensor:
     """``mask`` with keys at ``position_q - position_k >= window`` blocked (bool: False;
     additive: dtype-min). The diagonal (distance 0) always stays, so no row is emptied."""
-    distance = position_ids[:, :, None] - position_ids[:, None, :]  # [R, Lq, Lk]
+    positions = position_ids.to(torch.int32)
+    distance = positions[:, :, None] - positions[:, None, :]  # [R, Lq, Lk]
     inside = (distance < window)[:, None]
     if mask.dtype == torch.bool:
         return mask & inside
