@@ -72,11 +72,17 @@ def part(module: str) -> str:
     return pieces[1] if len(pieces) > 1 else pieces[0]
 
 
+def build(package: str):
+    """grimp's graph of ``package`` with every import statement: module level, inside
+    functions and under ``TYPE_CHECKING``; no cache written."""
+    return grimp.build_graph(package, exclude_type_checking_imports=False, cache_dir=None)
+
+
 @pytest.fixture(scope="module")
 def edges() -> Edges:
     """``{(importer part, imported part): ["importer -> imported line N: source", ...]}`` over
     every import between two different parts."""
-    graph = grimp.build_graph("prefkit", exclude_type_checking_imports=False, cache_dir=None)
+    graph = build("prefkit")
     out: Edges = defaultdict(list)
     for importer in sorted(graph.modules):
         for imported in sorted(graph.find_modules_directly_imported_by(importer)):
@@ -210,8 +216,20 @@ def test_train_never_imports_serve(edges):
         edges, [("train", "serve")])
 
 
-def test_the_graph_sees_lazy_and_type_checking_imports(edges):
-    """The scan counts imports inside functions and under TYPE_CHECKING (known ones)."""
+def test_the_graph_sees_lazy_and_type_checking_imports(edges, tmp_path, monkeypatch):
+    """The scan counts imports inside functions and under TYPE_CHECKING: checked on a package
+    written here, and on a known lazy import of prefkit."""
+    package = tmp_path / "graphprobe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "top.py").write_text("import json\n")
+    (package / "lazy.py").write_text("def f():\n    from . import top\n    return top\n")
+    (package / "typed.py").write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+                                      "    from .lazy import f\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    graph = build("graphprobe")
+    assert graph.direct_import_exists(importer="graphprobe.lazy", imported="graphprobe.top")
+    assert graph.direct_import_exists(importer="graphprobe.typed", imported="graphprobe.lazy")
     lazy = edges[("commands", "rank")]  # commands.arena imports rank inside its functions
     assert any(line.startswith("prefkit.commands.arena -> prefkit.rank") for line in lazy)
     assert ("cli", "commands") in edges and ("data", "rank") in edges
