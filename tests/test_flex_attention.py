@@ -147,6 +147,36 @@ def test_flex_forward_equals_sdpa_on_prefix_shared_packs(kv_heads, monkeypatch):
     assert use_attention(model, "auto") == "sdpa" and model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "gemma2"])
+def test_flex_with_sliding_windows_and_softcapping(family):
+    """Sliding-window layers (all layers: Mistral; mixed per layer type: Qwen2, Gemma 2) with a
+    window of 4, shorter than the rows, get a windowed block mask; Gemma 2's attention logit
+    soft-capping runs as a score_mod. Flex == the dense path == plain padded rows, 1e-5."""
+    from transformers import Gemma2Config, MistralConfig, Qwen2Config
+
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                  max_position_embeddings=128, sliding_window=4)
+    config = {"mistral": lambda: MistralConfig(**common),
+              "qwen2": lambda: Qwen2Config(**common, use_sliding_window=True,
+                                           max_window_layers=1),
+              "gemma2": lambda: Gemma2Config(**common, attn_logit_softcapping=5.0,
+                                             final_logit_softcapping=3.0)}[family]()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(
+        config, attn_implementation="eager" if family == "gemma2" else "sdpa").eval()
+    groups = _groups(SHAPE[:5])
+    with torch.no_grad():
+        padded = sequence_logps_padded(model, pad_groups(groups, pad_id=PAD))
+        dense = sequence_logps(model, pack_groups(groups, max_length=40, pad_id=PAD))
+        use_attention(model, "flex", "cpu")
+        flex = sequence_logps(model, pack_groups(groups, max_length=40, pad_id=PAD,
+                                                 mask_dtype=None))
+    for out in (dense, flex):
+        assert torch.allclose(out.sum, padded.sum, atol=TOL, rtol=0)
+        assert torch.allclose(out.per_token, padded.per_token, atol=TOL, rtol=0)
+
+
 class _Sizes(TorchDispatchMode):
     """Records the element count of every tensor an op creates."""
 
