@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from prefkit.losses import get as get_loss
 from prefkit.models import prune
+from prefkit.models.attention import use_attention
 from prefkit.models.load import with_attention_fallback
 from prefkit.models.logprobs import model_attention_mask, sequence_logps
 from prefkit.models.packing import PromptGroup, pack_groups
@@ -103,6 +104,26 @@ def test_packed_logps_equal_plain_forward(arch, attention):
             assert batch.input_ids.shape[0] == 1  # several prompts share the row
             got = sequence_logps(model, batch)
             assert torch.allclose(got.sum, want, atol=1e-5), (mask_dtype, got.sum - want)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_flex_attention_prunes_from_the_block_mask(arch, monkeypatch):
+    """With flex attention (a BlockMask, windowed per layer type where needed) the last layer
+    is still computed only at the read positions: the block mask's rule is evaluated for
+    those query rows alone. Forward only (flex has no backward on the CPU)."""
+    model = _model(arch)
+    groups = _groups()
+    calls = []
+    original = prune._LastLayerAt.forward
+    monkeypatch.setattr(prune._LastLayerAt, "forward",
+                        lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    with torch.no_grad():
+        _, want = _plain_logps(model, groups)
+        assert use_attention(model, "flex") == "flex"
+        batch = pack_groups(groups, max_length=64, pad_id=0, mask_dtype=None)  # no dense mask
+        got = sequence_logps(model, batch).per_token
+    assert prune.prune_fallback_reason(model.get_decoder()) is None and calls
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

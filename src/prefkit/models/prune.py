@@ -30,11 +30,13 @@ in tests/test_architectures.py):
   sequential form when ``use_parallel_residual`` is off).
 
 Sliding-window layers need nothing extra: the layer is given the (windowed) mask the model
-built, or the one :func:`prefkit.models.arch.decoder_attention_mask` built. Anything else
-falls back to the full forward (same results, no saving) and :func:`prune_fallback_reason`
-says why -- another layer class, gradient checkpointing, dropout active in training, an
-attention implementation other than sdpa / eager (flash / flex attention take no dense
-mask), bidirectional attention; the reason is logged once per decoder class (logger
+built, or the one :func:`prefkit.models.arch.decoder_attention_mask` built. With flex attention
+(:mod:`prefkit.models.attention`) the layer gets a ``BlockMask``: its ``mask_mod`` (the exact
+per-pair rule) is evaluated for the selected query rows only, ``[N, L]``, and the selected
+queries run through sdpa with that dense slice -- no ``L x L`` tensor. Anything else falls back
+to the full forward (same results, no saving) and :func:`prune_fallback_reason` says why --
+another layer class, gradient checkpointing, dropout active in training, FlashAttention (no
+mask to read), bidirectional attention; the reason is logged once per decoder class (logger
 ``prefkit.models.prune``, INFO).
 """
 
@@ -50,6 +52,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from prefkit.models.attention import FLEX_IMPLEMENTATION
 
 __all__ = ["FAMILIES", "hidden_at", "last_layer_supported", "prune_fallback_reason"]
 
@@ -115,9 +119,9 @@ def prune_fallback_reason(decoder: nn.Module) -> str | None:
             _base(decoder), "gradient_checkpointing", False):
         return "gradient checkpointing is on"
     implementation = getattr(config, "_attn_implementation", None) or "eager"
-    if implementation not in ("sdpa", "eager"):
-        return (f"attention implementation {implementation!r} (the pruned layer computes sdpa / "
-                "eager attention from a dense mask)")
+    if implementation not in ("sdpa", "eager", FLEX_IMPLEMENTATION):
+        return (f"attention implementation {implementation!r} (the pruned layer reads a dense "
+                "mask or a flex BlockMask; FlashAttention has neither)")
     if getattr(config, "use_bidirectional_attention", False):
         return "bidirectional attention"
     if layer.training:
@@ -263,6 +267,8 @@ class _LastLayerAt(nn.Module):
         keys = torch.arange(length, device=rows.device)
         if mask is None:  # plain causal
             picked = keys[None, :] <= cols[:, None]
+        elif _is_block_mask(mask):  # flex: its rule evaluated on the selected rows only
+            picked = mask.mask_mod(rows[:, None], 0, cols[:, None], keys[None, :])
         elif mask.dim() == 4:
             picked = mask[rows, 0, cols] if mask.shape[0] == b else mask[0, 0, cols]
         else:
@@ -286,12 +292,15 @@ def _pruned(layers: nn.ModuleList, rows: torch.Tensor, cols: torch.Tensor) -> It
         layers[-1] = original
 
 
-def _dense_mask(mask: Any) -> bool:
+def _is_block_mask(mask: Any) -> bool:
+    return type(mask).__name__ == "BlockMask" and callable(getattr(mask, "mask_mod", None))
+
+
+def _readable_mask(mask: Any) -> bool:
     """Whether an ``attention_mask`` argument is one the pruned layer can read (None, a
-    tensor, or a mapping of tensors per layer type)."""
-    if isinstance(mask, dict):
-        return all(m is None or isinstance(m, torch.Tensor) for m in mask.values())
-    return mask is None or isinstance(mask, torch.Tensor)
+    tensor, a flex ``BlockMask``, or a mapping of those per layer type)."""
+    masks = mask.values() if isinstance(mask, dict) else [mask]
+    return all(m is None or isinstance(m, torch.Tensor) or _is_block_mask(m) for m in masks)
 
 
 def hidden_at(decoder: nn.Module, rows: torch.Tensor, cols: torch.Tensor, **inputs: Any
@@ -300,7 +309,7 @@ def hidden_at(decoder: nn.Module, rows: torch.Tensor, cols: torch.Tensor, **inpu
     may repeat), with the last layer computed only at those positions when supported (else the
     reason is logged once: :func:`prune_fallback_reason`)."""
     reason = prune_fallback_reason(decoder)
-    if reason is None and not _dense_mask(inputs.get("attention_mask")):
+    if reason is None and not _readable_mask(inputs.get("attention_mask")):
         reason = f"attention mask of type {type(inputs['attention_mask']).__name__}"
     if reason is not None:
         _log_fallback(decoder, reason)
