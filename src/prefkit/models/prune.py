@@ -35,9 +35,9 @@ built, or the one :func:`prefkit.models.arch.decoder_attention_mask` built. With
 per-pair rule) is evaluated for the selected query rows only, ``[N, L]``, and the selected
 queries run through sdpa with that dense slice -- no ``L x L`` tensor. Anything else falls back
 to the full forward (same results, no saving) and :func:`prune_fallback_reason` says why --
-another layer class, gradient checkpointing, dropout active in training, FlashAttention (no
-mask to read), bidirectional attention; the reason is logged once per decoder class (logger
-``prefkit.models.prune``, INFO).
+another layer class, a layer sharded by FSDP2, gradient checkpointing, dropout active in
+training, FlashAttention (no mask to read), bidirectional attention; the reason is logged once
+per decoder class (logger ``prefkit.models.prune``, INFO).
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ def prune_fallback_reason(decoder: nn.Module) -> str | None:
         return f"{name} has no `layers` list"
     layer = layers[-1]
     kind = type(layer).__name__
+    if kind.startswith("FSDP"):
+        return (f"{kind} is sharded by FSDP (its parameters are gathered only inside its own "
+                "forward)")
     if kind not in FAMILIES:
         return f"{kind} is not a layer family prefkit prunes ({', '.join(FAMILIES)})"
     attn = _attention(layer)
