@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from prefkit.losses import get as get_loss
 from prefkit.models import prune
-from prefkit.models.attention import use_attention
+from prefkit.models.attention import packed_block_mask, use_attention
 from prefkit.models.load import with_attention_fallback
 from prefkit.models.logprobs import model_attention_mask, sequence_logps
 from prefkit.models.packing import PromptGroup, pack_groups
@@ -110,7 +110,9 @@ def test_packed_logps_equal_plain_forward(arch, attention):
 def test_flex_attention_prunes_from_the_block_mask(arch, monkeypatch):
     """With flex attention (a BlockMask, windowed per layer type where needed) the last layer
     is still computed only at the read positions: the block mask's rule is evaluated for
-    those query rows alone. Forward only (flex has no backward on the CPU)."""
+    those query rows alone. Forward only (flex has no backward on the CPU). Pruning under
+    flex is forced here (by default it is used only when at most 1/4 of a row is read)."""
+    monkeypatch.setattr(prune, "FLEX_PRUNE_MAX_FRACTION_INV", 1)
     model = _model(arch)
     groups = _groups()
     calls = []
@@ -124,6 +126,36 @@ def test_flex_attention_prunes_from_the_block_mask(arch, monkeypatch):
         got = sequence_logps(model, batch).per_token
     assert prune.prune_fallback_reason(model.get_decoder()) is None and calls
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_flex_prunes_only_sparse_reads(monkeypatch, caplog):
+    """Under flex the pruned layer takes a dense [N, L] mask slice, so completion log-probs
+    (most of a row read) run the full last layer (reason logged) and a reward model's reads
+    (one position per response) are pruned; both exact."""
+    model = _model("llama")
+    groups = _groups()
+    calls = []
+    original = prune._LastLayerAt.forward
+    monkeypatch.setattr(prune._LastLayerAt, "forward",
+                        lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    with torch.no_grad():
+        _, want = _plain_logps(model, groups)
+        assert use_attention(model, "flex") == "flex"
+        batch = pack_groups(groups, max_length=64, pad_id=0, mask_dtype=None)
+        with caplog.at_level(logging.INFO, logger="prefkit.models.prune"):
+            got = sequence_logps(model, batch).per_token
+        assert not calls and "near L x L" in caplog.text
+        assert torch.allclose(got, want, atol=1e-5)
+        decoder = model.get_decoder()
+        rows = torch.zeros(2, dtype=torch.long)
+        cols = torch.tensor([5, 9])
+        mask = packed_block_mask(batch.token_group[:1], batch.token_part[:1])
+        hidden = prune.hidden_at(decoder, rows, cols, input_ids=batch.input_ids[:1],
+                                 position_ids=batch.position_ids[:1], attention_mask=mask)
+        assert calls  # two reads in a row of more than 8 positions: pruned
+        full = decoder(input_ids=batch.input_ids[:1], position_ids=batch.position_ids[:1],
+                       attention_mask=mask).last_hidden_state[0, [5, 9]]
+        assert torch.allclose(hidden, full, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

@@ -59,6 +59,11 @@ __all__ = ["FAMILIES", "hidden_at", "last_layer_supported", "prune_fallback_reas
 
 logger = logging.getLogger(__name__)
 
+FLEX_PRUNE_MAX_FRACTION_INV = 4
+"""Under flex attention the last layer is pruned only when at most 1/4 of a row's positions are
+read (reward models: one per response), since its selected queries take a dense ``[N, L]`` mask
+slice; DPO-like reads (the completions) run the full layer under flex."""
+
 
 @dataclass(frozen=True)
 class _Family:
@@ -299,6 +304,11 @@ def _is_block_mask(mask: Any) -> bool:
     return type(mask).__name__ == "BlockMask" and callable(getattr(mask, "mask_mod", None))
 
 
+def _has_block_mask(mask: Any) -> bool:
+    masks = mask.values() if isinstance(mask, dict) else [mask]
+    return any(_is_block_mask(m) for m in masks)
+
+
 def _readable_mask(mask: Any) -> bool:
     """Whether an ``attention_mask`` argument is one the pruned layer can read (None, a
     tensor, a flex ``BlockMask``, or a mapping of those per layer type)."""
@@ -312,14 +322,23 @@ def hidden_at(decoder: nn.Module, rows: torch.Tensor, cols: torch.Tensor, **inpu
     may repeat), with the last layer computed only at those positions when supported (else the
     reason is logged once: :func:`prune_fallback_reason`)."""
     reason = prune_fallback_reason(decoder)
-    if reason is None and not _readable_mask(inputs.get("attention_mask")):
-        reason = f"attention mask of type {type(inputs['attention_mask']).__name__}"
+    mask = inputs.get("attention_mask")
+    if reason is None and not _readable_mask(mask):
+        reason = f"attention mask of type {type(mask).__name__}"
+    width = inputs["input_ids"].shape[1]
+    if reason is None and _has_block_mask(mask) and rows.numel():
+        # under flex the pruned layer reads a dense [N_row, L] slice of the mask: worth it
+        # when few positions are read (reward models), not when N_row nears L (the point of
+        # flex is no L x L tensor); the full layer costs only the saving
+        most = int(torch.bincount(rows).max())
+        if most * FLEX_PRUNE_MAX_FRACTION_INV > width:
+            reason = (f"flex attention reading more than 1/{FLEX_PRUNE_MAX_FRACTION_INV} of a "
+                      "row's positions: the pruned layer's dense mask slice would be near L x L")
     if reason is not None:
         _log_fallback(decoder, reason)
         out = decoder(**inputs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return hidden[rows, cols]
-    width = inputs["input_ids"].shape[1]
     flat, inverse = torch.unique(rows * width + cols, sorted=True, return_inverse=True)
     u_rows, u_cols = flat // width, flat % width
     with _pruned(_layers(decoder), u_rows, u_cols):
