@@ -108,11 +108,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _is_wrapper(model: nn.Module) -> bool:
-    """True for data-parallel wrappers whose own forward must run (DDP, FSDP1, FSDP2)."""
+    """True for data-parallel wrappers whose own forward must run (DDP, FSDP1, FSDP2), and for
+    models whose parameters are stored sharded (e.g. a peft wrapper around an FSDP2 model:
+    only the sharded model's forward gathers them)."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
         return True
     name = type(model).__name__
-    return name == "FullyShardedDataParallel" or name.startswith("FSDP")
+    if name == "FullyShardedDataParallel" or name.startswith("FSDP"):
+        return True
+    first = next(model.parameters(), None)
+    return first is not None and type(first).__name__ == "DTensor"
 
 
 class SoftcappedHead(nn.Module):

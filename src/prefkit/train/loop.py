@@ -725,6 +725,7 @@ class _Loop:
         with torch.no_grad():
             mine = [b for i, b in enumerate(self.eval_data if self.eval_data is not None else ())
                     if i % acc.num_processes == acc.process_index]
+            padding = self._eval_padding(len(mine)) if self.sharded else 0
             for batch in mine:
                 batch = send_to_device(batch, acc.device)
                 with self._autocast():
@@ -732,7 +733,7 @@ class _Loop:
                 keys = _check_keys(out, keys, "eval_fn")
                 outs.append(out)
             if self.sharded:
-                self._pad_eval_forwards(model, mine)
+                self._pad_eval_forwards(model, padding, mine)
         model.train(was_training)
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
@@ -751,18 +752,22 @@ class _Loop:
         self._emit(rec, bar)
         return rec
 
-    def _pad_eval_forwards(self, model: torch.nn.Module, mine: list[Any]) -> None:
-        """A sharded forward is a collective (it all-gathers each unit's parameters): a process
-        holding fewer eval batches than another repeats one of its own (or any eval batch) and
-        discards the result, so every process runs as many forwards."""
+    def _eval_padding(self, n_mine: int) -> int:
+        """How many eval forwards this process lacks to the process with the most batches
+        (counted before any forward: a sharded forward is itself a collective)."""
         acc = self.acc
-        count = torch.tensor([float(len(mine))], dtype=torch.float64, device=acc.device)
-        most = int(acc.gather(count).max())
-        if most == len(mine):
+        count = torch.tensor([float(n_mine)], dtype=torch.float64, device=acc.device)
+        return int(acc.gather(count).max()) - n_mine
+
+    def _pad_eval_forwards(self, model: torch.nn.Module, padding: int, mine: list[Any]) -> None:
+        """A sharded forward all-gathers each unit's parameters, a collective: a process holding
+        fewer eval batches than another repeats one of its own (or the first eval batch) and
+        discards the result, so every process runs as many forwards."""
+        if padding <= 0:
             return
         spare = mine[0] if mine else next(iter(self.eval_data))
-        spare = send_to_device(spare, acc.device)
-        for _ in range(most - len(mine)):
+        spare = send_to_device(spare, self.acc.device)
+        for _ in range(padding):
             with self._autocast():
                 self.eval_fn(model, spare)
 
@@ -778,7 +783,7 @@ class _Loop:
                 batch = send_to_device(batch, acc.device)
             last = i == len(micro) - 1
             if self.sharded:  # FSDP2: reduce-scatter only after the step's last backward
-                model.set_requires_gradient_sync(last)
+                fsdp.set_gradient_sync(model, last)
                 sync = contextlib.nullcontext()
             else:
                 sync = contextlib.nullcontext() if last else acc.no_sync(model)

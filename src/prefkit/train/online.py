@@ -915,6 +915,9 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
         reference = copy.deepcopy(model).eval()
         for p in reference.parameters():
             p.requires_grad_(False)
+    plain = None
+    if config.sharding == "fsdp2" and accelerator.num_processes > 1:
+        plain, module, reference = _shard_online(config, accelerator, module, reference)
     if self_rewarding:
         reward = self_reward(module.policy, reference, tokenizer, beta=config.beta)
     elif isinstance(reward, str):
@@ -928,6 +931,10 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
         state["reward_moments"] = shaping.moments
     result = fit(module, online.step, _RolloutStream(online), config, accelerator=accelerator,
                  callbacks=callbacks, state=state)
+    if plain is not None:  # the caller's policy gets the trained full weights
+        from .sharding import copy_full_weights
+
+        copy_full_weights(module, plain, accelerator.device)
     online.finalize_kl()
     if online.truncation["prompts_truncated"]:
         warnings.warn(f"{online.truncation['prompts_truncated']} sampled prompts were longer "
@@ -935,6 +942,28 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
                       "and kept their last tokens", stacklevel=2)
     return OnlineResult(fit=result, iterations=online.iterations, model=model,
                         tokenizer=tokenizer, algo=config.algo, truncation=online.truncation)
+
+
+def _shard_online(config: OnlineConfig, accelerator: Any, module: PolicyWithValue,
+                  reference: nn.Module | None
+                  ) -> tuple[PolicyWithValue, PolicyWithValue, nn.Module | None]:
+    """FSDP2 (:mod:`.sharding`): the rollouts sample from the model being trained, so the run
+    shards it before :func:`fit` (which then uses it as it is) and keeps the caller's module to
+    copy the trained weights into. A frozen reference copy is sharded too (no optimizer state);
+    a LoRA reference is the sharded policy with its adapters disabled. Returns ``(caller's
+    module, sharded module, reference)``."""
+    from .sharding import shard_model, sharded_copy
+
+    if module.value_head is not None:
+        raise ConfigError("sharding='fsdp2' does not support algo=ppo: its value head reads the "
+                          "decoder's hidden states outside the sharded forward; use "
+                          "sharding='ddp' or a critic-free algorithm (grpo, rloo, reinforce)")
+    kw = dict(device=accelerator.device, world_size=accelerator.num_processes,
+              mixed_precision=config.mixed_precision)
+    work = sharded_copy(module, **kw)
+    if reference is not None:
+        reference = shard_model(reference, **kw)
+    return module, work, reference
 
 
 def self_reward(policy: nn.Module, reference: nn.Module | None, tokenizer: Any, *,

@@ -110,7 +110,14 @@ def reference_logps(model: torch.nn.Module, groups: Sequence[PromptGroup], *,
                         settings={"dtype": dtype, "layout": LAYOUT_VERSION})
         path = (Path(cache_dir) if cache_dir else default_cache_dir()) / f"ref-{key}.pt"
     is_main = accelerator is None or accelerator.is_main_process
-    if use_cache and path.exists():
+    cached = use_cache and path.exists()
+    if use_cache and accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        # every process follows the main process's finding: one that saw the file only after
+        # the main process wrote it must not skip the barrier below
+        cached = broadcast_object_list([cached])[0]
+    if cached:
         sums = torch.load(path, map_location="cpu", weights_only=True)
         return ReferenceLogps(sums, key, str(path), True, time.perf_counter() - start)
     sums = None

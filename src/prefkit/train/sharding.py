@@ -6,11 +6,17 @@ What is sharded
 
 1. every decoder layer (:func:`decoder_layers`: the classes a transformers model names in
    ``_no_split_modules``, else the members of its largest ``ModuleList`` of one class);
-2. every outermost ``transformers.PreTrainedModel`` below the root (it holds the embeddings,
-   the final norm and the LM head, and is what ``generate`` and a rollout's forward call
-   directly, so these calls gather its parameters too), and every peft ``PeftModel`` wrapper
-   (a call through the adapter wrapper is then a sharded forward as well);
-3. the root module given to :func:`fit`.
+2. every outermost ``transformers.PreTrainedModel`` (it holds the embeddings, the final norm
+   and the LM head, and it is what ``generate`` -- also through a peft wrapper -- and every
+   forward call, so each of these calls gathers its parameters);
+3. the root module given to :func:`fit`, when it holds parameters of its own beyond those
+   (a reward head); a root without any (a peft wrapper, the online trainer's policy holder) is
+   left as it is and its calls reach the sharded model inside.
+
+FSDP2 makes the first sharded module that runs a forward the root of its hierarchy, so the
+outermost unit must be the one every call enters: a peft ``PeftModel`` therefore stays
+unsharded around its sharded base model (``generate`` enters the base model directly), and
+prefkit's log-prob code takes the model's own forward for parameters stored sharded.
 
 Each unit's parameters are split in equal flat shards over the ``W`` processes (a 1-D device
 mesh); a unit's forward all-gathers its full parameters and frees them afterwards; its backward
@@ -81,6 +87,7 @@ __all__ = [
     "matching_params",
     "mixed_precision_policy",
     "save_sharded",
+    "set_gradient_sync",
     "shard_model",
     "shard_units",
     "sharded_copy",
@@ -90,11 +97,22 @@ SHARDED_DIR = "fsdp2"
 """Sub-folder of a checkpoint holding the sharded model and optimizer state."""
 
 
-def is_sharded(model: nn.Module) -> bool:
-    """True when ``model`` (the root) was sharded with ``fully_shard``."""
+def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(model, FSDPModule)
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when ``model`` or a module inside it was sharded with ``fully_shard``."""
+    return bool(_fsdp_modules(model))
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """Turn the gradient reduce-scatter of every sharded unit in ``model`` on or off (FSDP2's
+    public ``set_requires_gradient_sync``; off: gradients accumulate unsharded locally)."""
+    for unit in _fsdp_modules(model):
+        unit.set_requires_gradient_sync(enabled, recurse=False)
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -119,45 +137,30 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return best
 
 
-def _outer_units(model: nn.Module) -> list[nn.Module]:
-    """Outermost ``PreTrainedModel`` below the root, and peft ``PeftModel`` wrappers."""
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover - transformers is part of the train extra
-        PreTrainedModel = ()  # noqa: N806
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        PeftModel = ()  # noqa: N806
+def _outer_pretrained(model: nn.Module) -> list[nn.Module]:
+    """The outermost ``transformers.PreTrainedModel`` modules in ``model`` (itself included)."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
+        return [model]
     found: list[nn.Module] = []
-
-    def walk(module: nn.Module, inside_pretrained: bool) -> None:
-        for child in module.children():
-            is_ptm = isinstance(child, PreTrainedModel)
-            if isinstance(child, PeftModel) or (is_ptm and not inside_pretrained):
-                found.append(child)
-            walk(child, inside_pretrained or is_ptm)
-
-    walk(model, isinstance(model, PreTrainedModel))
+    for child in model.children():
+        found.extend(_outer_pretrained(child))
     return found
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
     """The modules :func:`shard_model` shards, innermost first (module docstring): decoder
-    layers, outermost pretrained models and peft wrappers below the root, then the root."""
+    layers, the outermost pretrained models, then the root when it holds parameters of its
+    own."""
     layers = decoder_layers(model)
     layer_ids = {id(m) for m in layers}
-    outer = [m for m in _outer_units(model) if id(m) not in layer_ids]
-    depth: dict[int, int] = {}
-
-    def measure(module: nn.Module, d: int) -> None:
-        depth[id(module)] = d
-        for child in module.children():
-            measure(child, d + 1)
-
-    measure(model, 0)
-    outer.sort(key=lambda m: -depth[id(m)])  # a unit is sharded after the units inside it
-    return [*layers, *outer, model]
+    outer = [m for m in _outer_pretrained(model) if id(m) not in layer_ids]
+    units = [*layers, *(m for m in outer if m is not model)]
+    covered = {id(p) for unit in units for p in unit.parameters()}
+    if model in outer or any(id(p) not in covered for p in model.parameters()):
+        units.append(model)
+    return units
 
 
 def mixed_precision_policy(mixed_precision: str):
