@@ -139,7 +139,7 @@ def _evaluate_genrm(model: str, rows: Any, data: str, batch_size: int, bins: int
 #: Config fields that are flags of `prefkit rm train` (every other one: --set).
 TRAIN_FLAGS = ("model", "data", "objective", "head", "lora", "output_dir", "max_steps",
                "batch_size", "learning_rate", "eval_data", "resume_from", "overwrite",
-               "attention")
+               "attention", "sharding")
 
 
 @app.command("train")

@@ -39,11 +39,12 @@ SaveModelOpt = Annotated[str | None, typer.Option(
 #: Config fields that are flags of `prefkit train preference` (every other one: --set).
 PREFERENCE_FLAGS = ("model", "data", "loss", "beta", "lora", "output_dir", "max_steps",
                     "batch_size", "learning_rate", "eval_data", "resume_from", "overwrite",
-                    "attention")
+                    "attention", "sharding")
 #: Config fields that are flags of `prefkit train online`.
 ONLINE_FLAGS = ("model", "prompts", "reward", "algo", "iterations", "num_generations",
                 "prompts_per_iteration", "max_prompt_length", "max_new_tokens",
-                "learning_rate", "kl_coef", "lora", "output_dir", "resume_from", "overwrite")
+                "learning_rate", "kl_coef", "lora", "output_dir", "resume_from", "overwrite",
+                "sharding")
 
 
 @app.command("preference")
