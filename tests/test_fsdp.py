@@ -107,6 +107,24 @@ def test_deepspeed_launch_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="DeepSpeed is not supported.*--sharding fsdp2"):
         make_accelerator(LoopConfig(output_dir=str(tmp_path)))
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate's plugin: prefkit shards
+    with pytest.raises(ConfigError, match="FSDP plugin.*--sharding fsdp2"):
+        make_accelerator(LoopConfig(output_dir=str(tmp_path)))
+
+
+def test_sharding_flag_on_the_training_commands():
+    from typer.testing import CliRunner
+
+    from prefkit.cli import app
+
+    runner = CliRunner()
+    for command in (["train", "preference"], ["rm", "train"], ["train", "online"]):
+        assert "--sharding" in runner.invoke(app, [*command, "--help"]).output
+    bad = runner.invoke(app, ["train", "preference", "--model", "m", "--data", "d",
+                              "--sharding", "zero3"])
+    assert bad.exit_code == 2
+    assert "ddp, fsdp2" in bad.output
 
 
 # --- slow: 2 processes under torchrun ----------------------------------------------------------

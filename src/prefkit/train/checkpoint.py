@@ -2,8 +2,11 @@
 
 A checkpoint is ``{output_dir}/checkpoint-{step}/``: the files of ``Accelerator.save_state``
 (model, optimizer, scheduler, RNG states per process) plus ``trainer_state.json`` (loop
-position and logging window). It is written to ``checkpoint-{step}.tmp`` and renamed when
-complete, so a crash mid-save never leaves a half checkpoint that ``latest`` would pick.
+position and logging window). With ``sharding="fsdp2"`` the model and optimizer are not
+accelerate's: they are in ``fsdp2/`` (``torch.distributed.checkpoint``: one shard file per
+process and ``.metadata``; :mod:`prefkit.train.sharding`). It is written to
+``checkpoint-{step}.tmp`` and renamed when complete, so a crash mid-save never leaves a half
+checkpoint that ``latest`` would pick.
 """
 
 from __future__ import annotations

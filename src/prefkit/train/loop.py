@@ -394,12 +394,17 @@ def fit(
     """Train ``model`` with ``step_fn`` on ``train_data`` according to ``config``.
 
     ``step_fn(model, batch) -> StepOutput`` computes one micro-batch (``model`` is the prepared,
-    possibly DDP-wrapped model: call its forward so gradients synchronize). ``eval_fn`` (default
-    ``step_fn``) is run under ``torch.no_grad()`` over ``eval_data`` every ``eval_steps`` and at
-    the end. The optimizer is AdamW over ``trainable_params`` (default: parameters with
-    ``requires_grad``) unless ``optimizer`` is given; the schedule wraps whichever is used.
-    ``accelerator`` overrides :func:`make_accelerator` (then ``config.mixed_precision`` and
-    ``log_with`` trackers are the accelerator's business).
+    possibly DDP-wrapped or FSDP2-sharded model: call its forward so gradients synchronize and
+    sharded weights are gathered). ``eval_fn`` (default ``step_fn``) is run under
+    ``torch.no_grad()`` over ``eval_data`` every ``eval_steps`` and at the end. The optimizer is
+    AdamW over ``trainable_params`` (default: parameters with ``requires_grad``) unless
+    ``optimizer`` is given (not with ``sharding="fsdp2"``: the optimizer must hold the shards);
+    the schedule wraps whichever is used. With ``sharding="fsdp2"`` and several processes,
+    ``model`` is trained as a sharded copy and receives the trained full weights at the end
+    (every process); a model the caller sharded already (:func:`~prefkit.train.sharding.
+    shard_model`) is trained in place and stays sharded. ``accelerator`` overrides
+    :func:`make_accelerator` (its own mixed precision then adds to ``config.mixed_precision``;
+    ``log_with`` trackers are its business).
     ``state``: ``{name: object}`` of the trainer's own state that changes as training goes
     (an adaptive KL coefficient, running reward moments): each object's ``state_dict()`` (JSON
     values) goes into every checkpoint and a resume gives it back with ``load_state_dict()``
