@@ -4,8 +4,10 @@
 
 Every scenario trains with ``sharding="fsdp2"`` on 2 CPU processes (gloo) with the same global
 batch as the 1-process run the test does in its own process (:func:`run` serves both); each rank
-writes ``OUT_DIR/result_{rank}.json``. Rank 0 also saves the DPO policy and the reward model as
-ordinary checkpoints (``OUT_DIR/saved_*``) for the test to load.
+writes ``OUT_DIR/result_{rank}.json``. The DPO scenarios (reference: the starting policy, LoRA
+with adapters disabled, a separate checkpoint) also report their reference log-probs and how the
+reference pass held its model (:class:`RefPassProbe`). Rank 0 also saves the DPO policy and
+the reward model as ordinary checkpoints (``OUT_DIR/saved_*``) for the test to load.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ BAD = [f"b{i}" for i in range(8)]
 PROMPT = [f"p{i}" for i in range(8)]
 #: scenario -> (trainer, lora)
 SCENARIOS: dict[str, tuple[str, bool]] = {
-    "dpo": ("dpo", False), "dpo_lora": ("dpo", True),
+    "dpo": ("dpo", False), "dpo_lora": ("dpo", True), "dpo_ref": ("dpo", False),
     "rm": ("rm", False), "rm_lora": ("rm", True),
     "grpo": ("grpo", False), "grpo_lora": ("grpo", True),
 }
@@ -48,6 +50,10 @@ def build_world(folder: Path) -> dict[str, str]:
                          eos_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(model_dir)
+    ref_dir = folder / "ref"  # a separate reference checkpoint (other weights, same tokenizer)
+    tok.save_pretrained(ref_dir)
+    torch.manual_seed(1)
+    LlamaForCausalLM(config).save_pretrained(ref_dir)
     rng = random.Random(0)
 
     def words(pool: list[str], n: int) -> str:
@@ -59,7 +65,7 @@ def build_world(folder: Path) -> dict[str, str]:
     data.write_text("".join(json.dumps(r) + "\n" for r in pairs[:32]))
     evals = folder / "eval.jsonl"  # 5 pairs: 3 eval batches of 2 -> ranks hold 2 and 1
     evals.write_text("".join(json.dumps(r) + "\n" for r in pairs[32:37]))
-    return {"model": str(model_dir), "data": str(data), "eval": str(evals)}
+    return {"model": str(model_dir), "data": str(data), "eval": str(evals), "ref": str(ref_dir)}
 
 
 def prompts() -> list[str]:
@@ -99,10 +105,13 @@ def run(out: Path, world: dict[str, str], name: str, kind: str, lora: bool, worl
         cfg = PreferenceConfig(**_common(out, name, world_size, **per_process, **kw),
                                model=world["model"], data=world["data"], lora=lora,
                                shuffle=False, reference_cache=str(out / f"cache_{name}"),
-                               eval_data=None if lora else world["eval"])
+                               eval_data=None if lora else world["eval"],
+                               reference=world["ref"] if name == "dpo_ref" else "auto")
         res = train_preference(cfg, callbacks=callbacks)
         return {"params": flat(res.model), "history": res.fit.history,
-                "class": type(res.model).__name__, "_result": res}
+                "class": type(res.model).__name__, "_result": res,
+                "ref_sums": res.reference_sums.tolist(), "ref_key": res.reference["key"],
+                "ref_cached": res.reference["from_cache"]}
     if kind == "rm":
         from prefkit.train.reward import RewardConfig, train_reward
 
@@ -158,6 +167,52 @@ class Probe:
         return None
 
 
+class RefPassProbe:
+    """Context: records every forward of the reference pass (``reference._batch_logps``): how
+    many, whether every parameter of the model it runs is a DTensor, the share of the elements
+    this process holds, and (at the first forward) how many causal LMs with plain full weights
+    are alive on this process (the caller's policy, on the CPU, is one)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {"forwards": 0, "dtensor": True, "share": None,
+                                     "plain_models": None}
+
+    def __enter__(self) -> RefPassProbe:
+        from prefkit.train import reference
+
+        self.module, self.original = reference, reference._batch_logps
+
+        def probed(model, chunk, **kw):
+            import gc
+            import warnings
+
+            from torch.distributed.tensor import DTensor
+            from transformers import PreTrainedModel
+
+            params = list(model.parameters())
+            self.seen["forwards"] += 1
+            self.seen["dtensor"] &= all(isinstance(p, DTensor) for p in params)
+            held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+                       for p in params)
+            self.seen["share"] = held / sum(p.numel() for p in params)
+            if self.seen["plain_models"] is None:
+                gc.collect()
+                with warnings.catch_warnings():  # isinstance on deprecated torch objects
+                    warnings.simplefilter("ignore")
+                    models = [obj for obj in gc.get_objects()
+                              if isinstance(obj, PreTrainedModel)
+                              and type(obj).__name__.endswith("ForCausalLM")]
+                self.seen["plain_models"] = sum(
+                    not any(isinstance(p, DTensor) for p in m.parameters()) for m in models)
+            return self.original(model, chunk, **kw)
+
+        reference._batch_logps = probed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.module._batch_logps = self.original
+
+
 class Kill(RuntimeError):
     """Raised by :class:`KillAfter` (a crash mid-run)."""
 
@@ -195,6 +250,7 @@ def resume_runs(out: Path, world: dict[str, str], world_size: int) -> dict[str, 
     resumed = run(out, world, "resume_killed", "dpo", False, world_size, resume_from="latest",
                   **kw)
     return {"killed": killed, "layout": layout, "full": full["params"],
+            "resumed_ref_cached": resumed["ref_cached"], "ref_key": full["ref_key"],
             "resumed": resumed["params"],
             "full_loss": [h["loss"] for h in full["history"] if "loss" in h],
             "resumed_loss": [h["loss"] for h in resumed["history"] if "loss" in h]}
@@ -207,8 +263,10 @@ def main(out: Path, world_dir: Path) -> None:
     res: dict[str, Any] = {"world_size": world_size}
     for name, (kind, lora) in SCENARIOS.items():
         probe = Probe()
-        got = run(out, world, name, kind, lora, world_size, callbacks=[probe])
+        with RefPassProbe() as ref_probe:
+            got = run(out, world, name, kind, lora, world_size, callbacks=[probe])
         got["probe"] = probe.seen
+        got["ref_pass"] = ref_probe.seen
         result = got.pop("_result", None)
         if rank == 0 and name in ("dpo", "rm"):
             if kind == "dpo":
@@ -218,6 +276,7 @@ def main(out: Path, world_dir: Path) -> None:
             else:
                 result.model.save_pretrained(out / "saved_rm", result.tokenizer)
         res[name] = got
+        del result  # no model of a finished scenario stays alive into the next one
     res["resume"] = resume_runs(out, world, world_size)
     (out / f"result_{rank}.json").write_text(json.dumps(res))
     if torch.distributed.is_initialized():  # a clean exit (no abort while a peer tears down)

@@ -1,8 +1,10 @@
 """FSDP2 sharding (``sharding="fsdp2"``) on 2 CPU processes (torchrun, gloo) equals 1 process.
 
 One torchrun launch (tests/_fsdp_worker.py) trains DPO, a Bradley-Terry reward model and GRPO,
-each with and without LoRA, with micro-batch 2 x 2 accumulation steps per process (global batch
-8), plus a DPO run killed after step 3 and resumed from its sharded checkpoint-2. This file runs
+each with and without LoRA, and DPO against a separate reference checkpoint, with micro-batch
+2 x 2 accumulation steps per process (global batch 8), plus a DPO run killed after step 3 and
+resumed from its sharded checkpoint-2. The DPO runs' reference pass runs on a sharded reference
+(instrumented in the worker) and gives the 1-process reference log-probs. This file runs
 the 1-process references (batch 8, no accumulation) in its own process and compares parameters.
 The quick tests check the wrapping rule and the mixed-precision policy in one process.
 """
@@ -101,6 +103,51 @@ def test_fsdp2_with_one_process_trains_the_model_as_is(tmp_path):
     assert torch.equal(params["ddp"], params["fsdp2"])
 
 
+def _groups(n: int) -> list:
+    from prefkit.models.packing import PromptGroup
+
+    gen = torch.Generator().manual_seed(n)
+
+    def ids(k: int) -> list[int]:
+        return torch.randint(3, 32, (k,), generator=gen).tolist()
+
+    return [PromptGroup(ids(2 + i % 3), [ids(1 + i % 4), ids(2 + i % 2)]) for i in range(n)]
+
+
+@pytest.mark.parametrize("n_groups", [5, 2])
+def test_sharded_reference_pass_splits_batches_and_pads_forwards(monkeypatch, n_groups):
+    """compute_logps_sharded's rule, both ranks of W=2 simulated in one process (the all_reduce
+    replaced by the identity, the ranks' tensors then summed): every rank runs the same number
+    of forwards (5 groups in batches of 2: 3 batches -> 2 + 2 forwards, one a padding repeat;
+    2 groups: 1 batch -> rank 1 repeats batch 0), and the summed rows equal compute_logps'."""
+    import torch.distributed as dist
+
+    from prefkit.train import reference
+
+    model = _tiny_llama().eval()
+    groups = _groups(n_groups)
+    plain = reference.compute_logps(model, groups, pad_id=0, batch_groups=2)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None: None)
+    calls: list[int] = []
+    inner = reference._batch_logps
+
+    def counted(m, chunk, **kw):
+        calls.append(len(chunk))
+        return inner(m, chunk, **kw)
+
+    monkeypatch.setattr(reference, "_batch_logps", counted)
+    parts, forwards = [], []
+    for rank in (0, 1):
+        calls.clear()
+        parts.append(reference.compute_logps_sharded(model, groups, pad_id=0, rank=rank,
+                                                     world_size=2, batch_groups=2))
+        forwards.append(len(calls))
+    n_batches = -(-n_groups // 2)
+    assert forwards == [-(-n_batches // 2)] * 2
+    assert torch.equal(parts[0] + parts[1], plain)  # each row from exactly one rank
+    assert bool(((parts[0] != 0) & (parts[1] != 0)).any()) is False
+
+
 def test_deepspeed_launch_is_refused(monkeypatch, tmp_path):
     from prefkit.train import ConfigError, LoopConfig, make_accelerator
 
@@ -193,6 +240,44 @@ def test_two_sharded_processes_equal_one_process(two, one, world, name):
         assert ev["eval/loss"] == pytest.approx(ref_ev["eval/loss"], abs=1e-5)
 
 
+#: DPO scenarios and their reference: the starting policy, the LoRA model with adapters
+#: disabled, a separate checkpoint; groups in the reference pass (train + eval), batches of 16
+REFERENCE_RUNS = {"dpo": 37, "dpo_lora": 32, "dpo_ref": 37}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(REFERENCE_RUNS))
+def test_sharded_reference_pass_equals_one_process(two, one, name):
+    out, ranks = two
+    ref = torch.tensor(one[name]["ref_sums"])
+    n_batches = -(-REFERENCE_RUNS[name] // 16)
+    for rank in (0, 1):
+        got = ranks[rank][name]
+        diff = float((torch.tensor(got["ref_sums"]) - ref).abs().max())
+        assert diff <= 1e-5, (name, rank, diff)
+        assert got["ref_key"] == one[name]["ref_key"]  # the same content hash: one cache file
+        assert not got["ref_cached"]
+        seen = got["ref_pass"]
+        # every forward of the pass ran on a model whose every parameter is a DTensor holding
+        # half of the elements; each rank ran as many forwards (the shorter one padded)
+        assert seen["dtensor"] and seen["share"] == pytest.approx(0.5, abs=0.01)
+        assert seen["forwards"] == -(-n_batches // 2)
+        # the only causal LM with full weights on the process: the caller's policy (CPU);
+        # a separate reference checkpoint was sharded as loaded
+        assert seen["plain_models"] == 1
+    files = sorted(p.name for p in (out / f"cache_{name}").iterdir())
+    assert files == [f"ref-{one[name]['ref_key']}.pt"]  # written once, by the main process
+    cached = torch.load(out / f"cache_{name}" / files[0], weights_only=True)
+    assert cached.shape[0] == REFERENCE_RUNS[name]
+    assert float((cached[: len(ref)] - ref).abs().max()) <= 1e-5
+
+
+@pytest.mark.slow
+def test_separate_reference_checkpoint_was_used(one):
+    diff = torch.tensor(one["dpo_ref"]["ref_sums"]) - torch.tensor(one["dpo"]["ref_sums"])
+    assert float(diff.abs().max()) > 1e-2
+
+
 @pytest.mark.slow
 def test_the_run_trained(one, world):
     """The 3 steps moved the weights (so the equality above is not trivially true)."""
@@ -213,6 +298,7 @@ def test_killed_run_resumes_from_its_sharded_checkpoint(two):
         diff = float((torch.tensor(r["resumed"]) - torch.tensor(r["full"])).abs().max())
         assert diff <= 1e-6, (rank, diff)
         assert r["resumed_loss"] == pytest.approx(r["full_loss"][2:], abs=1e-6)
+        assert r["resumed_ref_cached"]  # the relaunch read the killed run's reference cache
 
 
 @pytest.mark.slow

@@ -15,7 +15,11 @@
    (:func:`prefkit.models.logprobs.sequence_logps`), then the loss.
 
 The same code runs under ``accelerate launch`` / ``torchrun`` (data parallel): the main process
-computes and caches the reference log-probs, the others read the cache.
+computes and caches the reference log-probs, the others read the cache. With
+``sharding="fsdp2"`` and several processes the model is never placed whole on an accelerator:
+the reference pass runs on a sharded reference, each process computing its share and all of
+them ending with the same tensor (:mod:`.reference`), and :func:`~prefkit.train.loop.fit`
+trains a sharded copy; the caller's model stays on the CPU and receives the trained weights.
 """
 
 from __future__ import annotations
@@ -362,7 +366,8 @@ def train_preference(config: PreferenceConfig, *, model: torch.nn.Module | None 
     shadows = _shadows(groups, config.seed) if task.kind == "unpaired" else None
     eval_shadows = (_shadows(eval_groups, config.seed + 1)
                     if task.kind == "unpaired" and eval_groups else None)
-    model.to(accelerator.device)
+    if not (config.sharding == "fsdp2" and accelerator.num_processes > 1):
+        model.to(accelerator.device)  # FSDP2 moves only each process's shards there
     if use_attention(model, config.attention, accelerator.device) == "flex":
         task.mask_dtype = None  # the block mask is built from the segment ids on the device
     ref_info = None
@@ -374,7 +379,7 @@ def train_preference(config: PreferenceConfig, *, model: torch.nn.Module | None 
         computed = reference_logps(
             model, [g for part in sets for g in part], reference=config.reference,
             cache_dir=config.reference_cache, pad_id=task.pad_id, chunk_size=config.chunk_size,
-            accelerator=accelerator, dtype=config.dtype)
+            accelerator=accelerator, dtype=config.dtype, sharding=config.sharding)
         ref_info = {**computed.info(), "groups": len(groups)}
         ref, shadow_ref, eval_ref, eval_shadow_ref = (
             part if len(part) else None

@@ -177,10 +177,16 @@ def mixed_precision_policy(mixed_precision: str):
 
 
 def shard_model(model: nn.Module, *, device: torch.device, world_size: int,
-                mixed_precision: str = "no") -> nn.Module:
+                mixed_precision: str = "no", reshard_after_forward: bool | None = None
+                ) -> nn.Module:
     """Shard ``model`` in place over ``world_size`` processes of the initialized default process
     group (units: :func:`shard_units`); returns it. Frozen parameters (LoRA's base weights, a
-    reference model) are sharded like the others and simply get no gradient."""
+    reference model) are sharded like the others and simply get no gradient.
+
+    ``reshard_after_forward``: FSDP2's setting; ``None`` (training) frees every unit's gathered
+    parameters after its forward except the root's, which the backward needs at once; ``True``
+    (a forward-only model: the reference pass) frees the root's too, so no process keeps more
+    than one unit's full parameters between forwards."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -188,7 +194,8 @@ def shard_model(model: nn.Module, *, device: torch.device, world_size: int,
     policy = mixed_precision_policy(mixed_precision)
     units = shard_units(model)
     for unit in units:
-        fully_shard(unit, mesh=mesh, mp_policy=policy)
+        fully_shard(unit, mesh=mesh, mp_policy=policy,
+                    reshard_after_forward=reshard_after_forward)
         if hasattr(unit, "generate"):
             # transformers' generate keeps every process stepping until all have finished
             # (synced_gpus) for modules carrying this marker, as its own FSDP2 integration sets
@@ -199,13 +206,15 @@ def shard_model(model: nn.Module, *, device: torch.device, world_size: int,
 
 
 def sharded_copy(model: nn.Module, *, device: torch.device, world_size: int,
-                 mixed_precision: str = "no") -> nn.Module:
+                 mixed_precision: str = "no", reshard_after_forward: bool | None = None
+                 ) -> nn.Module:
     """A sharded deep copy of ``model`` (:func:`shard_model`); ``model`` itself is moved to the
     CPU until :func:`copy_full_weights` gives it the trained weights back."""
     model.to("cpu")
     work = copy.deepcopy(model)
     return shard_model(work, device=device, world_size=world_size,
-                       mixed_precision=mixed_precision)
+                       mixed_precision=mixed_precision,
+                       reshard_after_forward=reshard_after_forward)
 
 
 @torch.no_grad()
