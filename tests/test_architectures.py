@@ -106,8 +106,18 @@ def test_packed_logps_equal_plain_forward(arch, attention):
             assert torch.allclose(got.sum, want, atol=1e-5), (mask_dtype, got.sum - want)
 
 
+@pytest.fixture
+def pruned_calls(monkeypatch) -> list[int]:
+    """One entry per call of the pruned last layer."""
+    calls: list[int] = []
+    original = prune._LastLayerAt.forward
+    monkeypatch.setattr(prune._LastLayerAt, "forward",
+                        lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    return calls
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_flex_attention_prunes_from_the_block_mask(arch, monkeypatch):
+def test_flex_attention_prunes_from_the_block_mask(arch, monkeypatch, pruned_calls):
     """With flex attention (a BlockMask, windowed per layer type where needed) the last layer
     is still computed only at the read positions: the block mask's rule is evaluated for
     those query rows alone. Forward only (flex has no backward on the CPU). Pruning under
@@ -115,10 +125,7 @@ def test_flex_attention_prunes_from_the_block_mask(arch, monkeypatch):
     monkeypatch.setattr(prune, "FLEX_PRUNE_MAX_FRACTION_INV", 1)
     model = _model(arch)
     groups = _groups()
-    calls = []
-    original = prune._LastLayerAt.forward
-    monkeypatch.setattr(prune._LastLayerAt, "forward",
-                        lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    calls = pruned_calls
     with torch.no_grad():
         _, want = _plain_logps(model, groups)
         assert use_attention(model, "flex") == "flex"
@@ -128,16 +135,13 @@ def test_flex_attention_prunes_from_the_block_mask(arch, monkeypatch):
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
 
 
-def test_flex_prunes_only_sparse_reads(monkeypatch, caplog):
+def test_flex_prunes_only_sparse_reads(pruned_calls, caplog):
     """Under flex the pruned layer takes a dense [N, L] mask slice, so completion log-probs
     (most of a row read) run the full last layer (reason logged) and a reward model's reads
     (one position per response) are pruned; both exact."""
     model = _model("llama")
     groups = _groups()
-    calls = []
-    original = prune._LastLayerAt.forward
-    monkeypatch.setattr(prune._LastLayerAt, "forward",
-                        lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    calls = pruned_calls
     with torch.no_grad():
         _, want = _plain_logps(model, groups)
         assert use_attention(model, "flex") == "flex"
@@ -214,17 +218,14 @@ def test_one_dpo_step(arch):
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_pruning_used_or_fallback_logged(arch, caplog, monkeypatch):
+def test_pruning_used_or_fallback_logged(arch, caplog, monkeypatch, pruned_calls):
     model = _model(arch)
     decoder = model.get_decoder()
     batch = pack_groups(_groups(), max_length=64, pad_id=0)
     inputs = dict(input_ids=batch.input_ids, attention_mask=model_attention_mask(model, batch),
                   position_ids=batch.position_ids, use_cache=False)
     rows, cols = batch.logit_positions[:, 0], batch.logit_positions[:, 1]
-    calls = []
-    original = prune._LastLayerAt.forward
-    monkeypatch.setattr(prune._LastLayerAt, "forward",
-                        lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    calls = pruned_calls
     monkeypatch.setattr(prune, "_logged", set())
     with torch.no_grad(), caplog.at_level(logging.INFO, logger="prefkit.models.prune"):
         got = prune.hidden_at(decoder, rows, cols, **inputs)
