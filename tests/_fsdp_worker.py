@@ -143,10 +143,12 @@ def _lora(lora: bool):
 
 class Probe:
     """Callback: after step 1, how the trained model is held -- sharded or not, and the share
-    of its parameter elements this process stores."""
+    of its parameter elements this process stores -- and whether the model of the reference
+    pass (``ref_probe``) is gone by then."""
 
-    def __init__(self) -> None:
+    def __init__(self, ref_probe: RefPassProbe | None = None) -> None:
         self.seen: dict[str, Any] = {}
+        self.ref_probe = ref_probe
 
     def on_log(self, record):
         pass
@@ -164,6 +166,8 @@ class Probe:
             total = sum(p.numel() for p in model.parameters())
             held = sum(local(p).numel() for p in model.parameters())
             self.seen = {"sharded": is_sharded(model), "share": held / total}
+            if self.ref_probe is not None and self.ref_probe.model is not None:
+                self.seen["reference_freed"] = self.ref_probe.model() is None
         return None
 
 
@@ -176,6 +180,7 @@ class RefPassProbe:
     def __init__(self) -> None:
         self.seen: dict[str, Any] = {"forwards": 0, "dtensor": True, "share": None,
                                      "plain_models": None}
+        self.model: Any = None  # a weak reference to the pass's model
 
     def __enter__(self) -> RefPassProbe:
         from prefkit.train import reference
@@ -185,11 +190,13 @@ class RefPassProbe:
         def probed(model, chunk, **kw):
             import gc
             import warnings
+            import weakref
 
             from torch.distributed.tensor import DTensor
             from transformers import PreTrainedModel
 
             params = list(model.parameters())
+            self.model = weakref.ref(model)
             self.seen["forwards"] += 1
             self.seen["dtensor"] &= all(isinstance(p, DTensor) for p in params)
             held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel()
@@ -262,8 +269,9 @@ def main(out: Path, world_dir: Path) -> None:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     res: dict[str, Any] = {"world_size": world_size}
     for name, (kind, lora) in SCENARIOS.items():
-        probe = Probe()
-        with RefPassProbe() as ref_probe:
+        ref_probe = RefPassProbe()
+        probe = Probe(ref_probe)
+        with ref_probe:
             got = run(out, world, name, kind, lora, world_size, callbacks=[probe])
         got["probe"] = probe.seen
         got["ref_pass"] = ref_probe.seen

@@ -265,6 +265,7 @@ def test_sharded_reference_pass_equals_one_process(two, one, name):
         # the only causal LM with full weights on the process: the caller's policy (CPU);
         # a separate reference checkpoint was sharded as loaded
         assert seen["plain_models"] == 1
+        assert got["probe"]["reference_freed"]  # gone before the first optimizer step ended
     files = sorted(p.name for p in (out / f"cache_{name}").iterdir())
     assert files == [f"ref-{one[name]['ref_key']}.pt"]  # written once, by the main process
     cached = torch.load(out / f"cache_{name}" / files[0], weights_only=True)

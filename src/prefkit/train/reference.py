@@ -30,6 +30,7 @@ cache.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 from collections.abc import Sequence
@@ -186,7 +187,10 @@ def reference_logps(model: torch.nn.Module, groups: Sequence[PromptGroup], *,
     if sharding == "fsdp2" and accelerator is not None and accelerator.num_processes > 1:
         sums = _sharded_pass(model, ref_model, groups, accelerator=accelerator, pad_id=pad_id,
                              chunk_size=chunk_size, batch_groups=batch_groups)
+        # a sharded module and its FSDP state refer to each other (hooks): only the cycle
+        # collector frees the shards, so collect now, before training allocates its own
         del ref_model
+        gc.collect()
         if use_cache and is_main:
             _write_cache(sums, path)
         return ReferenceLogps(sums, key, str(path) if use_cache else None, False,
@@ -237,8 +241,9 @@ def _sharded_pass(model: torch.nn.Module, ref_model: torch.nn.Module | None,
         target = sharded_copy(model, **shard)
         ctx = reference_context(target)
     with ctx:
-        return compute_logps_sharded(target, groups, pad_id=pad_id,
+        sums = compute_logps_sharded(target, groups, pad_id=pad_id,
                                      rank=accelerator.process_index,
                                      world_size=accelerator.num_processes,
                                      batch_groups=batch_groups, chunk_size=chunk_size,
                                      device=accelerator.device)
+    return sums
