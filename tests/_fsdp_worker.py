@@ -30,6 +30,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "dpo": ("dpo", False), "dpo_lora": ("dpo", True), "dpo_ref": ("dpo", False),
     "rm": ("rm", False), "rm_lora": ("rm", True),
     "grpo": ("grpo", False), "grpo_lora": ("grpo", True),
+    "ppo": ("ppo", False), "ppo_lora": ("ppo", True),
 }
 STEPS = 3
 
@@ -126,12 +127,13 @@ def run(out: Path, world: dict[str, str], name: str, kind: str, lora: bool, worl
     from prefkit.train.online import OnlineConfig, train_online
 
     model, tok = load_model(world["model"], lora=_lora(lora), seed=0)
-    cfg = OnlineConfig(**_common(out, name, world_size, **kw), algo="grpo", iterations=STEPS,
+    cfg = OnlineConfig(**_common(out, name, world_size, **kw), algo=kind, iterations=STEPS,
                        prompts_per_iteration=4, num_generations=4, batch_size=16,
                        max_new_tokens=6, kl_coef=0.05, lora=lora)
     res = train_online(cfg, reward=FunctionReward(count_good), prompts=prompts(), model=model,
                        tokenizer=tok, callbacks=callbacks)
-    return {"params": flat(res.model), "history": res.fit.history,
+    value = [] if res.value_head is None else flat(res.value_head)  # PPO: the value head too
+    return {"params": flat(res.model) + value, "history": res.fit.history,
             "class": type(res.model).__name__, "iterations": res.iterations}
 
 

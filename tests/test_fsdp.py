@@ -1,13 +1,13 @@
 """FSDP2 sharding (``sharding="fsdp2"``) on 2 CPU processes (torchrun, gloo) equals 1 process.
 
-One torchrun launch (tests/_fsdp_worker.py) trains DPO, a Bradley-Terry reward model and GRPO,
-each with and without LoRA, and DPO against a separate reference checkpoint, with micro-batch
-2 x 2 accumulation steps per process (global batch 8), plus a DPO run killed after step 3 and
-resumed from its sharded checkpoint-2. The DPO runs' reference pass runs on a sharded reference
-(instrumented in the worker) and gives the 1-process reference log-probs. This file runs
-the 1-process references (batch 8, no accumulation) in its own process and compares parameters.
-The quick tests check the wrapping rule and the mixed-precision policy in one process.
-"""
+One torchrun launch (tests/_fsdp_worker.py) trains DPO, a Bradley-Terry reward model, GRPO and
+PPO (its value head among the compared parameters), each with and without LoRA, and DPO against
+a separate reference checkpoint, with micro-batch 2 x 2 accumulation steps per process (global
+batch 8), plus a DPO run killed after step 3 and resumed from its sharded checkpoint-2. The DPO
+runs' reference pass runs on a sharded reference (instrumented in the worker) and gives the
+1-process reference log-probs. This file runs the 1-process references (batch 8, no
+accumulation) in its own process and compares parameters. The quick tests check the wrapping
+rule and the mixed-precision policy in one process."""
 
 from __future__ import annotations
 
@@ -72,6 +72,17 @@ def test_root_with_own_parameters_is_a_unit_and_custom_stacks_are_found():
 
     s = Stack()
     assert sharding.decoder_layers(s) == list(s.blocks)
+
+
+def test_ppo_module_is_one_root_over_the_layers():
+    """PPO under FSDP2: the policy-with-value root owns embeddings, norm, LM head and value head
+    (no unit for the pretrained model), so the decoder path and generation run inside it."""
+    from prefkit.train.online import PolicyWithValue
+
+    module = PolicyWithValue(_tiny_llama(), value_head=True)
+    units = sharding.shard_units(module, pretrained_units=False)
+    assert units == [*module.policy.model.layers, module]
+    assert sharding.shard_units(module) == [*module.policy.model.layers, module.policy, module]
 
 
 def test_mixed_precision_policy_follows_the_loop_setting():
@@ -285,8 +296,11 @@ def test_the_run_trained(one, world):
     from prefkit.models.load import load_model
 
     start = torch.tensor(w.flat(load_model(world[1]["model"])[0]))
-    for name in ("dpo", "grpo"):
-        assert float((torch.tensor(one[name]["params"]) - start).abs().max()) > 1e-3, name
+    for name in ("dpo", "grpo", "ppo"):
+        trained = torch.tensor(one[name]["params"])
+        assert float((trained[: len(start)] - start).abs().max()) > 1e-3, name
+    value_head = torch.tensor(one["ppo"]["params"])[len(start):]  # zero-initialized
+    assert value_head.numel() == 32 + 1 and float(value_head.abs().max()) > 1e-3
 
 
 @pytest.mark.slow

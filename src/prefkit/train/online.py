@@ -97,6 +97,7 @@ from .rollout import (
     collect_rollout,
     token_grid,
 )
+from .sharding import is_sharded
 
 __all__ = ["ALGORITHMS", "OnlineConfig", "OnlineResult", "OnlineTrainingError",
            "PolicyWithValue", "best_of_n", "read_prompts", "resolve_model", "resolve_prompts",
@@ -276,7 +277,8 @@ class OnlineConfig(LoopConfig):
 
 @dataclass
 class OnlineResult:
-    """What a run returns: the loop's result, per-iteration rollout statistics, the model."""
+    """What a run returns: the loop's result, per-iteration rollout statistics, the model (and
+    PPO's trained value head)."""
 
     fit: FitResult
     iterations: list[dict[str, Any]]
@@ -284,6 +286,7 @@ class OnlineResult:
     tokenizer: Any
     algo: str
     truncation: dict[str, Any] = field(default_factory=dict)
+    value_head: nn.Module | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"algo": self.algo, "steps": self.fit.steps, "metrics": self.fit.metrics,
@@ -298,6 +301,11 @@ class PolicyWithValue(nn.Module):
     log-probs and, with a value head, the value of the state before each completion token
     (``[N]``, same order as the log-probs) in ONE forward of the shared body. The loop wraps
     this module (DDP), so gradients of both heads synchronize.
+
+    ``forward(call=fn)`` returns ``fn()``: under FSDP2 with a value head this module is the
+    sharded root that owns the embeddings, final norm, LM head and value head
+    (:func:`_shard_online`), so every other use of the policy -- generation, the LoRA
+    reference's log-probs -- runs inside its forward, where those weights are gathered.
     """
 
     def __init__(self, policy: nn.Module, *, value_head: bool = False,
@@ -312,13 +320,43 @@ class PolicyWithValue(nn.Module):
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, batch):
+    def forward(self, batch=None, *, call: Callable[[], Any] | None = None):
+        if call is not None:
+            return call()
         lp = sequence_logps(self.policy, batch, chunk_size=self.chunk_size,
                             with_hidden=self.value_head is not None)
         values = None
         if self.value_head is not None:
             values = self.value_head(lp.hidden.float()).squeeze(-1)
         return lp, values
+
+
+class _RootedPolicy:
+    """The policy as the rollouts see it when a sharded :class:`PolicyWithValue` is the FSDP2
+    root (PPO under ``sharding="fsdp2"``): ``generate`` runs inside the root's forward (its
+    embeddings, norm and heads gathered for the whole generation); parameters, device and
+    train/eval mode are the root's."""
+
+    def __init__(self, root: PolicyWithValue) -> None:
+        self.root = root
+
+    def parameters(self):
+        return self.root.parameters()
+
+    @property
+    def training(self) -> bool:
+        return self.root.training
+
+    def eval(self) -> _RootedPolicy:
+        self.root.eval()
+        return self
+
+    def train(self, mode: bool = True) -> _RootedPolicy:
+        self.root.train(mode)
+        return self
+
+    def generate(self, **kwargs):
+        return self.root(call=lambda: self.root.policy.generate(**kwargs))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -376,6 +414,8 @@ class _Online:
         self.acc = accelerator
         self.reference = reference
         self.shaping = shaping
+        # PPO under FSDP2: the module is the sharded root every policy call enters
+        self.rooted = module.value_head is not None and is_sharded(module)
         self.backend = TransformersBackend(SamplingSettings(
             max_new_tokens=config.max_new_tokens, temperature=config.temperature,
             top_k=config.top_k, top_p=config.top_p, stop=list(config.stop),
@@ -430,7 +470,7 @@ class _Online:
         return chosen[r * local:(r + 1) * local], iteration * per + r * local
 
     def _policy(self) -> nn.Module:
-        return self.module.policy
+        return _RootedPolicy(self.module) if self.rooted else self.module.policy
 
     @torch.no_grad()
     def _forward_all(self, groups, *, reference: bool) -> tuple[list, list]:
@@ -451,9 +491,12 @@ class _Online:
                     lp = sequence_logps(self.reference, batch, chunk_size=self.cfg.chunk_size)
                     val = None
                 elif reference:
-                    with reference_context(self.module.policy):
-                        lp = sequence_logps(self.module.policy, batch,
-                                            chunk_size=self.cfg.chunk_size)
+                    def adapters_off(batch=batch):
+                        with reference_context(self.module.policy):
+                            return sequence_logps(self.module.policy, batch,
+                                                  chunk_size=self.cfg.chunk_size)
+
+                    lp = model(call=adapters_off) if self.rooted else adapters_off()
                     val = None
                 else:
                     lp, val = model(batch)
@@ -904,9 +947,12 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
         shaping = RewardShaping(length_penalty=config.length_penalty,
                                 normalize=config.reward_normalization, clip=config.reward_clip)
     accelerator = make_accelerator(config)
-    model.to(accelerator.device)
+    sharded = config.sharding == "fsdp2" and accelerator.num_processes > 1
+    # under FSDP2 the full model stays in host memory: sharding moves each process's shards
+    device = torch.device("cpu") if sharded else accelerator.device
+    model.to(device)
     module = PolicyWithValue(model, value_head=config.algo == "ppo",
-                             chunk_size=config.chunk_size).to(accelerator.device)
+                             chunk_size=config.chunk_size).to(device)
     needs_copy = reference is None and not hasattr(model, "disable_adapter")
     online_needs_ref = (config.kl_coef > 0 and config.algo != "raft") or config.algo in (
         "online_dpo", "online_ipo")
@@ -916,7 +962,11 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
         for p in reference.parameters():
             p.requires_grad_(False)
     plain = None
-    if config.sharding == "fsdp2" and accelerator.num_processes > 1:
+    if sharded:
+        if self_rewarding and module.value_head is not None:
+            raise ConfigError("sharding='fsdp2' with algo=ppo does not support reward 'self' "
+                              "(the implicit reward calls the policy outside the sharded root); "
+                              "use sharding='ddp' or a critic-free algorithm")
         plain, module, reference = _shard_online(config, accelerator, module, reference)
     if self_rewarding:
         reward = self_reward(module.policy, reference, tokenizer, beta=config.beta)
@@ -934,14 +984,15 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     if plain is not None:  # the caller's policy gets the trained full weights
         from .sharding import copy_full_weights
 
-        copy_full_weights(module, plain, accelerator.device)
+        copy_full_weights(module, plain)
     online.finalize_kl()
     if online.truncation["prompts_truncated"]:
         warnings.warn(f"{online.truncation['prompts_truncated']} sampled prompts were longer "
                       f"than max_prompt_length={online.truncation['max_prompt_length']} tokens "
                       "and kept their last tokens", stacklevel=2)
     return OnlineResult(fit=result, iterations=online.iterations, model=model,
-                        tokenizer=tokenizer, algo=config.algo, truncation=online.truncation)
+                        tokenizer=tokenizer, algo=config.algo, truncation=online.truncation,
+                        value_head=(plain if plain is not None else module).value_head)
 
 
 def _shard_online(config: OnlineConfig, accelerator: Any, module: PolicyWithValue,
@@ -954,13 +1005,13 @@ def _shard_online(config: OnlineConfig, accelerator: Any, module: PolicyWithValu
     module, sharded module, reference)``."""
     from .sharding import shard_model, sharded_copy
 
-    if module.value_head is not None:
-        raise ConfigError("sharding='fsdp2' does not support algo=ppo: its value head reads the "
-                          "decoder's hidden states outside the sharded forward; use "
-                          "sharding='ddp' or a critic-free algorithm (grpo, rloo, reinforce)")
     kw = dict(device=accelerator.device, world_size=accelerator.num_processes,
               mixed_precision=config.mixed_precision)
-    work = sharded_copy(module, **kw)
+    # PPO: the value head reads the decoder's hidden states, which the decoder path computes
+    # without calling the pretrained model's forward; so the root owns the embeddings, norm,
+    # LM head and value head (one unit, gathered for every call of the root) and only the
+    # decoder layers are units below it
+    work = sharded_copy(module, **kw, pretrained_units=module.value_head is None)
     if reference is not None:
         reference = shard_model(reference, **kw)
     return module, work, reference

@@ -13,6 +13,11 @@ What is sharded
    (a reward head); a root without any (a peft wrapper, the online trainer's policy holder) is
    left as it is and its calls reach the sharded model inside.
 
+With ``pretrained_units=False`` step 2 is skipped: the root owns the embeddings, final norm and
+LM head as well (PPO's policy-with-value module: every call -- the value head's forward on the
+decoder's hidden states, and generation -- enters the root, so those weights are gathered for
+the whole call, see :mod:`prefkit.train.online`).
+
 FSDP2 makes the first sharded module that runs a forward the root of its hierarchy, so the
 outermost unit must be the one every call enters: a peft ``PeftModel`` therefore stays
 unsharded around its sharded base model (``generate`` enters the base model directly), and
@@ -149,13 +154,15 @@ def _outer_pretrained(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def shard_units(model: nn.Module) -> list[nn.Module]:
+def shard_units(model: nn.Module, *, pretrained_units: bool = True) -> list[nn.Module]:
     """The modules :func:`shard_model` shards, innermost first (module docstring): decoder
-    layers, the outermost pretrained models, then the root when it holds parameters of its
-    own."""
+    layers, the outermost pretrained models (unless ``pretrained_units`` is False), then the
+    root when it holds parameters of its own."""
     layers = decoder_layers(model)
     layer_ids = {id(m) for m in layers}
     outer = [m for m in _outer_pretrained(model) if id(m) not in layer_ids]
+    if not pretrained_units:
+        outer = [m for m in outer if m is model]
     units = [*layers, *(m for m in outer if m is not model)]
     covered = {id(p) for unit in units for p in unit.parameters()}
     if model in outer or any(id(p) not in covered for p in model.parameters()):
@@ -177,8 +184,8 @@ def mixed_precision_policy(mixed_precision: str):
 
 
 def shard_model(model: nn.Module, *, device: torch.device, world_size: int,
-                mixed_precision: str = "no", reshard_after_forward: bool | None = None
-                ) -> nn.Module:
+                mixed_precision: str = "no", reshard_after_forward: bool | None = None,
+                pretrained_units: bool = True) -> nn.Module:
     """Shard ``model`` in place over ``world_size`` processes of the initialized default process
     group (units: :func:`shard_units`); returns it. Frozen parameters (LoRA's base weights, a
     reference model) are sharded like the others and simply get no gradient.
@@ -186,16 +193,18 @@ def shard_model(model: nn.Module, *, device: torch.device, world_size: int,
     ``reshard_after_forward``: FSDP2's setting; ``None`` (training) frees every unit's gathered
     parameters after its forward except the root's, which the backward needs at once; ``True``
     (a forward-only model: the reference pass) frees the root's too, so no process keeps more
-    than one unit's full parameters between forwards."""
+    than one unit's full parameters between forwards. ``pretrained_units``: see
+    :func:`shard_units`."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(torch.device(device).type, (world_size,))
     policy = mixed_precision_policy(mixed_precision)
-    units = shard_units(model)
+    units = shard_units(model, pretrained_units=pretrained_units)
     for unit in units:
         fully_shard(unit, mesh=mesh, mp_policy=policy,
                     reshard_after_forward=reshard_after_forward)
+    for unit in [*units, *_outer_pretrained(model)]:
         if hasattr(unit, "generate"):
             # transformers' generate keeps every process stepping until all have finished
             # (synced_gpus) for modules carrying this marker, as its own FSDP2 integration sets
@@ -206,15 +215,16 @@ def shard_model(model: nn.Module, *, device: torch.device, world_size: int,
 
 
 def sharded_copy(model: nn.Module, *, device: torch.device, world_size: int,
-                 mixed_precision: str = "no", reshard_after_forward: bool | None = None
-                 ) -> nn.Module:
+                 mixed_precision: str = "no", reshard_after_forward: bool | None = None,
+                 pretrained_units: bool = True) -> nn.Module:
     """A sharded deep copy of ``model`` (:func:`shard_model`); ``model`` itself is moved to the
     CPU until :func:`copy_full_weights` gives it the trained weights back."""
     model.to("cpu")
     work = copy.deepcopy(model)
     return shard_model(work, device=device, world_size=world_size,
                        mixed_precision=mixed_precision,
-                       reshard_after_forward=reshard_after_forward)
+                       reshard_after_forward=reshard_after_forward,
+                       pretrained_units=pretrained_units)
 
 
 @torch.no_grad()
