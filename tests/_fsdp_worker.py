@@ -265,6 +265,23 @@ def resume_runs(out: Path, world: dict[str, str], world_size: int) -> dict[str, 
             "resumed_loss": [h["loss"] for h in resumed["history"] if "loss" in h]}
 
 
+def ppo_self_reward(out: Path, world: dict[str, str], world_size: int) -> str | None:
+    """PPO with the implicit self-reward under FSDP2: the refusal's message (None: ran)."""
+    from prefkit.models.load import load_model
+    from prefkit.train.config import ConfigError
+    from prefkit.train.online import OnlineConfig, train_online
+
+    model, tok = load_model(world["model"], seed=0)
+    cfg = OnlineConfig(**_common(out, "ppo_self", world_size), algo="ppo", iterations=1,
+                       prompts_per_iteration=4, num_generations=2, batch_size=8,
+                       max_new_tokens=4)
+    try:
+        train_online(cfg, reward="self", prompts=prompts(), model=model, tokenizer=tok)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
 def main(out: Path, world_dir: Path) -> None:
     faulthandler.enable()
     world = json.loads((world_dir / "world.json").read_text())
@@ -288,6 +305,7 @@ def main(out: Path, world_dir: Path) -> None:
         res[name] = got
         del result  # no model of a finished scenario stays alive into the next one
     res["resume"] = resume_runs(out, world, world_size)
+    res["ppo_self_reward"] = ppo_self_reward(out, world, world_size)
     (out / f"result_{rank}.json").write_text(json.dumps(res))
     if torch.distributed.is_initialized():  # a clean exit (no abort while a peer tears down)
         torch.distributed.barrier()

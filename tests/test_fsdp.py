@@ -304,6 +304,15 @@ def test_the_run_trained(one, world):
 
 
 @pytest.mark.slow
+def test_ppo_with_self_reward_is_refused_under_fsdp2(two):
+    _, ranks = two
+    for rank in (0, 1):
+        message = ranks[rank]["ppo_self_reward"]
+        assert message is not None and "algo=ppo does not support reward 'self'" in message
+        assert "sharding='ddp'" in message
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_sharded_checkpoint(two):
     _, ranks = two
     for rank in (0, 1):
