@@ -17,6 +17,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     **dict.fromkeys(("fastapi", "uvicorn", "starlette", "httptools", "uvloop", "multipart",
                      "python_multipart", "markdown_it", "nh3"), "serve"),
     "psycopg": "postgres",
+    **dict.fromkeys(("math_verify", "jsonschema", "reasoning_gym"), "rl"),
 }
 """Top-level module name -> the extra that installs it (the extras of pyproject.toml)."""
 
