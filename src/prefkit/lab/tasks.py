@@ -17,7 +17,8 @@ Tasks are frozen dataclasses: their fields are their settings (``config()``), wh
 :mod:`prefkit.lab.base_model` hashes into the cache key of a fine-tuned base model.
 
 Registry: ``TASKS = {"sort": SortTask, "review": ReviewTask, "attributes": AttributeTask}``
-and :func:`get_task`.
+and :func:`get_task`; :mod:`prefkit.lab.verifiable_tasks` adds the tasks with checkable answers
+(``arith``, ``sort_exact``, ``count``) when this module is imported.
 """
 
 from __future__ import annotations
@@ -375,3 +376,6 @@ def mean_gold_reward(
     if not scores:
         raise ValueError("no responses to score")
     return sum(scores) / len(scores)
+
+
+from . import verifiable_tasks as _verifiable_tasks  # noqa: E402,F401 - registers its tasks
