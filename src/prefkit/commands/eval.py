@@ -158,3 +158,96 @@ def _print(r: dict[str, Any]) -> None:
                  f"{r['ties']}, losses {r['losses']})")
     if r.get("annotations") and r["source"] == "judge":
         stdout.print(f"annotations: {r['annotations']}")
+
+
+def _ks(text: str, as_json: bool) -> list[int]:
+    try:
+        ks = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        ks = []
+    if not ks or ks[0] < 1:
+        raise bad_input(f"--k: expected comma-separated whole numbers >= 1 (e.g. 1,4,8), got "
+                        f"{text!r}", as_json)
+    return ks
+
+
+def _lab_checker(name: str, as_json: bool):
+    from ..lab.tasks import get_task
+    from ..lab.verifiable_tasks import VERIFIABLE_TASKS
+
+    if name not in VERIFIABLE_TASKS:
+        raise bad_input(f"--lab-task: expected one of {', '.join(VERIFIABLE_TASKS)}, got "
+                        f"{name!r}", as_json)
+    task = get_task(name)
+
+    def check(prompt: str, sample: str) -> tuple[Any, bool]:
+        verdict = task.check(prompt, sample)
+        return verdict.value, verdict.status == "ok"
+
+    return check
+
+
+@app.command()
+@cli_errors
+def passk(
+    file: Annotated[str, typer.Argument(
+        help="JSONL, one prompt a line: {prompt, samples, reference | correct, [answers], "
+             "[task]}.")],
+    k: Annotated[str, typer.Option("--k", help="k values, comma-separated.")] = "1,4,8",
+    lab_task: Annotated[str | None, typer.Option(
+        "--lab-task", help="Score the samples with this lab task's exact checker (arith, "
+                           "sort_exact, count) instead of the lines' reference/correct.")
+    ] = None,
+    bootstrap: Annotated[int, typer.Option(
+        "--bootstrap", help="Resamples of the prompts for the percentile intervals.", min=1)
+    ] = 2000,
+    level: Annotated[float, typer.Option(help="Interval level.", min=0.5, max=0.999)] = 0.95,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """pass@k and maj@k from n >= k samples per prompt: unbiased estimates (the exact mean
+    over all k-subsets of each prompt's samples), with percentile-bootstrap intervals over
+    prompts, overall and per task (prefkit.evaluate.passk). Majority voting counts equal
+    answers (the sample text with whitespace collapsed, or the line's 'answers'); ties are
+    split; null answers do not vote."""
+    from ..evaluate.passk import passk_report
+    from ..evaluate.passk_data import read_samples
+
+    ks = _ks(k, as_json)
+    check = _lab_checker(lab_task, as_json) if lab_task is not None else None
+    data = read_samples(file, check=check, min_samples=ks[-1])
+    report = passk_report(data.correct, ks, answers=data.answers,
+                          tasks=data.tasks if any(data.tasks) else None, level=level,
+                          n_boot=bootstrap, seed=seed)
+    result = {"ok": True, "file": file, "k": ks, "bootstrap": bootstrap, **_str_keys(report)}
+    if as_json:
+        print_json(result)
+        return
+    _print_passk(result)
+
+
+def _str_keys(report: dict[str, Any]) -> dict[str, Any]:
+    """JSON object keys as strings ("1", "4", ...), the same in and out of --json."""
+    out = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            value = _str_keys(value)
+        out[str(key)] = value
+    return out
+
+
+def _pct(s: dict[str, float]) -> str:
+    return f"{100 * s['mean']:5.1f}% [{100 * s['ci_low']:5.1f}, {100 * s['ci_high']:5.1f}]"
+
+
+def _print_passk(r: dict[str, Any]) -> None:
+    level = round(100 * r["level"])
+    groups = [("all", r)] + list(r.get("tasks", {}).items())
+    stdout.print(f"{r['file']}: {r['n_prompts']} prompts, {r['n_samples']} samples; "
+                 f"{level}% bootstrap intervals over prompts ({r['bootstrap']} resamples)")
+    for name, g in groups:
+        stdout.print(f"{name}: {g['n_prompts']} prompts, accuracy {_pct(g['accuracy'])}")
+        stdout.print(f"  {'k':>4}  {'pass@k':<24}{'maj@k':<24}")
+        for k in r["k"]:
+            stdout.print(f"  {k:>4}  {_pct(g['pass@k'][str(k)]):<24}"
+                         f"{_pct(g['maj@k'][str(k)]):<24}")

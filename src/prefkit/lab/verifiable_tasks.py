@@ -162,9 +162,10 @@ class ArithmeticTask(VerifiableTask):
     """``"calc: 3 + 4 * 2 - 5 ="`` -> ``"6"`` (``*`` before ``+``/``-``; digit words).
 
     Exactly ``steps`` operators, each drawn from ``ops``, between operands drawn from
-    ``0..max_operand`` (at most 9: one word each). Demonstrations of quality ``q`` are right with probability ``q``; otherwise half
-    the time the expression evaluated left to right (ignoring precedence, which may happen
-    to be right) and half the time the right value off by 1 or 2 either way.
+    ``0..max_operand`` (at most 9: one word each). Demonstrations of quality ``q`` are right
+    with probability ``q``; otherwise half the time the expression evaluated left to right
+    (ignoring precedence, which may happen to be right) and half the time the right value
+    off by 1 or 2 either way.
     """
 
     name: ClassVar[str] = "arith"
