@@ -26,7 +26,7 @@ offline preference / reward losses with a different contract)::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -43,20 +43,26 @@ __all__ = [
     "aggregate",
     "broadcast_to_tokens",
     "dr_grpo",
+    "fill_batch",
     "gae",
     "get_advantage",
     "get_policy_loss",
     "grpo",
+    "gspo",
     "kl_penalty",
     "length_penalty",
+    "overlong_penalty",
     "ppo_clip",
     "register_advantage",
     "register_policy_loss",
     "reinforce",
+    "reinforce_pp",
+    "reinforce_pp_returns",
     "remax",
     "rloo",
     "token_rewards",
     "value_loss",
+    "varied_groups",
     "vanilla_pg",
     "whiten",
 ]
@@ -657,3 +663,151 @@ def length_penalty(scores: Tensor, lengths: Tensor, *, coef: float) -> Tensor:
     """
     scores = _as_float(scores)
     return scores - coef * lengths.to(scores.dtype)
+
+
+# --------------------------------------------------------------------------- 2025 variants
+
+
+def overlong_penalty(lengths: Tensor, *, max_length: int, buffer: int) -> Tensor:
+    """DAPO's soft overlong punishment, added to the reward of each response.
+
+    Paper: Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale",
+    arXiv 2503.14476 (Sec. 3.4, Eq. 13). With L = len(y), L_max = ``max_length`` and
+    L_cache = ``buffer``:
+      R = 0                                   if L <= L_max - L_cache
+      R = ((L_max - L_cache) - L) / L_cache   if L_max - L_cache < L <= L_max
+      R = -1                                  if L > L_max
+    i.e. a linear ramp from 0 to -1 over the last L_cache tokens before the limit.
+    ``buffer = 0`` turns it off (all zeros).
+
+    Args: lengths (any shape, token counts); max_length; buffer. Returns: penalties, float.
+    """
+    lengths = _as_float(lengths)
+    if buffer < 0 or buffer > max_length:
+        raise ValueError(f"buffer must be in [0, max_length={max_length}], got {buffer}")
+    if buffer == 0:
+        return torch.zeros_like(lengths)
+    start = max_length - buffer
+    ramp = (start - lengths) / buffer
+    return torch.where(lengths <= start, 0.0, torch.where(lengths <= max_length, ramp, -1.0))
+
+
+def varied_groups(scores: Tensor) -> Tensor:
+    """DAPO's dynamic-sampling filter: which groups have rewards that are not all equal.
+
+    Paper: Yu et al. 2025 (DAPO, arXiv 2503.14476, Sec. 3.2, Eq. 11: keep a prompt only if
+    0 < |{correct outputs}| < G). A group whose rewards are all equal has GRPO advantage 0
+    for every sample, so it gives no gradient; the filter keeps the others.
+    Formula: keep_p = max_j r_pj > min_j r_pj.
+
+    Args: scores [P, G]. Returns: bool [P].
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"expected scores [P, G], got {tuple(scores.shape)}")
+    return scores.max(dim=1).values > scores.min(dim=1).values
+
+
+def fill_batch(keep: Sequence[bool], size: int) -> list[int]:
+    """The batch dynamic sampling trains on: the first ``size`` kept groups in sampling order;
+    when fewer were kept (the attempt cap was reached), the earliest dropped groups fill the
+    rest, so the batch size stays ``size`` (a dropped group's GRPO advantages are 0).
+
+    Args: keep (flags of all sampled groups, in order); size. Returns: indices, sorted.
+    """
+    if size > len(keep):
+        raise ValueError(f"cannot fill a batch of {size} from {len(keep)} groups")
+    kept = [i for i, k in enumerate(keep) if k][:size]
+    dropped = [i for i, k in enumerate(keep) if not k][:size - len(kept)]
+    return sorted(kept + dropped)
+
+
+@register_policy_loss("gspo")
+def gspo(
+    logps: Tensor,
+    old_logps: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_eps: float = 3e-4,
+    clip_eps_high: float | None = 4e-4,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO: PPO's clipped objective on a sequence-level importance ratio.
+
+    Paper: Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv 2507.18071.
+    Formula: s_i = exp((1/|y_i|) sum_t (logps_it - old_logps_it)) (the length-normalised
+    sequence likelihood ratio); A_i the sequence advantage (here: the mean of ``advantages``
+    over the row's valid tokens, which is A_i when it was broadcast to the tokens);
+    loss_i = -min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i), eps_low = clip_eps,
+    eps_high = clip_eps_high (None: clip_eps). The paper's ranges are 3e-4 / 4e-4.
+    loss_i is written on every valid token of row i, so ``aggregate(...,
+    "seq_mean_token_mean")`` gives the paper's mean over sequences (1/G sum_i loss_i).
+    The mean log-ratio is clamped to [-20, 20] before exp(); old_logps and advantages are
+    detached.
+
+    Args: logps, old_logps, advantages, mask, all [B, T]; clip_eps; clip_eps_high.
+    Returns: (loss [B, T], metrics [B, T]: ``clipfrac``, ``ratio`` -- the sequence ratio on
+    each token --, ``approx_kl``), 0 at masked positions.
+    """
+    eps_low = clip_eps
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    if eps_low < 0 or eps_high < 0:
+        raise ValueError(f"clip ranges must be >= 0, got {eps_low} and {eps_high}")
+    m = _bool_mask(mask, logps)
+    n = m.sum(dim=1).clamp(min=1).to(logps.dtype)
+    log_ratio = torch.where(m, logps - old_logps.detach(), 0.0)
+    seq_log_ratio = log_ratio.sum(dim=1) / n
+    adv = torch.where(m, advantages.detach().to(logps.dtype), 0.0).sum(dim=1) / n
+    ratio = torch.exp(seq_log_ratio.clamp(-_EXP_CLAMP, _EXP_CLAMP))
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * adv
+    is_clipped = clipped < unclipped
+    seq_loss = -torch.where(is_clipped, clipped, unclipped)
+    loss = torch.where(m, seq_loss[:, None].expand_as(logps), 0.0)
+    with torch.no_grad():
+        metrics = {
+            "clipfrac": torch.where(m, is_clipped[:, None].expand_as(m), False).to(loss.dtype),
+            "ratio": torch.where(m, ratio[:, None].expand_as(logps), 0.0),
+            "approx_kl": torch.where(m, 0.5 * seq_log_ratio[:, None] ** 2, 0.0),
+        }
+    return loss, metrics
+
+
+def reinforce_pp_returns(scores: Tensor, kl: Tensor, mask: Tensor, *,
+                         kl_coef: float) -> Tensor:
+    """REINFORCE++ returns before normalisation: the reward-to-go of the per-token RLHF reward.
+
+    Paper: Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language
+    Models", arXiv 2501.03262 (Sec. 3). Formula: r_t = -kl_coef * kl_t on valid tokens plus
+    the score on the last valid token (:func:`token_rewards`); G_t = sum_{s >= t} r_s
+    (gamma = 1). With kl_coef = 0 every token's return is the sequence score.
+
+    Args: scores [B]; kl [B, T] (a per-token KL estimate, e.g. k1); mask [B, T]; kl_coef.
+    Returns: [B, T], 0 at masked positions.
+    """
+    r = token_rewards(scores, kl, mask, kl_coef=kl_coef)
+    out = r.flip(1).cumsum(1).flip(1)
+    return torch.where(_bool_mask(mask, out), out, 0.0)
+
+
+@register_advantage("reinforce_pp")
+def reinforce_pp(returns: Tensor, mask: Tensor, *, mean: float | None = None,
+                 std: float | None = None, eps: float = 1e-8) -> Tensor:
+    """REINFORCE++ advantage: returns normalised over the whole (global) batch, no critic and
+    no per-prompt baseline.
+
+    Paper: Hu 2025, "REINFORCE++", arXiv 2501.03262 (Sec. 3, "advantage normalization":
+    A = (G - mean) / std over the global batch). Formula: A_t = (G_t - mu) / (sigma + eps),
+    mu and sigma (population) over every valid token of the batch; pass ``mean`` / ``std``
+    computed over all processes' tokens to normalise a data-parallel batch exactly (default:
+    this tensor's valid tokens).
+
+    Args: returns [B, T] (:func:`reinforce_pp_returns`); mask [B, T]; mean; std; eps.
+    Returns: advantages [B, T], 0 at masked positions.
+    """
+    m = _bool_mask(mask, returns)
+    x = _as_float(returns)
+    if mean is None or std is None:
+        vals = x[m]
+        mean = float(vals.mean()) if vals.numel() else 0.0
+        std = float(vals.var(unbiased=False).sqrt()) if vals.numel() else 0.0
+    return torch.where(m, (x - mean) / (std + eps), 0.0)

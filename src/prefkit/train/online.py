@@ -60,6 +60,7 @@ import itertools
 import json
 import random
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,13 +69,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import losses
 from ..losses import rl
 from ..models.bounded import preview
 from ..models.encoding import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES
 from ..models.logprobs import sequence_logps
-from ..models.packing import pack_groups
+from ..models.packing import PromptGroup, pack_groups
 from ..rewards.sources import REWARD_NORMALIZATIONS
+from . import algorithms
+from .algorithms.samples import SampleGroup, as_rollout, flat, from_rollout, score_groups
 from .checkpoint import list_checkpoints
 from .config import (
     AT_LEAST_1,
@@ -103,12 +105,10 @@ __all__ = ["ALGORITHMS", "OnlineConfig", "OnlineResult", "OnlineTrainingError",
            "PolicyWithValue", "best_of_n", "read_prompts", "resolve_model", "resolve_prompts",
            "self_reward", "train_online", "west_of_n_pairs"]
 
-ALGORITHMS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo",
-              "online_ipo", "raft")
+ALGORITHMS = algorithms.NAMES
+"""The registered online algorithms (:mod:`prefkit.train.algorithms`), a live view."""
 DEFAULT_MAX_PROMPT_LENGTH = 1024
 """Prompt tokens kept by default (when the model's positions allow that many)."""
-_CRITIC_FREE = {"reinforce": "reinforce", "rloo": "rloo", "grpo": "grpo", "dr_grpo": "dr_grpo",
-                "remax": "remax"}
 
 
 class OnlineTrainingError(RuntimeError):
@@ -150,8 +150,10 @@ class OnlineConfig(LoopConfig):
                          "task's gold reward), 'judge:CONFIG' (a pairwise LLM / lab judge or "
                          "jury: each sample's win rate in its group, RLAIF; see prefkit judge), "
                          "'self' (the policy's own implicit reward).", "")
-    algo: str = option("ppo, reinforce, rloo, grpo, dr_grpo, remax, online_dpo, online_ipo or "
-                       "raft.", "grpo", choices=ALGORITHMS)
+    algo: str = field(default=algorithms.DEFAULT_ALGORITHM, metadata={
+        "help": f"Online algorithm: {', '.join(ALGORITHMS)} (prefkit.train.algorithms; an "
+                "algorithm registered there is accepted too).",
+        "identity": True, "path": False, "choices": ALGORITHMS})
     iterations: int = option("Rollout/update iterations (sets max_steps; a resume may change "
                              "it).", 20, bounds=AT_LEAST_1, identity=False)
     prompts_per_iteration: int = option("Prompts sampled per iteration (global, over all "
@@ -182,7 +184,8 @@ class OnlineConfig(LoopConfig):
                                "the KL in the loss, k1 in the reward.", "auto",
                                choices=("auto", *rl.KL_KINDS))
     kl_in: str = option("'reward' (penalty in the reward), 'loss' (a loss term) or 'auto' "
-                        "(loss for grpo/dr_grpo, reward otherwise).", "auto",
+                        "(the algorithm's: loss for grpo, dr_grpo, dapo, gspo; reward "
+                        "otherwise).", "auto",
                         choices=("auto", "reward", "loss"))
     target_kl: float | None = option("Adaptive KL controller target (None: fixed kl_coef).",
                                      bounds=POSITIVE)
@@ -190,10 +193,22 @@ class OnlineConfig(LoopConfig):
     max_kl: float | None = option("Stop when the mean sequence KL to the reference exceeds "
                                   "this (None: never).", bounds=POSITIVE, identity=False)
     clip_eps: float = option("PPO ratio clip.", 0.2, bounds=POSITIVE)
-    clip_eps_high: float | None = option("Upper ratio clip (DAPO; None: clip_eps).",
-                                         bounds=POSITIVE)
+    clip_eps_high: float | None = option("Upper ratio clip (DAPO's decoupled clip; None: the "
+                                         "algorithm's default -- 0.28 for dapo -- else "
+                                         "clip_eps).", bounds=POSITIVE)
+    dynamic_sampling: bool | None = option(
+        "Dynamic sampling (DAPO): drop groups whose rewards are all equal and sample more "
+        "prompts until the batch is full (None: the algorithm's default, on for dapo).")
+    max_sampling_rounds: int = option(
+        "Dynamic sampling: at most this many sampling rounds per iteration; then a warning and "
+        "the earliest dropped groups fill the batch.", 4, bounds=AT_LEAST_1)
+    overlong_buffer: int | None = option(
+        "Soft overlong punishment (DAPO): a penalty from 0 to -1 over the last this-many tokens "
+        "before max_new_tokens (0: off; None: the algorithm's default, max_new_tokens // 4 for "
+        "dapo, else off).", bounds=NON_NEGATIVE)
     loss_aggregation: str = option("token_mean, seq_mean_token_mean or seq_mean_token_sum_norm "
-                                   "('auto': Dr. GRPO's for dr_grpo, token_mean otherwise).",
+                                   "('auto': the algorithm's: Dr. GRPO's for dr_grpo, "
+                                   "seq_mean_token_mean for gspo, token_mean otherwise).",
                                    "auto", choices=("auto", *rl.AGGREGATION_MODES))
     vf_coef: float = option("PPO value-loss weight.", 0.1, bounds=NON_NEGATIVE)
     value_clip: float | None = option("PPO value clip range (None: no clipping).", 0.2,
@@ -227,22 +242,20 @@ class OnlineConfig(LoopConfig):
         super().__post_init__()  # every field against its bounds and choices
         check_loss_spec(self.dpo_loss, field=f"{type(self).__name__}.dpo_loss",
                         kinds=("pairwise",), trained="online_dpo")
-        g = self.num_generations
-        if self.algo in ("grpo", "dr_grpo", "rloo") and g < 2:
-            raise ConfigError(f"{self.algo} needs at least 2 responses per prompt (group size "
-                              f"G={g}); set num_generations >= 2")
-        if self.algo == "online_dpo" and g < 2:
-            raise ConfigError("online_dpo needs num_generations >= 2 (it pairs samples)")
-        if self.algo == "online_ipo" and g != 2:
-            raise ConfigError("online_ipo needs num_generations = 2 (a preference between two "
-                              "samples)")
-        if self.algo == "raft" and not 1 <= self.raft_keep <= g:
-            raise ConfigError(f"raft_keep={self.raft_keep} must be in [1, num_generations={g}]")
+        self.algorithm.check(self)
+        if self.overlong_buffer is not None and self.overlong_buffer > self.max_new_tokens:
+            raise ConfigError(f"overlong_buffer={self.overlong_buffer} must be at most "
+                              f"max_new_tokens={self.max_new_tokens}")
         per_iter = self.steps_per_iteration
         self.max_steps = self.iterations * per_iter
         if self.save_steps and self.save_steps % per_iter:
             # checkpoints only at iteration boundaries (so a resume replays whole iterations)
             self.save_steps += per_iter - self.save_steps % per_iter
+
+    @property
+    def algorithm(self) -> algorithms.Algorithm:
+        """The registered :class:`~prefkit.train.algorithms.Algorithm` named by ``algo``."""
+        return algorithms.get_algorithm(self.algo)
 
     @property
     def steps_per_iteration(self) -> int:
@@ -260,9 +273,7 @@ class OnlineConfig(LoopConfig):
         return max(1, min(DEFAULT_MAX_PROMPT_LENGTH, limit - self.max_new_tokens))
 
     def resolved_kl_in(self) -> str:
-        if self.kl_in != "auto":
-            return self.kl_in
-        return "loss" if self.algo in ("grpo", "dr_grpo") else "reward"
+        return self.kl_in if self.kl_in != "auto" else self.algorithm.kl_in
 
     def resolved_kl_estimator(self) -> str:
         if self.kl_estimator != "auto":
@@ -272,7 +283,22 @@ class OnlineConfig(LoopConfig):
     def resolved_aggregation(self) -> str:
         if self.loss_aggregation != "auto":
             return self.loss_aggregation
-        return "seq_mean_token_sum_norm" if self.algo == "dr_grpo" else "token_mean"
+        return self.algorithm.aggregation
+
+    def resolved_clip_eps_high(self) -> float | None:
+        if self.clip_eps_high is not None:
+            return self.clip_eps_high
+        return self.algorithm.clip_eps_high
+
+    def resolved_dynamic_sampling(self) -> bool:
+        if self.dynamic_sampling is not None:
+            return bool(self.dynamic_sampling)
+        return self.algorithm.dynamic_sampling
+
+    def resolved_overlong_buffer(self) -> int:
+        if self.overlong_buffer is not None:
+            return self.overlong_buffer
+        return int(self.algorithm.overlong_fraction * self.max_new_tokens)
 
 
 @dataclass
@@ -394,11 +420,13 @@ def _grid(values: torch.Tensor, row: torch.Tensor, col: torch.Tensor, rows: int,
     return out
 
 
-# ----------------------------------------------------------------------------- the algorithm
+# ----------------------------------------------------------------------------- the shared loop
 
 
 class _Online:
-    """Rollouts, advantages and the step function of one run (no file I/O but the log)."""
+    """Rollouts, targets and the step function of one run (no file I/O but the log). Everything
+    that differs between algorithms is asked of ``config.algorithm``
+    (:class:`prefkit.train.algorithms.Algorithm`); this class never looks at its name."""
 
     def __init__(self, config: OnlineConfig, module: PolicyWithValue, tokenizer: Any,
                  reward: Callable, prompts: Sequence[str], accelerator: Any,
@@ -406,6 +434,7 @@ class _Online:
                  monitor: Callable[[Rollout], dict[str, torch.Tensor]] | None = None,
                  max_prompt_length: int | None = None) -> None:
         self.cfg = config
+        self.algorithm = config.algorithm
         self.monitor = monitor
         self.module = module
         self.tokenizer = tokenizer
@@ -429,18 +458,13 @@ class _Online:
         self.aggregation = config.resolved_aggregation()
         self.kl_ctl = (rl.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                        if config.target_kl else rl.FixedKLController(config.kl_coef))
-        self.needs_reference = (config.kl_coef > 0 and config.algo != "raft") or config.algo in (
-            "online_dpo", "online_ipo")
+        self.needs_reference = self.algorithm.needs_reference(config)
         # the sampled tokens' log-probs before the update ("old") need their own forward only
-        # when the update is off-policy (several epochs / minibatches), for PPO's values, or
-        # for a KL penalty in the reward; otherwise the update's own forward equals them
-        self.needs_old = config.algo in (*_CRITIC_FREE, "ppo") and (
-            config.algo == "ppo" or config.ppo_epochs > 1 or config.num_minibatches > 1
-            or (self.kl_in == "reward" and config.kl_coef > 0))
+        # when the algorithm asks (off-policy updates, PPO's values, a KL penalty in the
+        # reward); otherwise the update's own forward equals them
+        self.needs_old = self.algorithm.needs_old(config, self.kl_in)
         self._kl_sum = self._kl_n = 0.0
         self._pending_kl = False
-        if config.algo == "online_dpo":  # a pairwise spec: checked with the config
-            self.pair_loss = losses.combine(losses.parse_loss_spec(config.dpo_loss))
         self.iterations: list[dict[str, Any]] = []
         self.log_path = Path(config.output_dir) / "rollouts.jsonl"
         self._log_opened = False
@@ -456,24 +480,29 @@ class _Online:
                 f"{config.num_minibatches * config.gradient_accumulation_steps} micro-batches")
 
     # ---- prompts of an iteration
-    def _iteration_prompts(self, iteration: int) -> tuple[list[str], int]:
+    def _round_prompts(self, iteration: int, round_: int) -> list[Any]:
+        """The GLOBAL prompts of an iteration's sampling round: round 0 takes the next
+        ``prompts_per_iteration`` of a seeded shuffle of the prompt list (cycled); a refill round
+        (dynamic sampling) draws them with a generator seeded by (seed, iteration, round) -- a
+        pure function, so a resumed or sharded run draws the same."""
         cfg, n = self.cfg, len(self.prompts)
         per = cfg.prompts_per_iteration
+        if round_:
+            rng = random.Random(cfg.seed * 1_000_003 * 7919 + iteration * 1009 + round_)
+            return [self.prompts[rng.randrange(n)] for _ in range(per)]
         chosen = []
         for j in range(iteration * per, (iteration + 1) * per):
             epoch, pos = divmod(j, n)
             order = list(range(n))
             random.Random(cfg.seed * 7919 + epoch).shuffle(order)
             chosen.append(self.prompts[order[pos]])
-        w, r = self.acc.num_processes, self.acc.process_index
-        local = per // w
-        return chosen[r * local:(r + 1) * local], iteration * per + r * local
+        return chosen
 
     def _policy(self) -> nn.Module:
         return _RootedPolicy(self.module) if self.rooted else self.module.policy
 
     @torch.no_grad()
-    def _forward_all(self, groups, *, reference: bool) -> tuple[list, list]:
+    def _forward_all(self, groups: list[PromptGroup], *, reference: bool) -> tuple[list, list]:
         """Per group: per-token log-probs ``[k, T]`` and values (or None), no grad."""
         from ..models.load import reference_context
 
@@ -500,70 +529,170 @@ class _Online:
                     val = None
                 else:
                     lp, val = model(batch)
-                k = lp.sum.shape[1]
-                row, col, width = token_grid(lp.segment, len(chunk) * k)
-                grid = _grid(lp.per_token.float(), row, col, len(chunk) * k, width)
-                vgrid = None if val is None else _grid(val.float(), row, col, len(chunk) * k,
-                                                       width)
-                for i in range(len(chunk)):
-                    logps.append(grid[i * k:(i + 1) * k].cpu())
-                    values.append(None if vgrid is None else vgrid[i * k:(i + 1) * k].cpu())
+                sizes = [g.k for g in chunk]
+                rows = sum(sizes)
+                row, col, width = token_grid(_flat_segment(lp, sizes), rows)
+                grid = _grid(lp.per_token.float(), row, col, rows, width)
+                vgrid = None if val is None else _grid(val.float(), row, col, rows, width)
+                at = 0
+                for k in sizes:
+                    logps.append(grid[at:at + k].cpu())
+                    values.append(None if vgrid is None else vgrid[at:at + k].cpu())
+                    at += k
         finally:
             model.train(was_training)
         return logps, values
 
+    # ---- sampling and scoring
+    def _sample_round(self, iteration: int, round_: int, policy: Any,
+                      counts: Counter) -> list[SampleGroup]:
+        """This process's shard of one sampling round: sampled, scored, adjusted."""
+        cfg, algo = self.cfg, self.algorithm
+        everyone = self._round_prompts(iteration, round_)
+        sizes = list(algo.group_sizes(cfg, everyone, iteration))
+        n = max(sizes, default=1)  # over the global round: the same on every process
+        if len(sizes) != len(everyone) or min(sizes) < 1:
+            raise ValueError(f"{cfg.algo}.group_sizes returned {sizes!r}: expected one size "
+                             f">= 1 per prompt ({len(everyone)})")
+        w, r = self.acc.num_processes, self.acc.process_index
+        local = len(everyone) // w
+        prompts, sizes = everyone[r * local:(r + 1) * local], sizes[r * local:(r + 1) * local]
+        seed = cfg.seed * 1_000_003 + iteration
+        offset = (round_ * len(everyone) + r * local) * n  # this shard's first global row
+        ro = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=n, seed=seed,
+                             row_offset=offset)
+        groups = from_rollout(ro, sizes)
+
+        def check(raw: torch.Tensor, part: Rollout) -> None:
+            self._check_rewards(raw, part, iteration)
+
+        raw = score_groups(groups, self.reward, check, counts)
+        adjusted = algo.adjust_rewards(cfg, raw, flat(groups, "lengths"),
+                                       flat(groups, "truncated"))
+        sizes = [g.size for g in groups]
+        for g, a, b in zip(groups, torch.split(raw, sizes), torch.split(adjusted, sizes),
+                           strict=True):
+            g.raw, g.adjusted = a, b
+        if algo.greedy_baseline:  # one greedy answer per prompt, scored and adjusted alike
+            greedy = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=1,
+                                     seed=seed, greedy=True)
+            ggroups = from_rollout(greedy, [1] * len(prompts))
+            graw = score_groups(ggroups, self.reward, check, counts)
+            glen = flat(ggroups, "lengths")
+            gadj = algo.adjust_rewards(cfg, graw, glen, flat(ggroups, "truncated"))
+            for g, a, b, ln in zip(groups, graw, gadj, glen, strict=True):
+                g.greedy_raw, g.greedy_adjusted, g.greedy_length = a, b, ln
+        return groups
+
+    def _sample_batch(self, iteration: int, counts: Counter
+                      ) -> tuple[list[SampleGroup], dict[str, Any]]:
+        """This process's groups of the iteration's batch. With dynamic sampling
+        (``Algorithm.keep_groups``) the groups it drops are replaced by groups of further
+        rounds: the batch is the first ``prompts_per_iteration`` kept groups in global sampling
+        order (:func:`prefkit.losses.rl.fill_batch`), the same whatever the number of
+        processes; a process receives its contiguous shard of it from whichever process
+        sampled each group."""
+        cfg, algo = self.cfg, self.algorithm
+        policy = self._policy()
+        groups = self._sample_round(iteration, 0, policy, counts)
+        keep = algo.keep_groups(cfg, [g.adjusted for g in groups])
+        if keep is None:
+            return groups, {}
+        per, w = cfg.prompts_per_iteration, self.acc.num_processes
+        local = per // w
+        rounds = [groups]
+        flags = self._gather_flags(keep)
+        while sum(flags) < per and len(rounds) < cfg.max_sampling_rounds:
+            more = self._sample_round(iteration, len(rounds), policy, counts)
+            rounds.append(more)
+            flags += self._gather_flags(algo.keep_groups(cfg, [g.adjusted for g in more]))
+        kept = sum(flags)
+        if kept < per:
+            warnings.warn(f"dynamic sampling: {kept} of {per} groups with varied rewards after "
+                          f"{len(rounds)} rounds (max_sampling_rounds={cfg.max_sampling_rounds})"
+                          f" at iteration {iteration}; groups with equal rewards fill the batch",
+                          stacklevel=2)
+        chosen = rl.fill_batch(flags, per)  # global positions: round * per + rank * local + j
+        mine = chosen[self.acc.process_index * local:(self.acc.process_index + 1) * local]
+        owned = [g for part in rounds for g in part]  # this process's: round * local + j
+        if w > 1:
+            from accelerate.utils import gather_object
+
+            everyone = gather_object([owned])  # one list per process, in rank order
+        else:
+            everyone = [owned]
+        out = []
+        for pos in mine:
+            round_, rest = divmod(pos, per)
+            rank, j = divmod(rest, local)
+            out.append(everyone[rank][round_ * local + j])
+        info = {"sampling_rounds": len(rounds), "groups_dropped": len(flags) - kept}
+        return out, info
+
+    def _gather_flags(self, keep: list[bool]) -> list[bool]:
+        """Every process's keep flags of a round, in global order."""
+        if self.acc.num_processes == 1:
+            return list(keep)
+        t = torch.tensor(keep, dtype=torch.long, device=self.acc.device)
+        return [bool(v) for v in self.acc.gather(t).cpu()]
+
     # ---- one iteration's rollout -> micro-batches
     def collect(self, iteration: int) -> list[dict[str, Any]]:
-        cfg = self.cfg
         if not self._log_opened:
             # the first iteration of this call: a resumed run replays it, so the lines a killed
             # run wrote for it and later ones go (a fresh start found the file cleared)
             self._log_opened = True
             if self.acc.is_main_process:
                 keep_records_up_to(self.log_path, "iteration", iteration - 1)
-        prompts, offset = self._iteration_prompts(iteration)
-        g = cfg.num_generations
-        seed = cfg.seed * 1_000_003 + iteration
-        policy = self._policy()
-        ro = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=g, seed=seed,
-                             row_offset=offset * g)
-        raw = self.reward(ro.prompts, ro.completions, ro.prompt_ids, ro.completion_ids).float()
-        self._check_rewards(raw, ro, iteration)
-        raw_all, lengths_all = raw, ro.lengths()
-        if cfg.algo == "remax":  # the greedy answer's reward: an extra column, shaped alike
-            greedy = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=1,
-                                     seed=seed, greedy=True)
-            greedy_raw = self.reward(greedy.prompts, greedy.completions, greedy.prompt_ids,
-                                     greedy.completion_ids).float()
-            self._check_rewards(greedy_raw, greedy, iteration)
-            raw_all = torch.cat([raw, greedy_raw], dim=1)
-            lengths_all = torch.cat([lengths_all, greedy.lengths()], dim=1)
-        shaped = self._shape(raw_all, lengths_all)
-        scores, baseline = shaped[:, :g], (shaped[:, g] if cfg.algo == "remax" else None)
+        counts: Counter = Counter()
+        batch, sampling = self._sample_batch(iteration, counts)
+        algo = self.algorithm
+        sizes = [g.size for g in batch]
+        raw, adjusted = flat(batch, "raw"), flat(batch, "adjusted")
+        lengths = flat(batch, "lengths")
+        values_in, lengths_in = adjusted, lengths
+        if algo.greedy_baseline:  # the greedy answers' rewards are shaped with the samples
+            values_in = torch.cat([adjusted, torch.stack([g.greedy_adjusted for g in batch])])
+            lengths_in = torch.cat([lengths, torch.stack([g.greedy_length for g in batch])])
+        shaped = self._shape(values_in, lengths_in)
+        scores, baseline = shaped[:len(raw)], None
+        if algo.greedy_baseline:
+            baseline = shaped[len(raw):]
         self.finalize_kl()  # the previous iteration's KL, when measured during its update
-        groups = ro.groups()
-        widths = [max(len(c) for c in cs) for cs in ro.completion_ids]
-        lengths = ro.lengths()
-        masks = [torch.arange(w)[None, :] < lengths[i][:, None] for i, w in enumerate(widths)]
+        groups = [PromptGroup(g.prompt_ids, g.completion_ids) for g in batch]
+        widths = [max(len(c) for c in g.completion_ids) for g in batch]
+        masks = [torch.arange(w)[None, :] < g.lengths()[:, None]
+                 for g, w in zip(batch, widths, strict=True)]
         if self.needs_old:
             old, values = self._forward_all(groups, reference=False)
             old = [o[:, :w] for o, w in zip(old, widths, strict=True)]
             values = [v if v is None else v[:, :w] for v, w in zip(values, widths, strict=True)]
         else:
-            old, values = [torch.zeros(g, w) for w in widths], [None] * len(widths)
+            old, values = [torch.zeros(k, w) for k, w in zip(sizes, widths, strict=True)], [
+                None] * len(widths)
         ref = ([r[:, :w] for r, w in zip(self._forward_all(groups, reference=True)[0], widths,
                                           strict=True)]
-               if self.needs_reference else [torch.zeros(g, w) for w in widths])
-        seq_kl = torch.zeros(len(groups), g)
+               if self.needs_reference
+               else [torch.zeros(k, w) for k, w in zip(sizes, widths, strict=True)])
+        seq_kl = torch.zeros(len(raw))
         mean_kl = None
         if self.needs_old and self.needs_reference:
-            seq_kl = torch.stack([(rl.kl_penalty(o, r, "k1") * m).sum(1)
-                                  for o, r, m in zip(old, ref, masks, strict=True)])
-            mean_kl = self._global_mean(seq_kl)
-        self._log_iteration(iteration, ro, raw, scores, mean_kl)
+            seq_kl = torch.cat([(rl.kl_penalty(o, r, "k1") * m).sum(1)
+                                for o, r, m in zip(old, ref, masks, strict=True)])
+            mean_kl = self.global_mean(seq_kl)
+        self._log_iteration(iteration, batch, raw, scores, mean_kl, counts, sampling)
         if mean_kl is not None:
             self._after_kl(iteration, mean_kl)
-        items = self._items(ro, groups, scores, baseline, old, ref, values, masks, seq_kl)
+        data = algorithms.RolloutData(sizes=sizes, scores=scores, baseline=baseline, old=old,
+                                      ref=ref, values=values, masks=masks, seq_kl=seq_kl)
+        targets = algo.targets(self, data)
+        split_scores = data.split(scores)
+        items = []
+        for i in range(len(batch)):
+            item = {"group": groups[i], "old": old[i], "ref": ref[i], "mask": masks[i],
+                    "scores": split_scores[i]}
+            item.update({k: v[i] for k, v in targets.items()})
+            items.append(item)
         return self._micro_batches(items, iteration)
 
     def _after_kl(self, iteration: int, mean_kl: float) -> None:
@@ -606,22 +735,19 @@ class _Online:
 
     def _shape(self, raw: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Reward shaping over the GLOBAL batch (normalization sees every process's rewards,
-        so W processes shape exactly as one does), then this process's rows."""
+        so W processes shape exactly as one does), then this process's entries."""
         if self.shaping is None:
             return raw
-        w = self.acc.num_processes
-        if w == 1:
+        if self.acc.num_processes == 1:
             return self.shaping(raw, lengths)
-        both = torch.stack([raw, lengths.float()]).to(self.acc.device)
-        gathered = self.acc.gather(both[None]).cpu()  # [W, 2, P_local, C]
-        raw_g = torch.cat(list(gathered[:, 0]))
-        len_g = torch.cat(list(gathered[:, 1]))
-        shaped = self.shaping(raw_g, len_g)
-        n = raw.shape[0]
-        r = self.acc.process_index
-        return shaped[r * n:(r + 1) * n]
+        from accelerate.utils import gather_object
 
-    def _global_totals(self, x: torch.Tensor) -> tuple[float, float]:
+        parts = gather_object([torch.stack([raw.float(), lengths.float()]).cpu()])
+        shaped = self.shaping(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        start = sum(p.shape[1] for p in parts[:self.acc.process_index])
+        return shaped[start:start + raw.numel()]
+
+    def global_totals(self, x: torch.Tensor) -> tuple[float, float]:
         """(sum, count) of ``x`` over all processes."""
         total = torch.tensor([float(x.sum()), float(x.numel())], dtype=torch.float64,
                              device=self.acc.device)
@@ -629,9 +755,21 @@ class _Online:
             total = self.acc.reduce(total, reduction="sum")
         return float(total[0]), float(total[1])
 
-    def _global_mean(self, x: torch.Tensor) -> float:
-        total, count = self._global_totals(x)
+    def global_mean(self, x: torch.Tensor) -> float:
+        """Mean of ``x``'s entries over all processes."""
+        total, count = self.global_totals(x)
         return total / max(count, 1.0)
+
+    def _global_counts(self, counts: Counter) -> dict[str, int]:
+        """Reward status counts summed over processes (every process's keys)."""
+        if self.acc.num_processes == 1:
+            return dict(counts)
+        from accelerate.utils import gather_object
+
+        total: Counter = Counter()
+        for part in gather_object([dict(counts)]):
+            total.update(part)
+        return dict(total)
 
     def _check_rewards(self, raw: torch.Tensor, ro: Rollout, iteration: int) -> None:
         bad = (~torch.isfinite(raw)).nonzero()
@@ -645,25 +783,31 @@ class _Online:
                 f"{raw.numel()} rewards); last checkpoint: "
                 f"{str(ckpts[-1]) if ckpts else 'none'}")
 
-    def _log_iteration(self, iteration: int, ro: Rollout, raw, scores,
-                       mean_kl: float | None) -> None:
+    def _log_iteration(self, iteration: int, batch: list[SampleGroup], raw, scores,
+                       mean_kl: float | None, counts: Counter, sampling: dict[str, Any]) -> None:
         def glob(x: torch.Tensor) -> float:
-            return self._global_mean(x.float())
+            return self.global_mean(x.float())
+        truncated = flat(batch, "truncated")
         stats = {"iteration": iteration, "reward": round(glob(raw), 6),
                  "shaped_reward": round(glob(scores), 6),
                  "kl": None if mean_kl is None else round(mean_kl, 6),
                  "kl_coef": round(float(self.kl_ctl.value), 6),
-                 "length": round(glob(ro.lengths()), 3),
-                 "truncated": round(glob(ro.truncated), 4), "empty": round(glob(ro.empty), 4),
-                 "stopped": round(glob(ro.stopped), 4)}
-        cut = ro.prompt_truncated if ro.prompt_truncated is not None else torch.zeros(0)
-        stats["prompts_truncated"] = int(self._global_totals(cut.float())[0])
+                 "length": round(glob(flat(batch, "lengths")), 3),
+                 "truncated": round(glob(truncated), 4),
+                 "empty": round(glob(flat(batch, "empty")), 4),
+                 "stopped": round(glob(flat(batch, "stopped")), 4)}
+        cut = torch.tensor([g.prompt_truncated for g in batch], dtype=torch.float32)
+        stats["prompts_truncated"] = int(self.global_totals(cut)[0])
         self.truncation["prompts_truncated"] += stats["prompts_truncated"]
         self.truncation["completions_truncated"] += int(
-            self._global_totals(ro.truncated.float())[0])
+            self.global_totals(truncated.float())[0])
+        stats.update({f"dynamic_sampling/{k}": v for k, v in sampling.items()})
+        if hasattr(self.reward, "status_counts"):
+            stats.update({f"reward_status/{k}": v
+                          for k, v in sorted(self._global_counts(counts).items())})
         if self.monitor is not None:
-            stats.update({k: round(glob(torch.as_tensor(v)), 6)
-                          for k, v in self.monitor(ro).items()})
+            stats.update({k: round(glob(_flat_values(v)), 6)
+                          for k, v in self.monitor(as_rollout(batch)).items()})
         self.iterations.append(stats)
         # without an "old" pass the KL comes from the update: the line is written then
         self._pending_kl = mean_kl is None and self.needs_reference and not self.needs_old
@@ -675,48 +819,6 @@ class _Online:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(stats) + "\n")
-
-    # ---- per-algorithm targets for each prompt group
-    def _items(self, ro, groups, scores, baseline, old, ref, values, masks, seq_kl
-               ) -> list[dict]:
-        cfg, algo = self.cfg, self.cfg.algo
-        p = len(ro.prompts)
-        coef = float(self.kl_ctl.value)
-        adv_seq = None
-        if algo in _CRITIC_FREE:
-            s = scores - coef * seq_kl if self.kl_in == "reward" and coef else scores
-            if algo == "remax":
-                adv_seq = rl.get_advantage("remax")(s, baseline_scores=baseline)
-            elif algo == "reinforce":
-                adv_seq = self._reinforce(s)
-            else:
-                adv_seq = rl.get_advantage(algo)(s)
-        items = []
-        ppo_adv = []
-        for i in range(p):
-            item = {"group": groups[i], "old": old[i], "ref": ref[i], "mask": masks[i],
-                    "scores": scores[i]}
-            if adv_seq is not None:
-                item["adv"] = rl.broadcast_to_tokens(adv_seq[i], masks[i])
-            if algo == "ppo":
-                kl = rl.kl_penalty(old[i], ref[i], self.kl_kind) * masks[i]
-                rewards = rl.token_rewards(scores[i], kl, masks[i], kl_coef=coef)
-                adv, ret = rl.gae(rewards, values[i], masks[i], gamma=cfg.gamma, lam=cfg.lam)
-                item.update(adv=adv, returns=ret, values=values[i])
-                ppo_adv.append((adv, masks[i]))
-            items.append(item)
-        if algo == "ppo" and cfg.whiten_advantages:
-            # moments over the GLOBAL rollout (all processes), so sharding does not matter
-            flat = torch.cat([a[m] for a, m in ppo_adv]).double()
-            mean = self._global_mean(flat)
-            std = self._global_mean((flat - mean) ** 2) ** 0.5
-            for it in items:
-                it["adv"] = ((it["adv"] - mean) / (std + 1e-8)) * it["mask"]
-        return items
-
-    def _reinforce(self, s: torch.Tensor) -> torch.Tensor:
-        """REINFORCE with the GLOBAL batch-mean baseline (the same on every process)."""
-        return s - self._global_mean(s)
 
     def _micro_batches(self, items: list[dict], iteration: int) -> list[dict]:
         cfg = self.cfg
@@ -733,32 +835,31 @@ class _Online:
         return out
 
     def _collate(self, part: list[dict]) -> dict[str, Any]:
+        """A micro-batch: the groups packed (each prompt once), every per-sample tensor of the
+        items concatenated in sample order (``[k, T]`` ones right-padded to the widest)."""
         groups = [it["group"] for it in part]
         packed = pack_groups(groups, max_length=max(g.packed_length for g in groups),
                              pad_id=self.pad_id)
         width = max(it["old"].shape[1] for it in part)
-
-        def stack(key):
-            if key not in part[0]:
-                return None
-            return torch.cat([torch.nn.functional.pad(it[key].float(),
-                                                      (0, width - it[key].shape[1]))
-                              for it in part])
-        batch = {"packed": packed, "old": stack("old"), "ref": stack("ref"),
-                 "mask": stack("mask").bool(), "scores": torch.stack([it["scores"]
-                                                                      for it in part])}
-        for key in ("adv", "returns", "values"):
-            value = stack(key)
-            if value is not None:
-                batch[key] = value
+        batch: dict[str, Any] = {"packed": packed, "sizes": [g.k for g in groups]}
+        for key, first in part[0].items():
+            if key == "group" or first is None:
+                continue
+            if first.dim() == 2:
+                batch[key] = torch.cat([torch.nn.functional.pad(
+                    it[key].float(), (0, width - it[key].shape[1])) for it in part])
+            else:
+                batch[key] = torch.cat([it[key] for it in part])
+        batch["mask"] = batch["mask"].bool()
         return batch
 
     # ---- the step
     def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        """One micro-batch's loss (:meth:`_step`); after the last micro-batch of a rollout's
-        first pass the KL it measured is final (:meth:`finalize_kl`): recorded before the
-        optimizer step and the iteration's checkpoint, so the checkpoint holds the controller
-        that iteration left (and a blow-up stops the run before the update)."""
+        """One micro-batch's loss (the algorithm's :meth:`~prefkit.train.algorithms.Algorithm.
+        loss`); after the last micro-batch of a rollout's first pass the KL it measured is final
+        (:meth:`finalize_kl`): recorded before the optimizer step and the iteration's
+        checkpoint, so the checkpoint holds the controller that iteration left (and a blow-up
+        stops the run before the update)."""
         out = self._step(model, batch)
         if batch.get("closes_first_pass"):
             self.finalize_kl()
@@ -767,89 +868,30 @@ class _Online:
     def _step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         lp, values = model(batch["packed"])
         mask = batch["mask"]
-        rows = mask.shape[0]
-        row, col, _ = token_grid(lp.segment, rows)
-        width = mask.shape[1]
+        rows, width = mask.shape
+        row, col, _ = token_grid(_flat_segment(lp, batch["sizes"]), rows)
         logps = _grid(lp.per_token.float(), row, col, rows, width)
         self._record_kl(logps, batch)
-        algo = self.cfg.algo
-        if algo in ("online_dpo", "online_ipo"):
-            return self._pair_step(logps, batch)
-        if algo == "raft":
-            return self._raft_step(logps, batch)
-        cfg = self.cfg
-        loss_name = "ppo_clip"
-        old = batch["old"] if self.needs_old else logps.detach()  # on-policy: ratio 1
-        pg, pg_metrics = rl.get_policy_loss(loss_name)(
-            logps, old, batch["adv"], mask, clip_eps=cfg.clip_eps,
-            clip_eps_high=cfg.clip_eps_high)
-        per_token = pg
-        metrics_tok = {"pg_loss": pg, "clipfrac": pg_metrics["clipfrac"] * mask,
-                       "ratio": pg_metrics["ratio"] * mask}
-        if self.needs_reference:
-            kl = rl.kl_penalty(logps, batch["ref"], self.kl_kind) * mask
-            if self.kl_in == "loss" and self.kl_ctl.value:
-                per_token = per_token + float(self.kl_ctl.value) * kl
-            metrics_tok["kl"] = kl
-        if algo == "ppo":
-            v = _grid(values.float(), row, col, rows, width)
-            vf, _ = rl.value_loss(v, batch["values"], batch["returns"], mask,
-                                  clip_range=cfg.value_clip)
-            per_token = per_token + cfg.vf_coef * vf
-            metrics_tok["vf_loss"] = vf
-        total, count = rl.aggregate(per_token, mask, self.aggregation,
-                                    max_tokens=cfg.max_new_tokens)
-        # metrics are per-token means (a ratio of 1 logs as 1) over the loss's denominator
-        per_seq = "token_mean" if self.aggregation == "token_mean" else "seq_mean_token_mean"
-        metrics = {k: rl.aggregate(v.detach(), mask, per_seq)[0]
-                   for k, v in metrics_tok.items()}
-        return StepOutput(loss_sum=total, n_examples=count, metrics_sum=metrics,
-                          n_tokens=int(mask.sum()))
+        value_grid = None if values is None else _grid(values.float(), row, col, rows, width)
+        return self.algorithm.loss(self, logps, value_grid, batch)
 
-    def _pairs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per prompt: (best index, worst index, valid) by the scores."""
-        scores = batch["scores"]
-        hi, lo = scores.argmax(dim=1), scores.argmin(dim=1)
-        valid = scores.max(dim=1).values > scores.min(dim=1).values
-        return hi, lo, valid
 
-    def _pair_step(self, logps: torch.Tensor, batch: dict[str, Any]) -> StepOutput:
-        g = self.cfg.num_generations
-        mask = batch["mask"]
-        seq = (logps * mask).sum(1).view(-1, g)
-        ref = (batch["ref"] * mask).sum(1).view(-1, g)
-        lengths = mask.sum(1).view(-1, g).float()
-        p = seq.shape[0]
-        ar = torch.arange(p)
-        if self.cfg.algo == "online_dpo":
-            hi, lo, valid = self._pairs(batch)
-            inputs = {"chosen_logps": seq[ar, hi], "rejected_logps": seq[ar, lo],
-                      "ref_chosen_logps": ref[ar, hi], "ref_rejected_logps": ref[ar, lo],
-                      "chosen_lengths": lengths[ar, hi], "rejected_lengths": lengths[ar, lo]}
-            loss, metrics = losses.call_loss(self.pair_loss, inputs)
-        else:  # online IPO on a general preference: scores[:, 0] = P(sample 0 beats 1)
-            prob = batch["scores"][:, 0].clamp(0.0, 1.0)
-            valid = torch.ones(p, dtype=torch.bool)
-            h = (seq[:, 0] - ref[:, 0]) - (seq[:, 1] - ref[:, 1])
-            target = (2.0 * prob - 1.0) / (2.0 * self.cfg.beta)
-            loss = (h - target) ** 2
-            metrics = {"logratio_gap": h.detach(), "target": target}
-        w = valid.float()
-        return StepOutput(loss_sum=(loss * w).sum(), n_examples=w.sum(),
-                          metrics_sum={k: (v.detach().float() * w).sum()
-                                       for k, v in metrics.items()},
-                          n_tokens=int(mask.sum()))
+def _flat_segment(lp: Any, sizes: Sequence[int]) -> torch.Tensor:
+    """Each token's completion as a flat index in group order (``pack_groups`` numbers them
+    ``group * Kmax + response``: the same when every group has ``Kmax`` completions)."""
+    k_max = lp.sum.shape[1]
+    if all(k == k_max for k in sizes):
+        return lp.segment
+    starts = torch.tensor([0, *itertools.accumulate(sizes)][:-1], device=lp.segment.device)
+    return starts[lp.segment // k_max] + lp.segment % k_max
 
-    def _raft_step(self, logps: torch.Tensor, batch: dict[str, Any]) -> StepOutput:
-        keep = self.cfg.raft_keep
-        mask = batch["mask"]
-        top = batch["scores"].topk(keep, dim=1).indices
-        kept = torch.zeros_like(batch["scores"], dtype=torch.bool)
-        kept.scatter_(1, top, True)
-        tok_mask = mask & kept.view(-1)[:, None]
-        total, count = rl.aggregate(-logps, tok_mask, "token_mean")
-        return StepOutput(loss_sum=total, n_examples=count,
-                          metrics_sum={"nll": total.detach()}, n_tokens=int(tok_mask.sum()))
+
+def _flat_values(v: Any) -> torch.Tensor:
+    """A monitor's values (a ``[P, G]`` tensor, or nested lists of groups of any size)."""
+    if isinstance(v, torch.Tensor):
+        return v
+    return torch.tensor([float(x) for row in v for x in (row if hasattr(row, "__iter__")
+                                                           else [row])])
 
 
 class _RolloutStream:
@@ -951,11 +993,11 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     # under FSDP2 the full model stays in host memory: sharding moves each process's shards
     device = torch.device("cpu") if sharded else accelerator.device
     model.to(device)
-    module = PolicyWithValue(model, value_head=config.algo == "ppo",
+    algorithm = config.algorithm
+    module = PolicyWithValue(model, value_head=algorithm.value_head,
                              chunk_size=config.chunk_size).to(device)
     needs_copy = reference is None and not hasattr(model, "disable_adapter")
-    online_needs_ref = (config.kl_coef > 0 and config.algo != "raft") or config.algo in (
-        "online_dpo", "online_ipo")
+    online_needs_ref = algorithm.needs_reference(config)
     self_rewarding = isinstance(reward, str) and reward == "self"
     if needs_copy and (online_needs_ref or self_rewarding):
         reference = copy.deepcopy(model).eval()
@@ -964,7 +1006,8 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     plain = None
     if sharded:
         if self_rewarding and module.value_head is not None:
-            raise ConfigError("sharding='fsdp2' with algo=ppo does not support reward 'self' "
+            raise ConfigError(f"sharding='fsdp2' with algo={config.algo} does not support reward "
+                              "'self' "
                               "(the implicit reward calls the policy outside the sharded root); "
                               "use sharding='ddp' or a critic-free algorithm")
         plain, module, reference = _shard_online(config, accelerator, module, reference)

@@ -1,0 +1,101 @@
+"""Prompt groups of any size: the unit the online loop samples, scores, filters, moves between
+processes and trains on. A :class:`SampleGroup` is one prompt with its ``k`` completions (``k``
+may differ between prompts); the loop keeps a list of them, flat in group order."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..rollout import Rollout
+
+__all__ = ["SampleGroup", "as_rollout", "flat", "from_rollout", "score_groups"]
+
+
+@dataclass
+class SampleGroup:
+    """One prompt and its completions (:class:`~prefkit.train.rollout.Rollout`'s fields for one
+    row), their raw rewards (the source's), ``adjusted`` rewards (plus the algorithm's terms),
+    and ReMax's greedy sample's (``greedy_*``)."""
+
+    prompt: Any
+    prompt_ids: list[int]
+    prompt_truncated: bool
+    completions: list[str]
+    completion_ids: list[list[int]]
+    truncated: torch.Tensor
+    empty: torch.Tensor
+    stopped: torch.Tensor
+    raw: torch.Tensor | None = None
+    adjusted: torch.Tensor | None = None
+    greedy_raw: torch.Tensor | None = None
+    greedy_adjusted: torch.Tensor | None = None
+    greedy_length: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.completion_ids)
+
+    def lengths(self) -> torch.Tensor:
+        return torch.tensor([len(c) for c in self.completion_ids], dtype=torch.float32)
+
+
+def from_rollout(ro: Rollout, sizes: Sequence[int]) -> list[SampleGroup]:
+    """Prompt ``i`` of a rollout with its first ``sizes[i]`` completions."""
+    cut = ro.prompt_truncated
+    return [SampleGroup(prompt=ro.prompts[i], prompt_ids=ro.prompt_ids[i],
+                        prompt_truncated=bool(cut[i]) if cut is not None else False,
+                        completions=ro.completions[i][:k], completion_ids=ro.completion_ids[i][:k],
+                        truncated=ro.truncated[i, :k], empty=ro.empty[i, :k],
+                        stopped=ro.stopped[i, :k])
+            for i, k in enumerate(sizes)]
+
+
+def flat(groups: Sequence[SampleGroup], attr: str) -> torch.Tensor:
+    """A per-sample field of every group, concatenated (``"lengths"`` for the lengths)."""
+    parts = [g.lengths() if attr == "lengths" else getattr(g, attr) for g in groups]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def score_groups(groups: Sequence[SampleGroup], reward: Callable,
+                 check: Callable[[torch.Tensor, Rollout], None],
+                 counts: Counter | None = None) -> torch.Tensor:
+    """Score every group with ``reward(prompts, completions, prompt_ids, completion_ids) ->
+    [P, k]``: one call per group size (one call when all groups have the same size); each
+    call's ``[P, k]`` result is passed to ``check`` with its rows as a rollout, and a source's
+    ``status_counts()`` (when it has one) is added to ``counts``. Returns the flat rewards."""
+    out: list[torch.Tensor | None] = [None] * len(groups)
+    for k in sorted({g.size for g in groups}, key=[g.size for g in groups].index):
+        idx = [i for i, g in enumerate(groups) if g.size == k]
+        part = [groups[i] for i in idx]
+        ro = as_rollout(part)
+        raw = reward(ro.prompts, ro.completions, ro.prompt_ids, ro.completion_ids).float()
+        if counts is not None and hasattr(reward, "status_counts"):
+            counts.update({str(s): int(n) for s, n in reward.status_counts().items()})
+        check(raw, ro)
+        for i, row in zip(idx, raw, strict=True):
+            out[i] = row
+    return torch.cat(out) if out else torch.zeros(0)  # type: ignore[arg-type]
+
+
+def as_rollout(groups: Sequence[SampleGroup]) -> Rollout:
+    """The groups as a :class:`~prefkit.train.rollout.Rollout`: ``[P, k]`` flags when every
+    group has ``k`` completions, else flat ``[N]`` flags (groups of different sizes)."""
+    same = len({g.size for g in groups}) <= 1
+
+    def flags(attr: str) -> torch.Tensor:
+        parts = [getattr(g, attr) for g in groups]
+        if not parts:
+            return torch.zeros(0, 0, dtype=torch.bool)
+        return torch.stack(parts) if same else torch.cat(parts)
+
+    return Rollout(prompts=[g.prompt for g in groups], prompt_ids=[g.prompt_ids for g in groups],
+                   completions=[g.completions for g in groups],
+                   completion_ids=[g.completion_ids for g in groups],
+                   truncated=flags("truncated"), empty=flags("empty"), stopped=flags("stopped"),
+                   prompt_truncated=torch.tensor([g.prompt_truncated for g in groups],
+                                                 dtype=torch.bool))
