@@ -156,6 +156,8 @@ def test_registered_with_settings():
         ExactSortTask(min_len=5, max_len=4)
     with pytest.raises(ValueError):
         CountTask(n_symbols=9)
+    with pytest.raises(ValueError, match="quality"):
+        task.demonstration(prompt, random.Random(0), 1.5)
 
 
 # --------------------------------------------------------------------- SFT headroom

@@ -272,9 +272,25 @@ def test_cli_bad_file_and_k(tmp_path):
     code, out, _ = run(path, "--k", "1", "--json")
     assert code == 2 and json.loads(out)["detail"]["line"] == 2
     code, _, err = run(write(tmp_path / "empty.jsonl", []), "--k", "1")
-    assert code == 2 and "at least one line" in err
+    assert code == 2 and "at least one record" in err
     for bad in ("0", "a,b", ""):
         code, _, err = run(path, "--k", bad)
         assert code == 2 and "--k" in err
     code, _, _ = run(tmp_path / "missing.jsonl", "--k", "1")
     assert code == 2
+
+
+def test_cli_reads_parquet_and_names_its_row(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": "p", "samples": ["1", "2"], "correct": [True, False]},
+            {"prompt": "q", "samples": ["1", "1"], "correct": [True, True]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "s.parquet")
+    code, out, _ = run(tmp_path / "s.parquet", "--k", "1,2", "--json", "--bootstrap", "10")
+    assert code == 0 and json.loads(out)["pass@k"]["2"]["mean"] == pytest.approx(1.0)
+    assert json.loads(out)["pass@k"]["1"]["mean"] == pytest.approx(0.75)
+    rows[1]["correct"] = [True, False]  # "1" both right and wrong
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
+    code, out, err = run(tmp_path / "bad.parquet", "--k", "1", "--json")
+    assert code == 2 and json.loads(out)["detail"]["row"] == 2 and "row 2" in err

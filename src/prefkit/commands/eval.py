@@ -191,8 +191,8 @@ def _lab_checker(name: str, as_json: bool):
 @cli_errors
 def passk(
     file: Annotated[str, typer.Argument(
-        help="JSONL, one prompt a line: {prompt, samples, reference | correct, [answers], "
-             "[task]}.")],
+        help="JSONL (or JSON array, Parquet, dataset folder), one prompt a record: {prompt, "
+             "samples, reference | correct, [answers], [task]}.")],
     k: Annotated[str, typer.Option("--k", help="k values, comma-separated.")] = "1,4,8",
     lab_task: Annotated[str | None, typer.Option(
         "--lab-task", help="Score the samples with this lab task's exact checker (arith, "

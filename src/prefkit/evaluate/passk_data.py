@@ -1,6 +1,7 @@
-"""Read sampled answers for :mod:`prefkit.evaluate.passk` from JSON Lines, checked.
+"""Read sampled answers for :mod:`prefkit.evaluate.passk`, checked: JSON Lines (or any source
+:func:`prefkit.data.io.iter_rows` reads: a JSON array, Parquet, a dataset folder).
 
-One line per prompt::
+One record per prompt::
 
     {"prompt": "calc: 3 + 4 * 2 =", "samples": ["1 1", "1 4", "1 1"], "reference": "1 1"}
     {"prompt": "...", "samples": [...], "correct": [true, false, true], "task": "arith"}
@@ -23,8 +24,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.errors import MISSING_FIELD, NO_RECORDS, WRONG_TYPE, Note, RecordError
-from ..data.io import iter_jsonl_rows
+from ..data.errors import MISSING_FIELD, WRONG_TYPE, Note, RecordError
+from ..data.io import iter_rows, row_kind_of, source_kind
 
 __all__ = ["SampleSet", "read_samples"]
 
@@ -47,14 +48,15 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def _string_list(source: str, line: int, data: dict, key: str, *, nullable: bool = False
-                 ) -> list:
+def _string_list(source: str, line: int, kind: str, data: dict, key: str, *,
+                 nullable: bool = False) -> list:
     value = data[key]
     kinds = "strings or nulls" if nullable else "strings"
     ok = isinstance(value, list) and all(
         isinstance(v, str) or (nullable and v is None) for v in value)
     if not ok:
-        raise RecordError(source, line, key, f"a list of {kinds}", WRONG_TYPE, value)
+        raise RecordError(source, line, key, f"a list of {kinds}", WRONG_TYPE, value,
+                          row_kind=kind)
     return value
 
 
@@ -63,8 +65,9 @@ def read_samples(path: str | Path, *, check: Checker | None = None,
     """Read and check the file (module docstring); ``check`` scores the samples instead of
     the lines' ``correct`` / ``reference``; every line needs ``min_samples`` samples."""
     source = str(path)
+    kind = row_kind_of(source_kind(path))
     out = SampleSet()
-    for row in iter_jsonl_rows(path):
+    for row in iter_rows(path):
         if row.error is not None:
             raise row.error
         data, line = row.data, row.line
@@ -72,7 +75,7 @@ def read_samples(path: str | Path, *, check: Checker | None = None,
 
         def bad(key: str, expected: str, got: object = ..., code: str = WRONG_TYPE,
                 line: int = line) -> RecordError:
-            return RecordError(source, line, key, expected, code, got)
+            return RecordError(source, line, key, expected, code, got, row_kind=kind)
 
         for key in ("prompt", "samples"):
             if key not in data:
@@ -81,7 +84,7 @@ def read_samples(path: str | Path, *, check: Checker | None = None,
         prompt = data["prompt"]
         if not isinstance(prompt, str):
             raise bad("prompt", "a string", prompt)
-        samples = _string_list(source, line, data, "samples")
+        samples = _string_list(source, line, kind, data, "samples")
         if len(samples) < max(1, min_samples):
             raise bad("samples", f"at least {max(1, min_samples)} samples (the largest k)",
                       Note(f"{len(samples)}"))
@@ -106,7 +109,7 @@ def read_samples(path: str | Path, *, check: Checker | None = None,
             raise bad("correct", "'correct' (a list of booleans) or 'reference' (a string)",
                       code=MISSING_FIELD)
         if "answers" in data and check is None:
-            answers = _string_list(source, line, data, "answers", nullable=True)
+            answers = _string_list(source, line, kind, data, "answers", nullable=True)
             if len(answers) != n:
                 raise bad("answers", f"{n} answers (one per sample)", Note(f"{len(answers)}"))
         flags: dict[Hashable, bool] = {}
@@ -122,7 +125,4 @@ def read_samples(path: str | Path, *, check: Checker | None = None,
         out.answers.append(answers)
         out.tasks.append(task)
         out.lines.append(line)
-    if not out.prompts:
-        raise RecordError(source, None, None, "at least one line", NO_RECORDS,
-                          Note("none (empty)"))
     return out

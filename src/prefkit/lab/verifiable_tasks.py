@@ -29,7 +29,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .tasks import TASKS, Task, _check_quality
+from .tasks import TASKS, Task
 
 __all__ = [
     "OK",
@@ -113,7 +113,9 @@ class VerifiableTask(Task):
         return self.check(prompt, response).reward
 
     def demonstration(self, prompt: str, rng: random.Random, quality: float = 1.0) -> str:
-        if rng.random() < _check_quality(quality):
+        if not 0.0 <= quality <= 1.0:
+            raise ValueError(f"quality must be in [0, 1], got {quality}")
+        if rng.random() < quality:
             return self.reference(prompt)
         return self._mistake(prompt, rng)
 
