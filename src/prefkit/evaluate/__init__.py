@@ -1,7 +1,7 @@
 """Evaluation: reward-model benchmarks (RewardBench format), calibration, length probes, and
 policy evaluation (win rates with CIs, length-controlled win rate, KL estimates, ranking
-accuracy with its Wilson interval, over-optimization curves), and agreement between
-annotators (Krippendorff's alpha, Fleiss' and Cohen's kappa, position bias).
+accuracy with its Wilson interval, over-optimization curves, pass@k and maj@k), and agreement
+between annotators (Krippendorff's alpha, Fleiss' and Cohen's kappa, position bias).
 
 Pure functions on numpy arrays — score your data first, then pass the numbers in.
 """
@@ -52,6 +52,10 @@ _WHERE = {
     "read_model_outputs": "alpaca",
     "winrate_report": "alpaca",
     "write_annotations": "alpaca",
+    "bootstrap_interval": "passk",
+    "maj_at_k": "passk",
+    "pass_at_k": "passk",
+    "passk_report": "passk",
 }
 """Public name -> the submodule defining it: imported on first use (PEP 562), so that
 ``prefkit.data.stats`` can use the agreement maths without loading scipy.stats and matplotlib."""
