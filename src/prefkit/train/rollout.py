@@ -2,14 +2,14 @@
 
 * :class:`SamplingSettings` -- max new tokens, temperature, top-k, top-p, stop strings.
 * :class:`GenerationBackend` -- the interface a sampler implements. :class:`TransformersBackend`
-  (Hugging Face ``generate`` with KV cache, through :func:`prefkit.models.generate.sample`:
-  the samples are a pure function of the seed and the global row index, so several processes
-  that each sample their shard of the prompts draw exactly what one process would).
-  A vLLM backend implements the same ``generate`` call: load the policy's current weights into
-  the engine before each rollout (``llm.llm_engine.model_executor...load_weights`` or a
-  weight-sync hook), call ``llm.generate(prompts, SamplingParams(n=n, temperature=...,
-  top_p=..., top_k=..., max_tokens=..., stop=..., seed=...))`` and return each output's
-  ``token_ids`` and ``text``; everything downstream (log-probs, rewards, the update) is the same.
+  (a transformers model sampled through :func:`prefkit.models.generate.sample`: prefkit's
+  batched static-KV-cache decode loop by default, Hugging Face ``generate`` with
+  ``SamplingSettings(backend="transformers")``, the same tokens either way; the samples are a
+  pure function of the seed and the global row index, so several processes that each sample
+  their shard of the prompts draw exactly what one process would).
+  vLLM plugs in the same way, as ``SamplingSettings(backend=VLLMBackend(...))``
+  (:mod:`prefkit.models.vllm_backend`: in-process engine, weights synced before each rollout);
+  everything downstream (log-probs, rewards, the update) is the same.
 * :class:`Rollout` -- one batch of prompts with their ``G`` completions (text and ids), which
   prompts were cut to ``max_prompt_length`` and which completions hit the length limit, were
   cut by a stop string or came out empty.
@@ -51,7 +51,10 @@ __all__ = ["GenerationBackend", "Rollout", "SamplingSettings", "TransformersBack
 class SamplingSettings:
     """How completions are sampled (``max_prompt_length``: prompt tokens kept, the last ones;
     None: no limit; ``chat_template``: ``"auto"`` -- plain-text prompts use the tokenizer's chat
-    template when it has one -- or ``"never"``; :mod:`prefkit.models.encoding`)."""
+    template when it has one -- or ``"never"``; :mod:`prefkit.models.encoding`;
+    ``min_new_tokens``: EOS masked before that many tokens; ``backend``: the token generator,
+    ``"prefkit"`` (static KV cache decode loop), ``"transformers"`` (``generate``) or a
+    :class:`prefkit.models.decode.GenerationBackend`)."""
 
     max_new_tokens: int = 32
     temperature: float = 1.0
@@ -61,6 +64,8 @@ class SamplingSettings:
     batch_size: int = 64
     max_prompt_length: int | None = None
     chat_template: str = "auto"
+    min_new_tokens: int = 0
+    backend: Any = "prefkit"
 
     def __post_init__(self) -> None:
         check_chat_template(self.chat_template)
@@ -77,7 +82,8 @@ class GenerationBackend(Protocol):
 
 @dataclass
 class TransformersBackend:
-    """Hugging Face ``generate`` (KV cache) with prefkit's seeded sampler."""
+    """A transformers model with prefkit's seeded sampler (``settings.backend``: the static-cache
+    decode loop or ``generate``)."""
 
     settings: SamplingSettings = field(default_factory=SamplingSettings)
 
@@ -88,7 +94,8 @@ class TransformersBackend:
                             temperature=0.0 if greedy else s.temperature, top_k=s.top_k,
                             top_p=s.top_p, seed=seed, batch_size=s.batch_size, return_ids=True,
                             row_offset=row_offset, max_prompt_length=s.max_prompt_length,
-                            chat_template=s.chat_template)
+                            chat_template=s.chat_template, min_new_tokens=s.min_new_tokens,
+                            backend=s.backend)
         return texts, ids
 
 

@@ -1,0 +1,447 @@
+"""Token generation: the sampling rule, a batched decode loop over a static KV cache, and the
+generation backends behind one interface.
+
+The sampling rule (:func:`sampling_scores`). Row ``r`` (global index: sample ``j`` of prompt
+``i`` is ``r = i * k + j``) at decoding step ``t`` takes the next token as
+``argmax(float32(logits / T + G))`` where ``G`` is standard Gumbel noise computed by a
+counter-based hash of ``(seed, r, t, token id)`` (:func:`gumbel_noise`), after masking EOS while
+``t < min_new_tokens`` and keeping only the ``top_k`` / nucleus ``top_p`` tokens. The argmax of
+``logits / T + Gumbel`` is an exact draw from ``softmax(logits / T)`` (the Gumbel-max trick), and
+no global RNG is touched, so a row's tokens do not depend on which rows share its batch, on the
+batch size, or on the process that draws it. ``T = 0`` is greedy decoding.
+
+Backends (:class:`GenerationBackend`: prompt ids in, completion ids and optionally their
+log-probs out) that all follow that rule:
+
+* :class:`StaticCacheBackend` (``"prefkit"``, the default): prefill the left-padded prompts once,
+  then one forward of ONE token per row per step over a preallocated
+  :class:`transformers.StaticCache` (no per-step cache growth, no mask rebuilt by the model:
+  the 4D mask is built once per batch and one key column is opened per step), sampling inline,
+  finished rows fed the pad token and masked. ``compile=True`` wraps the one-token step in
+  ``torch.compile`` (off by default: on a CPU it pays only for larger models).
+* :class:`GenerateBackend` (``"transformers"``): Hugging Face ``generate`` with the rule as a
+  logits processor -- the path prefkit used before; kept selectable and as the fallback for
+  models the static loop does not cover (:func:`static_decode_unsupported` names why).
+* ``prefkit.models.vllm_backend.VLLMBackend``: vLLM in-process (optional extra).
+
+Why the two transformers backends give the same tokens: both run the same model on the same
+left-padded chunk with the same position ids (``cumsum(mask) - 1``) and mask every pad key, so
+the logits agree (the static cache only appends keys that the mask closes, whose softmax weight
+is exactly 0) and the rule is the same function; tests/test_decode.py checks token equality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StaticCache
+
+__all__ = ["DecodeSettings", "GenerateBackend", "Generation", "GenerationBackend",
+           "StaticCacheBackend", "cut_at_eos", "get_backend", "gumbel_noise", "left_pad",
+           "sampling_scores", "static_decode_unsupported"]
+
+_MASK32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B
+
+
+# ----------------------------------------------------------------------------- the rule
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (values kept in ``[0, 2^32)`` inside int64, no overflow). Works in
+    place on ``x`` (callers pass a tensor they own): the same integer operations as the
+    out-of-place form, so the same bits, without a new tensor per operation."""
+    x.bitwise_xor_(x >> 16).mul_(_MIX).bitwise_and_(_MASK32)
+    x.bitwise_xor_(x >> 16).mul_(_MIX).bitwise_and_(_MASK32)
+    return x.bitwise_xor_(x >> 16)
+
+
+def gumbel_noise(seed: int, rows: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """``[len(rows), vocab]`` float64 standard Gumbel noise, a pure function of
+    ``(seed, row id, step, token id)``: ``u = (hash + 0.5) / 2^32`` is uniform on ``(0, 1)``
+    and ``-log(-log(u))`` is Gumbel."""
+    h = _mix(torch.full_like(rows, seed & _MASK32))
+    h = _mix(h.bitwise_xor_(rows & _MASK32))
+    h = _mix(h.bitwise_xor_(step & _MASK32))
+    tokens = torch.arange(vocab, dtype=torch.long, device=rows.device)
+    bits = _mix(_mix(h[:, None] ^ tokens[None, :]).bitwise_xor_(0x9E3779B9))
+    u = bits.double().add_(0.5).div_(2.0**32)
+    return u.log_().neg_().log_().neg_()
+
+
+def sampling_scores(scores: torch.Tensor, rows: torch.Tensor, step: int, *, seed: int,
+                    temperature: float, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """The scores whose argmax is the sampled token (module docs): ``scores / T`` in float64,
+    top-k, then nucleus top-p masked to ``-inf``, plus the row's Gumbel noise, as float32."""
+    scores = scores.double() / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # nucleus: keep the smallest set of most likely tokens whose mass reaches top_p
+        probs, order = torch.softmax(scores, dim=-1).sort(dim=-1, descending=True)
+        before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+        drop = torch.zeros_like(scores, dtype=torch.bool)
+        drop.scatter_(-1, order, before >= top_p)
+        scores = scores.masked_fill(drop, float("-inf"))
+    noise = gumbel_noise(seed, rows.to(scores.device), step, scores.shape[-1])
+    return (scores + noise).float()
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How completions are decoded (every backend reads the same fields).
+
+    ``max_new_tokens``: length cap (EOS included); ``min_new_tokens``: EOS is masked before
+    that many tokens; ``temperature`` 0 is greedy; ``top_k`` / ``top_p``: None keeps all;
+    ``eos_id`` None: rows never finish early; ``pad_id``: fed to finished rows and used as left
+    padding; ``batch_size``: rows per forward batch (the tokens do not depend on it)."""
+
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    eos_id: int | None = None
+    pad_id: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("batch_size and max_new_tokens must be >= 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got "
+                             f"{self.min_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+
+
+@dataclass
+class Generation:
+    """``ids[r]``: completion of row ``r`` up to and including its first EOS (all generated
+    tokens when it has none); ``logprobs[r][t]``: ``log p(ids[r][t])`` under the model's own
+    distribution (temperature 1, no top-k/top-p/min-length masking), when asked for."""
+
+    ids: list[list[int]]
+    logprobs: list[list[float]] | None = None
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    """``generate(model, prompt_ids, settings, seed=, row_offset=, logprobs=)`` -> Generation:
+    one completion per row of ``prompt_ids`` (a prompt repeated ``k`` times is ``k`` rows);
+    row ``r`` is global row ``row_offset + r`` for the sampling rule."""
+
+    name: str
+
+    def generate(self, model: Any, prompt_ids: Sequence[Sequence[int]],
+                 settings: DecodeSettings, *, seed: int, row_offset: int = 0,
+                 logprobs: bool = False) -> Generation: ...
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` ``[len(rows), longest]`` with each row right-aligned."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def cut_at_eos(ids: list[int], eos_id: int | None) -> int:
+    """The completion's length: up to and including the first EOS (a row is padded only after
+    its EOS, so a row without EOS is all generated tokens, even a sampled pad id)."""
+    if eos_id is not None and eos_id in ids:
+        return ids.index(eos_id) + 1
+    return len(ids)
+
+
+def _chunks(prompt_ids: Sequence[Sequence[int]], batch_size: int):
+    for start in range(0, len(prompt_ids), batch_size):
+        yield start, prompt_ids[start:start + batch_size]
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _collect(tokens: torch.Tensor, logps: torch.Tensor | None, eos_id: int | None,
+             gen: Generation) -> None:
+    """Append a chunk's ``[B, steps]`` tokens (and log-probs) to ``gen``, cut at EOS."""
+    rows = tokens.tolist()
+    lps = logps.tolist() if logps is not None else None
+    for i, row in enumerate(rows):
+        n = cut_at_eos(row, eos_id)
+        gen.ids.append(row[:n])
+        if lps is not None and gen.logprobs is not None:
+            gen.logprobs.append(lps[i][:n])
+
+
+# ----------------------------------------------------------------------------- static cache
+
+
+def static_decode_unsupported(model: Any) -> str | None:
+    """Why the static-cache loop cannot run ``model`` (None: it can). It needs a decoder-only
+    torch module whose layers all attend fully (a sliding-window layer would need the model's
+    own rolling cache and masks), sdpa or eager attention (the 4D mask built here is a bool mask
+    for sdpa, additive for eager), and no FSDP-sharded multi-process run (there every process
+    must run the same number of forwards; ``generate`` synchronizes that)."""
+    if not isinstance(model, nn.Module):
+        return f"{type(model).__name__} is not a torch module"
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "get_text_config"):
+        return "the model has no transformers config"
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder model"
+    text = config.get_text_config(decoder=True)
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None:
+        if any(t != "full_attention" for t in layer_types):
+            return f"layer types {sorted(set(layer_types))} (not all full attention)"
+    elif getattr(text, "sliding_window", None) is not None:
+        return "sliding-window attention"
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in ("sdpa", "eager"):
+        return f"attention implementation {impl!r} (sdpa or eager needed)"
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        from torch.distributed.fsdp import FSDPModule
+
+        if any(isinstance(m, FSDPModule) for m in model.modules()):
+            return "FSDP-sharded model in a multi-process run"
+    return None
+
+
+class _Masks:
+    """The attention masks of one chunk over ``L = W + N`` cache slots (``W`` prompt columns,
+    left-padded, then ``N`` generated): key ``k`` is visible from slot ``q`` iff it is a real
+    prompt token or a generated slot, and ``k <= q``. A pad query row sees only itself (its
+    output is never read, and this keeps it finite: a fully masked row could be NaN and a NaN
+    key times weight 0 is still NaN). For sdpa a bool mask (True = attend), for eager an
+    additive one (0 or the dtype's minimum, as transformers builds them)."""
+
+    def __init__(self, mask: torch.Tensor, new: int, additive_dtype: torch.dtype | None) -> None:
+        b, w = mask.shape
+        slots = w + new
+        device = mask.device
+        keys = torch.cat([mask.bool(), torch.zeros(b, new, dtype=torch.bool, device=device)], 1)
+        q = torch.arange(w, device=device)[:, None]
+        k = torch.arange(slots, device=device)[None, :]
+        prefill = (keys[:, None, :] & (k <= q)[None]) | (k == q)[None]
+        self.width = w
+        self.dtype = additive_dtype
+        self.prefill = self._form(prefill[:, None])
+        self.live = self._form(keys[:, None, None, :].clone())
+
+    def _form(self, allowed: torch.Tensor) -> torch.Tensor:
+        if self.dtype is None:
+            return allowed
+        out = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
+        return out.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+
+    def open(self, step: int) -> torch.Tensor:
+        """The ``[B, 1, 1, L]`` mask of decode step ``step`` (its own slot opened)."""
+        self.live[..., self.width + step] = True if self.dtype is None else 0.0
+        return self.live
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+@dataclass
+class StaticCacheBackend:
+    """The batched decode loop over a static KV cache (module docs). Models it cannot run
+    (:func:`static_decode_unsupported`) go through :class:`GenerateBackend` instead, with the
+    same tokens."""
+
+    compile: bool = False
+    name: str = "prefkit"
+
+    def __post_init__(self) -> None:
+        self._compiled: dict[int, Any] = {}
+
+    def generate(self, model: Any, prompt_ids: Sequence[Sequence[int]],
+                 settings: DecodeSettings, *, seed: int, row_offset: int = 0,
+                 logprobs: bool = False) -> Generation:
+        if static_decode_unsupported(model) is not None:
+            return GenerateBackend().generate(model, prompt_ids, settings, seed=seed,
+                                              row_offset=row_offset, logprobs=logprobs)
+        gen = Generation([], [] if logprobs else None)
+        if not prompt_ids:
+            return gen
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for start, chunk in _chunks(prompt_ids, settings.batch_size):
+                    rows = torch.arange(len(chunk), dtype=torch.long) + (row_offset + start)
+                    tokens, logps = self._chunk(model, chunk, rows, settings, seed, logprobs)
+                    _collect(tokens, logps, settings.eos_id, gen)
+        finally:
+            model.train(was_training)
+        return gen
+
+    def _step_fn(self, model: nn.Module):
+        if not self.compile:
+            return model
+        key = id(model)
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(model, dynamic=False)
+        return self._compiled[key]
+
+    def _chunk(self, model: nn.Module, chunk: Sequence[Sequence[int]], rows: torch.Tensor,
+               s: DecodeSettings, seed: int, want_logprobs: bool
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        device = _device(model)
+        ids, mask = left_pad(chunk, s.pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        b, w = ids.shape
+        new = s.max_new_tokens
+        eager = model.config._attn_implementation == "eager"
+        masks = _Masks(mask, new, _model_dtype(model) if eager else None)
+        cache = StaticCache(config=model.config, max_cache_len=w + new)
+        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+        out = model(input_ids=ids, attention_mask=masks.prefill, position_ids=positions,
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1].float()
+        del out
+        step_fn = self._step_fn(model)
+        position = positions[:, -1:] + 1
+        tokens = torch.full((b, new), s.pad_id, dtype=torch.long, device=device)
+        logps = torch.zeros((b, new), dtype=torch.float32, device=device) \
+            if want_logprobs else None
+        finished = torch.zeros(b, dtype=torch.bool, device=device)
+        pad = torch.tensor(s.pad_id, dtype=torch.long, device=device)
+        steps = 0
+        for t in range(new):
+            nxt = _choose(logits, rows, t, s, seed)
+            if s.eos_id is not None:
+                nxt = torch.where(finished, pad, nxt)
+                finished |= nxt == s.eos_id
+            tokens[:, t] = nxt
+            if logps is not None:
+                logps[:, t] = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
+            steps = t + 1
+            if t + 1 == new or (s.eos_id is not None and bool(finished.all())):
+                break
+            out = step_fn(input_ids=nxt[:, None], attention_mask=masks.open(t),
+                          position_ids=position, cache=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1].float()
+            del out
+            position = position + 1
+        tokens = tokens[:, :steps].cpu()
+        return tokens, (logps[:, :steps].cpu() if logps is not None else None)
+
+
+def _choose(logits: torch.Tensor, rows: torch.Tensor, step: int, s: DecodeSettings,
+            seed: int) -> torch.Tensor:
+    """The next token of every row from float32 logits: EOS masked before ``min_new_tokens``
+    (as transformers' MinNewTokensLengthLogitsProcessor, which runs before the sampler), then
+    greedy argmax or the sampling rule."""
+    if s.eos_id is not None and step < s.min_new_tokens:
+        logits = logits.clone()
+        logits[:, s.eos_id] = float("-inf")
+    if s.temperature == 0:
+        return logits.argmax(-1)
+    return sampling_scores(logits, rows, step, seed=seed, temperature=s.temperature,
+                           top_k=s.top_k, top_p=s.top_p).argmax(-1)
+
+
+# ----------------------------------------------------------------------------- generate()
+
+
+class _RuleProcessor(LogitsProcessor):
+    """:func:`sampling_scores` as a transformers logits processor (greedy decoding then
+    samples); the step is the number of tokens generated so far."""
+
+    def __init__(self, rows: torch.Tensor, prompt_width: int, seed: int,
+                 s: DecodeSettings) -> None:
+        self.rows = rows
+        self.prompt_width = prompt_width
+        self.seed = seed
+        self.s = s
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        return sampling_scores(scores, self.rows, input_ids.shape[1] - self.prompt_width,
+                               seed=self.seed, temperature=self.s.temperature,
+                               top_k=self.s.top_k, top_p=self.s.top_p)
+
+
+@dataclass
+class GenerateBackend:
+    """Hugging Face ``generate`` (its own KV cache and loop) with the sampling rule as a logits
+    processor and ``min_new_tokens`` through its GenerationConfig. Works with anything that has
+    ``generate`` and ``parameters()`` (wrapped or sharded policies included)."""
+
+    name: str = "transformers"
+
+    def generate(self, model: Any, prompt_ids: Sequence[Sequence[int]],
+                 settings: DecodeSettings, *, seed: int, row_offset: int = 0,
+                 logprobs: bool = False) -> Generation:
+        s = settings
+        config = GenerationConfig(
+            do_sample=False, max_new_tokens=s.max_new_tokens, eos_token_id=s.eos_id,
+            pad_token_id=s.pad_id, num_beams=1,
+            min_new_tokens=s.min_new_tokens if s.min_new_tokens and s.eos_id is not None
+            else None,
+            return_dict_in_generate=logprobs, output_logits=logprobs,
+        )
+        gen = Generation([], [] if logprobs else None)
+        if not prompt_ids:
+            return gen
+        device = _device(model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for start, chunk in _chunks(prompt_ids, s.batch_size):
+                    ids, mask = left_pad(chunk, s.pad_id)
+                    processors = LogitsProcessorList()
+                    if s.temperature > 0:
+                        rows = torch.arange(len(chunk), dtype=torch.long) + (row_offset + start)
+                        processors.append(_RuleProcessor(rows, ids.shape[1], seed, s))
+                    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                         generation_config=config, logits_processor=processors)
+                    seq = out.sequences if logprobs else out
+                    new = seq[:, ids.shape[1]:]
+                    logps = None
+                    if logprobs:
+                        raw = torch.stack([x.float() for x in out.logits], 1)
+                        logps = torch.log_softmax(raw, -1).gather(-1, new[..., None])[..., 0]
+                        logps = logps.cpu()
+                    _collect(new.cpu(), logps, s.eos_id, gen)
+        finally:
+            model.train(was_training)
+        return gen
+
+
+_BACKENDS = {"prefkit": StaticCacheBackend, "transformers": GenerateBackend}
+
+
+def get_backend(backend: str | GenerationBackend) -> GenerationBackend:
+    """A backend from its name (``"prefkit"``: :class:`StaticCacheBackend`, ``"transformers"``:
+    :class:`GenerateBackend`) or the backend itself."""
+    if isinstance(backend, str):
+        if backend not in _BACKENDS:
+            raise ValueError(f"unknown generation backend {backend!r}; expected one of "
+                             f"{sorted(_BACKENDS)} or a GenerationBackend instance")
+        return _BACKENDS[backend]()
+    if not isinstance(backend, GenerationBackend):
+        raise TypeError(f"expected a backend name or a GenerationBackend, got "
+                        f"{type(backend).__name__}")
+    return backend
