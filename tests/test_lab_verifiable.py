@@ -193,3 +193,55 @@ def test_sft_model_starts_below_the_ceiling(tmp_path, name):
     assert base[1]["mean"] < 0.02
     assert 0.02 < sft[1]["mean"] < 0.5
     assert sft[8]["mean"] > sft[1]["mean"] + 0.1
+
+
+# ------------------------------------------------------------ online training monitor
+
+
+def test_monitor_values_per_prompt_equal_brute_force():
+    from types import SimpleNamespace
+
+    from prefkit.evaluate.passk import maj_at_k, pass_at_k
+    from prefkit.lab.verifiable_tasks import verifiable_monitor
+
+    task = CountTask()
+    prompts = ["count: a in a a b", "count: b in a b a", "count: c in c"]
+    completions = [["2", "2", "1", "x"], ["1", "0", "1 0"], ["1"]]  # groups of any size
+    out = verifiable_monitor(task, ks=(1, 2, 4))(SimpleNamespace(prompts=prompts,
+                                                                 completions=completions))
+    assert out["accuracy"] == [[0.5], [1 / 3], [1.0]]
+    assert out["unparsed"] == [[0.25], [0.0], [0.0]]
+    assert out["pass@2"] == [[pytest.approx(5 / 6)], [pytest.approx(2 / 3)], []]
+    assert out["pass@4"] == [[1.0], [], []]
+    assert out["maj@2"][0] == [pytest.approx(maj_at_k([2, 2, 1, None],
+                                                      [True, True, False, False], 2))]
+    assert out["maj@4"] == [[1.0], [], []]  # 2 votes for 2, one for 1
+    assert out["pass@1"][1] == [pytest.approx(float(pass_at_k(3, 1, 1)))]
+
+
+def test_monitor_in_online_training(tmp_path):
+    """train_online with the monitor records the statistics every iteration; the accuracy
+    (mean over prompts, equal groups) equals the mean reward when the reward is the checker."""
+    from prefkit.lab.base_model import build_base_model
+    from prefkit.lab.verifiable_tasks import verifiable_monitor
+    from prefkit.rewards.sources import FunctionReward
+    from prefkit.train.online import OnlineConfig, train_online
+
+    task = CountTask(min_len=3, max_len=5)
+    model, tok, _ = build_base_model(task, tmp_path / "base", hidden_size=32, num_layers=1,
+                                     num_heads=2, intermediate_size=64, sft_examples=256,
+                                     steps=20, batch_size=32, row_length=128)
+    rng = random.Random(0)
+    cfg = OnlineConfig(algo="grpo", output_dir=str(tmp_path / "run"), iterations=2,
+                       prompts_per_iteration=8, num_generations=4, max_new_tokens=6,
+                       learning_rate=1e-4, lr_scheduler="constant", batch_size=16,
+                       save_steps=0, save_final=False, progress=False, logging_steps=1000)
+    result = train_online(cfg, reward=FunctionReward(task.gold_reward), model=model,
+                          tokenizer=tok, prompts=[task.sample_prompt(rng) for _ in range(16)],
+                          monitor=verifiable_monitor(task, ks=(1, 4)))
+    assert len(result.iterations) == 2
+    for it in result.iterations:
+        assert it["accuracy"] == pytest.approx(it["reward"], abs=1e-5)
+        assert it["pass@1"] == pytest.approx(it["accuracy"], abs=1e-5)
+        assert it["accuracy"] <= it["pass@4"] <= 1.0 and 0.0 <= it["maj@4"] <= it["pass@4"]
+        assert 0.0 <= it["unparsed"] <= 1.0

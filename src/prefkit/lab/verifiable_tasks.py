@@ -20,14 +20,16 @@ below the ceiling; demonstrations of quality ``q < 1`` make the mistakes describ
 class, so an SFT model imitating them is right about as often as ``q`` allows or less.
 
 Registered in :data:`prefkit.lab.tasks.TASKS` as ``arith``, ``sort_exact`` and ``count``.
+:func:`verifiable_monitor` turns a task into per-iteration statistics of online training
+(accuracy, unparsed share, pass@k, maj@k per prompt).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .tasks import TASKS, Task
 
@@ -43,6 +45,7 @@ __all__ = [
     "VerifiableTask",
     "format_int",
     "parse_int",
+    "verifiable_monitor",
 ]
 
 OK, WRONG, UNPARSED = "ok", "wrong", "unparsed"
@@ -326,6 +329,40 @@ class CountTask(VerifiableTask):
 
     def vocabulary(self) -> list[str]:
         return ["count:", "in", *COUNT_SYMBOLS, *DIGITS, "-"]
+
+
+# ---------------------------------------------------------------------------------------------
+# per-iteration statistics of online training
+
+
+def verifiable_monitor(task: VerifiableTask, ks: Sequence[int] = (1,)
+                       ) -> Callable[[Any], dict[str, list[list[float]]]]:
+    """A ``monitor`` for :func:`prefkit.train.online.train_online`: from a rollout's
+    ``prompts`` and ``completions`` (groups of any size), per prompt, its ``accuracy`` (share
+    of right samples), ``unparsed`` share, and ``pass@k`` / ``maj@k`` for each ``k`` in ``ks``
+    (:mod:`prefkit.evaluate.passk`, votes = the parsed values) -- one value per prompt
+    (``[[v], [v], ...]``), so the loop's mean over the values is the mean over prompts. A
+    prompt with fewer than ``k`` samples has no value for that ``k`` (an empty list)."""
+    from ..evaluate.passk import maj_at_k, pass_at_k
+
+    def monitor(rollout: Any) -> dict[str, list[list[float]]]:
+        out: dict[str, list[list[float]]] = {"accuracy": [], "unparsed": []}
+        for k in ks:
+            out[f"pass@{k}"], out[f"maj@{k}"] = [], []
+        for prompt, group in zip(rollout.prompts, rollout.completions, strict=True):
+            checks = [task.check(prompt, c) for c in group]
+            right = [c.status == OK for c in checks]
+            n = len(checks)
+            out["accuracy"].append([sum(right) / n])
+            out["unparsed"].append([sum(c.status == UNPARSED for c in checks) / n])
+            for k in ks:
+                fits = n >= k
+                out[f"pass@{k}"].append([float(pass_at_k(n, sum(right), k))] if fits else [])
+                out[f"maj@{k}"].append([maj_at_k([c.value for c in checks], right, k)]
+                                       if fits else [])
+        return out
+
+    return monitor
 
 
 VERIFIABLE_TASKS: dict[str, type[VerifiableTask]] = {
