@@ -338,6 +338,7 @@ class RewardExecutor:
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self._closed = False
+        self._ready = threading.Event()
         self._crash: str | None = None
         self._last_counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
 
@@ -352,10 +353,12 @@ class RewardExecutor:
             if self._thread is None:
                 self._wake_r, self._wake_w = os.pipe()
                 os.set_blocking(self._wake_r, False)
+                os.set_blocking(self._wake_w, False)
                 self._thread = threading.Thread(target=self._dispatch, daemon=True,
                                                 name="prefkit-reward-executor")
                 _OPEN.add(self)
                 self._thread.start()
+        self._ready.wait()  # the workers exist (they are still starting up)
         return self
 
     def submit(self, fn: Callable | str, calls: Sequence[Sequence[Any]]) -> RewardHandle:
@@ -419,7 +422,10 @@ class RewardExecutor:
 
     def _dispatch(self) -> None:
         try:
-            self._pool = [_Worker() for _ in range(self.workers)]
+            try:
+                self._pool = [_Worker() for _ in range(self.workers)]
+            finally:
+                self._ready.set()
             while not self._closed:
                 self._step()
             message = "the reward executor was closed before the batch finished"

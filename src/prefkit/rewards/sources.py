@@ -11,6 +11,10 @@ text). Sources:
 
 * :class:`FunctionReward` -- any ``fn(prompt, completion) -> float`` (gold / verifiable rewards:
   exact match, unit tests, the lab's gold reward).
+* :class:`ExecutedReward` -- the same per-sample function (``fn(prompt, completion[,
+  reference])``) run in worker processes with a per-call timeout
+  (:class:`~prefkit.rewards.executor.RewardExecutor`): a hanging or crashing reward becomes a
+  ``timeout`` / ``error`` status with a configured value and the run goes on.
 * :class:`ModelReward` -- a :class:`~prefkit.rewards.RewardModel` (or anything with its
   ``forward(PackedBatch) -> RewardOutput`` interface, e.g. :class:`~prefkit.rewards.ImplicitReward`,
   the implicit reward ``beta * log pi/pi_ref`` of a DPO policy); each prompt is computed once
@@ -30,14 +34,15 @@ by :func:`prefkit.specs.reward_from_spec`, in the layer above.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from ..losses import rl
 from ..models.packing import PromptGroup
+from .executor import RewardExecutor, RewardHandle
 from .scoring import packed_outputs
 
 #: ``RewardShaping.normalize`` values (also ``OnlineConfig.reward_normalization``).
@@ -45,6 +50,7 @@ REWARD_NORMALIZATIONS = ("none", "batch", "running")
 
 __all__ = [
     "BTPreference",
+    "ExecutedReward",
     "FunctionReward",
     "GPMPreference",
     "ModelReward",
@@ -292,3 +298,104 @@ class BTPreference:
             raise ValueError(f"a preference compares 2 samples per prompt, got {r.shape[1]}")
         p = torch.sigmoid((r[:, 0] - r[:, 1]) / self.temperature)
         return torch.stack([p, 1.0 - p], dim=1)
+
+
+@dataclass
+class ExecutedReward:
+    """``fn(prompt, completion) -> float`` (or ``fn(prompt, completion, reference)`` when
+    ``references`` maps each prompt to its reference answer) run through a
+    :class:`~prefkit.rewards.executor.RewardExecutor`: ``workers`` processes, ``timeout``
+    seconds per call; a call that times out scores ``timeout_value``, one that fails
+    (exception, crash, non-finite value) ``error_value`` -- both required, so a failure is never
+    silently a 0. ``fn``: a top-level function, a picklable callable or ``"module:function"``
+    (checked here, imported in the workers). The function may return a result with ``.value``
+    and ``.status`` (the verifiable checkers); :meth:`status_counts` gives the counts of the
+    last call (ok / wrong / unparsed / timeout / error), which the online loop logs.
+
+    ``submit(...)`` starts scoring and returns a handle whose ``result()`` is the ``[P, G]``
+    tensor, so scoring can overlap the generation of the next group. :meth:`close` (or ``with``)
+    stops the workers; they start on first use.
+    """
+
+    fn: Callable | str
+    timeout_value: float
+    error_value: float
+    workers: int = 2
+    timeout: float = 10.0
+    references: Mapping[str, Any] | None = None
+    name: str = "executed"
+    _executor: RewardExecutor | None = field(default=None, init=False, repr=False,
+                                             compare=False)
+    _counts: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fn, str):
+            from ..importing import import_function
+
+            import_function(self.fn)  # a clear ValueError now, not an error status per call
+        self.executor()  # validates workers, timeout and the failure values
+
+    def executor(self) -> RewardExecutor:
+        """The executor (built on first use, started with the first call)."""
+        if self._executor is None:
+            self._executor = RewardExecutor(self.workers, self.timeout,
+                                            timeout_value=self.timeout_value,
+                                            error_value=self.error_value)
+        return self._executor
+
+    def submit(self, prompts, completions, prompt_ids=None, completion_ids=None
+               ) -> ExecutedHandle:
+        """Start scoring every sample; ``.result()`` of the handle is the ``[P, G]`` rewards."""
+        g = _check_shape(prompts, completions)
+        calls = []
+        for p, cs in zip(prompts, completions, strict=True):
+            extra = ()
+            if self.references is not None:
+                if p not in self.references:
+                    raise ValueError(f"reward {self.name!r}: no reference answer for prompt "
+                                     f"{p[:80]!r}")
+                extra = (self.references[p],)
+            calls.extend((p, c, *extra) for c in cs)
+        return ExecutedHandle(self, self.executor().submit(self.fn, calls), (len(prompts), g))
+
+    def __call__(self, prompts, completions, prompt_ids=None, completion_ids=None
+                 ) -> torch.Tensor:
+        return self.submit(prompts, completions, prompt_ids, completion_ids).result()
+
+    def status_counts(self) -> dict[str, int]:
+        """Samples per status in the last collected call."""
+        return dict(self._counts)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    def __enter__(self) -> ExecutedReward:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class ExecutedHandle:
+    """Scoring in progress (:meth:`ExecutedReward.submit`): ``result()`` waits and returns the
+    ``[P, G]`` float32 rewards; ``results()`` the per-sample
+    :class:`~prefkit.rewards.executor.RewardResult` s, row-major."""
+
+    source: ExecutedReward
+    handle: RewardHandle
+    shape: tuple[int, int]
+
+    def done(self) -> bool:
+        return self.handle.done()
+
+    def results(self):
+        out = self.handle.result()
+        self.source._counts = self.handle.status_counts()
+        return out
+
+    def result(self) -> torch.Tensor:
+        values = [r.value for r in self.results()]
+        return torch.tensor(values, dtype=torch.float32).reshape(self.shape)
