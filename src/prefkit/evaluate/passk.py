@@ -26,7 +26,8 @@ correct scores ``i / j``; a subset of unparsed samples only scores 0. With answe
 top count ``t`` it runs over the answers keeping, for every number of samples drawn so far, the
 weight of the draws with every answer at most ``t`` split by how many correct and how many
 wrong answers sit exactly at ``t``; the weights are the products of binomials above, so the
-sum is exact up to float rounding (the tests compare it with listing every k-subset).
+sum is exact up to float rounding (the tests compare it with listing every k-subset). The work
+is about ``max_a m_a * (n + #answers)`` array updates of size ``k * (k / t)^2`` at most.
 Correctness must be a property of the answer: two samples with one answer and different flags
 are refused.
 
@@ -127,7 +128,7 @@ def maj_at_k(answers: Sequence[Hashable | None], correct: Sequence[bool], k: int
     n_right, n_wrong = sum(flags), len(flags) - sum(flags)
     none_w = np.array([comb(n_none, x) for x in range(min(n_none, k) + 1)], dtype=np.float64)
     total = 0.0
-    for t in range(1, k + 1):
+    for t in range(1, min(k, max(counts, default=0)) + 1):  # no answer is drawn more often
         cap = k // t  # at most this many answers can be drawn exactly t times
         kr, kw = min(cap, n_right), min(cap, n_wrong)
         # w[s, r, u]: weight of draws of s samples with every answer drawn <= t times, r
