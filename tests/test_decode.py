@@ -1,0 +1,322 @@
+"""prefkit.models.decode: the static-KV-cache decode loop gives the tokens of the former
+``generate`` path (and of a plain uncached recomputation), log-probs equal a teacher-forced
+forward, EOS / length / padding rules, backends and fallbacks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, StaticCache
+
+from prefkit.lab.tasks import SortTask
+from prefkit.models.decode import (
+    DecodeSettings,
+    GenerateBackend,
+    Generation,
+    GenerationBackend,
+    StaticCacheBackend,
+    get_backend,
+    gumbel_noise,
+    sampling_scores,
+    static_decode_unsupported,
+)
+from prefkit.models.generate import encode_prompt, sample
+from prefkit.models.load import LoraSettings, apply_lora, tiny_llama_config
+from prefkit.models.tokenizer import word_level_tokenizer
+from prefkit.models.vllm_backend import row_seed, vllm_unavailable
+from prefkit.train.rollout import SamplingSettings, TransformersBackend, collect_rollout
+
+CASES = [dict(), dict(temperature=0.7), dict(top_p=0.8), dict(top_k=3),
+         dict(temperature=0.0), dict(min_new_tokens=4), dict(temperature=1.3, top_k=5, top_p=0.9)]
+
+
+def _model(tok, attn="sdpa", layers=2, seed=0):
+    cfg = tiny_llama_config(len(tok), hidden_size=32, num_layers=layers, num_heads=2,
+                            intermediate_size=64, bos_token_id=tok.bos_token_id,
+                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+        with torch.no_grad():  # a large EOS bias: some rows stop early, others hit the cap
+            model.lm_head.weight.mul_(4.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def world():
+    task = SortTask()
+    tok = word_level_tokenizer(task.vocabulary())
+    rng = random.Random(0)
+    prompts = [task.sample_prompt(rng) for _ in range(10)]  # 3-5 numbers: mixed lengths
+    rows = [encode_prompt(tok, p) for p in prompts for _ in range(3)]
+    return tok, prompts, rows, {"sdpa": _model(tok, "sdpa"), "eager": _model(tok, "eager")}
+
+
+def _settings(tok, **kw):
+    return DecodeSettings(**{"max_new_tokens": 10, "eos_id": tok.eos_token_id,
+                             "pad_id": tok.pad_token_id, **kw})
+
+
+def _reference(model, prompt, s: DecodeSettings, seed: int, row: int) -> list[int]:
+    """The rule written out plainly: ONE row, no padding, no cache -- the whole sequence is
+    recomputed at every step."""
+    ids, out = list(prompt), []
+    with torch.no_grad():
+        for t in range(s.max_new_tokens):
+            logits = model(torch.tensor([ids + out])).logits[0, -1].float()[None]
+            if t < s.min_new_tokens:
+                logits[:, s.eos_id] = float("-inf")
+            if s.temperature == 0:
+                nxt = int(logits.argmax())
+            else:
+                nxt = int(sampling_scores(logits, torch.tensor([row]), t, seed=seed,
+                                          temperature=s.temperature, top_k=s.top_k,
+                                          top_p=s.top_p).argmax())
+            out.append(nxt)
+            if nxt == s.eos_id:
+                break
+    return out
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_static_loop_equals_generate_for_every_setting(world, attn):
+    """Exact token equality with the former path (Hugging Face generate + the rule as a
+    logits processor) for several seeds, temperatures, top-k, top-p, greedy and
+    min_new_tokens; batch size 7 splits the rows into chunks of different widths."""
+    tok, _, rows, models = world
+    model = models[attn]
+    for seed in ((0, 5) if attn == "sdpa" else (1,)):
+        for case in CASES:
+            s = _settings(tok, batch_size=7, **case)
+            new = StaticCacheBackend().generate(model, rows, s, seed=seed, row_offset=3)
+            old = GenerateBackend().generate(model, rows, s, seed=seed, row_offset=3)
+            assert new.ids == old.ids, (seed, case)
+    assert any(len(r) < 10 for r in new.ids) and any(len(r) == 10 for r in new.ids)
+
+
+def test_static_loop_equals_plain_uncached_rule(world):
+    tok, _, rows, models = world
+    for case in (dict(), dict(top_p=0.8, min_new_tokens=3), dict(temperature=0.0)):
+        s = _settings(tok, **case)
+        got = StaticCacheBackend().generate(models["sdpa"], rows[:9], s, seed=4, row_offset=11)
+        for r, prompt in enumerate(rows[:9]):
+            assert got.ids[r] == _reference(models["sdpa"], prompt, s, 4, 11 + r), (case, r)
+
+
+def test_sample_default_backend_is_the_static_loop_with_the_same_texts(world, monkeypatch):
+    tok, prompts, _, models = world
+    model = models["sdpa"]
+    calls = []
+    original = StaticCacheBackend._chunk
+    monkeypatch.setattr(StaticCacheBackend, "_chunk",
+                        lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    new = sample(model, tok, prompts, k=3, max_new_tokens=8, seed=2, return_ids=True)
+    assert calls  # the default went through the static loop
+    old = sample(model, tok, prompts, k=3, max_new_tokens=8, seed=2, return_ids=True,
+                 backend="transformers")
+    assert new == old
+
+
+@pytest.mark.parametrize("backend", ["prefkit", "transformers"])
+def test_logprobs_equal_a_teacher_forced_forward(world, backend):
+    tok, _, rows, models = world
+    model = models["sdpa"]
+    s = _settings(tok, batch_size=8, temperature=0.8, top_k=6)
+    gen = get_backend(backend).generate(model, rows, s, seed=9, logprobs=True)
+    assert gen.logprobs is not None and len(gen.logprobs) == len(rows)
+    with torch.no_grad():
+        for prompt, ids, lps in zip(rows, gen.ids, gen.logprobs, strict=True):
+            assert len(lps) == len(ids)
+            logits = model(torch.tensor([prompt + ids])).logits[0].float()
+            full = torch.log_softmax(logits[len(prompt) - 1:-1], -1)
+            want = full.gather(-1, torch.tensor(ids)[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(lps), want, atol=1e-5, rtol=0)
+
+
+def test_eos_length_and_min_new_tokens(world):
+    tok, _, rows, models = world
+    model, eos = models["sdpa"], tok.eos_token_id
+    free = StaticCacheBackend().generate(model, rows, _settings(tok), seed=0).ids
+    for r in free:
+        assert 1 <= len(r) <= 10 and eos not in r[:-1]
+        assert r[-1] == eos or len(r) == 10  # cut at the first EOS or at the cap
+    assert min(len(r) for r in free) < 4  # the EOS bias ends some rows early ...
+    held = StaticCacheBackend().generate(model, rows, _settings(tok, min_new_tokens=4),
+                                         seed=0).ids
+    assert all(len(r) >= 4 and eos not in r[:3] for r in held)  # ... min_new_tokens holds it
+    full = StaticCacheBackend().generate(model, rows, _settings(tok, min_new_tokens=10),
+                                         seed=0).ids
+    assert all(len(r) == 10 and eos not in r for r in full)
+    no_eos = StaticCacheBackend().generate(model, rows, _settings(tok, eos_id=None), seed=0).ids
+    assert all(len(r) == 10 for r in no_eos)  # without an EOS id no row finishes early
+
+
+def test_padding_rows_and_finished_rows_do_not_change_a_row(world):
+    """Every row of a padded batch (short prompts left-padded, finished rows fed pad tokens
+    while others go on) equals the row decoded alone, for any batch size."""
+    tok, _, rows, models = world
+    s = _settings(tok, batch_size=64)
+    batch = StaticCacheBackend().generate(models["sdpa"], rows, s, seed=6).ids
+    for bs in (1, 4):
+        assert StaticCacheBackend().generate(models["sdpa"], rows, DecodeSettings(
+            **{**s.__dict__, "batch_size": bs}), seed=6).ids == batch
+    widths = {len(r) for r in rows}
+    assert len(widths) > 1  # the batch really was padded
+
+
+def test_one_token_per_forward_over_a_static_cache(world, monkeypatch):
+    """One prefill forward over the prompts, then one forward of ONE token per row per step,
+    every one on the same StaticCache sized prompt width + max_new_tokens."""
+    tok, _, rows, models = world
+    model = models["sdpa"]
+    seen = []
+
+    def hook(module, args, kwargs):
+        seen.append((tuple(kwargs["input_ids"].shape), kwargs["cache"]))
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        gen = StaticCacheBackend().generate(model, rows[:6], _settings(tok, min_new_tokens=10),
+                                            seed=1)
+    finally:
+        handle.remove()
+    width = max(len(r) for r in rows[:6])
+    assert seen[0][0] == (6, width)
+    assert [shape for shape, _ in seen[1:]] == [(6, 1)] * 9
+    cache = seen[0][1]
+    assert isinstance(cache, StaticCache) and all(c is cache for _, c in seen)
+    assert cache.layers[0].max_cache_len == width + 10
+    assert all(len(r) == 10 for r in gen.ids)
+
+
+def test_pad_equal_to_eos_and_restored_training_mode(world):
+    tok, _, rows, models = world
+    model = models["sdpa"].train()
+    s = _settings(tok, pad_id=tok.eos_token_id)
+    a = StaticCacheBackend().generate(model, rows, s, seed=3)
+    assert model.training  # mode restored
+    model.eval()
+    assert a.ids == GenerateBackend().generate(model, rows, s, seed=3).ids
+
+
+def test_lora_policy_runs_the_static_loop_with_the_same_tokens(world):
+    tok, _, rows, _ = world
+    model = apply_lora(_model(tok, seed=1), LoraSettings(r=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    assert static_decode_unsupported(model) is None
+    s = _settings(tok, batch_size=8)
+    assert StaticCacheBackend().generate(model, rows, s, seed=2).ids == \
+        GenerateBackend().generate(model, rows, s, seed=2).ids
+
+
+def test_unsupported_models_fall_back_to_generate(world):
+    from transformers import MistralConfig
+
+    tok, _, rows, _ = world
+    cfg = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        head_dim=8, max_position_embeddings=128, sliding_window=4,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                        bos_token_id=tok.bos_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    assert "sliding-window" in static_decode_unsupported(model)
+    s = _settings(tok, batch_size=8)
+    assert StaticCacheBackend().generate(model, rows, s, seed=0).ids == \
+        GenerateBackend().generate(model, rows, s, seed=0).ids
+    assert "not a torch module" in static_decode_unsupported(object())
+
+
+def test_rollouts_use_the_chosen_backend_and_min_new_tokens(world):
+    tok, prompts, _, models = world
+    model = models["sdpa"]
+    runs = {name: collect_rollout(TransformersBackend(SamplingSettings(
+        max_new_tokens=8, min_new_tokens=3, backend=name)), model, tok, prompts, n=3, seed=5)
+        for name in ("prefkit", "transformers")}
+    assert runs["prefkit"].completion_ids == runs["transformers"].completion_ids
+    assert all(len(c) >= 3 for cs in runs["prefkit"].completion_ids for c in cs)
+
+
+def test_gumbel_noise_equals_the_plain_formula():
+    """The in-place hash gives the bits of the plain out-of-place formula (the definition the
+    samples of earlier prefkit versions were drawn with)."""
+    m32, mix = 0xFFFFFFFF, 0x45D9F3B
+
+    def plain_mix(x):
+        x = ((x ^ (x >> 16)) * mix) & m32
+        x = ((x ^ (x >> 16)) * mix) & m32
+        return x ^ (x >> 16)
+
+    rows = torch.tensor([0, 1, 7, 123456, 2**40 + 3])
+    for seed, step in ((0, 0), (5, 3), (2**33 + 1, 17)):
+        h = plain_mix(torch.full_like(rows, seed & m32))
+        h = plain_mix(h ^ (rows & m32))
+        h = plain_mix(h ^ (step & m32))
+        bits = plain_mix(plain_mix(h[:, None] ^ torch.arange(300)[None, :]) ^ 0x9E3779B9)
+        want = -torch.log(-torch.log((bits.double() + 0.5) / 2.0**32))
+        assert torch.equal(gumbel_noise(seed, rows, step, 300), want)
+
+
+def test_settings_and_backend_names_are_checked():
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        DecodeSettings(max_new_tokens=4, min_new_tokens=5)
+    with pytest.raises(ValueError, match="top_p"):
+        DecodeSettings(top_p=0.0)
+    with pytest.raises(ValueError, match="unknown generation backend 'vlm'"):
+        get_backend("vlm")
+    with pytest.raises(TypeError, match="GenerationBackend"):
+        get_backend(3)
+    assert isinstance(get_backend("prefkit"), StaticCacheBackend)
+    assert isinstance(get_backend("transformers"), GenerationBackend)
+
+    class Echo:
+        name = "echo"
+
+        def generate(self, model, prompt_ids, settings, *, seed, row_offset=0, logprobs=False):
+            return Generation([list(p[-1:]) for p in prompt_ids])
+
+    echo = Echo()
+    assert get_backend(echo) is echo
+
+
+def test_vllm_row_seeds_are_a_pure_function_of_seed_and_row():
+    seeds = [row_seed(3, r) for r in range(200)]
+    assert seeds == [row_seed(3, r) for r in range(200)]
+    assert len(set(seeds)) == 200 and all(0 <= x < 2**31 for x in seeds)
+    assert seeds != [row_seed(4, r) for r in range(200)]
+
+
+@pytest.mark.skipif(vllm_unavailable() is not None,
+                    reason=f"vLLM backend: {vllm_unavailable()}")
+def test_vllm_backend_follows_the_policy_weights(tmp_path):  # pragma: no cover - GPU only
+    from prefkit.models.vllm_backend import VLLMBackend
+
+    task = SortTask()
+    tok = word_level_tokenizer(task.vocabulary())
+    model = _model(tok).cuda()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    backend = VLLMBackend(str(tmp_path), gpu_memory_utilization=0.2,
+                          engine_kwargs={"dtype": "float32", "max_model_len": 64})
+    rows = [encode_prompt(tok, "sort: 3 1 2")] * 4
+    s = _settings(tok, temperature=0.0)
+    greedy = backend.generate(model, rows, s, seed=0, logprobs=True)
+    assert greedy.ids == StaticCacheBackend().generate(model, rows, s, seed=0).ids
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tok.eos_token_id] = 1.0  # now EOS always wins
+    assert backend.generate(model, rows, s, seed=0).ids == [[tok.eos_token_id]] * 4
+
+
+@pytest.mark.slow
+def test_compiled_step_gives_the_same_tokens(world):
+    tok, _, rows, models = world
+    s = _settings(tok, batch_size=15, top_p=0.9)
+    compiled = StaticCacheBackend(compile=True)
+    assert compiled.generate(models["sdpa"], rows, s, seed=8).ids == \
+        StaticCacheBackend().generate(models["sdpa"], rows, s, seed=8).ids
