@@ -1,5 +1,6 @@
 """`prefkit eval ...`: evaluate a model's outputs -- AlpacaEval-style win rates against a
-reference, judged by any prefkit judge (:mod:`prefkit.evaluate.alpaca`)."""
+reference, judged by any prefkit judge (:mod:`prefkit.evaluate.alpaca`); pass@k and maj@k of
+sampled answers (:mod:`prefkit.evaluate.passk`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import typer
 from .common import JsonOpt, bad_input, cli_errors, print_json, stderr, stdout
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate models: AlpacaEval-style win rates and "
-                  "length-controlled win rates against a reference.")
+                  "length-controlled win rates against a reference; pass@k and maj@k.")
 
 
 def _default_cache() -> Path:
