@@ -248,6 +248,28 @@ def test_an_interrupted_parent_leaves_no_worker(tmp_path, how):
         parent.communicate(timeout=60)  # (the grandchild held the parent's output pipes)
 
 
+def test_a_function_of_the_main_script_is_loaded_from_its_file(tmp_path):
+    """Workers do not run the parent's main script: they load it as a module by path (its
+    ``__main__`` block skipped)."""
+    script = tmp_path / "train_script.py"
+    script.write_text(textwrap.dedent(f"""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("executor", {str(EXECUTOR_FILE)!r})
+        executor = sys.modules["executor"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(executor)
+
+        def triple(x):
+            return 3 * x
+
+        if __name__ == "__main__":
+            with executor.RewardExecutor(1, 30.0, timeout_value=0.0, error_value=-9.0) as ex:
+                print([r.value for r in ex.map(triple, [(1,), (2,)])])
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.split("\n")[-2] == "[3.0, 6.0]"
+
+
 def test_results_pickle():
     r = RewardResult(1.0, "ok", "")
     assert pickle.loads(pickle.dumps(r)) == r

@@ -26,9 +26,11 @@ module (this package's ``__init__`` imports torch and transformers, ~6 s and ~38
 worker never needs), and nothing of the parent's threads, CUDA state or open files is
 inherited. The function travels by pickle, i.e. by name: a top-level function of an importable
 module, a picklable callable object, or a ``"module:function"`` / ``"FILE.py:function"`` string
-(:func:`prefkit.importing.import_function`, resolved in the worker). The time a fresh worker
-takes to start and import the function's module does not count against ``timeout`` (it has its
-own limit, ``start_timeout``).
+(:func:`prefkit.importing.import_function`, resolved in the worker); a top-level function of
+the parent's main script is sent as ``"SCRIPT.py:name"`` (the worker loads the script as a
+module, its ``__main__`` block skipped). A lambda or a nested function is refused. The time a
+fresh worker takes to start and import the function's module does not count against
+``timeout`` (it has its own limit, ``start_timeout``).
 
 Overlap with generation: :meth:`RewardExecutor.submit` returns at once with a
 :class:`RewardHandle`; the dispatcher thread runs the calls while the caller goes on (e.g.
@@ -535,13 +537,25 @@ class RewardExecutor:
         task.handle._set(task.index, RewardResult(value, status, detail))
 
 
+def _main_script_function(fn: Any) -> Any:
+    """A top-level function of the main script as ``"SCRIPT.py:name"``: a worker does not run
+    the parent's main script, so it loads the file as a module instead (its ``if __name__ ==
+    "__main__":`` block is skipped, as under multiprocessing's spawn). Anything else as is."""
+    if getattr(fn, "__module__", None) != "__main__" or not hasattr(fn, "__qualname__"):
+        return fn
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not path.endswith(".py") or "." in fn.__qualname__ or "<" in fn.__qualname__:
+        raise TypeError(f"the reward function {fn.__qualname__!r} is defined in the main program, "
+                        "which worker processes cannot load: move it to a module, or pass "
+                        "'FILE.py:function'")
+    return f"{os.path.abspath(path)}:{fn.__qualname__}"
+
+
 def _pickled(obj: Any, what: str, hint: bool = False) -> bytes:
     """``pickle.dumps(obj)``, or a TypeError naming ``what`` (worker processes receive
-    functions by name: a lambda, a nested function or one defined in ``__main__`` cannot be
-    loaded there)."""
-    if hint and getattr(obj, "__module__", None) == "__main__" and hasattr(obj, "__qualname__"):
-        raise TypeError(f"{what} {obj.__qualname__!r} is defined in the main script, which worker "
-                        "processes do not run: move it to a module, or pass 'FILE.py:function'")
+    functions by name: a lambda or a nested function cannot be loaded there)."""
+    if hint:
+        obj = _main_script_function(obj)
     try:
         return pickle.dumps(obj)
     except Exception as exc:  # noqa: BLE001 - pickling raises many types
