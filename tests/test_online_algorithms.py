@@ -483,7 +483,7 @@ def test_groups_of_different_sizes_train(small, tmp_path, ragged):
                        reward=FunctionReward(gold), prompts=ps, model=policy, tokenizer=tok,
                        monitor=monitor)
     assert res.fit.steps == 2 and moved(policy, model) > 1e-4
-    assert all(math.isfinite(p.abs().max()) for p in policy.parameters())
+    assert all(torch.isfinite(p.detach()).all() for p in policy.parameters())
     for it, (scores, adv, sizes) in enumerate(ragged.seen):
         assert sizes == [2 + (i + it) % 3 for i in range(8)]
         at = 0
