@@ -138,6 +138,16 @@ def test_exceptions_crashes_and_bad_values_are_errors(executor):
     assert executor.map(fns.sleepy, [(1,), (2,)])[1].value == 2.0
 
 
+def test_a_worker_killed_while_idle_is_replaced_on_the_next_call(executor):
+    victim = executor.start().worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    assert gone([victim])
+    xs = [0, 1, 2, 4, 5, 6]
+    results = executor.map(fns.sleepy, [(x,) for x in xs])
+    assert [(r.value, r.status) for r in results] == [(float(x), "ok") for x in xs]
+    assert victim not in executor.worker_pids() and len(executor.worker_pids()) == 2
+
+
 def test_a_function_that_cannot_be_loaded_in_the_worker_is_an_error(executor):
     results = executor.map("_reward_fns:no_such_function", [(1,), (2,)])
     assert [r.status for r in results] == ["error", "error"]
