@@ -46,6 +46,13 @@ def test_arith_checker_on_hand_made_answers():
     for bad in ("", "6 ok", "six", "6 =", "- "):
         assert task.check(prompt, bad) == Check("unparsed", None), bad
     assert task.gold_reward(prompt, "6") == 1.0 and task.gold_reward(prompt, "7") == 0.0
+    # value = the reward, status and detail as in the reward layer's CheckResult
+    from prefkit.rewards.verifiable import CheckResult
+
+    for response, value, detail in (("6", 1.0, "6"), ("7", 0.0, "7"), ("x", 0.0, "")):
+        c = task.check(prompt, response)
+        assert (c.value, c.detail) == (value, detail)
+        assert CheckResult(c.value, c.status, c.detail).status == c.status
     assert task.gold_reward(prompt, "6 6") == 0.0  # "6 6" is 66
     neg = "calc: 1 - 8 * 2 ="
     assert task.reference(neg) == "- 1 5" and task.check(neg, "- 1 5").status == "ok"

@@ -183,7 +183,7 @@ def _lab_checker(name: str, as_json: bool):
 
     def check(prompt: str, sample: str) -> tuple[Any, bool]:
         verdict = task.check(prompt, sample)
-        return verdict.value, verdict.status == "ok"
+        return verdict.answer, verdict.status == "ok"
 
     return check
 

@@ -6,7 +6,7 @@ right or wrong, with nothing in between:
 
 * ``solve(prompt)`` computes the true answer (a value), ``reference(prompt)`` writes it;
 * ``check(prompt, response)`` parses the response and compares VALUES: a :class:`Check` with
-  the parsed ``value`` (``None`` when it does not parse) and a ``status`` -- ``"ok"``,
+  the parsed ``answer`` (``None`` when it does not parse) and a ``status`` -- ``"ok"``,
   ``"wrong"`` (parsed, another value) or ``"unparsed"`` (not an answer of this task's format,
   extra words included);
 * ``gold_reward(prompt, response)`` is the checker: 1.0 when ``ok``, else 0.0;
@@ -55,15 +55,23 @@ DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
 @dataclass(frozen=True)
 class Check:
     """The verdict of a checker: ``status`` (``"ok"`` / ``"wrong"`` / ``"unparsed"``) and the
-    parsed ``value`` (``None`` when unparsed)."""
+    parsed ``answer`` (``None`` when unparsed). Its ``value`` is the reward (1.0 for ``ok``,
+    else 0.0) and ``detail`` the answer as text, as in
+    :class:`prefkit.rewards.verifiable.CheckResult` (not imported here: the lab's tasks load
+    without torch), so a lab check passes wherever a value and a status are read."""
 
     status: str
-    value: Hashable | None
+    answer: Hashable | None
 
     @property
-    def reward(self) -> float:
-        """1.0 for ``ok``, 0.0 otherwise."""
+    def value(self) -> float:
+        """The reward: 1.0 for ``ok``, 0.0 otherwise."""
         return 1.0 if self.status == OK else 0.0
+
+    @property
+    def detail(self) -> str:
+        """The parsed answer as text (empty when unparsed)."""
+        return "" if self.answer is None else repr(self.answer)
 
 
 def format_int(value: int) -> str:
@@ -109,11 +117,11 @@ class VerifiableTask(Task):
 
     def answer(self, prompt: str, response: str) -> Hashable | None:
         """The parsed value of ``response`` (its vote in majority voting)."""
-        return self.check(prompt, response).value
+        return self.check(prompt, response).answer
 
     def gold_reward(self, prompt: str, response: str) -> float:
         """The checker as a reward: 1.0 when the answer is right, else 0.0."""
-        return self.check(prompt, response).reward
+        return self.check(prompt, response).value
 
     def demonstration(self, prompt: str, rng: random.Random, quality: float = 1.0) -> str:
         if not 0.0 <= quality <= 1.0:
@@ -358,7 +366,7 @@ def verifiable_monitor(task: VerifiableTask, ks: Sequence[int] = (1,)
             for k in ks:
                 fits = n >= k
                 out[f"pass@{k}"].append([float(pass_at_k(n, sum(right), k))] if fits else [])
-                out[f"maj@{k}"].append([maj_at_k([c.value for c in checks], right, k)]
+                out[f"maj@{k}"].append([maj_at_k([c.answer for c in checks], right, k)]
                                        if fits else [])
         return out
 
