@@ -77,13 +77,14 @@ def test_values_equal_the_serial_loop_in_order(executor):
     assert executor.map(fns.mix, []) == []
 
 
-def test_checker_results_keep_their_status_and_a_none_value_takes_the_configured_one(executor):
+def test_checker_results_keep_their_status_and_failures_take_the_configured_value(executor):
     results = executor.map(fns.checker, [(i,) for i in range(6)])
     assert [(r.value, r.status) for r in results] == [
-        (1.0, "ok"), (0.0, "wrong"), (-1.0, "timeout"), (1.0, "ok"), (0.0, "wrong"),
-        (-1.0, "timeout")]
-    assert results[1].detail == "1 is wrong"
-    assert executor.status_counts() == counts(ok=2, wrong=2, timeout=2)
+        (1.0, "ok"), (0.0, "wrong"), (-1.0, "timeout"), (-2.0, "error"), (1.0, "ok"),
+        (0.0, "wrong")]
+    assert [r.detail for r in results[1:4]] == ["1 is wrong", "checker's own limit",
+                                               "checker failed"]
+    assert executor.status_counts() == counts(ok=2, wrong=2, timeout=1, error=1)
 
 
 def test_executed_reward_equals_function_reward(executor):

@@ -17,8 +17,9 @@ is worth (typically the worst reward of the task, e.g. 0 for a 0/1 correctness r
 
 A function may return a float (status ``ok``) or a result object with ``.value`` and
 ``.status`` (and optionally ``.detail``), as the verifiable checkers do; its status is kept
-(``ok`` / ``wrong`` / ``unparsed`` / ``timeout`` / ``error``). A result object whose value is
-None takes the configured value of its status.
+(``ok`` / ``wrong`` / ``unparsed`` / ``timeout`` / ``error``). Every call whose status is
+``timeout`` or ``error`` scores the configured value, whether the executor or the function
+itself (a checker's own time limit) found it, so one rule decides what a failure is worth.
 
 Workers are fresh interpreters (``start_method="spawn"``): ``python executor.py`` run as a
 script, so a worker imports nothing but the standard library and the reward function's own
@@ -105,8 +106,8 @@ def _load_function(fn_bytes: bytes) -> Any:
 
 
 def _call(fn: Any, args_bytes: bytes) -> tuple[float | None, str, str]:
-    """``(value, status, detail)`` of one call; value None: the parent fills in the configured
-    value of the status."""
+    """``(value, status, detail)`` of one call (the parent sets the value of a ``timeout`` or
+    ``error`` status to the configured one)."""
     if isinstance(fn, BaseException):
         return None, "error", "loading the reward function failed: " + _describe(fn)
     try:
@@ -532,8 +533,10 @@ class RewardExecutor:
             self._finish(task, None, status, detail + suffix)
 
     def _finish(self, task: _Task, value: float | None, status: str, detail: str) -> None:
-        if value is None:
-            value = self.timeout_value if status == "timeout" else self.error_value
+        if status == "timeout":  # whoever detected it: the executor or the function's own limit
+            value = self.timeout_value
+        elif status == "error":
+            value = self.error_value
         task.handle._set(task.index, RewardResult(value, status, detail))
 
 
