@@ -37,6 +37,14 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     # reward normalization over the global batch, and the KL measured during the update
     "rloo_normalized": {"algo": "rloo", "reward_normalization": "batch", "kl_coef": 0.0},
     "grpo_kl_loss": {"algo": "grpo", "kl_coef": 0.1},
+    # dynamic sampling: groups of prompts without a 3 score all 0 and are dropped; the refill
+    # rounds' groups move between processes (overlong shaping off so that the drops happen)
+    "dapo": {"reward": "ones_if_three", "kl_coef": 0.0, "overlong_buffer": 0},
+    "dapo_overlong": {"algo": "dapo", "overlong_buffer": 4, "kl_coef": 0.05},
+    # off-policy (2 epochs): the sequence ratio moves off 1 and the clip acts
+    "gspo": {"ppo_epochs": 2, "clip_eps": 0.01, "clip_eps_high": 0.02, "learning_rate": 5e-4},
+    # the returns normalized over the global batch, the per-token KL in the reward
+    "reinforce_pp": {},
 }
 
 
@@ -51,13 +59,21 @@ def count_ones(prompt: str, completion: str) -> float:
     return words.count("1") - 0.1 * len(words)
 
 
+def ones_if_three(prompt: str, completion: str) -> float:
+    """Varies within a group only when the prompt's list holds a 3 (else all 0)."""
+    return count_ones(prompt, completion) if "3" in prompt.split(":")[-1] else 0.0
+
+
+REWARDS = {"count_ones": count_ones, "ones_if_three": ones_if_three}
+
+
 def config(out: Path, name: str, algo: str, **kw: Any) -> OnlineConfig:
     base = dict(output_dir=str(out / name), algo=SCENARIOS[algo].get("algo", algo), iterations=3,
                 prompts_per_iteration=8,
                 num_generations=4, ppo_epochs=1, num_minibatches=1, batch_size=16,
                 max_new_tokens=10, learning_rate=1e-3, lr_scheduler="constant", seed=5,
                 logging_steps=1, save_steps=0, save_final=False, progress=False)
-    base.update({k: v for k, v in SCENARIOS[algo].items() if k != "algo"})
+    base.update({k: v for k, v in SCENARIOS[algo].items() if k not in ("algo", "reward")})
     base.update(kw)
     return OnlineConfig(**base)
 
@@ -68,10 +84,12 @@ def flat(model: torch.nn.Module) -> list[float]:
 
 def run(out: Path, model_dir: str, name: str, algo: str) -> dict[str, Any]:
     model, tok = load_model(model_dir)
-    res = train_online(config(out, name, algo), reward=FunctionReward(count_ones),
+    reward = REWARDS[SCENARIOS[algo].get("reward", "count_ones")]
+    res = train_online(config(out, name, algo), reward=FunctionReward(reward),
                        prompts=prompts(), model=model, tokenizer=tok)
     return {"params": flat(res.model), "iterations": res.iterations,
-            "loss": [h["loss"] for h in res.fit.history if "loss" in h]}
+            "loss": [h["loss"] for h in res.fit.history if "loss" in h],
+            "clipfrac": [h["clipfrac"] for h in res.fit.history if "clipfrac" in h]}
 
 
 def main(out: Path, model_dir: str) -> None:

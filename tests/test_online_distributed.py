@@ -76,3 +76,16 @@ def test_two_processes_equal_one_process(ddp, one_process, model_dir, algo):
                 else:
                     assert mine[key] == pytest.approx(value, abs=2e-6), (algo, rank, key)
         assert got[algo]["loss"] == pytest.approx(ref["loss"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_the_dapo_and_gspo_scenarios_exercise_refill_and_clipping(ddp, one_process):
+    """What the 2 == 1 comparison covers: DAPO's dynamic sampling dropped groups and sampled
+    refill rounds (whose groups move between processes), and GSPO's off-policy epochs clipped
+    sequence ratios."""
+    dapo = one_process["dapo"]["iterations"]
+    assert all(it["dynamic_sampling/groups_dropped"] > 0 for it in dapo)
+    assert any(it["dynamic_sampling/sampling_rounds"] > 1 for it in dapo)
+    assert any(c > 0 for c in one_process["gspo"]["clipfrac"])
+    assert ddp[0]["gspo"]["clipfrac"] == pytest.approx(one_process["gspo"]["clipfrac"],
+                                                       abs=1e-6)
