@@ -332,6 +332,6 @@ def test_online_grpo_with_a_hanging_reward_finishes(tmp_path, monkeypatch):
                 else:
                     assert rewards[i, j].item() == pytest.approx(fns.sort_score(p, c), abs=1e-6)
     assert hung == 1
-    logged = [it.get("reward_status/timeout") for it in res.iterations]
-    if logged[0] is not None:  # the loop logs the status counts (helper H6's loop)
-        assert sum(logged) == 1
+    if any("reward_status/timeout" in it for it in res.iterations):  # the loop logs them
+        assert [it.get("reward_status/timeout", 0) for it in res.iterations] == [1, 0]
+        assert sum(it.get("reward_status/ok", 0) for it in res.iterations) == 31
