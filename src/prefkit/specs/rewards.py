@@ -17,7 +17,36 @@ def _same_vocab(a: Any, b: Any) -> bool:
         return False
 
 
-def reward_from_spec(spec: str, *, tokenizer: Any = None) -> Callable:
+def _verifiable(spec: str, arg: str, prompts: str | None) -> Callable:
+    """``verifiable:KIND[:ARG]`` (:mod:`prefkit.rewards.verifiable.kinds`); references from the
+    prompts file ``prompts`` (its ``answer`` / ``reference`` / ``tests`` / ``solution`` field);
+    ``rg:TASK[:N[:SEED]]``: a reasoning-gym task (:func:`~prefkit.rewards.verifiable.gym.
+    gym_reward_for`)."""
+    from ..rewards.verifiable.kinds import verifiable_reward
+    from ..rewards.verifiable.source import read_references
+
+    kind, _, rest = arg.partition(":")
+    if kind == "rg":
+        from ..rewards.verifiable.gym import gym_reward_for
+
+        task, *numbers = rest.split(":") if rest else [""]
+        if not task or len(numbers) > 2 or not all(x.isdigit() for x in numbers):
+            raise ValueError(f"reward {spec!r}: expected verifiable:rg:TASK[:N[:SEED]] (N and "
+                             "SEED non-negative integers)")
+        n = int(numbers[0]) if numbers else 1000
+        seed = int(numbers[1]) if len(numbers) > 1 else 0
+        return gym_reward_for(task, n=max(n, 1), seed=seed, prompts_path=prompts)
+    references = None
+    if kind not in ("regex",):
+        if prompts is None or prompts.startswith("lab:"):
+            raise ValueError(f"reward {spec!r} needs reference answers: a prompts file whose "
+                             "rows have an 'answer' (or 'reference', 'tests', 'solution') field")
+        references = read_references(prompts)
+    return verifiable_reward(kind, rest, references=references)
+
+
+def reward_from_spec(spec: str, *, tokenizer: Any = None, prompts: str | None = None
+                     ) -> Callable:
     """A reward source from a CLI string:
 
     * ``rm:PATH`` -- a saved :class:`~prefkit.rewards.RewardModel` (sampled ids scored directly
@@ -30,14 +59,20 @@ def reward_from_spec(spec: str, *, tokenizer: Any = None) -> Callable:
     * ``judge:CONFIG`` -- a pairwise judge (:func:`prefkit.specs.judge_from_spec`: an
       LLM behind an OpenAI-compatible server, a lab judge, a jury ...): each sample's
       round-robin win rate in its group, judged in both orders
-      (:class:`prefkit.judges.reward_source.JudgeReward`; RLAIF).
+      (:class:`prefkit.judges.reward_source.JudgeReward`; RLAIF);
+    * ``verifiable:math`` / ``exact`` / ``choice`` / ``json`` / ``code`` -- a checker against
+      each prompt's reference answer, read from the prompts file ``prompts`` (a path, as
+      ``--prompts``); ``verifiable:regex:PATTERN`` (no reference); ``verifiable:rg:TASK[:N[:SEED]]``
+      -- a reasoning-gym task (:mod:`prefkit.rewards.verifiable`; statuses counted in
+      ``status_counts()``).
     """
     from ..rewards.sources import FunctionReward, GPMPreference, ModelReward
 
     kind, _, arg = spec.partition(":")
     if not arg:
         raise ValueError(f"reward {spec!r}: expected KIND:ARGUMENT (rm:PATH, implicit:POLICY, "
-                         "gold:TASK, python:module:function or judge:CONFIG)")
+                         "gold:TASK, python:module:function, judge:CONFIG or "
+                         "verifiable:KIND)")
     if kind == "rm":
         from ..rewards.model import RewardModel
 
@@ -70,5 +105,7 @@ def reward_from_spec(spec: str, *, tokenizer: Any = None) -> Callable:
         from .judges import judge_from_spec
 
         return JudgeReward(judge_from_spec(arg), name=spec)
-    raise ValueError(f"reward {spec!r}: unknown kind {kind!r} (rm, implicit, gold, python or "
-                     "judge)")
+    if kind == "verifiable":
+        return _verifiable(spec, arg, prompts)
+    raise ValueError(f"reward {spec!r}: unknown kind {kind!r} (rm, implicit, gold, python, "
+                     "judge or verifiable)")
