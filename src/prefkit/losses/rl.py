@@ -721,7 +721,6 @@ def fill_batch(keep: Sequence[bool], size: int) -> list[int]:
     return sorted(kept + dropped)
 
 
-@register_policy_loss("gspo")
 def gspo(
     logps: Tensor,
     old_logps: Tensor,
@@ -789,7 +788,6 @@ def reinforce_pp_returns(scores: Tensor, kl: Tensor, mask: Tensor, *,
     return torch.where(_bool_mask(mask, out), out, 0.0)
 
 
-@register_advantage("reinforce_pp")
 def reinforce_pp(returns: Tensor, mask: Tensor, *, mean: float | None = None,
                  std: float | None = None, eps: float = 1e-8) -> Tensor:
     """REINFORCE++ advantage: returns normalised over the whole (global) batch, no critic and
