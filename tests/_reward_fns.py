@@ -29,6 +29,11 @@ def with_reference(prompt: str, completion: str, reference: str) -> float:
     return float(completion.strip() == reference) + 0.01 * len(prompt)
 
 
+def reference_first(reference: str, completion: str) -> float:
+    """A checker's argument order (reference, completion)."""
+    return float(completion.strip() == reference) - 0.5 * len(reference)
+
+
 def sleepy(x: int) -> float:
     """Sleeps 600 s on x == 3 (a hung reward); x otherwise."""
     if x == 3:

@@ -105,6 +105,13 @@ def test_executed_reward_equals_function_reward(executor):
     want = torch.tensor([[float(c.strip() == refs[p]) + 0.01 * len(p) for c in cs]
                          for p, cs in zip(prompts, completions, strict=True)])
     assert torch.allclose(got, want, atol=1e-6)
+    with ExecutedReward(fns.reference_first, timeout_value=0.0, error_value=0.0,
+                        references=refs, arguments=("reference", "completion"),
+                        workers=1) as source:
+        got = source(prompts, completions)
+    want = torch.tensor([[float(c.strip() == refs[p]) - 0.5 * len(refs[p]) for c in cs]
+                         for p, cs in zip(prompts, completions, strict=True)])
+    assert torch.allclose(got, want, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ failures
@@ -190,6 +197,12 @@ def test_bad_configuration_and_unpicklable_functions_are_refused():
         ex.submit(fns.sleepy, [(1,)])
     with pytest.raises(ValueError, match="no function 'nope'"):
         ExecutedReward("_reward_fns:nope", timeout_value=0.0, error_value=0.0)
+    with pytest.raises(ValueError, match="arguments name 'reference' but no references"):
+        ExecutedReward(fns.reference_first, timeout_value=0.0, error_value=0.0,
+                       arguments=("reference", "completion"))
+    with pytest.raises(ValueError, match="arguments must name prompt, completion"):
+        ExecutedReward(fns.text_score, timeout_value=0.0, error_value=0.0,
+                       arguments=("prompt", "answer"))
     with ExecutedReward(fns.text_score, timeout_value=0.0, error_value=0.0,
                         references={"a": "x"}) as source, \
             pytest.raises(ValueError, match="no reference answer for prompt 'b'"):

@@ -303,7 +303,8 @@ class BTPreference:
 @dataclass
 class ExecutedReward:
     """``fn(prompt, completion) -> float`` (or ``fn(prompt, completion, reference)`` when
-    ``references`` maps each prompt to its reference answer) run through a
+    ``references`` maps each prompt to its reference answer; ``arguments`` names another order,
+    e.g. ``("reference", "completion")`` for the verifiable checkers) run through a
     :class:`~prefkit.rewards.executor.RewardExecutor`: ``workers`` processes, ``timeout``
     seconds per call; a call that times out scores ``timeout_value``, one that fails
     (exception, crash, non-finite value) ``error_value`` -- both required, so a failure is never
@@ -323,6 +324,7 @@ class ExecutedReward:
     workers: int = 2
     timeout: float = 10.0
     references: Mapping[str, Any] | None = None
+    arguments: tuple[str, ...] | None = None
     name: str = "executed"
     _executor: RewardExecutor | None = field(default=None, init=False, repr=False,
                                              compare=False)
@@ -333,6 +335,16 @@ class ExecutedReward:
             from ..importing import import_function
 
             import_function(self.fn)  # a clear ValueError now, not an error status per call
+        if self.arguments is None:
+            self.arguments = ("prompt", "completion") + (
+                ("reference",) if self.references is not None else ())
+        self.arguments = tuple(self.arguments)
+        unknown = set(self.arguments) - {"prompt", "completion", "reference"}
+        if unknown or not self.arguments:
+            raise ValueError(f"arguments must name prompt, completion and/or reference, got "
+                             f"{self.arguments!r}")
+        if "reference" in self.arguments and self.references is None:
+            raise ValueError("arguments name 'reference' but no references were given")
         self.executor()  # validates workers, timeout and the failure values
 
     def executor(self) -> RewardExecutor:
@@ -349,13 +361,15 @@ class ExecutedReward:
         g = _check_shape(prompts, completions)
         calls = []
         for p, cs in zip(prompts, completions, strict=True):
-            extra = ()
-            if self.references is not None:
+            known = {"prompt": p}
+            if "reference" in self.arguments:
                 if p not in self.references:
                     raise ValueError(f"reward {self.name!r}: no reference answer for prompt "
                                      f"{p[:80]!r}")
-                extra = (self.references[p],)
-            calls.extend((p, c, *extra) for c in cs)
+                known["reference"] = self.references[p]
+            for c in cs:
+                known["completion"] = c
+                calls.append(tuple(known[a] for a in self.arguments))
         return ExecutedHandle(self, self.executor().submit(self.fn, calls), (len(prompts), g))
 
     def __call__(self, prompts, completions, prompt_ids=None, completion_ids=None
