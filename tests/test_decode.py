@@ -313,6 +313,22 @@ def test_vllm_backend_follows_the_policy_weights(tmp_path):  # pragma: no cover 
     assert backend.generate(model, rows, s, seed=0).ids == [[tok.eos_token_id]] * 4
 
 
+def test_compile_modes_are_checked():
+    with pytest.raises(ValueError, match="compile must be"):
+        StaticCacheBackend(compile="fast")
+    assert get_backend("prefkit-compiled").compile is True
+
+
+@pytest.mark.slow
+def test_compiled_noise_has_the_same_bits():
+    """The compiled hash gives the eager noise bit for bit (integer operations and an exact
+    conversion; the logarithms stay eager), for several batch shapes (one dynamic graph)."""
+    for rows, vocab in ((torch.arange(32) * 7919 + 3, 4096), (torch.arange(5), 17)):
+        for seed, step in ((0, 0), (5, 3), (2**33 + 1, 17)):
+            assert torch.equal(gumbel_noise(seed, rows, step, vocab, compiled=True),
+                               gumbel_noise(seed, rows, step, vocab))
+
+
 @pytest.mark.slow
 def test_compiled_step_gives_the_same_tokens(world):
     tok, _, rows, models = world
