@@ -19,9 +19,10 @@ log-probs out) that all follow that rule:
   the 4D mask is built once per batch and one key column is opened per step), sampling inline,
   finished rows fed the pad token and masked. ``compile`` (off by default, ``"prefkit-compiled"``
   turns both on): ``"noise"`` fuses the sampler's integer hash into one compiled pass (the
-  same bits by construction, ~5-9x faster than eager at vocab 4096; the first call compiles
-  for some seconds), ``"step"`` compiles the one-token forward (the same tokens in the tests,
-  ~1.4x on the tiny test model, ~45 s to compile on a busy 2-core CPU).
+  same bits by construction; measured on a busy 2-core CPU at 32 rows x vocab 4096: the hash
+  ~9x faster, the whole noise ~1.7x; ~7-12 s to compile once per process), ``"step"``
+  compiles the one-token forward (the same tokens in the tests; ~1.4x per step on a tiny
+  Llama; ~12-45 s to compile, again for each new batch shape).
 * :class:`GenerateBackend` (``"transformers"``): Hugging Face ``generate`` with the rule as a
   logits processor -- the path prefkit used before; kept selectable and as the fallback for
   models the static loop does not cover (:func:`static_decode_unsupported` names why).
