@@ -6,7 +6,8 @@
    stays whole -- the convention of MATH-style prompts;
 2. the last "answer is X" / "answer: X" / "Answer = X" phrase (to the end of its line, a
    trailing period and ``$`` delimiters removed);
-3. the last number in the text (integers, decimals, fractions ``a/b``, with a sign;
+3. the whole completion when it is one formula (``$...$``, ``\\(...\\)``, ``\\[...\\]``);
+4. the last number in the text (integers, decimals, fractions ``a/b``, with a sign;
    thousands separators ``1,000`` kept whole).
 
 None when none of them finds anything: the checker scores that ``unparsed``, not ``wrong``.
@@ -20,6 +21,8 @@ __all__ = ["extract_answer", "extract_boxed", "extract_choice", "last_number"]
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:|=)\s*:?\s*(.+)", re.IGNORECASE)
+_FORMULA = re.compile(r"\$\$([^$]*)\$\$|\$([^$]*)\$|\\\((.*?)\\\)|\\\[(.*?)\\\]",
+                      re.DOTALL)
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?"
                      r"|[-+]?\.\d+")
 
@@ -66,6 +69,9 @@ def extract_answer(text: str) -> str | None:
         answer = _strip_answer(inner if inner is not None else line)
         if answer:
             return answer
+    formula = _FORMULA.fullmatch(text.strip())
+    if formula is not None:
+        return next(g for g in formula.groups() if g is not None).strip() or None
     return last_number(text)
 
 

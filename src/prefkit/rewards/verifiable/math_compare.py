@@ -16,14 +16,19 @@ Parsing (:func:`strict_parse`) -- one reading of the WHOLE answer or none:
 
 Comparing (:func:`compare`) -- math-verify's ``verify`` must say equal, and then:
 
-* two numbers must agree to a RELATIVE tolerance of 1e-9, or to half a unit of the last
-  decimal written when the answer is a decimal with 2 or more decimals (``0.3333`` for 1/3).
-  math-verify rounds both to 6 decimals, so every pair of values below 5e-7 compared equal
-  (``1/2^{99}`` and ``1/2^{98}``, ``1/2004!`` and ``1/2006!``: #14);
+* two numbers must agree (:func:`numbers_agree`: exactly as far as 60 digits tell for exact
+  values, to a relative 1e-9 with a float, or to half a unit of the last decimal written when
+  the answer is a decimal with 2 or more decimals: ``0.3333`` for 1/3). math-verify rounds
+  both to 6 decimals, so every pair of values below 5e-7 compared equal (``1/2^{99}`` and
+  ``1/2^{98}``, ``1/2004!`` and ``1/2006!``: #14);
 * a percentage may be written as its number or its fraction (``5\\%``, ``5``, ``0.05``), as
   math-verify allows;
 * quantifiers (``\\forall``, ``\\exists``) and ellipses are not mathematics math-verify reads:
   such an answer is ``unparsed`` (#64: ``\\forall x>0, f(x) = 0`` compared as ``0``).
+
+One rule goes the other way: two closed-form NUMBERS that math-verify calls different but whose
+values agree to 45 digits are equal, a symbol ``i`` read as the imaginary unit (``e^{i\\pi}``
+and ``-1``, ``\\sqrt{-1}`` and ``i``): math-verify leaves both different.
 
 Statuses: ``ok``, ``wrong``, ``unparsed`` (the prediction could not be read), ``error`` (the
 REFERENCE could not be read: a data problem, not the policy's).
@@ -52,6 +57,7 @@ _EXPR = [ExprExtractionConfig()]
 #: constructs math-verify silently drops or misreads: an answer holding one is unparsed
 _UNSUPPORTED = re.compile(r"\\(?:forall|exists|ldots|cdots|dots|vdots)|\.\.\.|\\mathrm\{e\}")
 _RELATIVE = 1e-9
+_EXACT = sympy.Rational(1, 10**45)
 
 
 def _unwrap(text: str) -> str:
@@ -100,19 +106,32 @@ def _decimals(text: str) -> int:
 
 
 def numbers_agree(a: Any, b: Any, *, decimals: int = 0) -> bool:
-    """Two sympy numbers equal to a relative tolerance of 1e-9 (evaluated with 60 digits), or
-    within half a unit of the last of ``decimals`` (>= 2) written decimals. A value that does
-    not evaluate to a plain number is left to math-verify's verdict (True)."""
-    x, y = sympy.N(a.doit(), 60), sympy.N(b.doit(), 60)  # doit: UnevaluatedExpr (5%)
+    """Two sympy numbers equal: evaluated with 60 digits, within half a unit of the last of
+    ``decimals`` (>= 2) written decimals, else to a relative 1e-9 when either holds a float,
+    else (both exact) to a relative 1e-45 -- equal as far as 60 digits can tell (``2^{-100}``
+    and ``1/(2^{100}+1)`` differ at the 31st digit). Infinities must be equal. A value that
+    does not evaluate to a plain number is left to math-verify's verdict (True)."""
+    a, b = sympy.sympify(a).doit(), sympy.sympify(b).doit()  # doit: UnevaluatedExpr (5%)
+    if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
+        return a == b
+    x, y = sympy.N(a, 60), sympy.N(b, 60)
     diff, ax, ay = (sympy.N(abs(v), 60) for v in (x - y, x, y))
     if not (diff.is_Number and ax.is_Number and ay.is_Number):
         return True
-    scale = max(ax, ay)
     if diff == 0:
         return True
     if decimals >= 2 and diff <= sympy.Rational(1, 2) * sympy.Rational(10) ** -decimals:
         return True
-    return bool(diff <= _RELATIVE * scale)
+    exact = not (a.atoms(sympy.Float) or b.atoms(sympy.Float))
+    return bool(diff <= (_EXACT if exact else _RELATIVE) * max(ax, ay))
+
+
+def _imaginary(expr: Any) -> Any:
+    """``expr`` with a free symbol named ``i`` read as the imaginary unit (math-verify keeps it
+    a symbol, an index's name)."""
+    if not isinstance(expr, sympy.Expr):
+        return expr
+    return expr.subs({s: sympy.I for s in expr.free_symbols if s.name == "i"})
 
 
 def _is_number(expr: Any) -> bool:
@@ -128,9 +147,13 @@ def compare(reference: str, answer: str) -> CheckResult:
     pred = strict_parse(answer)
     if pred is None:
         return CheckResult.unparsed(f"answer {answer!r} could not be parsed")
+    numbers = _is_number(gold[0]) and _is_number(pred[0])
     if not verify(gold, pred, timeout_seconds=None):
+        g, p = _imaginary(gold[0]), _imaginary(pred[0])
+        if _is_number(g) and _is_number(p) and numbers_agree(g, p):
+            return CheckResult.ok(f"{pred[0]} == {gold[0]} (same value to 45 digits)")
         return CheckResult.wrong(f"{pred[0]} != {gold[0]}")
-    if _is_number(gold[0]) and _is_number(pred[0]):
+    if numbers:
         decimals = max(_decimals(answer), _decimals(reference))
         percent = "%" in reference or "%" in answer  # math-verify takes 5 for 5% (and x100)
         if not (numbers_agree(gold[0], pred[0], decimals=decimals) or percent and (
