@@ -116,9 +116,9 @@ def online(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Online RL from any reward: sample from the policy, score, update (PPO, RLOO, GRPO,
-    ReMax, REINFORCE, online DPO, online IPO, RAFT); each prompt computed once for its
-    samples."""
+    """Online RL from any reward: sample from the policy, score, update (--algo: any registered
+    online algorithm -- PPO, RLOO, GRPO, Dr. GRPO, ReMax, REINFORCE, online DPO, online IPO,
+    RAFT, DAPO, GSPO, REINFORCE++); each prompt computed once for its samples."""
     from ..models.load import save_model as save_pretrained
     from ..specs import resolve_model, resolve_prompts, reward_from_spec
     from ..train.online import train_online

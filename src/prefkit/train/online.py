@@ -5,50 +5,40 @@
 
 1. take ``prompts_per_iteration`` prompts (a seeded shuffle of the prompt list, cycled); with
    several processes each process takes its contiguous shard;
-2. sample ``num_generations`` (G) completions per prompt with the current policy
-   (:mod:`.rollout`; ReMax also decodes one greedy completion per prompt as its baseline);
-3. score them with the reward source (:mod:`prefkit.rewards.sources`), shape the scores
-   (length penalty, normalization, clipping), and stop with a clear message on a NaN reward;
+2. sample each prompt's group of completions with the current policy (:mod:`.rollout`;
+   ``num_generations`` per prompt unless the algorithm sizes groups otherwise -- groups may
+   differ in size --, plus one greedy completion per prompt when the algorithm wants it as a
+   baseline, as ReMax);
+3. score them with the reward source (:mod:`prefkit.rewards.sources`; one call per group size),
+   add the algorithm's per-sample terms (DAPO's overlong penalty), stop with a clear message on
+   a NaN reward; with dynamic sampling (DAPO) drop the groups the algorithm rejects and sample
+   further rounds of prompts until the batch is full again; shape the scores over the global
+   batch (length penalty, normalization, clipping); log the source's ``status_counts()`` (ok /
+   wrong / unparsed / timeout / error) when it has them, as ``reward_status/<status>``;
 4. one no-grad forward of the policy (and the reference) over prefix-shared rows -- each
-   prompt computed once for its G completions -- gives the sampled tokens' log-probs
-   ("old" log-probs), the reference log-probs and, for PPO, the value estimates;
-5. advantages (registered estimators in :mod:`prefkit.losses.rl`) or, for the preference
-   methods, pairs / kept samples;
+   prompt computed once for its completions -- gives the sampled tokens' log-probs ("old"
+   log-probs), the reference log-probs and, with a value head, the value estimates -- each
+   only when the algorithm needs it;
+5. the algorithm's targets (advantages from :mod:`prefkit.losses.rl`, pairs, kept samples);
 6. ``ppo_epochs`` passes over the rollout in ``num_minibatches`` optimizer steps each (each
    split into ``gradient_accumulation_steps`` micro-batches) through
-   :func:`prefkit.train.loop.fit` -- the same loop, reduction and checkpoints as every trainer.
+   :func:`prefkit.train.loop.fit` -- the same loop, reduction and checkpoints as every trainer
+   -- with the algorithm's loss.
 
-Algorithms (``algo``):
-
-* ``ppo`` -- clipped surrogate (Schulman et al. 2017) with a value head on the policy's body
-  and GAE (``gamma``, ``lam``); the KL to the reference is a per-token reward penalty
-  ``-kl_coef * k`` (Ziegler et al. 2019; Ouyang et al. 2022) with a fixed or adaptive
-  coefficient (``target_kl``);
-* ``reinforce`` -- REINFORCE with the batch-mean baseline; ``rloo`` -- leave-one-out baseline
-  (Ahmadian et al. 2024); ``remax`` -- the greedy completion's reward as baseline (Li et al.
-  2023); these three put the summed KL into the reward as RLOO's paper does;
-* ``grpo`` / ``dr_grpo`` -- group-normalized advantages (Shao et al. 2024) / mean-only with
-  ``seq_mean_token_sum_norm`` aggregation (Liu et al. 2025); the KL (k3 by default) is a loss
-  term;
-* ``online_dpo`` -- per prompt the best and worst of the G samples under the reward source
-  become a pair, trained with a pairwise loss of :mod:`prefkit.losses` (``dpo_loss``; Guo et al.
-  2024, "Direct Language Model Alignment from Online AI Feedback"); with ``reward`` = the
-  policy's own implicit reward this is a self-rewarding loop (Yuan et al. 2024);
-* ``online_ipo`` -- the Nash / online-IPO update (Calandriello et al. 2024) driven by a GENERAL
-  preference ``P(y > y')`` (e.g. a GPM, :class:`prefkit.rewards.sources.GPMPreference`): the
-  expected IPO loss under labels drawn from ``p`` is ``(h - (2p - 1) / (2 beta))^2`` with
-  ``h`` the difference of the two samples' log-ratios to the reference;
-* ``raft`` -- rejection-sampling fine-tuning / best-of-N distillation (Dong et al. 2023):
-  NLL on the ``raft_keep`` best samples per prompt.
+Algorithms (``algo``) are registered parts (:mod:`prefkit.train.algorithms`: ppo, reinforce,
+rloo, grpo, dr_grpo, remax, online_dpo, online_ipo, raft, dapo, gspo, reinforce_pp, and any
+algorithm registered by the user); this module never branches on their names.
 
 KL blow-ups (mean sequence KL above ``max_kl``) and NaN rewards stop the run with a
 :class:`OnlineTrainingError` naming the iteration and the last checkpoint. Completions that hit
 ``max_new_tokens`` and empty ones are counted per iteration (``rollouts.jsonl`` in
 ``output_dir`` and :attr:`OnlineResult.iterations`).
 
-Exactness: the samples are a pure function of (seed, iteration, global prompt index), so a
-2-process run with the same global batch draws the same rollouts as 1 process and ends with
-the same parameters; reward normalization is computed over the global batch. Checkpoints are
+Exactness: the samples are a pure function of (seed, iteration, sampling round, global prompt
+index), so a 2-process run with the same global batch draws the same rollouts as 1 process and
+ends with the same parameters; reward normalization and the algorithms' global statistics are
+computed over the global batch, and dynamic sampling selects its batch in global sampling order
+(the groups a process trains may have been sampled by another). Checkpoints are
 taken at iteration boundaries (``save_steps`` is rounded up to a multiple of the optimizer
 steps per iteration), so resuming replays the next iteration exactly.
 """
