@@ -2,10 +2,11 @@
 
 Each returns a :class:`~.result.CheckResult`:
 
-* :func:`check_exact` -- the extracted answer (:func:`~.extract.extract_answer`, or the whole
-  completion with ``extract=False``) equals one of the references after :func:`normalize`
-  (case folded, surrounding ``$``, ``\\text{}`` and punctuation removed, whitespace collapsed,
-  thousands separators and a trailing ``.0`` dropped from numbers);
+* :func:`check_exact` -- the extracted answer (:func:`~.extract.extract_answer`) or else the
+  whole completion (the only candidate with ``extract=False``) equals one of the references
+  after :func:`normalize` (case folded, surrounding ``$``, ``\\text{}`` and punctuation
+  removed, whitespace collapsed, thousands separators and trailing decimal zeros dropped
+  from numbers); ``unparsed`` when neither matches and nothing could be extracted;
 * :func:`check_choice` -- the letter (:func:`~.extract.extract_choice`) equals the
   reference's letter;
 * :func:`check_regex` -- ``re.fullmatch`` (``search=True``: ``re.search``) of a pattern;
@@ -50,15 +51,18 @@ def normalize(text: str) -> str:
 
 def check_exact(references: str | Sequence[str], prediction: str, *, extract: bool = True
                 ) -> CheckResult:
-    """``ok`` when the (extracted) answer normalizes to one of ``references``."""
-    refs = [references] if isinstance(references, str) else list(references)
-    answer = extract_answer(prediction) if extract else prediction
-    if answer is None or not normalize(answer):
+    """``ok`` when the extracted answer or the completion normalizes to one of
+    ``references`` (module docstring)."""
+    wanted = {normalize(r) for r in ([references] if isinstance(references, str)
+                                     else references)}
+    answer = extract_answer(prediction) if extract else None
+    for candidate in (answer, prediction):
+        if candidate is not None and normalize(candidate) in wanted:
+            return CheckResult.ok(normalize(candidate))
+    if extract and (answer is None or not normalize(answer)):
         return CheckResult.unparsed("no answer found")
-    got = normalize(answer)
-    if any(got == normalize(r) for r in refs):
-        return CheckResult.ok(got)
-    return CheckResult.wrong(f"{got!r} not in {[normalize(r) for r in refs]!r}")
+    got = normalize(answer if extract else prediction)
+    return CheckResult.wrong(f"{got!r} not in {sorted(wanted)!r}")
 
 
 def check_choice(reference: str, prediction: str, *, letters: str = "ABCDE") -> CheckResult:

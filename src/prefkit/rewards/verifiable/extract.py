@@ -44,7 +44,7 @@ def extract_boxed(text: str) -> str | None:
 
 
 def _strip_answer(text: str) -> str:
-    s = text.strip()
+    s = text.strip().rstrip(".").strip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**")):
         if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
             s = s[len(left):len(s) - len(right)].strip()
