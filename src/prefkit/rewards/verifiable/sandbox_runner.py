@@ -119,6 +119,8 @@ def main():
               "RLIMIT_CORE": _limit("RLIMIT_CORE", 0)}
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     network = _unshare_network()
+    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+        del sys.modules[name]  # the user's `import ctypes` goes through the hook's refusal
     import traceback
 
     refusals = []
