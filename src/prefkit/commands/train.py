@@ -130,7 +130,7 @@ def online(
         prompt_list = resolve_prompts(cfg.prompts, seed=cfg.seed)  # bad prompts: before loading
         policy, tokenizer = resolve_model(cfg)
         source = ("self" if cfg.reward == "self"
-                  else reward_from_spec(cfg.reward, tokenizer=tokenizer))
+                  else reward_from_spec(cfg.reward, tokenizer=tokenizer, prompts=cfg.prompts))
     except (ValueError, FileNotFoundError) as exc:
         raise bad_input(str(exc), as_json) from None
     check_run_start(cfg, as_json)
