@@ -379,3 +379,30 @@ def test_extras_map_the_rl_modules():
 
     assert {m: EXTRA_OF_MODULE[m] for m in ("math_verify", "jsonschema", "reasoning_gym")} == {
         "math_verify": "rl", "jsonschema": "rl", "reasoning_gym": "rl"}
+
+
+@pytest.mark.slow
+def test_cli_online_grpo_with_a_verifiable_reward_logs_status_counts(tmp_path):
+    from typer.testing import CliRunner
+
+    from prefkit.cli import app
+
+    prompts = tmp_path / "math.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"What is {i} + {i}?",
+                                           "answer": str(2 * i)}) + "\n" for i in range(4)))
+    result = CliRunner().invoke(app, [
+        "train", "online", "--model", "lab:sort", "--prompts", str(prompts), "--reward",
+        "verifiable:math", "--algo", "grpo", "--iterations", "1", "--prompts-per-iteration",
+        "4", "--set", "max_new_tokens=4", "--set", "progress=false", "--output-dir",
+        str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    it = json.loads(result.stdout)["iterations"][0]
+    counts = {s: it.get(f"reward_status/{s}") for s in STATUSES}
+    if counts["ok"] is None:
+        pytest.skip("this online loop does not log reward_status/* yet")
+    assert sum(counts.values()) == 16  # 4 prompts x the default group size
+    bad = CliRunner().invoke(app, [
+        "train", "online", "--model", "lab:sort", "--prompts", "lab:sort:4", "--reward",
+        "verifiable:math", "--output-dir", str(tmp_path / "bad"), "--json"])
+    assert bad.exit_code == 2
+    assert "needs reference answers" in bad.output
