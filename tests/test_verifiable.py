@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -128,6 +129,34 @@ def test_pathological_input_times_out_within_twice_the_limit_everywhere():
     assert status == "timeout" and elapsed < 2 * limit
     # the killed checker is replaced: the next call works
     assert check_math("\\frac{1}{2}", "\\boxed{0.5}").status == "ok"
+
+
+def _child_pids() -> set[int]:
+    """Living (not zombie) child processes of this process, read from /proc."""
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == os.getpid() and stat[0] != "Z":
+                out.add(int(name))
+    return out
+
+
+def test_checker_processes_of_ended_threads_are_killed_and_all_at_close():
+    from prefkit.rewards.verifiable.child import close_children
+
+    close_children()
+    before = _child_pids()
+    with ThreadPoolExecutor(3) as pool:
+        assert set(pool.map(lambda _: _check({"reference": "2", "prediction": "2"}),
+                            range(6))) == {"ok"}
+    assert check_math("2", "\\boxed{2}").status == "ok"
+    assert len(_child_pids() - before) == 1  # this thread's; the pool's three are gone
+    close_children()
+    assert _child_pids() - before == set()
 
 
 def test_math_statuses_and_values():

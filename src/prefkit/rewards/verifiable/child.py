@@ -14,8 +14,10 @@ imported (the import time never counts against a call's limit), then answers eac
 :class:`~prefkit.rewards.verifiable.result.CheckResult` as a dict. Only functions of this
 package can be named. The child exits when its stdin closes (the caller died or closed it).
 
-Each thread of each process owns its own child (a thread-local), so concurrent callers never
-queue behind one another's deadline; a forked process never reuses its parent's child.
+Each thread of each process owns its own child, so concurrent callers never queue behind one
+another's deadline; a forked process never reuses its parent's child; the children of threads
+that have ended are killed at the next call, and all of them at exit
+(:func:`close_children`).
 """
 
 from __future__ import annotations
@@ -111,21 +113,28 @@ class _Child:
                 stream.close()
 
 
-_local = threading.local()
-_all: weakref.WeakSet[_Child] = weakref.WeakSet()
+_children: dict[tuple[int, int, tuple[str, ...]], tuple[_Child, weakref.ref]] = {}
 _lock = threading.Lock()
 
 
+def _sweep() -> None:
+    """Kill the children of threads that have ended (a thread pool's finished workers)."""
+    dead = [key for key, (_, thread) in _children.items()
+            if key[0] == os.getpid() and (thread() is None or not thread().is_alive())]
+    for key in dead:
+        _children.pop(key)[0].kill()
+
+
 def _child_for(preload: tuple[str, ...]) -> _Child:
-    children = getattr(_local, "children", None)
-    if children is None or getattr(_local, "pid", None) != os.getpid():
-        children = _local.children = {}  # a forked process starts its own children
-        _local.pid = os.getpid()
-    child = children.get(preload)
-    if child is None or not child.alive():
-        child = children[preload] = _Child(preload)
-        with _lock:
-            _all.add(child)
+    key = (os.getpid(), threading.get_ident(), preload)  # a forked process starts its own
+    with _lock:
+        _sweep()
+        entry = _children.get(key)
+    if entry is not None and entry[0].alive():
+        return entry[0]
+    child = _Child(preload)
+    with _lock:
+        _children[key] = (child, weakref.ref(threading.current_thread()))
     return child
 
 
@@ -152,12 +161,22 @@ def call_in_child(fn: str, args: list, *, timeout: float, preload: tuple[str, ..
 def close_children() -> None:
     """Kill every checker child this process started (also run at exit)."""
     with _lock:
-        children = [c for c in _all if c.owner == os.getpid()]
+        keys = [key for key in _children if key[0] == os.getpid()]
+        children = [_children.pop(key)[0] for key in keys]
     for child in children:
         child.kill()
 
 
+def _after_fork_in_child() -> None:
+    """A forked process forgets its parent's children (their pipes close in it, never in the
+    parent) and gets a fresh lock (another thread may have held it at the fork)."""
+    global _lock
+    _lock = threading.Lock()
+    _children.clear()
+
+
 atexit.register(close_children)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ----------------------------------------------------------------------------- the child
