@@ -11,20 +11,21 @@ Parsing (:func:`strict_parse`) -- one reading of the WHOLE answer or none:
   #14). A failed LaTeX parse is ``unparsed`` here;
 * else as a plain expression (``sqrt(3)/3``), accepted only when the matched text is the
   whole answer;
-* an equation is kept whole (``3x + 4y + 14 = 0`` is not its right-hand side ``0``: #60), and
-  so are infinities and undefined values refused (``12:00`` read as ``zoo``: #14).
+* an equation is kept whole (``3x + 4y + 14 = 0`` is not its right-hand side ``0``: #60);
+* an undefined value is refused (``12:00`` read as ``zoo``: #14);
+* quantifiers (``\\forall``, ``\\exists``), ellipses and ``\\mathrm{e}`` are not
+  mathematics math-verify reads (it drops them mid-formula): such an answer is ``unparsed``
+  (#64: ``\\forall x>0, f(x) = 0`` compared as ``0``; PR #82).
 
 Comparing (:func:`compare`) -- math-verify's ``verify`` must say equal, and then:
 
 * two numbers must agree (:func:`numbers_agree`: exactly as far as 60 digits tell for exact
   values, to a relative 1e-9 with a float, or to half a unit of the last decimal written when
-  the answer is a decimal with 2 or more decimals: ``0.3333`` for 1/3). math-verify rounds
+  the answer is a decimal with 2 or more decimals: ``0.333333`` for 1/3). math-verify rounds
   both to 6 decimals, so every pair of values below 5e-7 compared equal (``1/2^{99}`` and
   ``1/2^{98}``, ``1/2004!`` and ``1/2006!``: #14);
 * a percentage may be written as its number or its fraction (``5\\%``, ``5``, ``0.05``), as
-  math-verify allows;
-* quantifiers (``\\forall``, ``\\exists``) and ellipses are not mathematics math-verify reads:
-  such an answer is ``unparsed`` (#64: ``\\forall x>0, f(x) = 0`` compared as ``0``).
+  math-verify allows.
 
 One rule goes the other way: two closed-form NUMBERS that math-verify calls different but whose
 values agree to 45 digits are equal, a symbol ``i`` read as the imaginary unit (``e^{i\\pi}``
