@@ -98,6 +98,9 @@ def main() -> None:
         gradient_accumulation_steps=1, batch_size=s["prompts_per_step"],
         sampling_batch_size=s["prompts_per_step"] * s["num_generations"],
         max_new_tokens=s["max_new_tokens"], temperature=1.0, kl_coef=s["beta"],
+        # the generate() timer above wraps transformers' generate: keep that backend here until
+        # the bench measures prefkit's own decode loop (issue 16, a later step)
+        generation_backend="transformers",
         learning_rate=s["learning_rate"], lr_scheduler="constant", warmup_steps=0,
         max_grad_norm=1.0, weight_decay=0.0, output_dir=tempfile.mkdtemp(), logging_steps=1,
         save_steps=0, save_final=False, progress=False, seed=0, cpu=True)

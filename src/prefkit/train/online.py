@@ -168,6 +168,14 @@ class OnlineConfig(LoopConfig):
     stop: list[str] = option("Stop strings.", [])
     sampling_batch_size: int = option("Rows per generate call (the samples do not depend on "
                                       "it).", 64, bounds=AT_LEAST_1, identity=False)
+    min_new_tokens: int = option("EOS is masked until a completion has this many tokens (0: "
+                                 "off).", 0, bounds=NON_NEGATIVE)
+    generation_backend: str = option(
+        "The token generator of the rollouts: 'prefkit' (its own batched decode loop over a "
+        "static KV cache), 'prefkit-compiled' (the same with torch.compile) or 'transformers' "
+        "(Hugging Face generate); the same samples for the same seed "
+        "(prefkit.models.decode).", "prefkit",
+        choices=("prefkit", "prefkit-compiled", "transformers"), identity=False)
     kl_coef: float = option("KL coefficient (reward penalty or loss weight; 0: no reference "
                             "needed for the PG methods).", 0.05, bounds=NON_NEGATIVE)
     kl_estimator: str = option("k1, k2, k3 or abs (Schulman's estimators); 'auto': k3 with "
@@ -439,7 +447,8 @@ class _Online:
             max_new_tokens=config.max_new_tokens, temperature=config.temperature,
             top_k=config.top_k, top_p=config.top_p, stop=list(config.stop),
             batch_size=config.sampling_batch_size, max_prompt_length=max_prompt_length,
-            chat_template=config.chat_template))
+            chat_template=config.chat_template, min_new_tokens=config.min_new_tokens,
+            backend=config.generation_backend))
         self.truncation = {"max_prompt_length": max_prompt_length, "prompts_truncated": 0,
                            "completions_truncated": 0}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
