@@ -135,10 +135,11 @@ def test_flex_attention_prunes_from_the_block_mask(arch, monkeypatch, pruned_cal
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
 
 
-def test_flex_prunes_only_sparse_reads(pruned_calls, caplog):
+def test_flex_prunes_only_sparse_reads(pruned_calls, caplog, monkeypatch):
     """Under flex the pruned layer takes a dense [N, L] mask slice, so completion log-probs
     (most of a row read) run the full last layer (reason logged) and a reward model's reads
     (one position per response) are pruned; both exact."""
+    monkeypatch.setattr(prune, "_logged", set())  # the reason is logged once per process
     model = _model("llama")
     groups = _groups()
     calls = pruned_calls
