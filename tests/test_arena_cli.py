@@ -190,6 +190,7 @@ def test_next_match_strategies(battles):
         assert json.loads(result.stdout)["ok"] is False
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 def test_simulate_writes_table_and_plot(tmp_path):
     from prefkit.rank.simulate import convergence_table
 

@@ -41,6 +41,7 @@ def test_inner_2_next_test():
     assert torch.get_num_threads() == 1
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 @pytest.mark.parametrize("scenario", ["collection", "lazy"])
 def test_torch_runs_one_thread_whatever_the_environment(scenario):
     """A fresh pytest without OMP_NUM_THREADS, where torch starts one thread per core: one

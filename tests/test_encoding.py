@@ -135,6 +135,7 @@ def test_without_a_template_plain_text_is_encoded_as_before():
         tokenize_example(words, [{"role": "user", "content": "w1"}], [" w3"])
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 def test_rewards_no_longer_import_train():
     """The rewards <-> train cycle is gone: scoring and the reward model import the encoding
     from prefkit.models."""

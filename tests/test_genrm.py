@@ -97,6 +97,7 @@ def _length_pairs(n: int, seed: int) -> list[tuple[str, str, str]]:
     return out
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 def test_learns_a_simple_preference_and_round_trips(tmp_path):
     model, tok = _tiny(hidden=64, layers=2)
     config = GenRMConfig(output_dir=str(tmp_path / "run"), max_steps=150, batch_size=32,

@@ -233,8 +233,8 @@ def test_unknown_path_is_a_4xx_not_retried():
     assert judge.stats.requests == 2 and judge.stats.retries == 0
 
 
-@pytest.mark.parametrize("fault", ["500", "503", "timeout", "truncated", "malformed",
-                                   "disconnect"])
+@pytest.mark.parametrize("fault", ["500", "503", pytest.param("timeout", marks=pytest.mark.slow),
+                                   "truncated", "malformed", "disconnect"])
 def test_retries_spent_fail_with_the_last_reason(fault):
     with StubServer(faults=lambda key, attempt, index: fault, retry_after=0) as stub:
         judge = judge_for(stub, retries=2, timeout=FAULT_TIMEOUT)

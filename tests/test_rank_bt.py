@@ -63,6 +63,7 @@ def test_half_tie_likelihood_and_gradient_against_formula():
         assert obs == pytest.approx(exp, abs=1e-6)
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 def test_parity_with_choix_on_tie_free_data():
     choix = pytest.importorskip("choix")
     rng = np.random.default_rng(2)

@@ -258,6 +258,7 @@ def test_hold_rule_requires_the_ranking_to_stay_right(method, strategy, k):
         simulate_convergence(12, hold=1.0)
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 def test_hold_rule_differs_from_three_checks_for_a_wandering_rater():
     # TrueSkill's estimate keeps moving: on some seed it passes three checks in a row and
     # falls below the target again, so the stricter rule counts more votes

@@ -375,6 +375,7 @@ def test_reward_model_section():
     assert "ECE = 0.151" in caption and "diagonal" in caption
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 def test_annotators_data_and_files():
     text = lab_report_html(lab_result())
     table = re.search(r'<table class="kv" id="annotators">(.*?)</table>', text,
@@ -399,6 +400,7 @@ def test_length_drift_figure_against_sft():
     assert 'id="fig-length"' not in lab_report_html(result)
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 def test_write_lab_report_writes_the_assets(tmp_path):
     result = lab_result()
     path = write_lab_report(result, tmp_path / "out" / "lab.html")

@@ -41,6 +41,7 @@ def test_the_network_mode_is_named():
                             "[audit hook only (no network namespace permitted)]"))
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 @pytest.mark.parametrize("code", ["while True:\n    pass\n", "import time\ntime.sleep(600)\n"])
 def test_a_loop_or_a_hang_is_killed_at_the_timeout(code):
     start = time.monotonic()

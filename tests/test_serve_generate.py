@@ -112,6 +112,7 @@ def _pool(db: str, name: str) -> list[dict[str, Any]]:
     return [orjson.loads(p) for p in payloads]
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 def test_cli_generate_then_arena_campaign(stubs, tmp_path):
     a, b = stubs
     prompts = tmp_path / "prompts.txt"

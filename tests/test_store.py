@@ -227,6 +227,7 @@ def _collect(procs, barrier, results) -> list[tuple]:
     return [reports[w] for w in range(len(procs))]
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 def test_concurrent_writers(store_url):
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(N_WRITERS), ctx.Queue()

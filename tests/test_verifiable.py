@@ -88,6 +88,7 @@ def _subset() -> list[dict]:
         rows[60:64] + rows[130:134]
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 def test_same_statuses_in_threads_processes_and_asyncio():
     rows = _subset()
     serial = [_check(r) for r in rows]
@@ -118,6 +119,7 @@ def _timed_pathological(limit: float) -> tuple[str, float]:
     return result.status, time.monotonic() - start
 
 
+@pytest.mark.slow  # a few seconds: `make test` runs it, the quick loop does not
 def test_pathological_input_times_out_within_twice_the_limit_everywhere():
     limit = 1.0
     status, elapsed = _timed_pathological(limit)
