@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from online_helpers import SMALL, TASK, gold, online_config, prompts
 from prefkit.lab.base_model import build_base_model
-from prefkit.lab.tasks import SortTask
 from prefkit.losses import rl
 from prefkit.rewards.sources import FunctionReward
 from prefkit.train import algorithms
@@ -29,35 +29,17 @@ from prefkit.train.config import ConfigError
 from prefkit.train.loop import StepOutput
 from prefkit.train.online import OnlineConfig, train_online
 
-TASK = SortTask()
-SMALL = dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, sft_examples=1024,
-             steps=100, batch_size=32, row_length=128)
 BUILTIN = ["ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo", "online_ipo",
            "raft", "dapo", "gspo", "reinforce_pp"]
 
 
+def config(tmp_path, **kw) -> OnlineConfig:
+    return online_config(tmp_path, **{"learning_rate": 1e-3, "logging_steps": 1, **kw})
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    model, tok, info = build_base_model(TASK, tmp_path_factory.mktemp("base"), **SMALL)
-    return model, tok, info
+    return build_base_model(TASK, tmp_path_factory.mktemp("base"), **SMALL)
 
-
-def prompts(n: int, seed: int = 1) -> list[str]:
-    rng = random.Random(seed)
-    return [TASK.sample_prompt(rng) for _ in range(n)]
-
-
-def gold(prompt: str, completion: str) -> float:
-    return TASK.gold_reward(prompt, completion)
-
-
-def config(tmp_path, **kw) -> OnlineConfig:
-    base = dict(output_dir=str(tmp_path / "run"), iterations=2, prompts_per_iteration=8,
-                num_generations=4, max_new_tokens=12, learning_rate=1e-3,
-                lr_scheduler="constant", batch_size=16, save_steps=0, save_final=False,
-                progress=False, logging_steps=1)
-    base.update(kw)
-    return OnlineConfig(**base)
 
 
 def moved(a, b) -> float:

@@ -15,8 +15,8 @@ import random
 import pytest
 import torch
 
+from online_helpers import SMALL, TASK, gold, online_config, prompts
 from prefkit.lab.base_model import build_base_model
-from prefkit.lab.tasks import SortTask
 from prefkit.models.generate import encode_prompt, sample
 from prefkit.models.packing import PromptGroup, pack_groups
 from prefkit.rewards import RewardModel
@@ -45,34 +45,12 @@ from prefkit.train.rollout import (
     token_grid,
 )
 
-TASK = SortTask()
-#: a small, quickly trained SFT model of the sort task (~1 s): sensible but imperfect answers
-SMALL = dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, sft_examples=1024,
-             steps=100, batch_size=32, row_length=128)
+config = online_config
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    model, tok, info = build_base_model(TASK, tmp_path_factory.mktemp("base"), **SMALL)
-    return model, tok, info
-
-
-def prompts(n: int, seed: int = 1) -> list[str]:
-    rng = random.Random(seed)
-    return [TASK.sample_prompt(rng) for _ in range(n)]
-
-
-def gold(prompt: str, completion: str) -> float:
-    return TASK.gold_reward(prompt, completion)
-
-
-def config(tmp_path, **kw) -> OnlineConfig:
-    base = dict(output_dir=str(tmp_path / "run"), iterations=2, prompts_per_iteration=8,
-                num_generations=4, max_new_tokens=12, learning_rate=1e-4,
-                lr_scheduler="constant", batch_size=16, save_steps=0, save_final=False,
-                progress=False, logging_steps=1000)
-    base.update(kw)
-    return OnlineConfig(**base)
+    return build_base_model(TASK, tmp_path_factory.mktemp("base"), **SMALL)
 
 
 # ------------------------------------------------------------------------------ config
