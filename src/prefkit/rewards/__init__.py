@@ -11,38 +11,37 @@
   eval`` read (any reader, checked field by field).
 * :mod:`~prefkit.rewards.sources` -- reward sources for online training.
 * :mod:`~prefkit.rewards.implicit` -- ``ImplicitReward``: a DPO policy as a reward model.
+
+Public names are imported on first use (PEP 562): ``prefkit.rewards.verifiable`` and the reward
+executor's workers do not load torch and transformers through this package.
 """
 
-from prefkit.rewards.heads import (
-    HEADS,
-    HELPSTEER2_ATTRIBUTES,
-    EnsembleHead,
-    GPMHead,
-    MultiHead,
-    OdinHead,
-    RewardHead,
-    ScalarHead,
-    build_head,
-    gpm_logit,
-)
-from prefkit.rewards.implicit import ImplicitReward
-from prefkit.rewards.model import RewardModel, RewardOutput
-from prefkit.rewards.scoring import score_groups, score_pairs
+from __future__ import annotations
 
-__all__ = [
-    "HEADS",
-    "HELPSTEER2_ATTRIBUTES",
-    "EnsembleHead",
-    "ImplicitReward",
-    "GPMHead",
-    "MultiHead",
-    "OdinHead",
-    "RewardHead",
-    "RewardModel",
-    "RewardOutput",
-    "ScalarHead",
-    "build_head",
-    "gpm_logit",
-    "score_groups",
-    "score_pairs",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    **dict.fromkeys(("HEADS", "HELPSTEER2_ATTRIBUTES", "EnsembleHead", "GPMHead", "MultiHead",
+                     "OdinHead", "RewardHead", "ScalarHead", "build_head", "gpm_logit"), "heads"),
+    "ImplicitReward": "implicit",
+    "RewardModel": "model",
+    "RewardOutput": "model",
+    "score_groups": "scoring",
+    "score_pairs": "scoring",
+}
+"""Public name -> the submodule defining it."""
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
