@@ -348,3 +348,43 @@ def test_online_grpo_with_a_hanging_reward_finishes(tmp_path, monkeypatch):
     if any("reward_status/timeout" in it for it in res.iterations):  # the loop logs them
         assert [it.get("reward_status/timeout", 0) for it in res.iterations] == [1, 0]
         assert sum(it.get("reward_status/ok", 0) for it in res.iterations) == 31
+
+
+@pytest.mark.slow  # ~7 s: a worker is killed at its 2 s limit
+def test_cli_python_reward_in_workers_survives_a_hanging_call(tmp_path, monkeypatch):
+    """`prefkit train online --reward python:... --reward-workers 2`: a call that hangs is
+    killed at --reward-timeout and scored --reward-failure-value (counted as `timeout`), the run
+    finishes; without a failure value the command exits 2 naming the option."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from prefkit.cli import app
+    from prefkit.lab.base_model import build_base_model
+    from prefkit.lab.tasks import SortTask
+
+    _, _, info = build_base_model(SortTask(), tmp_path / "base", hidden_size=32, num_layers=1,
+                                  num_heads=2, intermediate_size=64, sft_examples=256, steps=20,
+                                  batch_size=32, row_length=128)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hang_once.py").write_text(
+        "import os, time\n"
+        "def score(prompt, completion):\n"
+        "    try:\n"
+        "        os.close(os.open('hung.flag', os.O_CREAT | os.O_EXCL))\n"
+        "    except FileExistsError:\n"
+        "        return float(len(completion))\n"
+        "    time.sleep(600)\n")
+    base = ["train", "online", "--model", info["path"], "--prompts", "lab:sort:8",
+            "--reward", "python:hang_once:score", "--reward-workers", "2",
+            "--output-dir", str(tmp_path / "run"), "--set", "save_steps=0",
+            "--set", "max_new_tokens=4", "--algo", "rloo", "--iterations", "1",
+            "--prompts-per-iteration", "4", "--json"]
+    missing = CliRunner().invoke(app, base)
+    assert missing.exit_code == 2, missing.output
+    assert "reward_failure_value" in json.loads(missing.stdout)["error"]
+    ok = CliRunner().invoke(app, [*base, "--reward-timeout", "2", "--reward-failure-value",
+                                  "-1"])
+    assert ok.exit_code == 0, ok.output
+    iteration = json.loads(ok.stdout)["iterations"][0]
+    assert iteration["reward_status/timeout"] == 1 and iteration["reward_status/ok"] == 15

@@ -44,7 +44,7 @@ PREFERENCE_FLAGS = ("model", "data", "loss", "beta", "lora", "output_dir", "max_
 ONLINE_FLAGS = ("model", "prompts", "reward", "algo", "iterations", "num_generations",
                 "prompts_per_iteration", "max_prompt_length", "max_new_tokens",
                 "learning_rate", "kl_coef", "lora", "output_dir", "resume_from", "overwrite",
-                "sharding")
+                "sharding", "reward_workers", "reward_timeout", "reward_failure_value")
 
 
 @app.command("preference")
@@ -130,7 +130,9 @@ def online(
         prompt_list = resolve_prompts(cfg.prompts, seed=cfg.seed)  # bad prompts: before loading
         policy, tokenizer = resolve_model(cfg)
         source = ("self" if cfg.reward == "self"
-                  else reward_from_spec(cfg.reward, tokenizer=tokenizer, prompts=cfg.prompts))
+                  else reward_from_spec(cfg.reward, tokenizer=tokenizer, prompts=cfg.prompts,
+                                        workers=cfg.reward_workers, timeout=cfg.reward_timeout,
+                                        failure_value=cfg.reward_failure_value))
     except (ValueError, FileNotFoundError) as exc:
         raise bad_input(str(exc), as_json) from None
     check_run_start(cfg, as_json)

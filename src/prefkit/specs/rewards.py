@@ -45,8 +45,9 @@ def _verifiable(spec: str, arg: str, prompts: str | None) -> Callable:
     return verifiable_reward(kind, rest, references=references)
 
 
-def reward_from_spec(spec: str, *, tokenizer: Any = None, prompts: str | None = None
-                     ) -> Callable:
+def reward_from_spec(spec: str, *, tokenizer: Any = None, prompts: str | None = None,
+                     workers: int = 0, timeout: float = 10.0,
+                     failure_value: float | None = None) -> Callable:
     """A reward source from a CLI string:
 
     * ``rm:PATH`` -- a saved :class:`~prefkit.rewards.RewardModel` (sampled ids scored directly
@@ -65,6 +66,10 @@ def reward_from_spec(spec: str, *, tokenizer: Any = None, prompts: str | None = 
       ``--prompts``); ``verifiable:regex:PATTERN`` (no reference); ``verifiable:rg:TASK[:N[:SEED]]``
       -- a reasoning-gym task (:mod:`prefkit.rewards.verifiable`; statuses counted in
       ``status_counts()``).
+
+    ``workers > 0`` runs a ``python:`` reward in that many worker processes
+    (:class:`~prefkit.rewards.sources.ExecutedReward`): a call longer than ``timeout`` seconds
+    is killed; a timed-out or failed call scores ``failure_value`` (required then).
     """
     from ..rewards.sources import FunctionReward, GPMPreference, ModelReward
 
@@ -96,6 +101,18 @@ def reward_from_spec(spec: str, *, tokenizer: Any = None, prompts: str | None = 
 
         task = get_task(arg)
         return FunctionReward(task.gold_reward, name=f"gold:{arg}")
+    if workers and kind != "python":
+        raise ValueError(f"reward {spec!r}: reward_workers applies to python: rewards only (the "
+                         "verifiable: checkers have their own time limits)")
+    if kind == "python" and workers:
+        from ..rewards.sources import ExecutedReward
+
+        if failure_value is None:
+            raise ValueError(f"reward {spec!r} with reward_workers={workers}: set "
+                             "reward_failure_value, the reward of a call that times out or "
+                             "fails (no default: a failure is never silently 0)")
+        return ExecutedReward(arg, workers=workers, timeout=timeout, timeout_value=failure_value,
+                              error_value=failure_value, name=arg)
     if kind == "python":
         from ..importing import import_function
 

@@ -140,6 +140,16 @@ class OnlineConfig(LoopConfig):
                          "task's gold reward), 'judge:CONFIG' (a pairwise LLM / lab judge or "
                          "jury: each sample's win rate in its group, RLAIF; see prefkit judge), "
                          "'self' (the policy's own implicit reward).", "")
+    reward_workers: int = option(
+        "Run a 'python:' reward in this many worker processes with a per-call time limit "
+        "(prefkit.rewards.executor; 0: in this process, as a plain function). Needs "
+        "reward_failure_value.", 0, bounds=NON_NEGATIVE, identity=False)
+    reward_timeout: float = option(
+        "Seconds a reward call may take in a worker before it is killed and scored "
+        "reward_failure_value (status 'timeout').", 10.0, bounds=POSITIVE, identity=False)
+    reward_failure_value: float | None = option(
+        "The reward of a call that times out or fails in a worker (status 'timeout' / 'error'; "
+        "no default: a failure is never silently 0).")
     algo: str = field(default=algorithms.DEFAULT_ALGORITHM, metadata={
         "help": f"Online algorithm: {', '.join(ALGORITHMS)} (prefkit.train.algorithms; an "
                 "algorithm registered there is accepted too).",
