@@ -10,14 +10,13 @@ import copy
 import inspect
 import json
 import math
-import random
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from online_helpers import SMALL, TASK, gold, online_config, prompts
+from online_helpers import SMALL, TASK, gold, online_config, prompts, sort_sft_world
 from prefkit.lab.base_model import build_base_model
 from prefkit.losses import rl
 from prefkit.rewards.sources import FunctionReward
@@ -544,19 +543,7 @@ def test_the_new_algorithms_raise_gold_reward(tmp_path_factory):
     """DAPO, GSPO and REINFORCE++ on the lab sort task, as tests/test_train_online.py's
     learning test runs the others (10 iterations x 32 prompts x G=4; margin 0.05 over the SFT
     model's mean gold reward of 2 sampled answers to 128 held-out prompts)."""
-    from prefkit.models.generate import sample
-
-    model, tok, _ = build_base_model(TASK, tmp_path_factory.mktemp("sft"), seed=0)
-    rng = random.Random(12345)
-    train_prompts = [TASK.sample_prompt(rng) for _ in range(256)]
-    eval_prompts = [TASK.sample_prompt(rng) for _ in range(128)]
-
-    def evaluate(policy) -> float:
-        outs = sample(policy, tok, eval_prompts, k=2, seed=5, max_new_tokens=32)
-        return sum(gold(p, c) for p, cs in zip(eval_prompts, outs, strict=True)
-                   for c in cs) / (2 * len(eval_prompts))
-
-    base = evaluate(model)
+    model, tok, train_prompts, evaluate, base = sort_sft_world(tmp_path_factory.mktemp("sft"))
     for algo in ("dapo", "gspo", "reinforce_pp"):
         cfg = config(tmp_path_factory.mktemp(algo), algo=algo, iterations=10,
                      prompts_per_iteration=32, max_new_tokens=32, learning_rate=1e-4,

@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 
-from online_helpers import SMALL, TASK, gold, online_config, prompts
+from online_helpers import SMALL, TASK, gold, online_config, prompts, sort_sft_world
 from prefkit.lab.base_model import build_base_model
 from prefkit.models.generate import encode_prompt, sample
 from prefkit.models.packing import PromptGroup, pack_groups
@@ -496,19 +496,8 @@ LEARNING_MARGIN = 0.05
 
 @pytest.fixture(scope="module")
 def sft(tmp_path_factory):
-    """The lab's default SFT model of the sort task (~6-8 s to train once) and its held-out
-    evaluation: mean gold of 2 sampled answers to each of 128 fresh prompts."""
-    model, tok, _ = build_base_model(TASK, tmp_path_factory.mktemp("sft"), seed=0)
-    rng = random.Random(12345)
-    train_prompts = [TASK.sample_prompt(rng) for _ in range(256)]
-    eval_prompts = [TASK.sample_prompt(rng) for _ in range(128)]
-
-    def evaluate(policy) -> float:
-        outs = sample(policy, tok, eval_prompts, k=2, seed=5, max_new_tokens=32)
-        return sum(gold(p, c) for p, cs in zip(eval_prompts, outs, strict=True)
-                   for c in cs) / (2 * len(eval_prompts))
-
-    return model, tok, train_prompts, evaluate, evaluate(model)
+    """The lab's default SFT model of the sort task and its held-out evaluation."""
+    return sort_sft_world(tmp_path_factory.mktemp("sft"))
 
 
 def _learn(sft, tmp_path, algo, reward, **kw):

@@ -4,10 +4,11 @@ Python judges (:func:`prefkit.specs.judge_from_spec`). No heavy imports here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["import_function"]
+__all__ = ["import_function", "lazy_exports"]
 
 
 def import_function(path: str, kind: str = "reward") -> Callable:
@@ -57,3 +58,25 @@ def import_function(path: str, kind: str = "reward") -> Callable:
     if not callable(fn):
         raise ValueError(f"{kind} {spec!r}: {module_name}.{attr} is not callable")
     return fn
+
+
+def lazy_exports(package: str, where: Mapping[str, str]
+                 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``(__getattr__, __dir__)`` for ``package``'s ``__init__`` (PEP 562): each public name of
+    ``where`` (``{name: submodule}``) is imported from ``package.submodule`` on first use and
+    kept in the package, so importing the package stays light (``prefkit.evaluate`` without
+    scipy.stats and matplotlib, ``prefkit.rewards`` without torch)."""
+    import importlib
+    import sys
+
+    def __getattr__(name: str) -> Any:
+        if name not in where:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{where[name]}"), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(where))
+
+    return __getattr__, __dir__

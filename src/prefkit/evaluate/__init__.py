@@ -8,8 +8,7 @@ Pure functions on numpy arrays — score your data first, then pass the numbers 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..importing import lazy_exports
 
 _WHERE = {
     "expected_calibration_error": "calibration",
@@ -63,13 +62,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -7,9 +7,7 @@ are imported on first use (PEP 562), so ``import prefkit.judges`` stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ..importing import lazy_exports
 from .base import (
     FunctionJudge,
     Judge,
@@ -34,9 +32,4 @@ __all__ = [  # noqa: RUF022 (the lazy names are added below)
 __all__ += list(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

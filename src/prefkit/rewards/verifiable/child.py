@@ -40,15 +40,13 @@ from .result import CheckResult
 __all__ = ["ChildTimeout", "call_in_child", "close_children"]
 
 _PACKAGE = __name__.rsplit(".", 1)[0]
-_REWARDS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The child imports this package WITHOUT prefkit.rewards/__init__ (which loads torch and the
-# reward models): prefkit.rewards is registered as a bare package over its folder first.
-_BOOT = ("import sys, types\n"
-         "import prefkit\n"
-         "pkg = types.ModuleType('prefkit.rewards'); pkg.__path__ = [sys.argv[1]]\n"
-         "sys.modules['prefkit.rewards'] = pkg\n"
+# the prefkit this module was imported from (src/ or site-packages), for the child's sys.path
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__)))))
+# prefkit.rewards imports its names lazily, so the child loads no torch on the way here
+_BOOT = ("import sys\n"
          "from prefkit.rewards.verifiable.child import _serve\n"
-         "_serve(sys.argv[2:])\n")
+         "_serve(sys.argv[1:])\n")
 #: the child's address-space limit (bytes): a pathological expression that would eat the
 #: machine's memory fails inside the child (``error``) instead.
 CHILD_MEMORY = 4 << 30
@@ -65,10 +63,9 @@ class _Child:
         self.preload = preload
         self.owner = os.getpid()
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        root = os.path.dirname(os.path.dirname(os.path.dirname(_REWARDS_DIR)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, _REWARDS_DIR, *preload], stdin=subprocess.PIPE,
+            [sys.executable, "-c", _BOOT, *preload], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
         self.buffer = b""
         ready = self._read_line(time.monotonic() + STARTUP_TIMEOUT)
