@@ -117,3 +117,12 @@ def hang_once(prompt: str, completion: str) -> float:
 def sort_score(prompt: str, completion: str) -> float:
     target = sorted(prompt.split(":", 1)[1].split(), key=int)
     return sum(a == b for a, b in zip(completion.split(), target, strict=False)) / len(target)
+
+
+def sort_checked(prompt: str, completion: str) -> Checked:
+    """:func:`sort_score` as a checker's result: ``ok`` when fully sorted, ``unparsed`` for an
+    empty answer, ``wrong`` otherwise (tests/test_reward_overlap.py)."""
+    value = sort_score(prompt, completion)
+    if not completion.strip():
+        return Checked(value, "unparsed")
+    return Checked(value, "ok" if value == 1.0 else "wrong")

@@ -14,7 +14,10 @@
    a NaN reward; with dynamic sampling (DAPO) drop the groups the algorithm rejects and sample
    further rounds of prompts until the batch is full again; shape the scores over the global
    batch (length penalty, normalization, clipping); log the source's ``status_counts()`` (ok /
-   wrong / unparsed / timeout / error) when it has them, as ``reward_status/<status>``;
+   wrong / unparsed / timeout / error) when it has them, as ``reward_status/<status>``; a
+   source that computes in the background (``submit``, as the reward executor's) scores each
+   generate batch while the next one generates (``reward_overlap``; the same results, and the
+   wait left after generation logged as ``reward_wait_seconds``);
 4. one no-grad forward of the policy (and the reference) over prefix-shared rows -- each
    prompt computed once for its completions -- gives the sampled tokens' log-probs ("old"
    log-probs), the reference log-probs and, with a value head, the value estimates -- each
@@ -66,7 +69,14 @@ from ..models.logprobs import sequence_logps
 from ..models.packing import PromptGroup, pack_groups
 from ..rewards.sources import REWARD_NORMALIZATIONS
 from . import algorithms
-from .algorithms.samples import SampleGroup, as_rollout, flat, from_rollout, score_groups
+from .algorithms.samples import (
+    PendingScores,
+    SampleGroup,
+    as_rollout,
+    flat,
+    from_rollout,
+    score_groups,
+)
 from .checkpoint import list_checkpoints
 from .config import (
     AT_LEAST_1,
@@ -150,6 +160,13 @@ class OnlineConfig(LoopConfig):
     reward_failure_value: float | None = option(
         "The reward of a call that times out or fails in a worker (status 'timeout' / 'error'; "
         "no default: a failure is never silently 0).")
+    reward_overlap: bool = option(
+        "Score rewards while generating: with a reward that computes in the background "
+        "(a source with submit(), as --reward-workers makes), each generate call's rows "
+        "(sampling_batch_size of them, whole prompts) go to the reward workers as soon as they "
+        "are generated, while the next call generates; the same samples, rewards and updates "
+        "as without (the iteration log's reward_wait_seconds: the wait for rewards after "
+        "generation). Lower sampling_batch_size for more overlap.", True, identity=False)
     algo: str = field(default=algorithms.DEFAULT_ALGORITHM, metadata={
         "help": f"Online algorithm: {', '.join(ALGORITHMS)} (prefkit.train.algorithms; an "
                 "algorithm registered there is accepted too).",
@@ -421,6 +438,16 @@ def west_of_n_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]]
     return rows
 
 
+def generation_chunks(n_prompts: int, n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` prompt ranges of the chunks a round generates in when rewards overlap
+    generation: ``max(1, batch_size // n)`` whole prompts each (``n`` rows a prompt), i.e. one
+    generate batch of at most ``batch_size`` rows (one prompt when ``n > batch_size``). When
+    ``batch_size`` is a multiple of ``n`` the chunks are exactly the batches one call for the
+    whole round decodes (the same rows side by side, the same padding)."""
+    per = max(1, batch_size // max(1, n))
+    return [(start, min(start + per, n_prompts)) for start in range(0, n_prompts, per)]
+
+
 def _grid(values: torch.Tensor, row: torch.Tensor, col: torch.Tensor, rows: int, width: int
           ) -> torch.Tensor:
     out = values.new_zeros(rows, width)
@@ -474,6 +501,7 @@ class _Online:
         self.needs_old = self.algorithm.needs_old(config, self.kl_in)
         self._kl_sum = self._kl_n = 0.0
         self._pending_kl = False
+        self._reward_wait: float | None = None  # this iteration's, when rewards overlapped
         self.iterations: list[dict[str, Any]] = []
         self.log_path = Path(config.output_dir) / "rollouts.jsonl"
         self._log_opened = False
@@ -555,7 +583,10 @@ class _Online:
     # ---- sampling and scoring
     def _sample_round(self, iteration: int, round_: int, policy: Any,
                       counts: Counter) -> list[SampleGroup]:
-        """This process's shard of one sampling round: sampled, scored, adjusted."""
+        """This process's shard of one sampling round: sampled, scored, adjusted. With a
+        reward that computes in the background (:meth:`_overlapping`) each chunk's rewards are
+        computed while the next chunk generates (:meth:`_generate_submitting`); the result is
+        the same."""
         cfg, algo = self.cfg, self.algorithm
         everyone = self._round_prompts(iteration, round_)
         sizes = list(algo.group_sizes(cfg, everyone, iteration))
@@ -568,14 +599,25 @@ class _Online:
         prompts, sizes = everyone[r * local:(r + 1) * local], sizes[r * local:(r + 1) * local]
         seed = cfg.seed * 1_000_003 + iteration
         offset = (round_ * len(everyone) + r * local) * n  # this shard's first global row
-        ro = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=n, seed=seed,
-                             row_offset=offset)
-        groups = from_rollout(ro, sizes)
 
         def check(raw: torch.Tensor, part: Rollout) -> None:
             self._check_rewards(raw, part, iteration)
 
-        raw = score_groups(groups, self.reward, check, counts)
+        ggroups = gpending = None
+        if not self._overlapping():  # the round at once, then its rewards
+            ro = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=n, seed=seed,
+                                 row_offset=offset)
+            groups = from_rollout(ro, sizes)
+            raw = score_groups(groups, self.reward, check, counts)
+        else:
+            pending = PendingScores(self.reward)
+            groups = self._generate_submitting(pending, policy, prompts, sizes, n, seed, offset)
+            if algo.greedy_baseline:  # generated (and submitted) while the samples score
+                ggroups = self._greedy_groups(policy, prompts, seed)
+                gpending = PendingScores(self.reward)
+                gpending.submit(ggroups)
+            raw = pending.gather(check, counts)
+            self._reward_wait = (self._reward_wait or 0.0) + pending.wait_seconds
         adjusted = algo.adjust_rewards(cfg, raw, flat(groups, "lengths"),
                                        flat(groups, "truncated"))
         sizes = [g.size for g in groups]
@@ -583,15 +625,46 @@ class _Online:
                            strict=True):
             g.raw, g.adjusted = a, b
         if algo.greedy_baseline:  # one greedy answer per prompt, scored and adjusted alike
-            greedy = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=1,
-                                     seed=seed, greedy=True)
-            ggroups = from_rollout(greedy, [1] * len(prompts))
-            graw = score_groups(ggroups, self.reward, check, counts)
+            if gpending is None:
+                ggroups = self._greedy_groups(policy, prompts, seed)
+                graw = score_groups(ggroups, self.reward, check, counts)
+            else:
+                graw = gpending.gather(check, counts)
+                self._reward_wait = (self._reward_wait or 0.0) + gpending.wait_seconds
             glen = flat(ggroups, "lengths")
             gadj = algo.adjust_rewards(cfg, graw, glen, flat(ggroups, "truncated"))
             for g, a, b, ln in zip(groups, graw, gadj, glen, strict=True):
                 g.greedy_raw, g.greedy_adjusted, g.greedy_length = a, b, ln
         return groups
+
+    def _overlapping(self) -> bool:
+        """Rewards overlap generation: ``reward_overlap`` is on and the source computes in the
+        background (it has ``submit(prompts, completions, prompt_ids, completion_ids)``
+        returning a handle whose ``result()`` is the ``[P, G]`` rewards)."""
+        return bool(self.cfg.reward_overlap) and callable(getattr(self.reward, "submit", None))
+
+    def _generate_submitting(self, pending: PendingScores, policy: Any, prompts: list[Any],
+                             sizes: list[int], n: int, seed: int, offset: int
+                             ) -> list[SampleGroup]:
+        """Generate the prompts chunk by chunk (:func:`generation_chunks`), handing each
+        chunk's groups to ``pending`` (the reward workers start on them) before the next chunk
+        generates. Prompt ``i``'s rows are ``offset + i * n + j`` whichever chunk it is in, and
+        a sample is a pure function of (seed, global row), so the groups equal those of one
+        :func:`~prefkit.train.rollout.collect_rollout` call for the whole shard."""
+        groups: list[SampleGroup] = []
+        for start, stop in generation_chunks(len(prompts), n, self.cfg.sampling_batch_size):
+            ro = collect_rollout(self.backend, policy, self.tokenizer, prompts[start:stop], n=n,
+                                 seed=seed, row_offset=offset + start * n)
+            chunk = from_rollout(ro, sizes[start:stop])
+            pending.submit(chunk)
+            groups.extend(chunk)
+        return groups
+
+    def _greedy_groups(self, policy: Any, prompts: list[Any], seed: int) -> list[SampleGroup]:
+        """One greedy completion per prompt (the baseline of ``Algorithm.greedy_baseline``)."""
+        greedy = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=1, seed=seed,
+                                 greedy=True)
+        return from_rollout(greedy, [1] * len(prompts))
 
     def _sample_batch(self, iteration: int, counts: Counter
                       ) -> tuple[list[SampleGroup], dict[str, Any]]:
@@ -811,6 +884,10 @@ class _Online:
         self.truncation["completions_truncated"] += int(
             self.global_totals(truncated.float())[0])
         stats.update({f"dynamic_sampling/{k}": v for k, v in sampling.items()})
+        if self._reward_wait is not None:  # rewards overlapped generation (mean over processes)
+            stats["reward_wait_seconds"] = round(self.global_mean(
+                torch.tensor([self._reward_wait])), 4)
+            self._reward_wait = None
         if hasattr(self.reward, "status_counts"):
             stats.update({f"reward_status/{k}": v
                           for k, v in sorted(self._global_counts(counts).items())})

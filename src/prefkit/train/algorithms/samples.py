@@ -4,6 +4,7 @@ may differ between prompts); the loop keeps a list of them, flat in group order.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import torch
 
 from ..rollout import Rollout
 
-__all__ = ["SampleGroup", "as_rollout", "flat", "from_rollout", "score_groups"]
+__all__ = ["PendingScores", "SampleGroup", "as_rollout", "flat", "from_rollout", "score_groups"]
 
 
 @dataclass
@@ -69,17 +70,78 @@ def score_groups(groups: Sequence[SampleGroup], reward: Callable,
     call's ``[P, k]`` result is passed to ``check`` with its rows as a rollout, and a source's
     ``status_counts()`` (when it has one) is added to ``counts``. Returns the flat rewards."""
     out: list[torch.Tensor | None] = [None] * len(groups)
-    for k in sorted({g.size for g in groups}, key=[g.size for g in groups].index):
-        idx = [i for i, g in enumerate(groups) if g.size == k]
-        part = [groups[i] for i in idx]
-        ro = as_rollout(part)
+    for idx in _size_classes(groups):
+        ro = as_rollout([groups[i] for i in idx])
         raw = reward(ro.prompts, ro.completions, ro.prompt_ids, ro.completion_ids).float()
-        if counts is not None and hasattr(reward, "status_counts"):
-            counts.update({str(s): int(n) for s, n in reward.status_counts().items()})
+        _add_counts(counts, reward)
         check(raw, ro)
         for i, row in zip(idx, raw, strict=True):
             out[i] = row
     return torch.cat(out) if out else torch.zeros(0)  # type: ignore[arg-type]
+
+
+class PendingScores:
+    """Rewards being computed while the loop goes on: groups are added chunk by chunk
+    (:meth:`submit`, one ``reward.submit(prompts, completions, prompt_ids, completion_ids)``
+    per group size of the chunk -- an asynchronous source such as
+    :class:`~prefkit.rewards.sources.ExecutedReward`, whose handle's ``result()`` is the
+    ``[P, k]`` rewards), and :meth:`gather` waits for them.
+
+    :meth:`gather` ends exactly as :func:`score_groups` on all the groups at once: the handles'
+    rows are put back in group order, then ``check`` sees one ``[P, k]`` tensor per group size
+    (sizes in order of first appearance, rows in group order) -- the very calls
+    :func:`score_groups` makes -- and ``counts`` gets the source's ``status_counts()`` after
+    each handle (the counts of that handle), so it holds their sum. A per-sample reward's value
+    does not depend on which call scored it, so the rewards equal :func:`score_groups`'s."""
+
+    def __init__(self, reward: Any) -> None:
+        self.reward = reward
+        self.groups: list[SampleGroup] = []
+        self.calls: list[tuple[list[int], Any]] = []
+        self.wait_seconds = 0.0
+
+    def submit(self, chunk: Sequence[SampleGroup]) -> None:
+        """Start scoring ``chunk``'s groups (they follow the groups submitted before)."""
+        base = len(self.groups)
+        self.groups.extend(chunk)
+        for idx in _size_classes(chunk):
+            ro = as_rollout([chunk[i] for i in idx])
+            handle = self.reward.submit(ro.prompts, ro.completions, ro.prompt_ids,
+                                        ro.completion_ids)
+            self.calls.append(([base + i for i in idx], handle))
+
+    def gather(self, check: Callable[[torch.Tensor, Rollout], None],
+               counts: Counter | None = None) -> torch.Tensor:
+        """Wait for every submitted call (in submission order; the seconds spent waiting are
+        added to :attr:`wait_seconds`), check and count as :func:`score_groups` does; returns
+        the flat rewards of every submitted group, in group order."""
+        rows: list[torch.Tensor | None] = [None] * len(self.groups)
+        start = time.perf_counter()
+        for idx, handle in self.calls:
+            raw = handle.result().float()
+            _add_counts(counts, self.reward)
+            for i, row in zip(idx, raw, strict=True):
+                rows[i] = row
+        self.wait_seconds += time.perf_counter() - start
+        self.calls = []
+        for idx in _size_classes(self.groups):
+            check(torch.stack([rows[i] for i in idx]),  # type: ignore[misc]
+                  as_rollout([self.groups[i] for i in idx]))
+        return torch.cat(rows) if rows else torch.zeros(0)  # type: ignore[arg-type]
+
+
+def _size_classes(groups: Sequence[SampleGroup]) -> list[list[int]]:
+    """The indices of the groups of each size, sizes in order of first appearance."""
+    classes: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        classes.setdefault(g.size, []).append(i)
+    return list(classes.values())
+
+
+def _add_counts(counts: Counter | None, reward: Any) -> None:
+    """Add the source's ``status_counts()`` (of its last collected call), when it has them."""
+    if counts is not None and hasattr(reward, "status_counts"):
+        counts.update({str(s): int(n) for s, n in reward.status_counts().items()})
 
 
 def as_rollout(groups: Sequence[SampleGroup]) -> Rollout:
