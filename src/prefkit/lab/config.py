@@ -18,9 +18,10 @@ from ..train.config import ConfigError
 __all__ = ["ONLINE_METHODS", "QUICK", "LabConfig", "check_method", "known_methods"]
 
 ONLINE_METHODS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax", "online_dpo",
-                  "online_ipo", "online_raft", "rlaif")
-"""Online methods (:func:`prefkit.train.online.train_online` against the proxy reward model;
-``rlaif``: online DPO against a jury of the lab's simulated LLM judges instead)."""
+                  "online_ipo", "online_raft", "rlaif", "dapo", "gspo", "reinforce_pp")
+"""Online methods (:func:`prefkit.train.online.train_online` against the proxy reward model --
+on a verifiable task (:mod:`prefkit.lab.verifiable_tasks`) against the task's checker instead;
+``rlaif``: online DPO against a jury of the lab's simulated LLM judges)."""
 
 
 def known_methods() -> list[str]:
@@ -83,6 +84,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "best_of_n": _int(1), "steps": _int(1), "batch_size": _int(1), "rm_steps": _int(1),
     "rl_iterations": _int(1), "rl_prompts_per_iteration": _int(1), "rl_generations": _int(2),
     "curve_every": _int(0), "curve_prompts": _int(1), "seed": _int(0),
+    "eval_samples": _int(1),
     "learning_rate": _number(True), "rm_learning_rate": _number(True),
     "raft_learning_rate": _number(True), "rl_learning_rate": _number(True),
     # temperature 0 (greedy) would give K identical samples (no pairs) and is not a valid
@@ -137,6 +139,7 @@ class LabConfig:
     kl_coef: float = 0.05
     curve_every: int = 20  # offline methods: gold / proxy / KL on curve_prompts every N steps
     curve_prompts: int = 64
+    eval_samples: int = 8  # verifiable tasks: samples per held-out prompt for the accuracy
     genrm: bool = False  # also train a generative RM; compare it with the BT RM
     seed: int = 0
 

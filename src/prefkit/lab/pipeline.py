@@ -66,6 +66,7 @@ import torch
 
 from .config import ONLINE_METHODS, QUICK, LabConfig
 from .progress import LabProgress
+from .verifiable_tasks import VERIFIABLE_TASKS
 
 __all__ = ["ONLINE_METHODS", "QUICK", "LabConfig", "run_lab"]
 
@@ -124,12 +125,20 @@ def _evaluate(texts: list[str], prompts: list[str], task, sft_texts: list[str], 
 def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: list[str],
             runs: Path, quiet) -> tuple[Any, list[dict]]:
     """One online method against the proxy reward model; the gold reward of every rollout is
-    recorded (not used for training) for the over-optimization-over-steps curves."""
+    recorded (not used for training) for the over-optimization-over-steps curves.
+
+    On a verifiable task (:class:`~prefkit.lab.verifiable_tasks.VerifiableTask`) the reward is
+    the task's own checker instead (1 right, 0 otherwise: RL with a verifiable reward, no proxy)
+    and the curve records, per iteration, the rollouts' accuracy, unparsed share, pass@G, maj@G
+    (G samples per prompt; :func:`~prefkit.lab.verifiable_tasks.verifiable_monitor`), the mean
+    training reward and the KL."""
     from ..models.load import load_model
-    from ..rewards.sources import BTPreference, ModelReward
+    from ..rewards.sources import BTPreference, FunctionReward, ModelReward
     from ..train.online import OnlineConfig, train_online
+    from .verifiable_tasks import VerifiableTask, verifiable_monitor
 
     algo = {"online_raft": "raft", "rlaif": "online_dpo"}.get(method, method)
+    verifiable = isinstance(task, VerifiableTask)
     with quiet:  # transformers' loading bar: the lab reports its own progress
         policy, tokenizer = load_model(sft_path)
 
@@ -138,17 +147,18 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
                                              for p, cs in zip(ro.prompts, ro.completions,
                                                               strict=True)])}
 
+    group = 2 if algo == "online_ipo" else config.rl_generations
     cfg = OnlineConfig(algo=algo, output_dir=str(runs / _safe(method)),
                        iterations=config.rl_iterations,
                        prompts_per_iteration=config.rl_prompts_per_iteration,
-                       num_generations=2 if algo == "online_ipo" else config.rl_generations,
-                       kl_coef=config.kl_coef,
+                       num_generations=group, kl_coef=config.kl_coef,
                        learning_rate=config.rl_learning_rate, temperature=config.temperature,
                        batch_size=config.batch_size, lr_scheduler="constant",
                        logging_steps=10_000, save_steps=0, save_final=False, progress=False,
                        seed=config.seed)
-    reward: Any = ModelReward(rm.model, tokenizer)
-    if algo == "online_ipo":  # the reward model's Bradley-Terry preference between 2 samples
+    reward: Any = (FunctionReward(task.gold_reward, name=f"{task.name} checker") if verifiable
+                   else ModelReward(rm.model, tokenizer))
+    if algo == "online_ipo":  # the reward's Bradley-Terry preference between 2 samples
         reward = BTPreference(reward)
     if method == "rlaif":  # AI feedback: a majority jury of the simulated LLM judges
         from ..judges.jury import Jury
@@ -158,11 +168,21 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
         judges = lab_judge_pool(task.gold_reward, temperature=config.pool_scale / 3,
                                 seed=config.seed)
         reward = JudgeReward(Jury(judges, aggregate="majority"), name="lab judges")
+    monitor = verifiable_monitor(task, ks=(1, group)) if verifiable else gold
     with quiet:
         result = train_online(cfg, reward=reward, prompts=prompts, model=policy,
-                              tokenizer=tokenizer, monitor=gold)
-    curve = [{"step": it["iteration"], "gold_reward": it["gold_reward"],
-              "proxy_reward": it["reward"], "kl": it["kl"]} for it in result.iterations]
+                              tokenizer=tokenizer, monitor=monitor)
+    if verifiable:
+        keys = ("accuracy", f"pass@{group}", f"maj@{group}", "unparsed")
+        # DAPO's dynamic sampling: the monitor sees the kept groups (mixed right and wrong,
+        # so pass@G is 1 there); how many groups it dropped is recorded beside them
+        curve = [{"step": it["iteration"], **{k: it[k] for k in keys}, "reward": it["reward"],
+                  "kl": it["kl"], **{k: v for k, v in it.items()
+                                     if k.startswith("dynamic_sampling/")}}
+                 for it in result.iterations]
+    else:
+        curve = [{"step": it["iteration"], "gold_reward": it["gold_reward"],
+                  "proxy_reward": it["reward"], "kl": it["kl"]} for it in result.iterations]
     return result.model.eval(), curve
 
 
@@ -212,7 +232,9 @@ def _method_detail(config: LabConfig, method: str) -> str:
         return (f"online DPO judged by a jury of simulated LLM judges, {config.rl_iterations} "
                 f"iterations of {config.rl_prompts_per_iteration} prompts")
     if method in ONLINE_METHODS:
-        return (f"online against the proxy reward model, {config.rl_iterations} iterations of "
+        against = ("the task's checker" if config.task in VERIFIABLE_TASKS
+                   else "the proxy reward model")
+        return (f"online against {against}, {config.rl_iterations} iterations of "
                 f"{config.rl_prompts_per_iteration} prompts")
     if method == "raft":
         return (f"fine-tuning on the proxy's best of {config.best_of_n} answers, "
@@ -323,7 +345,8 @@ def _stage_key(config: LabConfig, task, base_key: str) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-STAGE_VERSION = 4  # 4: ranking accuracy with n, Wilson CI, re-ordered pairs
+STAGE_VERSION = 5  # 4: ranking accuracy with n, Wilson CI, re-ordered pairs; 5: verifiable
+# tasks train online methods on the checker and report accuracy gains
 """Bumped when a stage's computation changes, so cached stages of older runs are not reused."""
 
 
@@ -344,6 +367,10 @@ def _cached(path: Path, compute, progress: LabProgress | None = None, name: str 
             if isinstance(value, dict) and "gold_reward" in value:
                 st.summary = (f"gold reward {value['gold_reward']:.3f}, win rate vs SFT "
                               f"{value['win_rate_vs_sft']:.3f}")
+                if value.get("accuracy_gain") is not None:  # a verifiable task
+                    lo, hi = value["accuracy_gain_ci"]
+                    st.summary += (f", accuracy {value['accuracy']:.3f} (gain over SFT "
+                                   f"{value['accuracy_gain']:+.3f} [{lo:+.3f}, {hi:+.3f}])")
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value))
     tmp.replace(path)
@@ -627,6 +654,18 @@ def run_lab(config: LabConfig | None = None, *, progress: LabProgress | None = N
         return [s[0] for s in sample(model, tokenizer, eval_prompts, k=1,
                                      temperature=config.temperature, seed=config.seed + 1)]
 
+    verifiable = config.task in VERIFIABLE_TASKS
+
+    def graded(model):
+        """A policy's ``eval_samples`` answers to each held-out prompt, checked (verifiable
+        tasks; the same seed for every policy)."""
+        from .verifiable_eval import grade
+
+        return grade(task, eval_prompts, sample(model, tokenizer, eval_prompts,
+                                                k=config.eval_samples,
+                                                temperature=config.temperature,
+                                                seed=config.seed + 6))
+
     with progress.stage("evaluation set", f"{config.n_eval} held-out prompts: SFT answers "
                         "and gold-ordered pairs") as st:
         sft_texts = eval_samples(sft)
@@ -634,6 +673,7 @@ def run_lab(config: LabConfig | None = None, *, progress: LabProgress | None = N
                                  config.temperature)
         sft_right = _ranking(sft, tokenizer, heldout)[1]  # the pairs SFT orders right
         st.summary = f"{len(heldout)} held-out pairs"
+        sft_graded = graded(sft) if verifiable else None
     rm_report = _cached(stage / "rm_report.json",
                         lambda: _rm_report(rm, pool_for("rm_report"), heldout, task),
                         progress, "reward model on held-out pairs")
@@ -655,6 +695,11 @@ def run_lab(config: LabConfig | None = None, *, progress: LabProgress | None = N
                             sft_right)[0]
         else:
             out["ranking_accuracy"] = None
+        if verifiable and (policy is not None or name == "sft"):  # accuracy, gain over SFT
+            from .verifiable_eval import accuracy_summary
+
+            mine = sft_graded if policy is None else graded(policy)
+            out |= accuracy_summary(mine, sft_graded, seed=config.seed)
         out["texts"] = texts
         return out
 
