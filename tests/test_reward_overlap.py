@@ -241,3 +241,34 @@ def test_groups_of_different_sizes_overlap_exactly(small, tmp_path, executed, ra
 def test_greedy_baseline_and_dynamic_sampling_overlap_exactly(small, tmp_path, executed, algo,
                                                               kw):
     _same_runs(small, tmp_path, executed, algo, **kw)
+
+
+def test_cli_reward_workers_overlap_by_default_and_can_switch_it_off(tmp_path, monkeypatch):
+    """`prefkit train online --reward python:... --reward-workers 2`: the iteration log has
+    reward_wait_seconds (the overlap is on); `--set reward_overlap=false` gives the same
+    rewards and status counts without it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from prefkit.cli import app
+
+    _, _, info = build_base_model(TASK, tmp_path / "base", hidden_size=32, num_layers=1,
+                                  num_heads=2, intermediate_size=64, sft_examples=256, steps=20,
+                                  batch_size=32, row_length=128)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "length_reward.py").write_text(
+        "def score(prompt, completion):\n    return float(len(completion.split()))\n")
+    base = ["train", "online", "--model", info["path"], "--prompts", "lab:sort:8",
+            "--reward", "python:length_reward:score", "--reward-workers", "2",
+            "--reward-failure-value", "-1", "--set", "save_steps=0",
+            "--set", "max_new_tokens=4", "--set", "sampling_batch_size=8", "--algo", "grpo",
+            "--iterations", "1", "--prompts-per-iteration", "4", "--json"]
+    logs = []
+    for name, extra in [("on", []), ("off", ["--set", "reward_overlap=false"])]:
+        out = CliRunner().invoke(app, [*base, "--output-dir", str(tmp_path / name), *extra])
+        assert out.exit_code == 0, out.output
+        logs.append(json.loads(out.stdout)["iterations"][0])
+    on, off = logs
+    assert on.pop("reward_wait_seconds") >= 0.0 and "reward_wait_seconds" not in off
+    assert on == off and on["reward_status/ok"] == 16
