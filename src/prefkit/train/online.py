@@ -162,9 +162,9 @@ class OnlineConfig(LoopConfig):
         "no default: a failure is never silently 0).")
     reward_overlap: bool = option(
         "Score rewards while generating: with a reward that computes in the background "
-        "(a source with submit(), as --reward-workers makes), each generate call's rows "
-        "(sampling_batch_size of them, whole prompts) go to the reward workers as soon as they "
-        "are generated, while the next call generates; the same samples, rewards and updates "
+        "(a source with submit(), as --reward-workers makes), each generate batch (whole "
+        "prompts, at most sampling_batch_size rows) goes to the reward workers as soon as it "
+        "is generated, while the next batch generates; the same samples, rewards and updates "
         "as without (the iteration log's reward_wait_seconds: the wait for rewards after "
         "generation). Lower sampling_batch_size for more overlap.", True, identity=False)
     algo: str = field(default=algorithms.DEFAULT_ALGORITHM, metadata={
