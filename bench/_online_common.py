@@ -39,6 +39,39 @@ class GenerateTimer:
         model.generate = generate
 
 
+class BackendTimer:
+    """Times prefkit's generation backends (``generate`` of every class in ``classes``, wrapped
+    on the class; a backend that falls back to another counts once) with the same records as
+    :class:`GenerateTimer`: seconds, new tokens per row (the longest row), rows, EOS count."""
+
+    def __init__(self, classes, eos_id: int) -> None:
+        self.seconds: list[float] = []
+        self.new_tokens: list[int] = []
+        self.rows: list[int] = []
+        self.eos: list[int] = []
+        depth = [0]
+        timer = self
+
+        def wrap(original):
+            def generate(self, model, prompt_ids, settings, **kwargs):
+                depth[0] += 1
+                start = time.perf_counter()
+                try:
+                    out = original(self, model, prompt_ids, settings, **kwargs)
+                finally:
+                    depth[0] -= 1
+                if depth[0] == 0:
+                    timer.seconds.append(time.perf_counter() - start)
+                    timer.new_tokens.append(max((len(r) for r in out.ids), default=0))
+                    timer.rows.append(len(out.ids))
+                    timer.eos.append(sum(r.count(eos_id) for r in out.ids))
+                return out
+            return generate
+
+        for cls in classes:
+            cls.generate = wrap(cls.generate)
+
+
 class RewardLog:
     """Records each call's rewards (one list per rollout)."""
 

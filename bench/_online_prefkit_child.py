@@ -1,21 +1,22 @@
 """prefkit's side of bench/online_vs_trl.py, in its own process (peak RSS is its own):
 ``python bench/_online_prefkit_child.py WORLD SETTINGS_JSON`` prints one JSON line.
 
-``train_online(OnlineConfig(algo=grpo|rloo, ...), reward=FunctionReward(low_share))`` on the
-shared checkpoint and prompts: P prompts x G completions per iteration, one optimizer step per
-iteration (ppo_epochs = num_minibatches = gradient_accumulation_steps = 1), lr constant, AdamW,
-grad-norm clip 1.0, float32, 2 threads, ``kl_coef`` = the bench's beta (GRPO: k3 loss term;
-RLOO: k1 summed into the reward, as TRL's RLOOTrainer does). Completions are forced to exactly
-``max_new_tokens`` tokens by passing ``min_new_tokens=max_new_tokens`` to the policy's
-``generate`` (EOS is masked by transformers' MinNewTokensLengthLogitsProcessor, the same
-mechanism TRL gets from ``generation_kwargs``); prefkit's own sampler is unchanged.
+``train_online(OnlineConfig(algo=grpo|rloo, ...), reward=...)`` on the shared checkpoint and
+prompts: P prompts x G completions per iteration, one optimizer step per iteration (ppo_epochs =
+num_minibatches = gradient_accumulation_steps = 1), lr constant, AdamW, grad-norm clip 1.0,
+float32, 2 threads, ``kl_coef`` = the bench's beta (GRPO: k3 loss term; RLOO: k1 summed into the
+reward, as TRL's RLOOTrainer does). Completions are forced to exactly ``max_new_tokens`` tokens
+with ``OnlineConfig.min_new_tokens = max_new_tokens`` (EOS masked until then). The generation
+backend is the setting ``backend``: ``prefkit`` (the default decode loop), ``prefkit-compiled``
+or ``transformers``. The reward is ``low_share`` (a Python function) or ``verifiable_math``
+(``--reward verifiable:math`` with the prompts file's answers, as the CLI builds it).
 
 Timing (nothing in src/ is edited; wrappers live in this process):
 - step = interval between consecutive ``on_step_end`` callbacks;
 - rollout = ``_Online.collect`` (sampling, reward, the no-grad "old" log-prob forward when the
   update is off-policy or the KL is in the reward, the
   reference forward when beta > 0, advantages, collation) -- one call per step;
-- generate = the ``model.generate`` calls inside it; training = step - rollout.
+- generate = the generation backend's calls inside it; training = step - rollout.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _online_common import GenerateTimer, RewardLog, emit_run, rss_mb, setup_threads  # noqa: E402
+from _online_common import BackendTimer, RewardLog, emit_run, rss_mb, setup_threads  # noqa: E402
 from _online_setup import low_share, read_prompts  # noqa: E402
 
 
@@ -37,21 +38,32 @@ def main() -> None:
     import torch
 
     import prefkit.train.online as online
+    from prefkit.models import decode
     from prefkit.models.load import load_model
     from prefkit.rewards.sources import FunctionReward
+    from prefkit.specs.rewards import reward_from_spec
     from prefkit.train.loop import Callback
 
     t_init = time.perf_counter()
     model, tokenizer = load_model(str(world / "model"), dtype="float32", seed=0)
-    gen = GenerateTimer(model, tokenizer.eos_token_id, min_new_tokens=s["max_new_tokens"])
+    gen = BackendTimer([decode.StaticCacheBackend, decode.GenerateBackend],
+                       tokenizer.eos_token_id)
 
     rewards = RewardLog()
-    source = FunctionReward(low_share)
+    if s.get("reward", "low_share") == "low_share":
+        source = FunctionReward(low_share)
+    else:  # what `--reward verifiable:math --prompts prompts.jsonl` builds (answers: the file's)
+        source = reward_from_spec("verifiable:math", prompts=str(world / "prompts.jsonl"))
 
-    def reward(prompts, completions, prompt_ids=None, completion_ids=None):
-        out = source(prompts, completions, prompt_ids, completion_ids)
-        rewards.add(out.flatten().tolist())
-        return out
+    class Reward:
+        def __call__(self, prompts, completions, prompt_ids=None, completion_ids=None):
+            out = source(prompts, completions, prompt_ids, completion_ids)
+            rewards.add(out.flatten().tolist())
+            return out
+
+    if hasattr(source, "status_counts"):
+        Reward.status_counts = lambda self: source.status_counts()
+    reward = Reward()
 
     # the first rollout's tokens and the log-probs prefkit computed for them (initial weights)
     first: dict = {}
@@ -98,9 +110,7 @@ def main() -> None:
         gradient_accumulation_steps=1, batch_size=s["prompts_per_step"],
         sampling_batch_size=s["prompts_per_step"] * s["num_generations"],
         max_new_tokens=s["max_new_tokens"], temperature=1.0, kl_coef=s["beta"],
-        # the generate() timer above wraps transformers' generate: keep that backend here until
-        # the bench measures prefkit's own decode loop (issue 16, a later step)
-        generation_backend="transformers",
+        min_new_tokens=s["max_new_tokens"], generation_backend=s.get("backend", "prefkit"),
         learning_rate=s["learning_rate"], lr_scheduler="constant", warmup_steps=0,
         max_grad_norm=1.0, weight_decay=0.0, output_dir=tempfile.mkdtemp(), logging_steps=1,
         save_steps=0, save_final=False, progress=False, seed=0, cpu=True)

@@ -10,7 +10,9 @@ weights, tokens and prompts.
   intermediate 1024, vocab 4096, 6.3M parameters, seeded random init, float32).
 - Prompts: ``n`` prompts of 32..63 random words (+ BOS), seeded.
 - Reward (:func:`low_share`): the fraction of the completion's words from the lower half of the
-  vocabulary -- a deterministic Python function of the text, the same on both sides.
+  vocabulary -- a deterministic Python function of the text, the same on both sides; the
+  verifiable variant (:func:`verifiable_math`) checks the completion's last number against the
+  prompt's ``answer`` (written in the prompts file) with prefkit's math checker.
 """
 
 from __future__ import annotations
@@ -44,10 +46,26 @@ def build_prompts(path: Path, n: int, min_len: int = 32, max_len: int = 63,
     with open(path, "w") as out:
         for _ in range(n):
             k = rng.randint(min_len, max_len)
-            out.write(json.dumps({"prompt": " ".join(f"w{rng.randrange(2 * HALF)}"
-                                                     for _ in range(k))}) + "\n")
+            prompt = " ".join(f"w{rng.randrange(2 * HALF)}" for _ in range(k))
+            out.write(json.dumps({"prompt": prompt, "answer": answer_of(prompt)}) + "\n")
             lengths.append(k + 1)
     return lengths
+
+
+def answer_of(prompt: str) -> str:
+    """The verifiable variant's reference answer of a prompt: the number of its last word
+    (``w17 w905`` -> ``905``), a pure function of the prompt (no random draw, so the prompts are
+    those of the plain variant)."""
+    return prompt.split()[-1][1:]
+
+
+def verifiable_math(prompt: str, completion: str) -> float:
+    """The verifiable variant's reward: prefkit's math checker (math-verify in a killable child
+    process) of the completion's final answer against :func:`answer_of` -- the last number in
+    the completion, e.g. the 17 of ``w17``; 1.0 when it is right, else 0.0."""
+    from prefkit.rewards.verifiable import check_math
+
+    return check_math(answer_of(prompt), completion).value
 
 
 def build_world(folder: Path, *, n_prompts: int = 64, seed: int = 0) -> dict:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _online_common import GenerateTimer, RewardLog, emit_run, rss_mb, setup_threads  # noqa: E402
-from _online_setup import low_share, read_prompts  # noqa: E402
+from _online_setup import low_share, read_prompts, verifiable_math  # noqa: E402
 
 
 def main() -> None:
@@ -46,9 +46,10 @@ def main() -> None:
     gen = GenerateTimer(model, tokenizer.eos_token_id)
     data = Dataset.from_list([{"prompt": p} for p in read_prompts(world)])
     rewards = RewardLog()
+    score = low_share if s.get("reward", "low_share") == "low_share" else verifiable_math
 
-    def low_share_reward(prompts, completions, **kwargs):
-        out = [low_share(p, c) for p, c in zip(prompts, completions, strict=True)]
+    def reward_fn(prompts, completions, **kwargs):
+        out = [score(p, c) for p, c in zip(prompts, completions, strict=True)]
         rewards.add(out)
         return out
 
@@ -81,7 +82,7 @@ def main() -> None:
         def on_step_end(self, *a, **k):
             stamps.append(time.perf_counter())
 
-    trainer = trainer_cls(model=model, reward_funcs=[low_share_reward], args=args,
+    trainer = trainer_cls(model=model, reward_funcs=[reward_fn], args=args,
                           train_dataset=data, processing_class=tokenizer, callbacks=[Clock()])
 
     rollout_seconds: list[float] = []

@@ -3,9 +3,13 @@
 The same tiny Llama (hidden 256, 4 layers, 4 heads, intermediate 1024, vocab 4096: 6.3M
 parameters, random init, sdpa, float32) and word-level tokenizer (bench/_online_setup.py), the
 same 64 synthetic prompts (32..63 words + BOS), the same reward (``low_share``: the share of
-lower-half-vocabulary words in the completion, a plain Python function of the text), on 2
-threads, transformers ``generate`` on both sides (no vLLM). Per optimizer step: 8 prompts x
-G = 4 completions = 32 completions of EXACTLY 64 new tokens (EOS is masked with
+lower-half-vocabulary words in the completion, a plain Python function of the text; or, with
+``--reward verifiable_math``, prefkit's math checker of the completion's last number against the
+prompt's answer -- prefkit through ``--reward verifiable:math``, TRL through a reward function
+calling the same checker), on 2 threads. Generation: TRL uses transformers ``generate`` (no
+vLLM); prefkit its ``--backend`` (default ``prefkit``, its own static-cache decode loop;
+``prefkit-compiled`` adds torch.compile; ``transformers``: generate). Per optimizer step: 8
+prompts x G = 4 completions = 32 completions of EXACTLY 64 new tokens (EOS is masked with
 ``min_new_tokens = max_new_tokens`` on both sides, so both generate and train on the same
 number of tokens), temperature 1 (no top-k/top-p), one generation and one optimizer step per
 rollout (TRL: ``num_iterations = steps_per_generation = gradient_accumulation_steps = 1``;
@@ -21,9 +25,12 @@ TRL, ...) so a busy host hurts both alike. Per side:
   its warm-up, is never counted);
 - ``generation_seconds``: the rollout phase of a step -- prefkit ``_Online.collect``, TRL
   ``_generate_and_score_completions``: sampling, reward, the no-grad log-prob forwards, advantages;
-  of which ``generate_call_seconds`` is the ``model.generate`` call itself and
+  of which ``generate_call_seconds`` is the generation call itself (TRL: ``model.generate``;
+  prefkit: its generation backend) and
   ``scoring_seconds`` the rest; ``training_seconds`` = step - rollout (forward, backward, AdamW);
 - ``completions_per_s`` = 32 / step_seconds; ``ratio`` = prefkit's / TRL's (> 1: prefkit faster);
+- ``generation_tokens_per_s`` = 32 x 64 / generate_call_seconds; ``generation_ratio`` = prefkit's /
+  TRL's ``generate`` (the same model in the same run);
 - useful FLOP/s = (6 * params * trained tokens + 2 * params * generated tokens) per step / step
   time, trained tokens = the step's completion tokens + each prompt ONCE, as a fraction of the
   float32 matmul peak measured in this run on 2 threads.
@@ -55,7 +62,8 @@ kernels per token) slows down 10-25x on both sides (OpenMP threads wait on a des
 sibling); ``machine.load_average_1m_*`` records the load, ``--threads 1`` is the robust fallback.
 
     python bench/online_vs_trl.py [--algo grpo|rloo] [--quick] [--betas 0,0.04] [--threads 2]
-                                  [--json]
+                                  [--backend prefkit|prefkit-compiled|transformers]
+                                  [--reward low_share|verifiable_math] [--json]
 """
 
 from __future__ import annotations
@@ -118,6 +126,8 @@ def summarize(runs: list[dict], completions: int, flops: float, peak: float) -> 
             "scoring_seconds": round(med("scoring"), 4),
             "training_seconds": round(med("training"), 4),
             "completions_per_s": round(completions / step, 3),
+            "generation_tokens_per_s": round(completions * runs[0]["generate_new_tokens"][0]
+                                             / med("generate"), 1),
             "generated_tokens_per_s": round(completions * runs[0]["generate_new_tokens"][0]
                                             / step, 1),
             "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in runs), 1),
@@ -220,6 +230,10 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-5)
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads per side (2: the bench setting; 1 for diagnosis)")
+    parser.add_argument("--backend", default="prefkit",
+                        choices=("prefkit", "prefkit-compiled", "transformers"),
+                        help="prefkit's generation backend (TRL: transformers generate)")
+    parser.add_argument("--reward", default="low_share", choices=("low_share", "verifiable_math"))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     steps = args.steps or (5 if args.quick else 12)
@@ -244,7 +258,8 @@ def main() -> None:
         settings = {"algo": args.algo, "steps": steps, "prompts_per_step": args.prompts_per_step,
                     "num_generations": args.num_generations,
                     "max_new_tokens": args.max_new_tokens, "beta": beta,
-                    "learning_rate": args.learning_rate, "threads": args.threads}
+                    "learning_rate": args.learning_rate, "threads": args.threads,
+                    "backend": args.backend, "reward": args.reward}
         trl_runs, pk_runs = [], []
         for r in range(repeats):
             order = (("trl", "pk") if r % 2 == 0 else ("pk", "trl"))
@@ -257,6 +272,8 @@ def main() -> None:
         peer = summarize(trl_runs, completions, flops, peak)
         results[beta] = {"settings": settings, "prefkit": pk, "peer": peer,
                          "ratio": round(pk["completions_per_s"] / peer["completions_per_s"], 3),
+                         "generation_ratio": round(pk["generation_tokens_per_s"]
+                                                   / peer["generation_tokens_per_s"], 3),
                          "rss_ratio": round(pk["peak_rss_mb"] / peer["peak_rss_mb"], 3),
                          "agreement": agreement(world, pk_runs[0], trl_runs[0], settings)}
 
@@ -267,6 +284,7 @@ def main() -> None:
         "prefkit": {"name": f"prefkit train_online(algo={args.algo!r})", **primary["prefkit"]},
         "peer": {"name": f"trl {trainer} (transformers generate)", **primary["peer"]},
         "ratio": primary["ratio"],
+        "generation_ratio": primary["generation_ratio"],
         "rss_ratio": primary["rss_ratio"],
         "agree": all(r["agreement"]["agree"] for r in results.values()),
         "agreement": primary["agreement"],
@@ -279,7 +297,9 @@ def main() -> None:
                    "mean_prompt_tokens": round(prompt_len, 2), "temperature": 1.0,
                    "learning_rate": args.learning_rate, "params": params, "dtype": "float32",
                    "threads": args.threads,
-                   "generation": "transformers generate (KV cache), no vLLM",
+                   "generation": {"prefkit": args.backend,
+                                  "peer": "transformers generate (KV cache), no vLLM"},
+                   "reward": args.reward,
                    "trained_tokens_per_step": round(trained, 1),
                    "generated_tokens_per_step": generated,
                    "useful_gflop_per_step": round(flops / 1e9, 2)},
@@ -289,7 +309,8 @@ def main() -> None:
     }
     if len(betas) > 1:
         result["other_betas"] = {str(b): {k: results[b][k] for k in
-                                          ("prefkit", "peer", "ratio", "rss_ratio", "agreement")}
+                                          ("prefkit", "peer", "ratio", "generation_ratio",
+                                           "rss_ratio", "agreement")}
                                  for b in betas[1:]}
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 

@@ -167,8 +167,9 @@ def test_padding_rows_and_finished_rows_do_not_change_a_row(world):
 
 
 def test_one_token_per_forward_over_a_static_cache(world, monkeypatch):
-    """One prefill forward over the prompts, then one forward of ONE token per row per step,
-    every one on the same StaticCache sized prompt width + max_new_tokens."""
+    """One prefill forward over the DISTINCT prompts (rows[:6] is 2 prompts x 3 samples), then
+    one forward of ONE token per row per step, every one on the same StaticCache sized prompt
+    width + max_new_tokens, whose rows were copied from the prompts' prefilled rows."""
     tok, _, rows, models = world
     model = models["sdpa"]
     seen = []
@@ -183,11 +184,16 @@ def test_one_token_per_forward_over_a_static_cache(world, monkeypatch):
     finally:
         handle.remove()
     width = max(len(r) for r in rows[:6])
-    assert seen[0][0] == (6, width)
+    assert rows[0] == rows[2] != rows[3] == rows[5]
+    assert seen[0][0] == (2, width)
     assert [shape for shape, _ in seen[1:]] == [(6, 1)] * 9
     cache = seen[0][1]
     assert isinstance(cache, StaticCache) and all(c is cache for _, c in seen)
     assert cache.layers[0].max_cache_len == width + 10
+    keys = cache.layers[0].keys
+    assert keys.shape[0] == 6
+    assert torch.equal(keys[0, :, :width], keys[2, :, :width])  # one prompt's samples
+    assert not torch.equal(keys[0, :, :width], keys[3, :, :width])
     assert all(len(r) == 10 for r in gen.ids)
 
 

@@ -13,7 +13,8 @@ batch size, or on the process that draws it. ``T = 0`` is greedy decoding.
 Backends (:class:`GenerationBackend`: prompt ids in, completion ids and optionally their
 log-probs out) that all follow that rule:
 
-* :class:`StaticCacheBackend` (``"prefkit"``, the default): prefill the left-padded prompts once,
+* :class:`StaticCacheBackend` (``"prefkit"``, the default): prefill each distinct left-padded
+  prompt once (a prompt sampled k times is k equal rows: its cache rows are copied to them),
   then one forward of ONE token per row per step over a preallocated
   :class:`transformers.StaticCache` (no per-step cache growth, no mask rebuilt by the model:
   the 4D mask is built once per batch and one key column is opened per step), sampling inline,
@@ -22,7 +23,8 @@ log-probs out) that all follow that rule:
   same bits by construction; measured on a busy 2-core CPU at 32 rows x vocab 4096: the hash
   ~9x faster, the whole noise ~1.7x; ~7-12 s to compile once per process), ``"step"``
   compiles the one-token forward (the same tokens in the tests; ~1.4x per step on a tiny
-  Llama; ~12-45 s to compile, again for each new batch shape).
+  Llama; ~12-45 s to compile, again for each new batch shape -- so the prompt width is rounded
+  up to a multiple of 32 there, :func:`_bucket`).
 * :class:`GenerateBackend` (``"transformers"``): Hugging Face ``generate`` with the rule as a
   logits processor -- the path prefkit used before; kept selectable and as the fallback for
   models the static loop does not cover (:func:`static_decode_unsupported` names why).
@@ -32,6 +34,8 @@ Why the two transformers backends give the same tokens: both run the same model 
 left-padded chunk with the same position ids (``cumsum(mask) - 1``) and mask every pad key, so
 the logits agree (the static cache only appends keys that the mask closes, whose softmax weight
 is exactly 0) and the rule is the same function; tests/test_decode.py checks token equality.
+(Prefilling the distinct prompts only, or more left padding, changes the batch the matrix
+products see, which can move a logit in its last bits; the tests see the same tokens.)
 """
 
 from __future__ import annotations
@@ -188,9 +192,11 @@ class GenerationBackend(Protocol):
                  logprobs: bool = False) -> Generation: ...
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, mask)`` ``[len(rows), longest]`` with each row right-aligned."""
-    width = max(len(r) for r in rows)
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` ``[len(rows), width]`` (default: the longest row) with each row
+    right-aligned."""
+    width = max(len(r) for r in rows) if width is None else width
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -352,7 +358,10 @@ class StaticCacheBackend:
                s: DecodeSettings, seed: int, want_logprobs: bool
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         device = _device(model)
-        ids, mask = left_pad(chunk, s.pad_id)
+        width = max(len(r) for r in chunk)
+        if "step" in self._modes:  # few cache shapes, few compiled graphs (see _bucket)
+            width = _bucket(width)
+        ids, mask = left_pad(chunk, s.pad_id, width)
         ids, mask = ids.to(device), mask.to(device)
         b, w = ids.shape
         new = s.max_new_tokens
@@ -360,10 +369,18 @@ class StaticCacheBackend:
         masks = _Masks(mask, new, _model_dtype(model) if eager else None)
         cache = StaticCache(config=model.config, max_cache_len=w + new)
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
-        out = model(input_ids=ids, attention_mask=masks.prefill, position_ids=positions,
-                    cache=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1].float()
+        # each distinct prompt is read once (a prompt sampled k times is k equal rows): the
+        # prefill runs on the distinct rows and its cache rows are copied to their samples
+        first, inverse = _distinct_rows(chunk)
+        pick = torch.tensor(first, dtype=torch.long, device=device)
+        out = model(input_ids=ids[pick], attention_mask=masks.prefill[pick],
+                    position_ids=positions[pick], cache=cache, use_cache=True,
+                    logits_to_keep=1)
+        expand = torch.tensor(inverse, dtype=torch.long, device=device)
+        logits = out.logits[:, -1].float()[expand]
         del out
+        if len(first) < b:
+            _expand_cache(cache, expand)
         step_fn = self._step_fn(model)
         position = positions[:, -1:] + 1
         tokens = torch.full((b, new), s.pad_id, dtype=torch.long, device=device)
@@ -390,6 +407,39 @@ class StaticCacheBackend:
             position = position + 1
         tokens = tokens[:, :steps].cpu()
         return tokens, (logps[:, :steps].cpu() if logps is not None else None)
+
+
+def _bucket(width: int, step: int = 32) -> int:
+    """The prompt width rounded up to a multiple of ``step`` (more left padding, every pad key
+    masked): a compiled decode step is specialized to its cache shape, so rounding keeps the
+    number of compiled graphs small when prompt widths vary between batches."""
+    return -(-width // step) * step
+
+
+def _distinct_rows(rows: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """``(first, inverse)``: the index of each distinct row's first occurrence, and for every
+    row the position of its distinct row in ``first``."""
+    seen: dict[tuple[int, ...], int] = {}
+    first: list[int] = []
+    inverse: list[int] = []
+    for i, row in enumerate(rows):
+        key = tuple(row)
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(i)
+        inverse.append(seen[key])
+    return first, inverse
+
+
+def _expand_cache(cache: StaticCache, index: torch.Tensor) -> None:
+    """Row ``r`` of every layer's keys and values becomes row ``index[r]`` of the prefilled
+    distinct rows (a copy: each sample then writes its own tokens)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, index)
+        layer.values = layer.values.index_select(0, index)
+        layer.batch_size = int(index.numel())
+        torch._dynamo.mark_static_address(layer.keys)
+        torch._dynamo.mark_static_address(layer.values)
 
 
 def _choose(logits: torch.Tensor, rows: torch.Tensor, step: int, s: DecodeSettings,
