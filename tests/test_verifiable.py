@@ -413,7 +413,7 @@ def test_extras_map_the_rl_modules():
 
 
 @pytest.mark.slow
-def test_cli_online_grpo_with_a_verifiable_reward_logs_status_counts(tmp_path):
+def test_cli_online_dapo_with_a_verifiable_reward_logs_status_counts(tmp_path):
     from typer.testing import CliRunner
 
     from prefkit.cli import app
@@ -423,17 +423,55 @@ def test_cli_online_grpo_with_a_verifiable_reward_logs_status_counts(tmp_path):
                                            "answer": str(2 * i)}) + "\n" for i in range(4)))
     result = CliRunner().invoke(app, [
         "train", "online", "--model", "lab:sort", "--prompts", str(prompts), "--reward",
-        "verifiable:math", "--algo", "grpo", "--iterations", "1", "--prompts-per-iteration",
-        "4", "--set", "max_new_tokens=4", "--set", "progress=false", "--output-dir",
-        str(tmp_path / "run"), "--json"])
+        "verifiable:math", "--algo", "dapo", "--iterations", "1", "--prompts-per-iteration",
+        "4", "--set", "max_new_tokens=4", "--set", "progress=false", "--set",
+        "max_sampling_rounds=1", "--output-dir", str(tmp_path / "run"), "--json"])
     assert result.exit_code == 0, result.output
     it = json.loads(result.stdout)["iterations"][0]
-    counts = {s: it.get(f"reward_status/{s}") for s in STATUSES}
-    if counts["ok"] is None:
-        pytest.skip("this online loop does not log reward_status/* yet")
-    assert sum(counts.values()) == 16  # 4 prompts x the default group size
+    counts = {s: it[f"reward_status/{s}"] for s in STATUSES}
+    assert sum(counts.values()) == 16  # 4 prompts x the default group size, one round
+    # the untrained sort model answers with numbers: every sample is checked, none fails
+    assert counts["timeout"] == counts["error"] == 0
     bad = CliRunner().invoke(app, [
         "train", "online", "--model", "lab:sort", "--prompts", "lab:sort:4", "--reward",
         "verifiable:math", "--output-dir", str(tmp_path / "bad"), "--json"])
     assert bad.exit_code == 2
     assert "needs reference answers" in bad.output
+
+
+@pytest.mark.slow
+def test_cli_online_dapo_on_a_reasoning_gym_task(tmp_path):
+    """``--prompts rg:TASK:N:SEED --reward verifiable:rg:TASK``: the prompts of a reasoning-gym
+    draw, checked by that task's scorer (every sample counted, none an error)."""
+    from typer.testing import CliRunner
+
+    from prefkit.cli import app
+
+    result = CliRunner().invoke(app, [
+        "train", "online", "--model", "lab:sort", "--prompts", "rg:chain_sum:8:3", "--reward",
+        "verifiable:rg:chain_sum", "--algo", "dapo", "--iterations", "1",
+        "--prompts-per-iteration", "4", "--set", "max_new_tokens=4", "--set", "progress=false",
+        "--set", "max_sampling_rounds=1", "--output-dir", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    it = json.loads(result.stdout)["iterations"][0]
+    counts = {s: it[f"reward_status/{s}"] for s in STATUSES}
+    assert sum(counts.values()) == 16 and counts["error"] == 0
+    bad = CliRunner().invoke(app, [
+        "train", "online", "--model", "lab:sort", "--prompts", "rg:chain_sum:8:3", "--reward",
+        "verifiable:rg:basic_arithmetic", "--output-dir", str(tmp_path / "bad"), "--json"])
+    assert bad.exit_code == 2
+    assert "prompts 'rg:chain_sum:8:3' are of task 'chain_sum'" in bad.output
+
+
+def test_reasoning_gym_prompt_spec_matches_the_reward_draw():
+    from prefkit.rewards.verifiable.gym import reasoning_gym_source
+    from prefkit.specs import resolve_prompts, reward_from_spec
+
+    prompts = resolve_prompts("rg:chain_sum:5:3")
+    task = reasoning_gym_source("chain_sum", 5, 3)
+    assert prompts == list(task.prompts)
+    answers = [[task.entries[i]["answer"], "no"] for i in range(5)]
+    reward = reward_from_spec("verifiable:rg:chain_sum", prompts="rg:chain_sum:5:3")
+    assert reward(prompts, answers).tolist() == [[1.0, 0.0]] * 5
+    with pytest.raises(ValueError, match="TASK\\[:N\\[:SEED\\]\\]"):
+        resolve_prompts("rg:chain_sum:x")

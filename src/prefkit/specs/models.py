@@ -1,7 +1,8 @@
 """``--model`` and ``--prompts`` of online training: the lab's specs resolved into a policy and
-prompts (``lab:TASK``, ``lab:TASK[:N]``); anything else is a file, read by the train layer
-(:func:`prefkit.train.online.resolve_model`, :func:`prefkit.train.online.resolve_prompts`).
-They were resolved inside ``prefkit.train.online``, which made ``train`` import ``lab``."""
+prompts (``lab:TASK``, ``lab:TASK[:N]``) and reasoning-gym prompts (``rg:TASK[:N[:SEED]]``);
+anything else is a file, read by the train layer (:func:`prefkit.train.online.resolve_model`,
+:func:`prefkit.train.online.resolve_prompts`). They were resolved inside
+``prefkit.train.online``, which made ``train`` import ``lab``."""
 
 from __future__ import annotations
 
@@ -48,8 +49,16 @@ def resolve_model(config: OnlineConfig) -> tuple[Any, Any]:
 
 def resolve_prompts(spec: str, *, seed: int = 0) -> list[Any]:
     """``lab:TASK[:N]``: N prompts sampled from a lab task with ``random.Random(seed)``
-    (default :data:`DEFAULT_LAB_PROMPTS`); anything else: a file or dataset
-    (:func:`prefkit.train.online.read_prompts`)."""
+    (default :data:`DEFAULT_LAB_PROMPTS`); ``rg:TASK[:N[:SEED]]``: the prompts of N entries of
+    a reasoning-gym task drawn with SEED (:func:`prefkit.rewards.verifiable.gym.
+    reasoning_gym_source`; ``--reward verifiable:rg:TASK`` checks them); anything else: a file
+    or dataset (:func:`prefkit.train.online.read_prompts`)."""
+    if spec.startswith("rg:"):
+        from ..rewards.verifiable.gym import reasoning_gym_source
+        from .rewards import parse_gym_spec
+
+        task, n, rg_seed = parse_gym_spec(spec[3:], spec)
+        return list(reasoning_gym_source(task, n, rg_seed).prompts)
     if not spec.startswith("lab:"):
         from ..train.online import read_prompts
 

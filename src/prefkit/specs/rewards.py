@@ -17,6 +17,18 @@ def _same_vocab(a: Any, b: Any) -> bool:
         return False
 
 
+def parse_gym_spec(text: str, spec: str) -> tuple[str, int, int]:
+    """``TASK[:N[:SEED]]`` (a reasoning-gym task, N entries drawn with SEED; defaults 1000 and
+    0) as ``(task, n, seed)``; ``spec`` names the whole option in the error."""
+    task, *numbers = text.split(":") if text else [""]
+    if not task or len(numbers) > 2 or not all(x.isdigit() for x in numbers):
+        raise ValueError(f"{spec!r}: expected a reasoning-gym spec TASK[:N[:SEED]] (N and SEED "
+                         "non-negative integers), e.g. rg:chain_sum:64:0")
+    n = int(numbers[0]) if numbers else 1000
+    seed = int(numbers[1]) if len(numbers) > 1 else 0
+    return task, max(n, 1), seed
+
+
 def _verifiable(spec: str, arg: str, prompts: str | None) -> Callable:
     """``verifiable:KIND[:ARG]`` (:mod:`prefkit.rewards.verifiable.kinds`); references from the
     prompts file ``prompts`` (its ``answer`` / ``reference`` / ``tests`` / ``solution`` field);
@@ -29,13 +41,16 @@ def _verifiable(spec: str, arg: str, prompts: str | None) -> Callable:
     if kind == "rg":
         from ..rewards.verifiable.gym import gym_reward_for
 
-        task, *numbers = rest.split(":") if rest else [""]
-        if not task or len(numbers) > 2 or not all(x.isdigit() for x in numbers):
-            raise ValueError(f"reward {spec!r}: expected verifiable:rg:TASK[:N[:SEED]] (N and "
-                             "SEED non-negative integers)")
-        n = int(numbers[0]) if numbers else 1000
-        seed = int(numbers[1]) if len(numbers) > 1 else 0
-        return gym_reward_for(task, n=max(n, 1), seed=seed, prompts_path=prompts)
+        task, n, seed = parse_gym_spec(rest, spec)
+        if prompts is not None and prompts.startswith("rg:"):  # --prompts rg:TASK[:N[:SEED]]
+            p_task, p_n, p_seed = parse_gym_spec(prompts[3:], prompts)
+            if p_task != task:
+                raise ValueError(f"reward {spec!r} checks reasoning-gym task {task!r} but the "
+                                 f"prompts {prompts!r} are of task {p_task!r}")
+            if rest == task:  # no N/SEED in the reward: the prompts' draw
+                n, seed = p_n, p_seed
+            return gym_reward_for(task, n=n, seed=seed)
+        return gym_reward_for(task, n=n, seed=seed, prompts_path=prompts)
     references = None
     if kind not in ("regex",):
         if prompts is None or prompts.startswith("lab:"):
@@ -65,7 +80,7 @@ def reward_from_spec(spec: str, *, tokenizer: Any = None, prompts: str | None = 
       each prompt's reference answer, read from the prompts file ``prompts`` (a path, as
       ``--prompts``); ``verifiable:regex:PATTERN`` (no reference); ``verifiable:rg:TASK[:N[:SEED]]``
       -- a reasoning-gym task (:mod:`prefkit.rewards.verifiable`; statuses counted in
-      ``status_counts()``).
+      ``status_counts()``); with ``--prompts rg:TASK:N:SEED`` it checks those prompts.
 
     ``workers > 0`` runs a ``python:`` reward in that many worker processes
     (:class:`~prefkit.rewards.sources.ExecutedReward`): a call longer than ``timeout`` seconds
