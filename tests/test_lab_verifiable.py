@@ -252,3 +252,142 @@ def test_monitor_in_online_training(tmp_path):
         assert it["pass@1"] == pytest.approx(it["accuracy"], abs=1e-5)
         assert it["accuracy"] <= it["pass@4"] <= 1.0 and 0.0 <= it["maj@4"] <= it["pass@4"]
         assert 0.0 <= it["unparsed"] <= 1.0
+
+
+# ------------------------------------------- the lab pipeline on a verifiable task
+
+
+def test_accuracy_summary_equals_plain_counts():
+    """accuracy = mean over prompts of c_i / k; the gain over SFT = mean of the per-prompt
+    differences, its interval the bootstrap of those differences (paired: never wider here
+    than the unpaired spread, and exactly 0 for the policy against itself); pass@k / maj@k of
+    all k samples by hand."""
+    from prefkit.evaluate.passk import bootstrap_interval
+    from prefkit.lab.verifiable_eval import accuracy_summary, grade
+
+    task = CountTask()
+    prompts = ["count: a in a a b", "count: b in a b a", "count: c in c c c"]
+    policy = grade(task, prompts, [["2", "1", "2", "1"], ["1", "1", "x", "1"],
+                                   ["3", "3", "3", "2"]])
+    sft = grade(task, prompts, [["1", "2", "1", "1"], ["0", "1", "0", "0"],
+                                ["3", "2", "2", "x"]])
+    assert policy.correct[0] == [True, False, True, False] and policy.unparsed[1][2]
+    out = accuracy_summary(policy, sft, n_boot=500, seed=3)
+    acc = [2 / 4, 3 / 4, 3 / 4]
+    base = [1 / 4, 1 / 4, 1 / 4]
+    assert out["accuracy"] == pytest.approx(sum(acc) / 3, abs=1e-4)
+    assert out["accuracy_gain"] == pytest.approx((sum(acc) - sum(base)) / 3, abs=1e-4)
+    lo, hi = bootstrap_interval([a - b for a, b in zip(acc, base, strict=True)], n_boot=500,
+                                seed=3)
+    assert out["accuracy_gain_ci"] == [pytest.approx(lo, abs=1e-4),
+                                       pytest.approx(hi, abs=1e-4)]
+    assert lo > 0  # every prompt improves: the paired interval excludes 0
+    # pass@4: a prompt with any right answer; maj@4 of all four samples: the top vote
+    assert out["pass@4"] == pytest.approx(1.0) and out["eval_samples"] == 4
+    assert out["maj@4"] == pytest.approx((0.5 + 1 + 1) / 3, abs=1e-4)  # "2" ties "1" at top
+    assert out["unparsed"] == pytest.approx(1 / 12, abs=1e-4)
+    same = accuracy_summary(sft, sft, n_boot=200)
+    assert same["accuracy_gain"] == 0.0 and same["accuracy_gain_ci"] == [0.0, 0.0]
+
+
+SMALL_BASE = dict(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128,
+                  sft_examples=1024, steps=100, batch_size=32, row_length=128)
+
+
+@pytest.fixture
+def small_base(monkeypatch):
+    """run_lab with a small, quickly trained SFT model (~1 s; the lab's default takes ~8 s):
+    on the count task it is right about 1 time in 5."""
+    import functools
+
+    import prefkit.lab.base_model as base_model
+
+    monkeypatch.setattr(base_model, "build_base_model",
+                        functools.partial(base_model.build_base_model, **SMALL_BASE))
+    monkeypatch.setattr(base_model, "base_model_path",
+                        functools.partial(base_model.base_model_path, **SMALL_BASE))
+
+
+def _plain_maj(answers: list, right: list[bool]) -> float:
+    """maj@n of all n samples: the share of right answers among the most voted ones."""
+    votes = Counter(a for a in answers if a is not None)
+    if not votes:
+        return 0.0
+    top = max(votes.values())
+    best = [a for a, n in votes.items() if n == top]
+    return sum(right[answers.index(a)] for a in best) / len(best)
+
+
+def test_lab_on_a_verifiable_task_trains_on_the_checker(tmp_path, small_base, monkeypatch):
+    """A 2-iteration GSPO run of the lab on the count task: trained on the checker (the
+    training reward of every iteration IS its accuracy), the curve's accuracy / pass@4 / maj@4
+    equal a recount with task.check on the very samples the monitor saw, the SFT accuracy
+    equals a recount of fresh samples with the evaluation's seed, the gain is the difference,
+    and the report shows the accuracy curves and the accuracy columns."""
+    from math import comb
+
+    import prefkit.lab.verifiable_tasks as vt
+    from prefkit.lab.base_model import build_base_model
+    from prefkit.lab.pipeline import run_lab
+    from prefkit.models.generate import sample
+    from prefkit.report.html import lab_report_html
+
+    seen: list = []
+    real_monitor = vt.verifiable_monitor
+
+    def spy(task, ks=(1,)):
+        inner = real_monitor(task, ks)
+
+        def monitor(rollout):
+            seen.append(([*rollout.prompts], [list(c) for c in rollout.completions]))
+            return inner(rollout)
+
+        return monitor
+
+    monkeypatch.setattr(vt, "verifiable_monitor", spy)
+    cfg = dict(task="count", workdir=str(tmp_path / "lab"), n_prompts=16, k=2, n_eval=24,
+               rm_steps=2, best_of_n=1, overopt_length_bias=0.0, curve_every=0,
+               methods=["gspo"], rl_iterations=2, rl_prompts_per_iteration=8,
+               rl_generations=4, eval_samples=4, seed=3)
+    out = run_lab(**cfg)
+    task = get_task("count")
+    curve = out["training_curves"]["gspo"]
+    assert [p["step"] for p in curve] == [0, 1] and len(seen) == 2
+    for point, (prompts, groups) in zip(curve, seen, strict=True):
+        assert set(point) >= {"accuracy", "pass@4", "maj@4", "unparsed", "kl", "reward"}
+        right = [[task.check(p, c).status == "ok" for c in cs]
+                 for p, cs in zip(prompts, groups, strict=True)]
+        accuracy = sum(sum(r) / len(r) for r in right) / len(right)
+        assert point["accuracy"] == pytest.approx(accuracy, abs=1e-5)
+        assert point["reward"] == pytest.approx(accuracy, abs=1e-5)  # the checker is the reward
+        passk = [1 - comb(4 - sum(r), 4) / comb(4, 4) for r in right]
+        assert point["pass@4"] == pytest.approx(sum(passk) / len(passk), abs=1e-5)
+        maj = [_plain_maj([task.check(p, c).answer for c in cs], r)
+               for p, cs, r in zip(prompts, groups, right, strict=True)]
+        assert point["maj@4"] == pytest.approx(sum(maj) / len(maj), abs=1e-5)
+    assert curve[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert all(0 < p["accuracy"] < p["pass@4"] < 1 for p in curve)  # informative values
+
+    # the SFT row: a recount of eval_samples fresh answers per held-out prompt
+    rng = random.Random(cfg["seed"])
+    [task.sample_prompt(rng) for _ in range(cfg["n_prompts"])]
+    eval_prompts = [task.sample_prompt(rng) for _ in range(cfg["n_eval"])]
+    sft, tok, _ = build_base_model(task, tmp_path / "lab" / "cache" / "base", seed=cfg["seed"])
+    answers = sample(sft, tok, eval_prompts, k=4, temperature=1.0, seed=cfg["seed"] + 6)
+    per_prompt = [sum(task.check(p, c).status == "ok" for c in cs) / 4
+                  for p, cs in zip(eval_prompts, answers, strict=True)]
+    methods = out["methods"]
+    assert methods["sft"]["accuracy"] == pytest.approx(sum(per_prompt) / len(per_prompt),
+                                                       abs=1e-4)
+    assert methods["sft"]["accuracy"] > 0.05 and methods["sft"]["accuracy_gain_ci"] == [0.0, 0.0]
+    g = methods["gspo"]
+    assert g["accuracy_gain"] == pytest.approx(g["accuracy"] - methods["sft"]["accuracy"],
+                                               abs=2e-4)
+    assert g["accuracy_gain_ci"][0] <= g["accuracy_gain"] <= g["accuracy_gain_ci"][1]
+    assert g["eval_samples"] == 4 and "pass@4" in g and "maj@4_ci" in g
+
+    page = lab_report_html(out)
+    assert 'id="fig-accuracy"' in page and 'id="fig-training"' not in page
+    assert "accuracy gain vs SFT" in page and "4 sampled answers to each held-out" in page
+    lo, hi = g["accuracy_gain_ci"]
+    assert f'{g["accuracy_gain"]:.3f} <span class="ci">[{lo:.3f}, {hi:.3f}]</span>' in page

@@ -21,6 +21,8 @@ def run(
     config: Annotated[str | None, typer.Argument(help="YAML file with LabConfig fields.")
                       ] = None,
     quick: Annotated[bool, typer.Option(help="The small config used by the tests.")] = False,
+    task: Annotated[str | None, typer.Option(
+        help="The lab task (LabConfig.task), e.g. sort, arith, sort_exact, count.")] = None,
     workdir: Annotated[str | None, typer.Option(help="Where the run writes its files.")
                        ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any LabConfig field: k=v")
@@ -43,7 +45,8 @@ def run(
     from ..lab import pipeline
     from ..lab.progress import LabProgress, to_stream
 
-    cfg = _lab_config(config, quick, workdir, set_ or [], as_json)
+    cfg = _lab_config(config, quick, workdir, [*([f"task={task}"] if task else []), *(set_ or [])],
+                      as_json)
     if report and no_report:
         raise bad_input("--report and --no-report exclude each other", as_json)
     for key in ("workdir", "cache_dir"):

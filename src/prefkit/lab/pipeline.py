@@ -23,14 +23,20 @@
    :data:`ONLINE_METHODS` against the proxy reward model
    (:func:`prefkit.train.online.train_online`; gold and proxy reward and KL recorded per
    iteration) -- both as ``training_curves``, the over-optimization curves over training
-   steps; and ``best_of_n`` (``n`` SFT samples, the proxy picks);
+   steps; and ``best_of_n`` (``n`` SFT samples, the proxy picks). On a verifiable task
+   (``arith``, ``sort_exact``, ``count``) the online methods train on the task's checker
+   instead of the proxy (1 right, 0 otherwise) and their curves record accuracy, pass@G, maj@G,
+   the unparsed share and KL per iteration;
 5. evaluation on ``n_eval`` held-out prompts, one sample per prompt (same seed for every
    policy): gold reward mean, win rate against the SFT policy's answer judged by the gold
    reward, the annotator pool (both orders) and the proxy reward model, each with a 95% CI
    (ties half), length-controlled win rate, mean length, KL to the SFT policy (k1 on the
    policy's own samples), ranking accuracy on held-out gold-ordered pairs from the policy's own
    log-probs with the number of pairs, a 95% Wilson interval and the pairs it re-orders
-   relative to SFT (and the idealized ranking accuracy of the KL-regularized optimum); then a
+   relative to SFT (and the idealized ranking accuracy of the KL-regularized optimum); on a
+   verifiable task also the accuracy of ``eval_samples`` answers per prompt (pass@1, pass@k,
+   maj@k) and its gain over SFT with a 95% paired bootstrap interval over prompts
+   (:mod:`prefkit.lab.verifiable_eval`); then a
    leaderboard of all policies from gold-judged pairwise comparisons rated with the arena
    engine (Elo scale, bootstrap CIs);
 6. over-optimization: a second reward model is trained on the same samples labelled by a

@@ -15,7 +15,10 @@ reward vs KL to SFT and length drift vs gold gain; the data; the reward model (h
 accuracy, agreement with gold, calibration with a reliability diagram, length correlation and
 rules); annotator agreement (``result["annotators"]``); the over-optimization curve
 (``result["overoptimization"]["curve"]``); per-method training curves
-(``result["training_curves"]``); and any other top-level entries.
+(``result["training_curves"]``: gold / proxy / KL, and on a verifiable task the online methods'
+accuracy, pass@G, maj@G and KL per iteration in a figure of their own, with the methods table's
+held-out accuracy and gain over SFT, each with its 95% interval); and any other top-level
+entries.
 
 Layout: the page fits a 1200-px window with only the fonts a fresh machine has (DejaVu; the
 methods table puts each interval under its value and wraps long method names); in a narrower
@@ -63,14 +66,20 @@ _NUMBER_COLUMNS = {
     "kl_to_sft": ("KL to SFT", "KL divergence to the SFT policy (for best-of-n: the analytic "
                   "bound log n - (n-1)/n)"),
     "mean_length": ("mean length", "mean answer length in words"),
+    "accuracy": ("accuracy [95% CI]", "verifiable task: share of right answers (pass@1) over "
+                 "the held-out prompts, several samples each, 95% bootstrap interval over "
+                 "prompts"),
+    "accuracy_gain": ("accuracy gain vs SFT [95% CI]", "accuracy minus the SFT policy's on the "
+                      "same prompts, 95% paired bootstrap interval over prompts"),
 }
 # column key -> the key shown beside it: "se" as "± x", "ci" as "[lo, hi]"
 _PAIRED = {"gold_reward": ("gold_reward_se", "se"), "win_rate_vs_sft": ("win_rate_ci", "ci"),
            "win_rate_vs_sft_pool": ("win_rate_ci_pool", "ci"),
            "win_rate_vs_sft_proxy_rm": ("win_rate_ci_proxy_rm", "ci"),
-           "ranking_accuracy": ("ranking_accuracy_ci", "ci")}
+           "ranking_accuracy": ("ranking_accuracy_ci", "ci"),
+           "accuracy": ("accuracy_ci", "ci"), "accuracy_gain": ("accuracy_gain_ci", "ci")}
 # method keys that are the same kind for every row: said once in the notes, not as columns
-_NOTE_KEYS = {"ranking_pairs", "ranking_flips_vs_sft"}
+_NOTE_KEYS = {"ranking_pairs", "ranking_flips_vs_sft", "eval_samples"}
 _GROUPS = {"win_rate_vs_sft": "win rate vs SFT [95% CI], judged by",
            "win_rate_vs_sft_pool": "win rate vs SFT [95% CI], judged by",
            "win_rate_vs_sft_proxy_rm": "win rate vs SFT [95% CI], judged by"}
@@ -458,13 +467,21 @@ def _overopt_figure(curve: Sequence[Mapping[str, Any]]) -> _Fig | None:
                    "over-optimization of the proxy.", "fig-overoptimization")
 
 
+def _curve_sets(curves: Any) -> tuple[dict[str, list], dict[str, list]]:
+    """``result["training_curves"]`` split in two: the curves of online methods on a
+    verifiable task (their points have an ``accuracy``) and the others (gold / proxy / KL)."""
+    if not isinstance(curves, Mapping):
+        return {}, {}
+    clean = {str(k): [p for p in v if isinstance(p, Mapping)] for k, v in curves.items()
+             if isinstance(v, list | tuple)}
+    accuracy = {k: v for k, v in clean.items() if any("accuracy" in p for p in v)}
+    return accuracy, {k: v for k, v in clean.items() if k not in accuracy}
+
+
 def _training_figure(curves: Any) -> _Fig | None:
     from .figures import plot_training_curves
 
-    if not isinstance(curves, Mapping):
-        return None
-    clean = {str(k): [p for p in v if isinstance(p, Mapping)] for k, v in curves.items()
-             if isinstance(v, list | tuple)}
+    clean = _curve_sets(curves)[1]
     try:
         png = _render(plot_training_curves, clean)
     except ValueError:  # no curve has any of the plotted keys
@@ -474,6 +491,34 @@ def _training_figure(curves: Any) -> _Fig | None:
                    "step's rollouts (that step's prompt batch, so methods sharing a seed share "
                    "its ups and downs), one line per method: a proxy that keeps rising while "
                    "the gold reward stalls or falls is reward over-optimization.", "fig-training")
+
+
+def _sample_keys(curves: Mapping[str, Sequence[Mapping[str, Any]]], metric: str) -> list[str]:
+    """The ``metric@G`` keys (G > 1) the curves record, by G."""
+    found = {str(k) for pts in curves.values() for p in pts for k in p
+             if str(k).startswith(metric + "@") and str(k)[len(metric) + 1:].isdigit()
+             and int(str(k)[len(metric) + 1:]) > 1}
+    return sorted(found, key=lambda k: int(k.split("@")[1]))
+
+
+def _accuracy_figure(curves: Any) -> _Fig | None:
+    """Per-iteration accuracy, pass@G, maj@G and KL of the online methods trained on a
+    verifiable task's checker (``plot_training_curves`` with those keys)."""
+    from .figures import plot_training_curves
+
+    clean = _curve_sets(curves)[0]
+    if not clean:
+        return None
+    keys = ("accuracy", *_sample_keys(clean, "pass"), *_sample_keys(clean, "maj"), "kl")
+    png = _render(plot_training_curves, clean, keys=keys, title="Accuracy over iterations")
+    shown = ", ".join(keys)
+    return _figure(png, "accuracy curves per method",
+                   f"Per training iteration ({shown}): the share of right answers among the "
+                   "rollouts, the unbiased pass@G and maj@G (majority vote) of each prompt's G "
+                   "samples, mean over that iteration's prompts, and the KL to SFT, one line "
+                   "per online method trained on the task's checker (for DAPO, the groups its "
+                   "dynamic sampling kept: mixed right and wrong, so pass@G is 1 there).",
+                   "fig-accuracy")
 
 
 # --- sections -----------------------------------------------------------------------------------
@@ -490,6 +535,16 @@ def _methods(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {str(k): dict(v) for k, v in raw.items() if isinstance(v, Mapping)}
 
 
+def _pair(key: str) -> tuple[str, str] | None:
+    """The key shown beside column ``key`` and how (:data:`_PAIRED`); a ``pass@k`` or
+    ``maj@k`` column shows its ``_ci`` interval."""
+    if key in _PAIRED:
+        return _PAIRED[key]
+    if key.split("@")[0] in ("pass", "maj") and key.split("@")[-1].isdigit():
+        return key + "_ci", "ci"
+    return None
+
+
 def _columns(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
     seen: dict[str, None] = {}
     for m in methods.values():
@@ -497,6 +552,7 @@ def _columns(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
             seen.setdefault(str(key), None)
     known = [k for k in (*_TEXT_COLUMNS, *_NUMBER_COLUMNS) if k in seen]
     shown_beside = {_PAIRED[k][0] for k in known if k in _PAIRED}
+    shown_beside |= {k + "_ci" for k in seen if _pair(k) is not None}
     return known + [k for k in seen if k not in known and k not in shown_beside
                     and k not in _NOTE_KEYS and k not in ("name", "method")]
 
@@ -511,7 +567,8 @@ def _methods_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
         vals = [v for v in vals if v is not None]
         if len(vals) > 1:
             best[key] = max(vals)
-    numeric = {key: key in _PAIRED or any(_numeric(m.get(key)) for m in methods.values())
+    numeric = {key: _pair(key) is not None or any(_numeric(m.get(key))
+                                                  for m in methods.values())
                for key in cols}
 
     grouped = sum(key in _GROUPS for key in cols) >= 2
@@ -548,10 +605,8 @@ def _methods_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
         cells = [f'<td class="method">{_e(name)}{badge}</td>']
         for key in cols:
             value = m.get(key)
-            if key in _PAIRED:
-                text = _paired(value, m.get(_PAIRED[key][0]), _PAIRED[key][1])
-            else:
-                text = _fmt(value)
+            pair = _pair(key)
+            text = _fmt(value) if pair is None else _paired(value, m.get(pair[0]), pair[1])
             if key in best and _finite(value) == best[key] and not ref:
                 main = _fmt_fixed(value, 3)
                 text = (f'<span class="best" title="best of the methods">{main}</span>'
@@ -854,6 +909,12 @@ def _build(result: Mapping[str, Any], generated: datetime | None,
             f"row; ties count half) with 95% intervals{by}; LC = length-controlled (gold)"
             f"{ranking}; KL to SFT is per answer (best-of-n: the analytic bound). The best "
             "value of each main column is in bold blue. “–” = not measured.</p>")
+        samples = {m.get("eval_samples") for m in methods.values()} - {None}
+        if len(samples) == 1:
+            add(f'<p class="note">Verifiable task: accuracy (pass@1), pass@k and maj@k from '
+                f"{_fmt(samples.pop())} sampled answers to each held-out prompt, checked by "
+                "the task's checker, with 95% bootstrap intervals over prompts; the gain over "
+                "SFT is paired by prompt (the same prompts, a paired bootstrap).</p>")
         for note in _judge_notes(methods, result.get("idealized_ranking_accuracy")):
             add(f'<p class="note">{note}</p>')
         for made in (_win_rate_figure(methods), _judges_figure(methods),
@@ -904,8 +965,10 @@ def _build(result: Mapping[str, Any], generated: datetime | None,
     curves = result.get("training_curves")
     if curves:
         made = _training_figure(curves)
-        if made:
+        accuracy = _accuracy_figure(curves)
+        if made or accuracy:
             section("training-curves", "Training curves")
+            fig(accuracy)
             fig(made)
 
     if config:
