@@ -189,3 +189,35 @@ def test_bad_lab_settings_are_bad_input():
     for setting, expected in (("feedback=bogus", "feedback"), ("methods=", "methods")):
         bad = CliRunner().invoke(app, ["lab", "run", "--set", setting, "--json"])
         assert bad.exit_code == 2 and expected in json.loads(bad.stdout)["error"], bad.output
+
+
+@pytest.mark.slow
+def test_cli_verifiable_task_with_online_methods(tmp_path):
+    """`prefkit lab run --task arith` with DAPO, GSPO and REINFORCE++: trained on the checker,
+    each method's held-out accuracy and paired gain over SFT in the JSON, per-iteration accuracy
+    curves, and the report's accuracy figure; an unknown task is bad input (exit 2)."""
+    from pathlib import Path
+
+    algos = ["dapo", "gspo", "reinforce_pp"]
+    args = ["lab", "run", "--task", "arith", "--workdir", str(tmp_path), "--json",
+            "--set", f"methods={','.join(algos)}", "--set", "n_prompts=32", "--set", "n_eval=32",
+            "--set", "rm_steps=3", "--set", "best_of_n=1", "--set", "overopt_length_bias=0",
+            "--set", "rl_iterations=2", "--set", "rl_prompts_per_iteration=8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["config"]["task"] == "arith" and set(out["methods"]) == {"sft", *algos}
+    sft = out["methods"]["sft"]
+    for algo in algos:
+        m = out["methods"][algo]
+        assert 0.0 <= m["accuracy"] <= m["pass@8"] <= 1.0 and m["eval_samples"] == 8
+        assert m["accuracy_gain"] == pytest.approx(m["accuracy"] - sft["accuracy"], abs=2e-4)
+        lo, hi = m["accuracy_gain_ci"]
+        assert lo <= m["accuracy_gain"] <= hi
+        curve = out["training_curves"][algo]
+        assert [c["step"] for c in curve] == [0, 1]
+        assert all(0.0 <= c["accuracy"] <= c["pass@4"] <= 1.0 for c in curve)
+    page = Path(out["report"]).read_text()
+    assert 'id="fig-accuracy"' in page and "accuracy gain vs SFT" in page
+    bad = CliRunner().invoke(app, ["lab", "run", "--task", "bogus", "--json"])
+    assert bad.exit_code == 2 and "LabConfig.task" in json.loads(bad.stdout)["error"]
