@@ -46,7 +46,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StaticCache
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StaticCache,
+    StaticLayer,
+)
 
 __all__ = ["DecodeSettings", "GenerateBackend", "Generation", "GenerationBackend",
            "StaticCacheBackend", "cut_at_eos", "get_backend", "gumbel_noise", "left_pad",
@@ -367,13 +373,14 @@ class StaticCacheBackend:
         new = s.max_new_tokens
         eager = model.config._attn_implementation == "eager"
         masks = _Masks(mask, new, _model_dtype(model) if eager else None)
-        cache = StaticCache(config=model.config, max_cache_len=w + new)
+        cache = _view_cache(model, w + new)
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         # each distinct prompt is read once (a prompt sampled k times is k equal rows): the
         # prefill runs on the distinct rows and its cache rows are copied to their samples
         first, inverse = _distinct_rows(chunk)
         pick = torch.tensor(first, dtype=torch.long, device=device)
-        out = model(input_ids=ids[pick], attention_mask=masks.prefill[pick],
+        _set_view(cache, w)
+        out = model(input_ids=ids[pick], attention_mask=masks.prefill[pick, ..., :w],
                     position_ids=positions[pick], cache=cache, use_cache=True,
                     logits_to_keep=1)
         expand = torch.tensor(inverse, dtype=torch.long, device=device)
@@ -400,13 +407,48 @@ class StaticCacheBackend:
             steps = t + 1
             if t + 1 == new or (s.eos_id is not None and bool(finished.all())):
                 break
-            out = step_fn(input_ids=nxt[:, None], attention_mask=masks.open(t),
+            # the keys a step reads: the prompt and the tokens so far (compiled: rounded up
+            # to a multiple of 32 slots, so a few graphs cover every step)
+            view = w + t + 1
+            if "step" in self._modes:
+                view = min(_bucket(view), w + new)
+            _set_view(cache, view)
+            out = step_fn(input_ids=nxt[:, None], attention_mask=masks.open(t)[..., :view],
                           position_ids=position, cache=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1].float()
             del out
             position = position + 1
         tokens = tokens[:, :steps].cpu()
         return tokens, (logps[:, :steps].cpu() if logps is not None else None)
+
+
+class _ViewLayer(StaticLayer):
+    """A static cache layer whose ``update`` returns the first ``view`` slots of its keys and
+    values (all of them when ``view`` is None): a decode step attends over the slots written
+    so far instead of the whole preallocated cache. The slots left out are ones the mask
+    closes (not yet written), whose softmax weight would be exactly 0."""
+
+    view: int | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        if self.view is None:
+            return keys, values
+        return keys[:, :, :self.view], values[:, :, :self.view]
+
+
+def _view_cache(model: nn.Module, slots: int) -> StaticCache:
+    """A StaticCache of ``slots`` slots per row whose layers are :class:`_ViewLayer` s (every
+    layer attends fully: :func:`static_decode_unsupported`)."""
+    cache = StaticCache(config=model.config, max_cache_len=slots)
+    cache.layers = [_ViewLayer(max_cache_len=slots) for _ in cache.layers]
+    return cache
+
+
+def _set_view(cache: StaticCache, view: int) -> None:
+    for layer in cache.layers:
+        layer.view = view
 
 
 def _bucket(width: int, step: int = 32) -> int:
