@@ -391,3 +391,14 @@ def test_lab_on_a_verifiable_task_trains_on_the_checker(tmp_path, small_base, mo
     assert "accuracy gain vs SFT" in page and "4 sampled answers to each held-out" in page
     lo, hi = g["accuracy_gain_ci"]
     assert f'{g["accuracy_gain"]:.3f} <span class="ci">[{lo:.3f}, {hi:.3f}]</span>' in page
+
+
+def test_lab_config_takes_the_new_online_methods():
+    from prefkit.lab.config import LabConfig, known_methods
+    from prefkit.train.config import ConfigError
+
+    cfg = LabConfig(task="sort_exact", methods=["dapo", "gspo", "reinforce_pp"], eval_samples=4)
+    assert cfg.methods == ["dapo", "gspo", "reinforce_pp"]
+    assert {"dapo", "gspo", "reinforce_pp"} <= set(known_methods())
+    with pytest.raises(ConfigError, match=r"LabConfig\.eval_samples=0: expected an integer"):
+        LabConfig(eval_samples=0)
