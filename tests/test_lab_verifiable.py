@@ -402,3 +402,38 @@ def test_lab_config_takes_the_new_online_methods():
     assert {"dapo", "gspo", "reinforce_pp"} <= set(known_methods())
     with pytest.raises(ConfigError, match=r"LabConfig\.eval_samples=0: expected an integer"):
         LabConfig(eval_samples=0)
+
+
+def test_report_plots_the_accuracy_curves_apart_from_gold_and_proxy(drawn):
+    """A result with a verifiable online curve (gspo) and an offline gold/proxy curve (dpo):
+    the accuracy figure has the panels accuracy, pass@4, maj@4, kl with gspo's values only; the
+    gold/proxy/KL figure has dpo only; the table shows accuracy and gain with their intervals."""
+    import numpy as np
+
+    from prefkit.report.html import lab_report_html
+
+    gspo = [{"step": s, "accuracy": 0.2 + 0.05 * s, "pass@4": 0.5 + 0.1 * s,
+             "maj@4": 0.25 + 0.04 * s, "unparsed": 0.0, "reward": 0.2 + 0.05 * s,
+             "kl": 0.01 * s} for s in range(3)]
+    dpo = [{"step": s, "gold_reward": 0.5 + 0.01 * s, "proxy_reward": 1.0 + s, "kl": 0.1 * s}
+           for s in (0, 20, 40)]
+    result = {"config": {"task": "count"}, "training_curves": {"gspo": gspo, "dpo": dpo},
+              "methods": {"sft": {"accuracy": 0.2, "accuracy_ci": [0.15, 0.25],
+                                  "accuracy_gain": 0.0, "accuracy_gain_ci": [0.0, 0.0],
+                                  "eval_samples": 8},
+                          "gspo": {"accuracy": 0.31, "accuracy_ci": [0.25, 0.37],
+                                   "accuracy_gain": 0.11, "accuracy_gain_ci": [0.07, 0.15],
+                                   "pass@8": 0.7, "pass@8_ci": [0.6, 0.8], "eval_samples": 8}}}
+    page = lab_report_html(result)
+    assert page.index('id="fig-accuracy"') < page.index('id="fig-training"')
+    assert '0.110 <span class="ci">[0.070, 0.150]</span>' in page
+    assert '0.700 <span class="ci">[0.600, 0.800]</span>' in page  # pass@k beside its CI
+    assert "pass@8_ci" not in page.split('id="methods"')[1].split("</table>")[0]
+    titles = [[ax.get_title() for ax in fig.axes] for fig in drawn]
+    acc_fig = drawn[titles.index(["accuracy", "pass@4", "maj@4", "kl"])]
+    for ax, key in zip(acc_fig.axes, ("accuracy", "pass@4", "maj@4", "kl"), strict=True):
+        assert [line.get_label() for line in ax.lines] == ["gspo"]
+        np.testing.assert_allclose(ax.lines[0].get_xydata(), [[p["step"], p[key]]
+                                                              for p in gspo])
+    gold_fig = drawn[titles.index(["gold reward", "proxy reward", "kl"])]
+    assert {line.get_label() for ax in gold_fig.axes for line in ax.lines} == {"dpo"}
