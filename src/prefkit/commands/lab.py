@@ -64,6 +64,9 @@ def run(
         print_json(result)
         return
     stdout.print(methods_table(result, title=f"lab: {cfg.task}"))
+    accuracy = accuracy_table(result)
+    if accuracy is not None:
+        stdout.print(accuracy)
     if result.get("leaderboard"):
         stdout.print(leaderboard_table(result["leaderboard"]))
     if result.get("report"):
@@ -175,6 +178,26 @@ def methods_table(result: dict[str, Any], title: str | None = None):
                       "-" if m["kl_to_sft"] is None else f"{m['kl_to_sft']:.2f}",
                       f"{m['mean_length']:.1f}",
                       _with_ci(m.get("ranking_accuracy"), m.get("ranking_accuracy_ci")))
+    return table
+
+
+def accuracy_table(result: dict[str, Any]):
+    """A verifiable task's held-out accuracy per method (pass@1 of ``eval_samples`` answers
+    per prompt) and its gain over SFT, each with its 95% interval (paired for the gain); None
+    when no method has an accuracy."""
+    from rich.table import Table
+
+    rows = {n: m for n, m in result["methods"].items() if m.get("accuracy") is not None}
+    if not rows:
+        return None
+    k = next(iter(rows.values())).get("eval_samples")
+    table = Table("method", "accuracy (95% CI)", "gain vs SFT (paired 95% CI)",
+                  f"pass@{k}", f"maj@{k}", title="accuracy on held-out prompts (checker)",
+                  caption=f"{k} sampled answers per held-out prompt")
+    for name, m in rows.items():
+        table.add_row(name, _with_ci(m["accuracy"], m.get("accuracy_ci")),
+                      _with_ci(m.get("accuracy_gain"), m.get("accuracy_gain_ci")),
+                      _with_ci(m.get(f"pass@{k}"), None), _with_ci(m.get(f"maj@{k}"), None))
     return table
 
 
