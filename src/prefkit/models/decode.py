@@ -85,7 +85,7 @@ def _uniform(h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     exact conversion (a 32-bit integer plus 0.5 is exact in float64, and the division is by a
     power of two) -- so ANY correct implementation, compiled or not, gives the same bits."""
     bits = _mix(_mix(h[:, None] ^ tokens[None, :]).bitwise_xor_(0x9E3779B9))
-    return bits.double().add_(0.5).div_(2.0**32)
+    return bits.double().add_(0.5).mul_(2.0**-32)  # exact: scaling by a power of two
 
 
 _compiled_uniform: list[Any] = []
@@ -127,7 +127,9 @@ def sampling_scores(scores: torch.Tensor, rows: torch.Tensor, step: int, *, seed
     """The scores whose argmax is the sampled token (module docs): ``scores / T`` in float64,
     top-k, then nucleus top-p masked to ``-inf``, plus the row's Gumbel noise, as float32
     (``compiled``: see :func:`gumbel_noise`)."""
-    scores = scores.double() / temperature
+    scores = scores.double()
+    if temperature != 1.0:  # x / 1 is x: skipping it changes no bit
+        scores = scores / temperature
     if top_k is not None and top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -140,7 +142,7 @@ def sampling_scores(scores: torch.Tensor, rows: torch.Tensor, step: int, *, seed
         scores = scores.masked_fill(drop, float("-inf"))
     noise = gumbel_noise(seed, rows.to(scores.device), step, scores.shape[-1],
                          compiled=compiled)
-    return (scores + noise).float()
+    return noise.add_(scores).float()  # = scores + noise (addition commutes bit for bit)
 
 
 @dataclass(frozen=True)
