@@ -437,3 +437,27 @@ def test_report_plots_the_accuracy_curves_apart_from_gold_and_proxy(drawn):
                                                               for p in gspo])
     gold_fig = drawn[titles.index(["gold reward", "proxy reward", "kl"])]
     assert {line.get_label() for ax in gold_fig.axes for line in ax.lines} == {"dpo"}
+
+
+def test_cli_accuracy_table():
+    from rich.console import Console
+
+    from prefkit.commands.lab import accuracy_table
+
+    assert accuracy_table({"methods": {"sft": {"gold_reward": 0.5}}}) is None  # not verifiable
+    table = accuracy_table({"methods": {
+        "sft": {"accuracy": 0.2, "accuracy_ci": [0.15, 0.25], "accuracy_gain": 0.0,
+                "accuracy_gain_ci": [0.0, 0.0], "pass@8": 0.6, "maj@8": 0.3, "eval_samples": 8},
+        "dapo": {"accuracy": 0.32, "accuracy_ci": [0.26, 0.39], "accuracy_gain": 0.12,
+                 "accuracy_gain_ci": [0.08, 0.16], "pass@8": 0.7, "maj@8": 0.4,
+                 "eval_samples": 8},
+        "best_of_8": {"gold_reward": 0.6}}})
+    console = Console(width=100, record=True)
+    console.print(table)
+    lines = console.export_text().splitlines()
+    dapo = next(i for i, line in enumerate(lines) if "│ dapo " in line)
+    assert [c.strip() for c in lines[dapo].split("│")[1:-1]] == ["dapo", "0.320", "0.120",
+                                                                  "0.700", "0.400"]
+    assert [c.strip() for c in lines[dapo + 1].split("│")[1:-1]] == [
+        "", "(0.260-0.390)", "(0.080-0.160)", "", ""]
+    assert not any("best_of_8" in line for line in lines)
