@@ -346,6 +346,8 @@ def _stage_key(config: LabConfig, task, base_key: str) -> str:
 
     data = {k: v for k, v in asdict(config).items() if k not in ("workdir", "cache_dir",
                                                                  "methods", "genrm")}
+    if config.task not in VERIFIABLE_TASKS:  # only a verifiable task's evaluation uses it
+        data.pop("eval_samples")
     data |= {"task_settings": task.config(), "base_model": base_key, "prefkit": __version__,
              "stage_version": STAGE_VERSION}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
