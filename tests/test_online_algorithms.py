@@ -357,14 +357,25 @@ def _reward_some_groups_equal(prompt: str, completion: str) -> float:
     return float(len(completion.split())) if "3" in prompt.split(":")[-1] else 0.0
 
 
-def test_dapo_dynamic_sampling_keeps_the_batch_size_constant(small, tmp_path):
+def test_dapo_dynamic_sampling_keeps_the_batch_size_constant(small, tmp_path, monkeypatch):
+    """The batch is the first 8 groups with varied rewards in sampling order; the monitor sees
+    the first sampling round (every group, before any is dropped)."""
+    import prefkit.train.online as online
+
     model, tok, _ = small
     ps = prompts(40, seed=4)
     assert 0.2 < sum("3" in p.split(":")[-1] for p in ps) / len(ps) < 0.8
-    seen, calls = [], []
+    seen, calls, monitored = [], [], []
+    log_iteration = online._Online._log_iteration
+
+    def spy_log(self, iteration, batch, *args):
+        seen.append([g.prompt for g in batch])
+        return log_iteration(self, iteration, batch, *args)
+
+    monkeypatch.setattr(online._Online, "_log_iteration", spy_log)
 
     def monitor(ro):
-        seen.append([p for p in ro.prompts])
+        monitored.append([p for p in ro.prompts])
         return {"groups": torch.full((len(ro.prompts), 4), float(len(ro.prompts)))}
 
     class Spy(FunctionReward):
@@ -391,6 +402,12 @@ def test_dapo_dynamic_sampling_keeps_the_batch_size_constant(small, tmp_path):
         assert it["groups"] == 8
         assert it["dynamic_sampling/groups_dropped"] == 8 * rounds - len(varied)
     assert at == len(calls)
+    # the monitor: each iteration's first round, dropped groups included
+    firsts, at = [], 0
+    for it in res.iterations:
+        firsts.append(calls[at][0])
+        at += it["dynamic_sampling/sampling_rounds"]
+    assert monitored == firsts and monitored != seen
     assert moved(policy, model) > 1e-4
     # the attempt cap: one round, a warning, and the dropped groups fill the batch
     seen.clear()

@@ -180,8 +180,8 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
                               tokenizer=tokenizer, monitor=monitor)
     if verifiable:
         keys = ("accuracy", f"pass@{group}", f"maj@{group}", "unparsed")
-        # DAPO's dynamic sampling: the monitor sees the kept groups (mixed right and wrong,
-        # so pass@G is 1 there); how many groups it dropped is recorded beside them
+        # DAPO's dynamic sampling: the monitor sees its first sampling round (every group,
+        # before any is dropped); how many groups it dropped is recorded beside them
         curve = [{"step": it["iteration"], **{k: it[k] for k in keys}, "reward": it["reward"],
                   "kl": it["kl"], **{k: v for k, v in it.items()
                                      if k.startswith("dynamic_sampling/")}}

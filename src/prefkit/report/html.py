@@ -516,9 +516,8 @@ def _accuracy_figure(curves: Any) -> _Fig | None:
                    f"Per training iteration ({shown}): the share of right answers among the "
                    "rollouts, the unbiased pass@G and maj@G (majority vote) of each prompt's G "
                    "samples, mean over that iteration's prompts, and the KL to SFT, one line "
-                   "per online method trained on the task's checker (for DAPO: of the groups "
-                   "its dynamic sampling kept, mixed right and wrong where it found enough, so "
-                   "its rollout accuracy and pass@G read higher than the held-out ones).",
+                   "per online method trained on the task's checker (for DAPO: its first "
+                   "sampling round, before dynamic sampling drops any group).",
                    "fig-accuracy")
 
 

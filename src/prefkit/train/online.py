@@ -667,8 +667,10 @@ class _Online:
         return from_rollout(greedy, [1] * len(prompts))
 
     def _sample_batch(self, iteration: int, counts: Counter
-                      ) -> tuple[list[SampleGroup], dict[str, Any]]:
-        """This process's groups of the iteration's batch. With dynamic sampling
+                      ) -> tuple[list[SampleGroup], dict[str, Any], list[SampleGroup]]:
+        """This process's groups of the iteration's batch, its sampling statistics, and its
+        groups of the first sampling round (every group before any filtering: what the
+        ``monitor`` sees, so that its accuracy is that of the policy). With dynamic sampling
         (``Algorithm.keep_groups``) the groups it drops are replaced by groups of further
         rounds: the batch is the first ``prompts_per_iteration`` kept groups in global sampling
         order (:func:`prefkit.losses.rl.fill_batch`), the same whatever the number of
@@ -679,7 +681,7 @@ class _Online:
         groups = self._sample_round(iteration, 0, policy, counts)
         keep = algo.keep_groups(cfg, [g.adjusted for g in groups])
         if keep is None:
-            return groups, {}
+            return groups, {}, groups
         per, w = cfg.prompts_per_iteration, self.acc.num_processes
         local = per // w
         rounds = [groups]
@@ -709,7 +711,7 @@ class _Online:
             rank, j = divmod(rest, local)
             out.append(everyone[rank][round_ * local + j])
         info = {"sampling_rounds": len(rounds), "groups_dropped": len(flags) - kept}
-        return out, info
+        return out, info, groups
 
     def _gather_flags(self, keep: list[bool]) -> list[bool]:
         """Every process's keep flags of a round, in global order."""
@@ -727,7 +729,7 @@ class _Online:
             if self.acc.is_main_process:
                 keep_records_up_to(self.log_path, "iteration", iteration - 1)
         counts: Counter = Counter()
-        batch, sampling = self._sample_batch(iteration, counts)
+        batch, sampling, first_round = self._sample_batch(iteration, counts)
         algo = self.algorithm
         sizes = [g.size for g in batch]
         raw, adjusted = flat(batch, "raw"), flat(batch, "adjusted")
@@ -762,7 +764,8 @@ class _Online:
             seq_kl = torch.cat([(rl.kl_penalty(o, r, "k1") * m).sum(1)
                                 for o, r, m in zip(old, ref, masks, strict=True)])
             mean_kl = self.global_mean(seq_kl)
-        self._log_iteration(iteration, batch, raw, scores, mean_kl, counts, sampling)
+        self._log_iteration(iteration, batch, raw, scores, mean_kl, counts, sampling,
+                            first_round)
         if mean_kl is not None:
             self._after_kl(iteration, mean_kl)
         data = algorithms.RolloutData(sizes=sizes, scores=scores, baseline=baseline, old=old,
@@ -866,7 +869,8 @@ class _Online:
                 f"{str(ckpts[-1]) if ckpts else 'none'}")
 
     def _log_iteration(self, iteration: int, batch: list[SampleGroup], raw, scores,
-                       mean_kl: float | None, counts: Counter, sampling: dict[str, Any]) -> None:
+                       mean_kl: float | None, counts: Counter, sampling: dict[str, Any],
+                       monitored: list[SampleGroup]) -> None:
         def glob(x: torch.Tensor) -> float:
             return self.global_mean(x.float())
         truncated = flat(batch, "truncated")
@@ -893,7 +897,7 @@ class _Online:
                           for k, v in sorted(self._global_counts(counts).items())})
         if self.monitor is not None:
             stats.update({k: round(glob(_flat_values(v)), 6)
-                          for k, v in self.monitor(as_rollout(batch)).items()})
+                          for k, v in self.monitor(as_rollout(monitored)).items()})
         self.iterations.append(stats)
         # without an "old" pass the KL comes from the update: the line is written then
         self._pending_kl = mean_kl is None and self.needs_reference and not self.needs_old
@@ -1052,7 +1056,9 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
     starting policy).
     ``shaping``: a :class:`prefkit.rewards.sources.RewardShaping` (default from the config).
     ``monitor(rollout) -> {name: [P, G] values}``: extra per-iteration statistics of the samples
-    (e.g. a held-back gold reward), averaged into :attr:`OnlineResult.iterations`.
+    (e.g. a held-back gold reward), averaged into :attr:`OnlineResult.iterations`; with dynamic
+    sampling (DAPO) it sees the first sampling round before any group is dropped, so its
+    statistics are those of the policy, not of the kept groups.
     """
     from ..rewards.sources import RewardShaping
 
