@@ -346,7 +346,7 @@ class StaticCacheBackend:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 for start, chunk in _chunks(prompt_ids, settings.batch_size):
                     rows = torch.arange(len(chunk), dtype=torch.long) + (row_offset + start)
                     tokens, logps = self._chunk(model, chunk, rows, settings, seed, logprobs)
