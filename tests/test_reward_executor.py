@@ -240,19 +240,30 @@ PARENT = textwrap.dedent("""
     ex = executor.RewardExecutor(2, 600.0, timeout_value=-1.0, error_value=-2.0)
     handle = ex.submit(_reward_fns.spawn_and_hang, [(sys.argv[2],)])
     print(*ex.worker_pids(), flush=True)
+    if sys.argv[3] == "dispatcher":  # Ctrl-C as the kernel may deliver it: to another thread
+        import os, signal, threading
+        def interrupt():
+            while not os.path.exists(sys.argv[2]):
+                time.sleep(0.02)
+            signal.pthread_kill(ex._thread.ident, signal.SIGINT)
+        threading.Thread(target=interrupt, daemon=True).start()
     handle.result()
 """)
 
 
-@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGINT to the dispatcher thread", "SIGKILL"])
 def test_an_interrupted_parent_leaves_no_worker(tmp_path, how):
-    """Ctrl-C: the parent's atexit hook kills the workers and what they started. SIGKILL (no
-    clean-up runs): the kernel kills the workers (PR_SET_PDEATHSIG)."""
+    """Ctrl-C: the parent's atexit hook kills the workers and what they started -- also when the
+    signal lands on the executor's dispatcher thread instead of the main thread (the waiting
+    ``result()`` still raises KeyboardInterrupt). SIGKILL (no clean-up runs): the kernel kills
+    the workers (PR_SET_PDEATHSIG)."""
     pid_file = tmp_path / "pids"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
                                                         *sys.path])}
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(EXECUTOR_FILE), str(pid_file)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    target = "dispatcher" if "dispatcher" in how else "main"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(EXECUTOR_FILE), str(pid_file),
+                               target], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
     workers = [int(p) for p in parent.stdout.readline().split()]
     assert len(workers) == 2
     deadline = time.monotonic() + 60
@@ -260,8 +271,9 @@ def test_an_interrupted_parent_leaves_no_worker(tmp_path, how):
         time.sleep(0.02)
     worker, grandchild = map(int, pid_file.read_text().split())
     assert worker in workers and all(alive(p) for p in workers)
-    parent.send_signal(getattr(signal, how))
-    if how == "SIGINT":
+    if target == "main":
+        parent.send_signal(getattr(signal, how))
+    if how.startswith("SIGINT"):
         _, err = parent.communicate(timeout=60)
         assert "KeyboardInterrupt" in err
         assert gone([*workers, grandchild])

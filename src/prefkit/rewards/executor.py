@@ -240,6 +240,10 @@ class _Worker:
         return f"exit code {code}"
 
 
+_WAIT_SLICE = 0.2
+"""Longest single wait of :meth:`RewardHandle.result` (seconds)."""
+
+
 class RewardHandle:
     """A submitted batch: :meth:`result` waits for every call and returns the results in
     submission order; :meth:`done` tells without waiting."""
@@ -257,9 +261,16 @@ class RewardHandle:
         return self._event.is_set()
 
     def result(self, timeout: float | None = None) -> list[RewardResult]:
-        """The results, in order (blocks; ``timeout``: seconds to wait, then TimeoutError)."""
-        if not self._event.wait(timeout):
-            raise TimeoutError(f"reward batch not finished after {timeout} s")
+        """The results, in order (blocks; ``timeout``: seconds to wait, then TimeoutError).
+        Waits in slices of at most :data:`_WAIT_SLICE` seconds: a Ctrl-C that the kernel
+        delivers to another thread (the dispatcher) is then still raised here at once (one long
+        lock wait would sleep through it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._event.is_set():
+            left = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"reward batch not finished after {timeout} s")
+            self._event.wait(min(left, _WAIT_SLICE))
         if self._error is not None:
             raise RuntimeError(self._error)
         out = list(self._results)
