@@ -120,6 +120,12 @@ def test_demo_runs_and_reports(tmp_path):
     for method in ("dpo", "grpo", "ppo", "rloo", "best_of_8"):
         assert lab[method]["win_rate_ci"][0] > 0.5, (method, lab[method])
     assert (tmp_path / "lab" / "report.html").stat().st_size > 10_000
+    # step 11: DAPO on the sort_exact checker raises held-out accuracy over SFT (paired 95% CI)
+    rlvr = summary["rlvr"]
+    assert set(rlvr) == {"sft", "dapo"}
+    assert rlvr["dapo"]["accuracy_gain_ci"][0] > 0, rlvr
+    assert rlvr["dapo"]["accuracy"] == pytest.approx(
+        rlvr["sft"]["accuracy"] + rlvr["dapo"]["accuracy_gain"], abs=2e-4)
 
 
 def test_data_commands_do_not_load_torch():

@@ -1,6 +1,7 @@
 """Ctrl-C during `make demo` (`prefkit demo`): the message names the step that stopped (and the
-lab stage, in step 10) and says that a rerun with the same --workdir resumes the lab from its
-cached stages; exit 130. The slow steps are replaced by stubs (the data-layer steps run)."""
+lab stage, in steps 10 and 11) and says that a rerun with the same --workdir resumes the lab
+from its cached stages; exit 130. The slow steps are replaced by stubs (the data-layer steps
+run)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def test_ctrl_c_in_the_lab_step_names_the_stage_and_how_to_resume(tmp_path, quic
     res = CliRunner().invoke(app, ["demo", "--workdir", str(work)])
     assert res.exit_code == 130, res.output
     message = " ".join(res.stderr.split())
-    assert (f"demo interrupted in step 10 of 10 (the loop: prefkit lab run), during method 2/2 "
+    assert (f"demo interrupted in step 10 of 11 (the loop: prefkit lab run), during method 2/2 "
             f"grpo; the lab's finished stages (SFT base model, method 1/2 dpo) are cached in "
             f"{work}/lab/stages/0123: run prefkit demo --workdir {work} again to resume the lab "
             "from them") in message
@@ -61,9 +62,9 @@ def test_ctrl_c_before_the_lab_and_in_a_temporary_folder(tmp_path, quick_tour):
     res = CliRunner().invoke(app, ["demo", "--workdir", str(work)])
     assert res.exit_code == 130, res.output
     message = " ".join(res.stderr.split())
-    assert ("demo interrupted in step 8 of 10 (direct alignment of a tiny Llama); run prefkit "
-            f"demo --workdir {work} again to continue (steps 1-9 run again; the lab of step 10 "
-            "resumes from its cached stages once they exist)") in message
+    assert ("demo interrupted in step 8 of 11 (direct alignment of a tiny Llama); run prefkit "
+            f"demo --workdir {work} again to continue (steps 1-9 run again; the labs of steps "
+            "10-11 resume from their cached stages once they exist)") in message
     # without --workdir the files live in a temporary folder that is deleted: nothing to resume
     quick_tour["at"] = "lab"
     res = CliRunner().invoke(app, ["demo"])
@@ -73,3 +74,16 @@ def test_ctrl_c_before_the_lab_and_in_a_temporary_folder(tmp_path, quick_tour):
     assert ("this demo ran in a temporary folder, now deleted: run prefkit demo --workdir DIR "
             "(as make demo does) so that a rerun resumes the lab from its cached stages"
             ) in message
+
+
+def test_ctrl_c_in_the_verifiable_reward_step(tmp_path, quick_tour, monkeypatch):
+    """Step 11 (DAPO on a checkable task) runs its own lab in ``lab-rlvr``: the message names
+    it and where its finished stages are."""
+    monkeypatch.setattr(demo, "_lab_tour", lambda console, work, keep=True, position=None: {})
+    work = tmp_path / "demo-out"
+    res = CliRunner().invoke(app, ["demo", "--workdir", str(work)])
+    assert res.exit_code == 130, res.output
+    message = " ".join(res.stderr.split())
+    assert ("demo interrupted in step 11 of 11 (RL with a verifiable reward (DAPO)), during "
+            "method 2/2 grpo; the lab's finished stages (SFT base model, method 1/2 dpo) are "
+            f"cached in {work}/lab-rlvr/stages/0123") in message

@@ -49,8 +49,8 @@ def test_accuracy_gain_over_sft_with_a_95_ci_above_zero(run, algo):
 @pytest.mark.parametrize("algo", ALGOS)
 def test_accuracy_curve_rises_over_iterations(run, algo):
     """The per-iteration accuracy of the rollouts (the reward the policy is trained on) is
-    higher over the last quarter of training than over the first (for DAPO: of the groups its
-    dynamic sampling kept)."""
+    higher over the last quarter of training than over the first (for DAPO: of its first
+    sampling round, before dynamic sampling drops any group)."""
     curve = run["training_curves"][algo]
     assert [p["step"] for p in curve] == list(range(SETTINGS["rl_iterations"]))
     q = len(curve) // 4

@@ -1,12 +1,13 @@
-"""`make demo` / `prefkit demo`: a tour of prefkit on the bundled example files.
+"""`make demo` / `prefkit demo`: a tour of prefkit on the bundled example files and the lab.
 
-Today it tours the data layer (load every format, validate, summarize, convert, keep feedback
-in the store); later releases extend the same command into the whole loop.
+Steps 1-9 tour the data layer, the feedback store, a labelling campaign, an arena leaderboard,
+direct alignment and a reward model; step 10 runs the whole loop in the lab and step 11 RL with
+a verifiable reward (DAPO on a checkable task).
 
 Ctrl-C stops the tour with :class:`DemoInterrupted` (a ``KeyboardInterrupt``, so the CLI exits
-130) whose message names the step that stopped -- in step 10 the lab stage too -- and says how
-to resume: the lab (step 10) caches every finished stage under ``--workdir``, so the same
-command continues from them; steps 1-8 are quick and run again.
+130) whose message names the step that stopped -- in steps 10 and 11 the lab stage too -- and
+says how to resume: each lab caches every finished stage under ``--workdir``, so the same
+command continues from them; steps 1-9 are quick and run again.
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ STEPS = (
     "conversions", "the feedback store", "a labelling campaign (prefkit serve)",
     "an arena leaderboard",
     "direct alignment of a tiny Llama", "a reward model from simulated annotators",
-    "the loop: prefkit lab run",
+    "the loop: prefkit lab run", "RL with a verifiable reward (DAPO)",
 )
 """The tour's steps, in order (their numbers are the ones the tour prints)."""
+
+LAB_FOLDERS = {10: "lab", 11: "lab-rlvr"}
+"""The steps that run a lab, and its folder under ``--workdir`` (its stages are cached there)."""
+FIRST_LAB_STEP = min(LAB_FOLDERS)
 
 
 class DemoInterrupted(KeyboardInterrupt):
@@ -58,13 +63,14 @@ def interrupted_message(position: _Position, workdir: str | None) -> str:
                 "--workdir DIR (as make demo does) so that a rerun resumes the lab from its "
                 "cached stages")
     again = shlex.join(["prefkit", "demo", "--workdir", str(workdir)])
+    quick = f"steps 1-{FIRST_LAB_STEP - 1} run again"
     if lab is not None and lab.finished:
-        cached = lab.stage_dir or str(Path(workdir) / "lab" / "stages")
+        cached = lab.stage_dir or str(Path(workdir) / LAB_FOLDERS[step] / "stages")
         return (f"{where}; the lab's finished stages ({', '.join(lab.finished)}) are cached in "
-                f"{cached}: run {again} again to resume the lab from them (steps "
-                f"1-{len(STEPS) - 1} run again; the interrupted stage starts over)")
-    return (f"{where}; run {again} again to continue (steps 1-{len(STEPS) - 1} run again; the "
-            f"lab of step {len(STEPS)} resumes from its cached stages once they exist)")
+                f"{cached}: run {again} again to resume the lab from them ({quick}; the "
+                "interrupted stage starts over)")
+    return (f"{where}; run {again} again to continue ({quick}; the labs of steps "
+            f"{FIRST_LAB_STEP}-{len(STEPS)} resume from their cached stages once they exist)")
 
 
 def run_tour(workdir: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -192,6 +198,9 @@ def _tour(workdir: str | Path | None, quiet: bool, position: _Position) -> dict[
     summary["reward_model"] = _reward_model_tour(console, work)
     position.step = 10
     summary["lab"] = _lab_tour(console, work, keep=tmp is None, position=position)
+    position.step = 11
+    position.lab = None
+    summary["rlvr"] = _rlvr_tour(console, work, position=position)
     console.rule("done - next: `prefkit data validate YOUR_FILE`, see README")
     if tmp is not None:
         tmp.cleanup()
@@ -413,6 +422,44 @@ def _reward_model_tour(console: Console, work: Path) -> dict[str, Any]:
             "ece": report["calibration"]["ece"]}
 
 
+RLVR_LAB = dict(task="sort_exact", methods=["dapo"], n_prompts=512, k=2, n_eval=128,
+                rm_steps=10, best_of_n=1, overopt_length_bias=0.0, curve_every=0,
+                rl_iterations=40, rl_prompts_per_iteration=32, rl_generations=4,
+                rl_learning_rate=3e-4, eval_samples=8, seed=0)
+"""Step 11's lab: DAPO on ``sort_exact``'s checker (tests/test_rlvr_gains.py, ~30 s)."""
+
+
+def _rlvr_tour(console: Console, work: Path, position: _Position | None = None
+               ) -> dict[str, Any]:
+    """Step 11: DAPO trained on a verifiable task's checker (right only when the whole list
+    is sorted), its held-out accuracy against the SFT policy's with the paired 95% interval
+    of the gain (its lab caches its stages too)."""
+    import contextlib
+    import io
+
+    from .commands.lab import accuracy_table
+    from .lab.pipeline import run_lab
+    from .lab.progress import LabProgress, to_stream
+
+    console.print("\n11. RL with a verifiable reward (`prefkit lab run --task sort_exact --set "
+                  "methods=dapo`): the answer is checked, not judged -- DAPO (decoupled "
+                  "clipping, dynamic sampling, token-level loss) trains on the checker for 40 "
+                  "iterations; 8 answers to each of 128 held-out prompts are checked:")
+    progress = LabProgress(to_stream())
+    if position is not None:
+        position.lab = progress
+    with contextlib.redirect_stderr(io.StringIO()):
+        result = run_lab(workdir=str(work / LAB_FOLDERS[11]), progress=progress,
+                         **RLVR_LAB)
+    console.print(accuracy_table(result))
+    dapo = result["methods"]["dapo"]
+    console.print(f"  accuracy {result['methods']['sft']['accuracy']:.3f} -> "
+                  f"{dapo['accuracy']:.3f}; `--reward verifiable:math|code|rg:TASK` does the "
+                  "same on your prompts (README: RL with verifiable rewards)")
+    return {name: {k: m.get(k) for k in ("accuracy", "accuracy_gain", "accuracy_gain_ci")}
+            for name, m in result["methods"].items() if m.get("accuracy") is not None}
+
+
 def _lab_tour(console: Console, work: Path, keep: bool = True,
               position: _Position | None = None) -> dict[str, Any]:
     """Step 10: the loop on the lab's sort task, judged by the known gold reward (its
@@ -436,7 +483,7 @@ def _lab_tour(console: Console, work: Path, keep: bool = True,
     if position is not None:
         position.lab = progress
     with contextlib.redirect_stderr(io.StringIO()):
-        result = run_lab(workdir=str(work / "lab"), progress=progress)
+        result = run_lab(workdir=str(work / LAB_FOLDERS[10]), progress=progress)
     console.print(methods_table(result))
     console.print(leaderboard_table(result["leaderboard"]))
     over = result["overoptimization"]
@@ -446,7 +493,7 @@ def _lab_tour(console: Console, work: Path, keep: bool = True,
                   f"and falls; {result['reward_model']['heldout']['accuracy']:.2f} held-out "
                   f"accuracy for the proxy reward model")
     if keep:
-        report = write_lab_report(result, work / "lab" / "report.html")
+        report = write_lab_report(result, work / LAB_FOLDERS[10] / "report.html")
         console.print(f"  the full report (tables and figures): {report}")
     else:
         console.print("  (run `prefkit demo --workdir DIR` to keep the files and an HTML report)")
