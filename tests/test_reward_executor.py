@@ -261,9 +261,13 @@ def test_an_interrupted_parent_leaves_no_worker(tmp_path, how):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
                                                         *sys.path])}
     target = "dispatcher" if "dispatcher" in how else "main"
+    # a shell running the tests in the background starts them with SIGINT ignored and a child
+    # inherits that (Python then never raises KeyboardInterrupt): a terminal's Ctrl-C needs the
+    # default disposition
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(EXECUTOR_FILE), str(pid_file),
                                target], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env)
+                              text=True, env=env,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     workers = [int(p) for p in parent.stdout.readline().split()]
     assert len(workers) == 2
     deadline = time.monotonic() + 60
