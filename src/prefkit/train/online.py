@@ -75,7 +75,6 @@ from .algorithms.samples import (
     as_rollout,
     flat,
     from_rollout,
-    score_groups,
 )
 from .checkpoint import list_checkpoints
 from .config import (
@@ -603,38 +602,34 @@ class _Online:
         def check(raw: torch.Tensor, part: Rollout) -> None:
             self._check_rewards(raw, part, iteration)
 
-        ggroups = gpending = None
-        if not self._overlapping():  # the round at once, then its rewards
-            ro = collect_rollout(self.backend, policy, self.tokenizer, prompts, n=n, seed=seed,
-                                 row_offset=offset)
-            groups = from_rollout(ro, sizes)
-            raw = score_groups(groups, self.reward, check, counts)
-        else:
-            pending = PendingScores(self.reward)
-            groups = self._generate_submitting(pending, policy, prompts, sizes, n, seed, offset)
-            if algo.greedy_baseline:  # generated (and submitted) while the samples score
-                ggroups = self._greedy_groups(policy, prompts, seed)
-                gpending = PendingScores(self.reward)
-                gpending.submit(ggroups)
-            raw = pending.gather(check, counts)
-            self._reward_wait = (self._reward_wait or 0.0) + pending.wait_seconds
+        # with a reward that computes in the background, chunk by chunk: each chunk scores
+        # while the next one (and the greedy baseline) generates; else the round at once
+        overlap = self._overlapping()
+        chunks = (generation_chunks(len(prompts), n, cfg.sampling_batch_size) if overlap
+                  else [(0, len(prompts))])
+        pending = PendingScores(self.reward)
+        groups = self._generate_submitting(pending, policy, prompts, sizes, n, seed, offset,
+                                           chunks)
+        if algo.greedy_baseline:  # one greedy answer per prompt, scored and adjusted alike
+            ggroups = self._greedy_groups(policy, prompts, seed)
+            gpending = PendingScores(self.reward)
+            gpending.submit(ggroups)
+        raw = pending.gather(check, counts)
         adjusted = algo.adjust_rewards(cfg, raw, flat(groups, "lengths"),
                                        flat(groups, "truncated"))
         sizes = [g.size for g in groups]
         for g, a, b in zip(groups, torch.split(raw, sizes), torch.split(adjusted, sizes),
                            strict=True):
             g.raw, g.adjusted = a, b
-        if algo.greedy_baseline:  # one greedy answer per prompt, scored and adjusted alike
-            if gpending is None:
-                ggroups = self._greedy_groups(policy, prompts, seed)
-                graw = score_groups(ggroups, self.reward, check, counts)
-            else:
-                graw = gpending.gather(check, counts)
-                self._reward_wait = (self._reward_wait or 0.0) + gpending.wait_seconds
+        if algo.greedy_baseline:
+            graw = gpending.gather(check, counts)
+            pending.wait_seconds += gpending.wait_seconds
             glen = flat(ggroups, "lengths")
             gadj = algo.adjust_rewards(cfg, graw, glen, flat(ggroups, "truncated"))
             for g, a, b, ln in zip(groups, graw, gadj, glen, strict=True):
                 g.greedy_raw, g.greedy_adjusted, g.greedy_length = a, b, ln
+        if overlap:  # logged as reward_wait_seconds
+            self._reward_wait = (self._reward_wait or 0.0) + pending.wait_seconds
         return groups
 
     def _overlapping(self) -> bool:
@@ -644,15 +639,16 @@ class _Online:
         return bool(self.cfg.reward_overlap) and callable(getattr(self.reward, "submit", None))
 
     def _generate_submitting(self, pending: PendingScores, policy: Any, prompts: list[Any],
-                             sizes: list[int], n: int, seed: int, offset: int
-                             ) -> list[SampleGroup]:
-        """Generate the prompts chunk by chunk (:func:`generation_chunks`), handing each
-        chunk's groups to ``pending`` (the reward workers start on them) before the next chunk
-        generates. Prompt ``i``'s rows are ``offset + i * n + j`` whichever chunk it is in, and
-        a sample is a pure function of (seed, global row), so the groups equal those of one
+                             sizes: list[int], n: int, seed: int, offset: int,
+                             chunks: list[tuple[int, int]]) -> list[SampleGroup]:
+        """Generate the prompts chunk by chunk (``(start, stop)`` prompt ranges, e.g.
+        :func:`generation_chunks`), handing each chunk's groups to ``pending`` (a background
+        reward starts on them) before the next chunk generates. Prompt ``i``'s rows are
+        ``offset + i * n + j`` whichever chunk it is in, and a sample is a pure function of
+        (seed, global row), so the groups equal those of one
         :func:`~prefkit.train.rollout.collect_rollout` call for the whole shard."""
         groups: list[SampleGroup] = []
-        for start, stop in generation_chunks(len(prompts), n, self.cfg.sampling_batch_size):
+        for start, stop in chunks:
             ro = collect_rollout(self.backend, policy, self.tokenizer, prompts[start:stop], n=n,
                                  seed=seed, row_offset=offset + start * n)
             chunk = from_rollout(ro, sizes[start:stop])

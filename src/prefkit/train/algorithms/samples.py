@@ -68,31 +68,26 @@ def score_groups(groups: Sequence[SampleGroup], reward: Callable,
     """Score every group with ``reward(prompts, completions, prompt_ids, completion_ids) ->
     [P, k]``: one call per group size (one call when all groups have the same size); each
     call's ``[P, k]`` result is passed to ``check`` with its rows as a rollout, and a source's
-    ``status_counts()`` (when it has one) is added to ``counts``. Returns the flat rewards."""
-    out: list[torch.Tensor | None] = [None] * len(groups)
-    for idx in _size_classes(groups):
-        ro = as_rollout([groups[i] for i in idx])
-        raw = reward(ro.prompts, ro.completions, ro.prompt_ids, ro.completion_ids).float()
-        _add_counts(counts, reward)
-        check(raw, ro)
-        for i, row in zip(idx, raw, strict=True):
-            out[i] = row
-    return torch.cat(out) if out else torch.zeros(0)  # type: ignore[arg-type]
+    ``status_counts()`` (when it has one) is added to ``counts``. Returns the flat rewards
+    (:class:`PendingScores` with every group submitted at once)."""
+    pending = PendingScores(reward)
+    pending.submit(groups)
+    return pending.gather(check, counts)
 
 
 class PendingScores:
-    """Rewards being computed while the loop goes on: groups are added chunk by chunk
-    (:meth:`submit`, one ``reward.submit(prompts, completions, prompt_ids, completion_ids)``
-    per group size of the chunk -- an asynchronous source such as
-    :class:`~prefkit.rewards.sources.ExecutedReward`, whose handle's ``result()`` is the
-    ``[P, k]`` rewards), and :meth:`gather` waits for them.
+    """Rewards of groups added chunk by chunk (:meth:`submit`: one call per group size of the
+    chunk), collected by :meth:`gather`. A source that computes in the background (it has
+    ``submit(prompts, completions, prompt_ids, completion_ids)`` returning a handle whose
+    ``result()`` is the ``[P, k]`` rewards, as
+    :class:`~prefkit.rewards.sources.ExecutedReward`) goes on scoring while the caller does
+    other work (generates the next chunk); any other source is called at once.
 
-    :meth:`gather` ends exactly as :func:`score_groups` on all the groups at once: the handles'
-    rows are put back in group order, then ``check`` sees one ``[P, k]`` tensor per group size
-    (sizes in order of first appearance, rows in group order) -- the very calls
-    :func:`score_groups` makes -- and ``counts`` gets the source's ``status_counts()`` after
-    each handle (the counts of that handle), so it holds their sum. A per-sample reward's value
-    does not depend on which call scored it, so the rewards equal :func:`score_groups`'s."""
+    :meth:`gather` ends exactly as scoring all the groups at once: the calls' rows are put back
+    in group order, then ``check`` sees one ``[P, k]`` tensor per group size (sizes in order of
+    first appearance, rows in group order), and ``counts`` gets the source's ``status_counts()``
+    of each call, so it holds their sum. A per-sample reward's value does not depend on which
+    call scored it, so the rewards do not depend on the chunks."""
 
     def __init__(self, reward: Any) -> None:
         self.reward = reward
@@ -104,22 +99,24 @@ class PendingScores:
         """Start scoring ``chunk``'s groups (they follow the groups submitted before)."""
         base = len(self.groups)
         self.groups.extend(chunk)
+        background = callable(getattr(self.reward, "submit", None))
         for idx in _size_classes(chunk):
             ro = as_rollout([chunk[i] for i in idx])
-            handle = self.reward.submit(ro.prompts, ro.completions, ro.prompt_ids,
-                                        ro.completion_ids)
-            self.calls.append(([base + i for i in idx], handle))
+            args = (ro.prompts, ro.completions, ro.prompt_ids, ro.completion_ids)
+            call = self.reward.submit(*args) if background else _Scored(self.reward, args)
+            self.calls.append(([base + i for i in idx], call))
 
     def gather(self, check: Callable[[torch.Tensor, Rollout], None],
                counts: Counter | None = None) -> torch.Tensor:
         """Wait for every submitted call (in submission order; the seconds spent waiting are
-        added to :attr:`wait_seconds`), check and count as :func:`score_groups` does; returns
-        the flat rewards of every submitted group, in group order."""
+        added to :attr:`wait_seconds`), check and count (class docs); returns the flat rewards
+        of every submitted group, in group order."""
         rows: list[torch.Tensor | None] = [None] * len(self.groups)
         start = time.perf_counter()
-        for idx, handle in self.calls:
-            raw = handle.result().float()
-            _add_counts(counts, self.reward)
+        for idx, call in self.calls:
+            raw = call.result().float()
+            # a background handle's result() leaves its counts on the source
+            _add_counts(counts, call if isinstance(call, _Scored) else self.reward)
             for i, row in zip(idx, raw, strict=True):
                 rows[i] = row
         self.wait_seconds += time.perf_counter() - start
@@ -128,6 +125,21 @@ class PendingScores:
             check(torch.stack([rows[i] for i in idx]),  # type: ignore[misc]
                   as_rollout([self.groups[i] for i in idx]))
         return torch.cat(rows) if rows else torch.zeros(0)  # type: ignore[arg-type]
+
+
+class _Scored:
+    """A call of a source without ``submit``, made at once: its rewards and the source's
+    ``status_counts()`` right after it (the next call replaces them on the source)."""
+
+    def __init__(self, reward: Any, args: tuple) -> None:
+        self._raw = reward(*args)
+        self._counts = reward.status_counts() if hasattr(reward, "status_counts") else None
+
+    def result(self) -> torch.Tensor:
+        return self._raw
+
+    def status_counts(self) -> dict:
+        return self._counts or {}
 
 
 def _size_classes(groups: Sequence[SampleGroup]) -> list[list[int]]:
