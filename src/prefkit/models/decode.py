@@ -279,7 +279,8 @@ def static_decode_unsupported(model: Any) -> str | None:
 
 class _Masks:
     """The attention masks of one chunk over ``L = W + N`` cache slots (``W`` prompt columns,
-    left-padded, then ``N`` generated): key ``k`` is visible from slot ``q`` iff it is a real
+    left-padded, then ``N`` generated; the prefill's ``[B, 1, W, W]`` over the prompt slots,
+    a step's ``[B, 1, 1, L]``): key ``k`` is visible from slot ``q`` iff it is a real
     prompt token or a generated slot, and ``k <= q``. A pad query row sees only itself (its
     output is never read, and this keeps it finite: a fully masked row could be NaN and a NaN
     key times weight 0 is still NaN). For sdpa a bool mask (True = attend), for eager an
@@ -287,16 +288,17 @@ class _Masks:
 
     def __init__(self, mask: torch.Tensor, new: int, additive_dtype: torch.dtype | None) -> None:
         b, w = mask.shape
-        slots = w + new
         device = mask.device
-        keys = torch.cat([mask.bool(), torch.zeros(b, new, dtype=torch.bool, device=device)], 1)
+        real = mask.bool()
         q = torch.arange(w, device=device)[:, None]
-        k = torch.arange(slots, device=device)[None, :]
-        prefill = (keys[:, None, :] & (k <= q)[None]) | (k == q)[None]
+        k = torch.arange(w, device=device)[None, :]
+        # the prefill reads the W prompt slots only (the cache view of the prefill)
+        prefill = (real[:, None, :] & (k <= q)[None]) | (k == q)[None]
+        keys = torch.cat([real, torch.zeros(b, new, dtype=torch.bool, device=device)], 1)
         self.width = w
         self.dtype = additive_dtype
         self.prefill = self._form(prefill[:, None])
-        self.live = self._form(keys[:, None, None, :].clone())
+        self.live = self._form(keys[:, None, None, :])
 
     def _form(self, allowed: torch.Tensor) -> torch.Tensor:
         if self.dtype is None:
@@ -382,7 +384,7 @@ class StaticCacheBackend:
         first, inverse = _distinct_rows(chunk)
         pick = torch.tensor(first, dtype=torch.long, device=device)
         _set_view(cache, w)
-        out = model(input_ids=ids[pick], attention_mask=masks.prefill[pick, ..., :w],
+        out = model(input_ids=ids[pick], attention_mask=masks.prefill[pick],
                     position_ids=positions[pick], cache=cache, use_cache=True,
                     logits_to_keep=1)
         expand = torch.tensor(inverse, dtype=torch.long, device=device)
