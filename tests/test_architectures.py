@@ -251,3 +251,42 @@ def test_gemma2_has_no_sdpa_and_gets_eager(caplog):
         model = _model("gemma2")
     assert model.config._attn_implementation == "eager"
     assert "no sdpa attention" in caplog.text
+
+
+#: the families the static decode loop runs with prompt-shared attention (the others have
+#: sliding-window layers in these configs and decode through generate)
+SHARED_DECODE = {"llama", "qwen3", "olmo2", "gpt_neox"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decode_loop_equals_one_row_recomputed(arch):
+    """The default decode loop's tokens and log-probs for 3 prompts x 2 samples (mixed widths,
+    temperature 1) equal the sampling rule on ONE unpadded row with the whole sequence
+    recomputed at every step, and the families with full attention run their decode steps
+    with prefix_attention's shared-prefix attention."""
+    from prefkit.models.decode import DecodeSettings, StaticCacheBackend, sampling_scores
+    from prefkit.models.prefix_attention import ATTENTION_NAME
+
+    model = _model(arch)
+    prompts = [g.prompt_ids for g in _groups() for _ in range(2)]
+    s = DecodeSettings(max_new_tokens=6, eos_id=None, pad_id=0)
+    impls = []
+    handle = model.register_forward_pre_hook(
+        lambda m, a, kw: impls.append(m.config._attn_implementation), with_kwargs=True)
+    try:
+        gen = StaticCacheBackend().generate(model, prompts, s, seed=3, logprobs=True)
+    finally:
+        handle.remove()
+    assert (ATTENTION_NAME in impls) == (arch in SHARED_DECODE)
+    with torch.no_grad():
+        for row, (prompt, ids, lps) in enumerate(zip(prompts, gen.ids, gen.logprobs,
+                                                     strict=True)):
+            seq, want_lps = list(prompt), []
+            for t in range(s.max_new_tokens):
+                logits = model(input_ids=torch.tensor([seq])).logits[0, -1:].float()
+                nxt = int(sampling_scores(logits, torch.tensor([row]), t, seed=3,
+                                          temperature=1.0).argmax())
+                want_lps.append(float(torch.log_softmax(logits[0], -1)[nxt]))
+                seq.append(nxt)
+            assert ids == seq[len(prompt):], (arch, row)
+            assert lps == pytest.approx(want_lps, abs=1e-5), (arch, row)

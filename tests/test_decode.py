@@ -24,6 +24,12 @@ from prefkit.models.decode import (
 )
 from prefkit.models.generate import encode_prompt, sample
 from prefkit.models.load import LoraSettings, apply_lora, tiny_llama_config
+from prefkit.models.prefix_attention import (
+    ATTENTION_NAME,
+    SharedPrefixCache,
+    equal_groups,
+    shared_prefix_attention,
+)
 from prefkit.models.tokenizer import word_level_tokenizer
 from prefkit.models.vllm_backend import row_seed, vllm_unavailable
 from prefkit.train.rollout import SamplingSettings, TransformersBackend, collect_rollout
@@ -151,6 +157,10 @@ def test_eos_length_and_min_new_tokens(world):
     assert all(len(r) == 10 and eos not in r for r in full)
     no_eos = StaticCacheBackend().generate(model, rows, _settings(tok, eos_id=None), seed=0).ids
     assert all(len(r) == 10 for r in no_eos)  # without an EOS id no row finishes early
+    assert any(eos in r for r in no_eos)  # ... although some sampled the model's EOS
+    # generate too (left alone it would stop at the model's own EOS)
+    assert GenerateBackend().generate(model, rows, _settings(tok, eos_id=None), seed=0).ids \
+        == no_eos
 
 
 def test_padding_rows_and_finished_rows_do_not_change_a_row(world):
@@ -166,35 +176,118 @@ def test_padding_rows_and_finished_rows_do_not_change_a_row(world):
     assert len(widths) > 1  # the batch really was padded
 
 
-def test_one_token_per_forward_over_a_static_cache(world, monkeypatch):
-    """One prefill forward over the DISTINCT prompts (rows[:6] is 2 prompts x 3 samples), then
-    one forward of ONE token per row per step, every one on the same StaticCache sized prompt
-    width + max_new_tokens, whose rows were copied from the prompts' prefilled rows."""
-    tok, _, rows, models = world
-    model = models["sdpa"]
+def _forwards(model, fn):
+    """``fn()`` with every model forward's input shape, cache and attention implementation
+    recorded."""
     seen = []
 
     def hook(module, args, kwargs):
-        seen.append((tuple(kwargs["input_ids"].shape), kwargs["cache"]))
+        seen.append((tuple(kwargs["input_ids"].shape), kwargs["cache"],
+                     module.config._attn_implementation))
 
     handle = model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        gen = StaticCacheBackend().generate(model, rows[:6], _settings(tok, min_new_tokens=10),
-                                            seed=1)
+        return fn(), seen
     finally:
         handle.remove()
+
+
+def test_one_token_per_forward_each_prompt_prefix_stored_once(world):
+    """rows[:6] is 2 prompts x 3 samples: ONE prefill forward over the 2 distinct prompts on a
+    StaticCache of the prompt width, then one forward of ONE token per row per step, every one
+    on the same SharedPrefixCache whose prefix is the prefill's keys (2 rows, not 6) and whose
+    own slots hold the 6 rows' generated keys; the attention implementation is restored."""
+    tok, _, rows, models = world
+    model = models["sdpa"]
+    gen, seen = _forwards(model, lambda: StaticCacheBackend().generate(
+        model, rows[:6], _settings(tok, min_new_tokens=10), seed=1))
     width = max(len(r) for r in rows[:6])
     assert rows[0] == rows[2] != rows[3] == rows[5]
+    assert seen[0][0] == (2, width) and seen[0][2] == "sdpa"
+    prefill = seen[0][1]
+    assert isinstance(prefill, StaticCache) and prefill.layers[0].max_cache_len == width
+    assert [(shape, impl) for shape, _, impl in seen[1:]] == [((6, 1), ATTENTION_NAME)] * 9
+    shared = seen[1][1]
+    assert isinstance(shared, SharedPrefixCache) and all(c is shared for _, c, _ in seen[1:])
+    layer = shared.layers[0]
+    assert layer.prefix_keys is prefill.layers[0].keys and layer.prefix_keys.shape[0] == 2
+    assert layer.keys.shape[0] == 6 and layer.keys.shape[2] == 10 and layer.group == 3
+    assert model.config._attn_implementation == "sdpa"
+    assert all(len(r) == 10 for r in gen.ids)
+
+
+def test_prompts_with_unequal_sample_counts_copy_their_cache_rows(world):
+    """rows[:5] is one prompt x 3 + one x 2 (a chunk boundary splits a group): the prefill's
+    cache rows are copied to the samples, one StaticCache of prompt width + max_new_tokens,
+    model's own attention with a 4D mask -- the same tokens as generate."""
+    tok, _, rows, models = world
+    model = models["sdpa"]
+    s = _settings(tok, min_new_tokens=10)
+    gen, seen = _forwards(model, lambda: StaticCacheBackend().generate(model, rows[:5], s,
+                                                                       seed=1))
+    width = max(len(r) for r in rows[:5])
     assert seen[0][0] == (2, width)
-    assert [shape for shape, _ in seen[1:]] == [(6, 1)] * 9
+    assert [(shape, impl) for shape, _, impl in seen[1:]] == [((5, 1), "sdpa")] * 9
     cache = seen[0][1]
-    assert isinstance(cache, StaticCache) and all(c is cache for _, c in seen)
+    assert isinstance(cache, StaticCache) and all(c is cache for _, c, _ in seen)
     assert cache.layers[0].max_cache_len == width + 10
     keys = cache.layers[0].keys
-    assert keys.shape[0] == 6
+    assert keys.shape[0] == 5
     assert torch.equal(keys[0, :, :width], keys[2, :, :width])  # one prompt's samples
     assert not torch.equal(keys[0, :, :width], keys[3, :, :width])
-    assert all(len(r) == 10 for r in gen.ids)
+    assert gen.ids == GenerateBackend().generate(model, rows[:5], s, seed=1).ids
+
+
+def test_rows_in_any_order_are_grouped_and_put_back(world):
+    """Samples of a prompt need not be adjacent: rows interleaved across prompts give, row for
+    row, the tokens generate gives (the sampling rule keys on each row's global index)."""
+    tok, _, rows, models = world
+    mixed = [rows[i] for i in (0, 3, 6, 1, 4, 7, 2, 5, 8)]  # 3 prompts x 3, interleaved
+    s = _settings(tok, top_p=0.9)
+    got = StaticCacheBackend().generate(models["sdpa"], mixed, s, seed=3, row_offset=2)
+    assert got.ids == GenerateBackend().generate(models["sdpa"], mixed, s, seed=3,
+                                                 row_offset=2).ids
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (6, 1)])
+def test_shared_prefix_attention_equals_attention_over_the_concatenated_keys(heads, kv_heads):
+    """The formula against sdpa on each row's own copy of its prompt's keys followed by its
+    generated keys, pad slots of left-padded prompts masked, grouped-query heads repeated."""
+    g = torch.Generator().manual_seed(0)
+    prompts, group, width, new, step, dim = 3, 2, 5, 4, 2, 8
+    prompt_mask = torch.ones(prompts, width, dtype=torch.bool)
+    prompt_mask[1, :2] = False  # a left-padded prompt
+    prompt_mask[2, :4] = False
+    prefill = type("Prefilled", (), {})()
+    prefill.layers = [type("Layer", (), {})()]
+    prefill.layers[0].keys = torch.randn(prompts, kv_heads, width, dim, generator=g)
+    prefill.layers[0].values = torch.randn(prompts, kv_heads, width, dim, generator=g)
+    cache = SharedPrefixCache(prefill, prompt_mask, group, new)
+    layer = cache.layers[0]
+    for t in range(step + 1):  # rows write their own slots 0..step
+        cache.set_step(t)
+        layer.update(torch.randn(prompts * group, kv_heads, 1, dim, generator=g),
+                     torch.randn(prompts * group, kv_heads, 1, dim, generator=g))
+    query = torch.randn(prompts * group, heads, 1, dim, generator=g)
+    got, _ = shared_prefix_attention(None, query, layer, layer, scaling=0.3)
+    owner = torch.arange(prompts).repeat_interleave(group)
+    keys = torch.cat([layer.prefix_keys[owner], layer.keys[:, :, :step + 1]], 2)
+    values = torch.cat([layer.prefix_values[owner], layer.values[:, :, :step + 1]], 2)
+    rep = heads // kv_heads
+    visible = torch.cat([prompt_mask[owner], torch.ones(prompts * group, step + 1,
+                                                        dtype=torch.bool)], 1)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        query, keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1),
+        attn_mask=visible[:, None, None, :], scale=0.3)
+    assert got.shape == (prompts * group, 1, heads, dim)
+    torch.testing.assert_close(got, want.transpose(1, 2), atol=1e-6, rtol=1e-5)
+
+
+def test_groups_are_equal_or_refused():
+    assert equal_groups([0, 1, 0, 1]) == ([0, 2, 1, 3], 2)
+    assert equal_groups([0, 0, 1]) is None
+    with pytest.raises(TypeError, match="SharedPrefixCache"):
+        shared_prefix_attention(None, torch.zeros(1, 1, 1, 2), torch.zeros(1), None)
 
 
 def test_pad_equal_to_eos_and_restored_training_mode(world):

@@ -41,6 +41,7 @@ products see, which can move a logit in its last bits; the tests see the same to
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,6 +53,13 @@ from transformers import (
     LogitsProcessorList,
     StaticCache,
     StaticLayer,
+)
+
+from prefkit.models.prefix_attention import (
+    SharedPrefixCache,
+    decode_attention,
+    equal_groups,
+    shared_prefix_unsupported,
 )
 
 __all__ = ["DecodeSettings", "GenerateBackend", "Generation", "GenerationBackend",
@@ -369,18 +377,28 @@ class StaticCacheBackend:
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         device = _device(model)
         width = max(len(r) for r in chunk)
-        if "step" in self._modes:  # few cache shapes, few compiled graphs (see _bucket)
+        compiled = "step" in self._modes
+        if compiled:  # few cache shapes, few compiled graphs (see _bucket)
             width = _bucket(width)
+        # the decode steps attend over each prompt's prefix once for all its samples when
+        # every prompt of the chunk has the same number of rows (prefix_attention); else (or
+        # compiled) each row gets a copy of its prompt's cache rows
+        grouped = None if compiled or shared_prefix_unsupported(model) is not None \
+            else equal_groups(_distinct_rows(chunk)[1])
+        order = None
+        if grouped is not None:
+            order, group = grouped
+            chunk, rows = [chunk[i] for i in order], rows[order]
         ids, mask = left_pad(chunk, s.pad_id, width)
         ids, mask = ids.to(device), mask.to(device)
         b, w = ids.shape
         new = s.max_new_tokens
         eager = model.config._attn_implementation == "eager"
         masks = _Masks(mask, new, _model_dtype(model) if eager else None)
-        cache = _view_cache(model, w + new)
+        cache = _view_cache(model, w if grouped is not None else w + new)
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         # each distinct prompt is read once (a prompt sampled k times is k equal rows): the
-        # prefill runs on the distinct rows and its cache rows are copied to their samples
+        # prefill runs on the distinct rows; their cache serves all their samples
         first, inverse = _distinct_rows(chunk)
         pick = torch.tensor(first, dtype=torch.long, device=device)
         _set_view(cache, w)
@@ -390,9 +408,13 @@ class StaticCacheBackend:
         expand = torch.tensor(inverse, dtype=torch.long, device=device)
         logits = out.logits[:, -1].float()[expand]
         del out
-        if len(first) < b:
-            _expand_cache(cache, expand)
-        step_fn = self._step_fn(model)
+        if grouped is not None:
+            shared = SharedPrefixCache(cache, mask[pick], group, new)
+            step_fn, context = self._shared_step(model, shared), decode_attention(model)
+        else:
+            if len(first) < b:
+                _expand_cache(cache, expand)
+            step_fn, context = self._copy_step(model, cache, masks, w, new), nullcontext()
         position = positions[:, -1:] + 1
         tokens = torch.full((b, new), s.pad_id, dtype=torch.long, device=device)
         logps = torch.zeros((b, new), dtype=torch.float32, device=device) \
@@ -400,30 +422,59 @@ class StaticCacheBackend:
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         pad = torch.tensor(s.pad_id, dtype=torch.long, device=device)
         steps = 0
-        for t in range(new):
-            nxt = _choose(logits, rows, t, s, seed, "noise" in self._modes)
-            if s.eos_id is not None:
-                nxt = torch.where(finished, pad, nxt)
-                finished |= nxt == s.eos_id
-            tokens[:, t] = nxt
-            if logps is not None:
-                logps[:, t] = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
-            steps = t + 1
-            if t + 1 == new or (s.eos_id is not None and bool(finished.all())):
-                break
-            # the keys a step reads: the prompt and the tokens so far (compiled: rounded up
-            # to a multiple of 32 slots, so a few graphs cover every step)
-            view = w + t + 1
-            if "step" in self._modes:
-                view = min(_bucket(view), w + new)
-            _set_view(cache, view)
-            out = step_fn(input_ids=nxt[:, None], attention_mask=masks.open(t)[..., :view],
-                          position_ids=position, cache=cache, use_cache=True, logits_to_keep=1)
-            logits = out.logits[:, -1].float()
-            del out
-            position = position + 1
+        with context:
+            for t in range(new):
+                nxt = _choose(logits, rows, t, s, seed, "noise" in self._modes)
+                if s.eos_id is not None:
+                    nxt = torch.where(finished, pad, nxt)
+                    finished |= nxt == s.eos_id
+                tokens[:, t] = nxt
+                if logps is not None:
+                    logps[:, t] = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
+                steps = t + 1
+                if t + 1 == new or (s.eos_id is not None and bool(finished.all())):
+                    break
+                logits = step_fn(t, nxt, position)
+                position = position + 1
         tokens = tokens[:, :steps].cpu()
-        return tokens, (logps[:, :steps].cpu() if logps is not None else None)
+        logps = logps[:, :steps].cpu() if logps is not None else None
+        if order is not None:  # back to the caller's row order
+            back = torch.empty(b, dtype=torch.long)
+            back[torch.tensor(order)] = torch.arange(b)
+            tokens = tokens[back]
+            logps = logps[back] if logps is not None else None
+        return tokens, logps
+
+    def _copy_step(self, model: nn.Module, cache: StaticCache, masks: _Masks, w: int,
+                   new: int):
+        """Decode step ``t`` over a cache whose rows hold their prompt's keys (copied): the
+        step reads the prompt and the tokens so far (compiled: rounded up to a multiple of 32
+        slots, so a few graphs cover every step), under the chunk's 4D mask."""
+        forward = self._step_fn(model)
+        compiled = "step" in self._modes
+
+        def step(t: int, nxt: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+            view = min(_bucket(w + t + 1), w + new) if compiled else w + t + 1
+            _set_view(cache, view)
+            out = forward(input_ids=nxt[:, None], attention_mask=masks.open(t)[..., :view],
+                          position_ids=position, cache=cache, use_cache=True,
+                          logits_to_keep=1)
+            return out.logits[:, -1].float()
+
+        return step
+
+    @staticmethod
+    def _shared_step(model: nn.Module, cache: SharedPrefixCache):
+        """Decode step ``t`` with :mod:`prefkit.models.prefix_attention` (no mask: the cache
+        holds the prompts' pad bias, and every row's own slots up to ``t`` are real)."""
+
+        def step(t: int, nxt: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+            cache.set_step(t)
+            out = model(input_ids=nxt[:, None], position_ids=position, cache=cache,
+                        use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1].float()
+
+        return step
 
 
 class _ViewLayer(StaticLayer):
@@ -535,7 +586,9 @@ class GenerateBackend:
                  logprobs: bool = False) -> Generation:
         s = settings
         config = GenerationConfig(
-            do_sample=False, max_new_tokens=s.max_new_tokens, eos_token_id=s.eos_id,
+            do_sample=False, max_new_tokens=s.max_new_tokens,
+            # None would fall back to the model's own EOS; [] is "no EOS" (rows never stop)
+            eos_token_id=s.eos_id if s.eos_id is not None else [],
             pad_token_id=s.pad_id, num_beams=1,
             min_new_tokens=s.min_new_tokens if s.min_new_tokens and s.eos_id is not None
             else None,

@@ -1,0 +1,177 @@
+"""Decode-step attention over a prompt prefix shared by the samples drawn from it.
+
+Online RL draws ``G`` completions of every prompt. A decode step of row ``r`` (sample ``j`` of
+prompt ``p``, ``r = p * G + j`` after grouping) attends over the prompt's ``W`` prefilled key
+slots and the ``t + 1`` slots it generated itself. The prompt part is the same for all ``G``
+samples, so it is stored once per prompt (``[P, H_kv, W, D]``, not copied into ``G`` rows) and
+read once per prompt, with the ``G`` samples' queries (times the ``H_q / H_kv`` query heads of a
+key head, for grouped-query attention) as the rows of one matrix product:
+
+    s_prefix[p, h, (j, g), w] = <q[p G + j, h g], K_prefix[p, h, w]>   (one [G*rep, W] product)
+    s_own[r, h, g, u]         = <q[r, h g], K_own[r, h, u]>             (u <= t)
+    a = softmax(scale * [s_prefix + bias_pad | s_own]) over the W + t + 1 keys together
+    out[r] = a_prefix @ V_prefix[p] + a_own @ V_own[r]
+
+which is exactly attention over the concatenated keys (one softmax over both parts), so the
+result equals the padded per-row attention of :class:`prefkit.models.decode.StaticCacheBackend`'s
+copy path up to float rounding (``bias_pad`` is ``-inf`` on a left-padded prompt's pad slots).
+Measured on the bench's tiny Llama (bench/RESULTS.md): fewer bytes read per step, no per-step
+mask and no copy of the prompt's cache rows.
+
+How it plugs into a transformers model without touching its code: the decode steps run with
+``config._attn_implementation`` set to :data:`ATTENTION_NAME` (registered with transformers'
+``AttentionInterface``; :func:`decode_attention` sets and restores it) and a
+:class:`SharedPrefixCache` whose layers' ``update`` store the step's key/value and hand the layer
+itself to :func:`shared_prefix_attention` as ``key`` / ``value``. Transformers builds no mask for
+an implementation it has no mask function for, so none is passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, Cache, StaticCache
+from transformers.cache_utils import CacheLayerMixin
+
+__all__ = ["ATTENTION_NAME", "SharedPrefixCache", "decode_attention", "equal_groups",
+           "shared_prefix_attention", "shared_prefix_unsupported"]
+
+ATTENTION_NAME = "prefkit_shared_prefix"
+
+
+class SharedPrefixLayer(CacheLayerMixin):
+    """One layer's keys and values: the prompts' ``[P, H, W, D]`` (from the prefill, read-only)
+    and the rows' own ``[B, H, N, D]`` generated slots, of which ``step + 1`` are written."""
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor,
+                 prefix_bias: torch.Tensor, group: int, new: int) -> None:
+        super().__init__()
+        p, h, _, d = prefix_keys.shape
+        self.prefix_keys, self.prefix_values, self.prefix_bias = \
+            prefix_keys, prefix_values, prefix_bias
+        self.group = group
+        self.keys = prefix_keys.new_zeros((p * group, h, new, d))
+        self.values = prefix_values.new_zeros((p * group, h, new, prefix_values.shape[-1]))
+        self.step = -1
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        return None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[SharedPrefixLayer, SharedPrefixLayer]:
+        if key_states.shape[-2] != 1:
+            raise ValueError(f"shared-prefix decoding takes one token per row per step, got "
+                             f"{key_states.shape[-2]}")
+        self.keys[:, :, self.step] = key_states[:, :, 0]
+        self.values[:, :, self.step] = value_states[:, :, 0]
+        return self, self
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.prefix_keys.shape[-2] + self.step + 1, 0
+
+    def get_seq_length(self) -> int:
+        return self.prefix_keys.shape[-2] + self.step + 1
+
+    def get_max_length(self) -> int:
+        return self.prefix_keys.shape[-2] + self.keys.shape[-2]
+
+
+class SharedPrefixCache(Cache):
+    """The decode cache of ``P`` prompts x ``group`` samples (rows prompt-major) for ``new``
+    steps, built from a cache prefilled on the ``P`` distinct prompts (``W`` slots each) and
+    their ``[P, W]`` real-token mask (False: left padding, never attended)."""
+
+    def __init__(self, prefilled: StaticCache, prompt_mask: torch.Tensor, group: int,
+                 new: int) -> None:
+        layers = []
+        for layer in prefilled.layers:
+            bias = torch.zeros(prompt_mask.shape, dtype=torch.float32,
+                               device=prompt_mask.device)
+            bias = bias.masked_fill_(~prompt_mask.bool(), float("-inf"))[:, None, None, :]
+            layers.append(SharedPrefixLayer(layer.keys, layer.values, bias, group, new))
+        super().__init__(layers=layers)
+
+    def set_step(self, step: int) -> None:
+        """The next forward writes (and then attends up to) generated slot ``step``."""
+        for layer in self.layers:
+            layer.step = step
+
+
+def shared_prefix_attention(module: nn.Module, query: torch.Tensor, key: SharedPrefixLayer,
+                            value: SharedPrefixLayer, attention_mask: Any = None, *,
+                            scaling: float | None = None, dropout: float = 0.0,
+                            softcap: float | None = None, **kwargs: Any
+                            ) -> tuple[torch.Tensor, None]:
+    """Attention of ``query`` ``[B, H_q, 1, D]`` over ``key``'s prompt prefix and its rows' own
+    slots (module docs); returns ``([B, 1, H_q, D], None)`` as transformers' attention
+    functions do. ``value`` is the same layer; ``attention_mask`` is unused (the layer holds
+    the prompts' pad bias, and a row's own slots up to its step are all real)."""
+    if not isinstance(key, SharedPrefixLayer):
+        raise TypeError(f"{ATTENTION_NAME} attention runs only over a SharedPrefixCache "
+                        f"(got {type(key).__name__}); it is for prefkit's decode steps")
+    if softcap is not None or dropout:
+        raise ValueError(f"{ATTENTION_NAME} attention has no soft-capping or dropout")
+    b, hq, q_len, d = query.shape
+    kp, vp = key.prefix_keys, key.prefix_values
+    p, hkv, width, _ = kp.shape
+    g, rep, t = key.group, hq // hkv, key.step + 1
+    scale = d ** -0.5 if scaling is None else scaling
+    q = query.reshape(p, g, hkv, rep, d) * scale
+    q_prefix = q.transpose(1, 2).reshape(p, hkv, g * rep, d)
+    s_prefix = torch.matmul(q_prefix, kp.transpose(-1, -2)).float().add_(key.prefix_bias)
+    own_k, own_v = key.keys[:, :, :t], key.values[:, :, :t]
+    s_own = torch.matmul(q.reshape(b, hkv, rep, d), own_k.transpose(-1, -2)).float()
+    s_own = s_own.reshape(p, g, hkv, rep, t).transpose(1, 2).reshape(p, hkv, g * rep, t)
+    probs = torch.softmax(torch.cat([s_prefix, s_own], -1), -1).to(vp.dtype)
+    out_prefix = torch.matmul(probs[..., :width], vp)  # [P, H_kv, G*rep, D]
+    a_own = probs[..., width:].reshape(p, hkv, g, rep, t).transpose(1, 2)
+    out_own = torch.matmul(a_own.reshape(b, hkv, rep, t), own_v)  # [B, H_kv, rep, D]
+    out = out_prefix.reshape(p, hkv, g, rep, -1).transpose(1, 2).reshape(b, hkv, rep, -1)
+    out = out.add_(out_own).reshape(b, hq, -1)
+    return out[:, None].to(query.dtype), None
+
+
+AttentionInterface.register(ATTENTION_NAME, shared_prefix_attention)
+
+
+def shared_prefix_unsupported(model: nn.Module) -> str | None:
+    """Why the decode steps of ``model`` cannot use :func:`shared_prefix_attention` (None: they
+    can): attention logit soft-capping (Gemma 2) is not implemented here. The model must also
+    pass the static decode loop's own checks (full attention, sdpa/eager)."""
+    text = model.config.get_text_config(decoder=True)
+    if getattr(text, "attn_logit_softcapping", None) is not None:
+        return "attention logit soft-capping"
+    return None
+
+
+def equal_groups(inverse: list[int]) -> tuple[list[int], int] | None:
+    """``(order, G)``: rows ordered prompt-major (a stable sort by distinct prompt) when every
+    distinct prompt has the same number ``G`` of rows; None when the counts differ (a batch
+    that splits a prompt's samples)."""
+    counts: dict[int, int] = {}
+    for i in inverse:
+        counts[i] = counts.get(i, 0) + 1
+    if len(set(counts.values())) != 1:
+        return None
+    return sorted(range(len(inverse)), key=inverse.__getitem__), next(iter(counts.values()))
+
+
+@contextmanager
+def decode_attention(model: nn.Module) -> Iterator[None]:
+    """Run ``model``'s forwards inside with :func:`shared_prefix_attention` (its config's
+    attention implementation set to :data:`ATTENTION_NAME`, restored on exit)."""
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
