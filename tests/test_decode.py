@@ -430,8 +430,11 @@ def test_compiled_noise_has_the_same_bits():
 
 @pytest.mark.slow
 def test_compiled_step_gives_the_same_tokens(world):
+    """Compiled decode steps, both ways: batches of 15 rows split prompts' samples (their
+    cache rows are copied), batches of 30 do not (prompt-shared attention)."""
     tok, _, rows, models = world
-    s = _settings(tok, batch_size=15, top_p=0.9)
     compiled = StaticCacheBackend(compile=True)
-    assert compiled.generate(models["sdpa"], rows, s, seed=8).ids == \
-        StaticCacheBackend().generate(models["sdpa"], rows, s, seed=8).ids
+    for batch_size in (15, 30):
+        s = _settings(tok, batch_size=batch_size, top_p=0.9)
+        assert compiled.generate(models["sdpa"], rows, s, seed=8).ids == \
+            StaticCacheBackend().generate(models["sdpa"], rows, s, seed=8).ids

@@ -381,9 +381,9 @@ class StaticCacheBackend:
         if compiled:  # few cache shapes, few compiled graphs (see _bucket)
             width = _bucket(width)
         # the decode steps attend over each prompt's prefix once for all its samples when
-        # every prompt of the chunk has the same number of rows (prefix_attention); else (or
-        # compiled) each row gets a copy of its prompt's cache rows
-        grouped = None if compiled or shared_prefix_unsupported(model) is not None \
+        # every prompt of the chunk has the same number of rows (prefix_attention); else each
+        # row gets a copy of its prompt's cache rows
+        grouped = None if shared_prefix_unsupported(model) is not None \
             else equal_groups(_distinct_rows(chunk)[1])
         order = None
         if grouped is not None:
@@ -410,7 +410,7 @@ class StaticCacheBackend:
         del out
         if grouped is not None:
             shared = SharedPrefixCache(cache, mask[pick], group, new)
-            step_fn, context = self._shared_step(model, shared), decode_attention(model)
+            step_fn, context = self._shared_step(model, shared, new), decode_attention(model)
         else:
             if len(first) < b:
                 _expand_cache(cache, expand)
@@ -463,15 +463,17 @@ class StaticCacheBackend:
 
         return step
 
-    @staticmethod
-    def _shared_step(model: nn.Module, cache: SharedPrefixCache):
+    def _shared_step(self, model: nn.Module, cache: SharedPrefixCache, new: int):
         """Decode step ``t`` with :mod:`prefkit.models.prefix_attention` (no mask: the cache
-        holds the prompts' pad bias, and every row's own slots up to ``t`` are real)."""
+        holds the prompts' pad bias and closes the own slots after ``t``; compiled: the own
+        slots read are rounded up to a multiple of 32, so a few graphs cover every step)."""
+        forward = self._step_fn(model)
+        compiled = "step" in self._modes
 
         def step(t: int, nxt: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-            cache.set_step(t)
-            out = model(input_ids=nxt[:, None], position_ids=position, cache=cache,
-                        use_cache=True, logits_to_keep=1)
+            cache.set_step(t, min(_bucket(t + 1), new) if compiled else None)
+            out = forward(input_ids=nxt[:, None], position_ids=position, cache=cache,
+                          use_cache=True, logits_to_keep=1)
             return out.logits[:, -1].float()
 
         return step

@@ -51,16 +51,24 @@ class SharedPrefixLayer(CacheLayerMixin):
     is_sliding = False
 
     def __init__(self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor,
-                 prefix_bias: torch.Tensor, group: int, new: int) -> None:
+                 prefix_bias: torch.Tensor, group: int, own_bias: torch.Tensor,
+                 step_index: torch.Tensor) -> None:
         super().__init__()
         p, h, _, d = prefix_keys.shape
+        new = own_bias.shape[-1]
         self.prefix_keys, self.prefix_values, self.prefix_bias = \
             prefix_keys, prefix_values, prefix_bias
         self.group = group
         self.keys = prefix_keys.new_zeros((p * group, h, new, d))
         self.values = prefix_values.new_zeros((p * group, h, new, prefix_values.shape[-1]))
-        self.step = -1
+        # shared by the cache's layers: 0 on the own slots written so far, -inf after; the
+        # slot the next update writes (a tensor, so a compiled step is not specialized to it)
+        self.own_bias, self.step_index = own_bias, step_index
+        self.step, self.view = -1, 0
         self.is_initialized = True
+        for t in (self.prefix_keys, self.prefix_values, self.prefix_bias, self.keys,
+                  self.values):
+            torch._dynamo.mark_static_address(t)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         return None
@@ -70,8 +78,8 @@ class SharedPrefixLayer(CacheLayerMixin):
         if key_states.shape[-2] != 1:
             raise ValueError(f"shared-prefix decoding takes one token per row per step, got "
                              f"{key_states.shape[-2]}")
-        self.keys[:, :, self.step] = key_states[:, :, 0]
-        self.values[:, :, self.step] = value_states[:, :, 0]
+        self.keys.index_copy_(2, self.step_index, key_states)
+        self.values.index_copy_(2, self.step_index, value_states)
         return self, self
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -91,18 +99,25 @@ class SharedPrefixCache(Cache):
 
     def __init__(self, prefilled: StaticCache, prompt_mask: torch.Tensor, group: int,
                  new: int) -> None:
-        layers = []
-        for layer in prefilled.layers:
-            bias = torch.zeros(prompt_mask.shape, dtype=torch.float32,
-                               device=prompt_mask.device)
-            bias = bias.masked_fill_(~prompt_mask.bool(), float("-inf"))[:, None, None, :]
-            layers.append(SharedPrefixLayer(layer.keys, layer.values, bias, group, new))
-        super().__init__(layers=layers)
+        device = prompt_mask.device
+        bias = torch.zeros(prompt_mask.shape, dtype=torch.float32, device=device)
+        bias = bias.masked_fill_(~prompt_mask.bool(), float("-inf"))[:, None, None, :]
+        self.own_bias = torch.full((1, 1, 1, new), float("-inf"), device=device)
+        self.step_index = torch.zeros(1, dtype=torch.long, device=device)
+        for t in (bias, self.own_bias, self.step_index):
+            torch._dynamo.mark_static_address(t)
+        super().__init__(layers=[
+            SharedPrefixLayer(layer.keys, layer.values, bias, group, self.own_bias,
+                              self.step_index) for layer in prefilled.layers])
 
-    def set_step(self, step: int) -> None:
-        """The next forward writes (and then attends up to) generated slot ``step``."""
+    def set_step(self, step: int, view: int | None = None) -> None:
+        """The next forward writes own slot ``step`` and attends over the first ``view`` own
+        slots (default ``step + 1``; a compiled step rounds it up, the slots after ``step``
+        are closed by the bias)."""
+        self.step_index.fill_(step)
+        self.own_bias[..., step] = 0.0
         for layer in self.layers:
-            layer.step = step
+            layer.step, layer.view = step, step + 1 if view is None else view
 
 
 def shared_prefix_attention(module: nn.Module, query: torch.Tensor, key: SharedPrefixLayer,
@@ -122,13 +137,14 @@ def shared_prefix_attention(module: nn.Module, query: torch.Tensor, key: SharedP
     b, hq, q_len, d = query.shape
     kp, vp = key.prefix_keys, key.prefix_values
     p, hkv, width, _ = kp.shape
-    g, rep, t = key.group, hq // hkv, key.step + 1
+    g, rep, t = key.group, hq // hkv, key.view
     scale = d ** -0.5 if scaling is None else scaling
     q = query.reshape(p, g, hkv, rep, d) * scale
     q_prefix = q.transpose(1, 2).reshape(p, hkv, g * rep, d)
     s_prefix = torch.matmul(q_prefix, kp.transpose(-1, -2)).float().add_(key.prefix_bias)
     own_k, own_v = key.keys[:, :, :t], key.values[:, :, :t]
     s_own = torch.matmul(q.reshape(b, hkv, rep, d), own_k.transpose(-1, -2)).float()
+    s_own = s_own.add_(key.own_bias[..., :t])
     s_own = s_own.reshape(p, g, hkv, rep, t).transpose(1, 2).reshape(p, hkv, g * rep, t)
     probs = torch.softmax(torch.cat([s_prefix, s_own], -1), -1).to(vp.dtype)
     out_prefix = torch.matmul(probs[..., :width], vp)  # [P, H_kv, G*rep, D]
