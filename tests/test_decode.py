@@ -90,12 +90,14 @@ def _reference(model, prompt, s: DecodeSettings, seed: int, row: int) -> list[in
 def test_static_loop_equals_generate_for_every_setting(world, attn):
     """Exact token equality with the former path (Hugging Face generate + the rule as a
     logits processor) for several seeds, temperatures, top-k, top-p, greedy and
-    min_new_tokens; batch size 7 splits the rows into chunks of different widths."""
+    min_new_tokens; batch size 7 splits the rows into chunks of different widths (and splits
+    prompts' samples: copied cache rows), 30 keeps every prompt's 3 samples together
+    (prompt-shared attention)."""
     tok, _, rows, models = world
     model = models[attn]
-    for seed in ((0, 5) if attn == "sdpa" else (1,)):
+    for seed, batch_size in ((0, 7), (5, 30)) if attn == "sdpa" else ((1, 7), (1, 30)):
         for case in CASES:
-            s = _settings(tok, batch_size=7, **case)
+            s = _settings(tok, batch_size=batch_size, **case)
             new = StaticCacheBackend().generate(model, rows, s, seed=seed, row_offset=3)
             old = GenerateBackend().generate(model, rows, s, seed=seed, row_offset=3)
             assert new.ids == old.ids, (seed, case)

@@ -14,17 +14,21 @@ Backends (:class:`GenerationBackend`: prompt ids in, completion ids and optional
 log-probs out) that all follow that rule:
 
 * :class:`StaticCacheBackend` (``"prefkit"``, the default): prefill each distinct left-padded
-  prompt once (a prompt sampled k times is k equal rows: its cache rows are copied to them),
-  then one forward of ONE token per row per step over a preallocated
-  :class:`transformers.StaticCache` (no per-step cache growth, no mask rebuilt by the model:
-  the 4D mask is built once per batch and one key column is opened per step), sampling inline,
-  finished rows fed the pad token and masked. ``compile`` (off by default, ``"prefkit-compiled"``
-  turns both on): ``"noise"`` fuses the sampler's integer hash into one compiled pass (the
-  same bits by construction; measured on a busy 2-core CPU at 32 rows x vocab 4096: the hash
-  ~9x faster, the whole noise ~1.7x; ~7-12 s to compile once per process), ``"step"``
-  compiles the one-token forward (the same tokens in the tests; ~1.4x per step on a tiny
-  Llama; ~12-45 s to compile, again for each new batch shape -- so the prompt width is rounded
-  up to a multiple of 32 there, :func:`_bucket`).
+  prompt once, then one forward of ONE token per row per step over preallocated keys and
+  values (no per-step cache growth), sampling inline, finished rows fed the pad token. When
+  every prompt of a batch has the same number k of rows (online RL's G samples), the steps
+  attend over each prompt's prefilled keys once for its k samples and over each row's own
+  generated keys (:mod:`prefkit.models.prefix_attention`: no copy of the prompt's keys, no
+  mask); otherwise (a batch that splits a prompt's samples) the prompt's cache rows are copied
+  to its samples in a :class:`transformers.StaticCache` and the model's own attention reads
+  them under a 4D mask built once per batch, one key column opened per step. ``compile``
+  (off by default, ``"prefkit-compiled"`` turns both on): ``"noise"`` fuses the sampler's
+  integer hash into one compiled pass (the same bits by construction; measured on a busy
+  2-core CPU at 32 rows x vocab 4096: the hash ~9x faster, the whole noise ~1.7x; ~7-12 s to
+  compile once per process), ``"step"`` compiles the one-token forward (the same tokens in
+  the tests; ~1.4x per step on a tiny Llama; ~12-45 s to compile, again for each new batch
+  shape -- so the prompt width, and the generated slots a step reads, are rounded up to a
+  multiple of 32 there, :func:`_bucket`).
 * :class:`GenerateBackend` (``"transformers"``): Hugging Face ``generate`` with the rule as a
   logits processor -- the path prefkit used before; kept selectable and as the fallback for
   models the static loop does not cover (:func:`static_decode_unsupported` names why).
@@ -34,8 +38,9 @@ Why the two transformers backends give the same tokens: both run the same model 
 left-padded chunk with the same position ids (``cumsum(mask) - 1``) and mask every pad key, so
 the logits agree (the static cache only appends keys that the mask closes, whose softmax weight
 is exactly 0) and the rule is the same function; tests/test_decode.py checks token equality.
-(Prefilling the distinct prompts only, or more left padding, changes the batch the matrix
-products see, which can move a logit in its last bits; the tests see the same tokens.)
+(Prefilling the distinct prompts only, more left padding, or the prompt-shared attention's
+other order of sums changes a logit at most in its last bits; the tests -- nine architectures
+included -- see the same tokens.)
 """
 
 from __future__ import annotations

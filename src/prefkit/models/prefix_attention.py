@@ -9,14 +9,16 @@ key head, for grouped-query attention) as the rows of one matrix product:
 
     s_prefix[p, h, (j, g), w] = <q[p G + j, h g], K_prefix[p, h, w]>   (one [G*rep, W] product)
     s_own[r, h, g, u]         = <q[r, h g], K_own[r, h, u]>             (u <= t)
-    a = softmax(scale * [s_prefix + bias_pad | s_own]) over the W + t + 1 keys together
+    a = softmax(scale * [s_prefix + bias_pad | s_own + bias_own]) over the W + t + 1 keys
     out[r] = a_prefix @ V_prefix[p] + a_own @ V_own[r]
 
 which is exactly attention over the concatenated keys (one softmax over both parts), so the
 result equals the padded per-row attention of :class:`prefkit.models.decode.StaticCacheBackend`'s
-copy path up to float rounding (``bias_pad`` is ``-inf`` on a left-padded prompt's pad slots).
-Measured on the bench's tiny Llama (bench/RESULTS.md): fewer bytes read per step, no per-step
-mask and no copy of the prompt's cache rows.
+copy path up to float rounding (``bias_pad`` is ``-inf`` on a left-padded prompt's pad slots;
+``bias_own`` closes the own slots after the step when a compiled step reads a rounded-up
+number of them). The prompt's keys are stored once instead of G times, no per-step mask is
+built, and the decode loop of bench/online_vs_trl.py (8 prompts x 4 samples x 64 tokens) takes
+~10% less time (bench/RESULTS.md).
 
 How it plugs into a transformers model without touching its code: the decode steps run with
 ``config._attn_implementation`` set to :data:`ATTENTION_NAME` (registered with transformers'
