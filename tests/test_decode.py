@@ -432,11 +432,43 @@ def test_compiled_noise_has_the_same_bits():
 
 @pytest.mark.slow
 def test_compiled_step_gives_the_same_tokens(world):
-    """Compiled decode steps, both ways: batches of 15 rows split prompts' samples (their
+    """Compiled decode steps, both ways: batches of 14 rows split prompts' samples (their
     cache rows are copied), batches of 30 do not (prompt-shared attention)."""
     tok, _, rows, models = world
     compiled = StaticCacheBackend(compile=True)
-    for batch_size in (15, 30):
+    for batch_size in (14, 30):
         s = _settings(tok, batch_size=batch_size, top_p=0.9)
         assert compiled.generate(models["sdpa"], rows, s, seed=8).ids == \
             StaticCacheBackend().generate(models["sdpa"], rows, s, seed=8).ids
+
+
+def test_a_failing_compile_falls_back_to_eager_steps_with_the_same_tokens(world, monkeypatch):
+    """A compiled step that fails -- here after running the whole forward once, so the cache
+    has already been written -- warns once and the same step, and every later one, runs
+    eagerly: the same tokens on both decode paths (14-row batches split prompts' samples and
+    copy the prompts' cache rows, 30-row batches share them)."""
+    from prefkit.models import decode
+
+    tok, _, rows, models = world
+    model = models["sdpa"]
+    monkeypatch.setattr(decode, "_STEP_COMPILE_FAILED", [])
+
+    def broken_compile(module, **kwargs):
+        def run(**inputs):
+            module(**inputs)  # writes this step's keys, then "fails to compile"
+            raise RuntimeError("inductor: no working C++ compiler")
+        return run
+
+    for batch_size in (14, 30):
+        monkeypatch.setattr(decode, "_STEP_COMPILE_FAILED", [])
+        monkeypatch.setattr(torch, "compile", broken_compile)
+        s = _settings(tok, batch_size=batch_size, min_new_tokens=6)
+        with pytest.warns(UserWarning, match="compiling the decode step failed .*RuntimeError"):
+            got = StaticCacheBackend(compile="step").generate(model, rows, s, seed=4,
+                                                              logprobs=True)
+        assert decode._STEP_COMPILE_FAILED == ["RuntimeError: inductor: no working C++ compiler"]
+        monkeypatch.undo()
+        want = StaticCacheBackend().generate(model, rows, s, seed=4, logprobs=True)
+        assert got.ids == want.ids
+        for a, b in zip(got.logprobs, want.logprobs, strict=True):  # the same attention
+            assert a == pytest.approx(b, abs=1e-6)

@@ -165,6 +165,10 @@ def test_reward_and_online_training_share_the_guard(starter, tmp_path):
               "--output-dir", tmp_path / "online", "--json"]
     first = invoke(*online, "--algo", "rloo")
     assert first.exit_code == 0, first.output
+    # the default generation backend 'auto' decodes eagerly a run this short: 2 iterations x
+    # 1 generate call (4 prompts x 4 samples) x 4 tokens
+    assert json.loads(first.stdout)["generation"] == {
+        "backend": "prefkit", "why": "auto: 8 decode steps planned; compiling pays after ~10,000"}
     other = invoke(*online, "--algo", "grpo")
     assert other.exit_code == 2 and "algo: 'rloo' there, 'grpo' now" in error(other)
     resumed = invoke(*online, "--algo", "rloo", "--resume-from", "latest", "--learning-rate",

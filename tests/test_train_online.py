@@ -941,3 +941,42 @@ def test_generation_backends_train_to_the_same_weights(small, tmp_path):
     assert torch.equal(runs["prefkit"][0], runs["transformers"][0])
     with pytest.raises(ValueError, match="generation_backend"):
         config(tmp_path, generation_backend="vllm-please")
+
+
+def test_auto_generation_backend_compiles_only_long_runs(monkeypatch):
+    """'auto' (the default) plans iterations x generate calls x max_new_tokens decode steps and
+    compiles only from COMPILE_PAYS_AFTER on, and only with a compiler; the choice and the
+    reason are in the result."""
+    from prefkit.models import decode
+    from prefkit.train.online import OnlineConfig, _generation_backend
+
+    acc = type("Acc", (), {"num_processes": 2, "device": torch.device("cpu")})()
+    real_check = decode.compiler_missing
+    assert OnlineConfig().generation_backend == "auto"
+    # 16 prompts / 2 processes x 4 samples = 32 rows, 2 calls of 16 rows, 32 tokens
+    long = OnlineConfig(iterations=157, sampling_batch_size=16, max_new_tokens=32)
+    short = OnlineConfig(iterations=156, sampling_batch_size=16, max_new_tokens=32)
+    assert 157 * 2 * 32 >= decode.COMPILE_PAYS_AFTER > 156 * 2 * 32
+    monkeypatch.setattr(decode, "compiler_missing", lambda device: None)
+    assert _generation_backend(long, acc) == {
+        "backend": "prefkit-compiled",
+        "why": "auto: 10,048 decode steps planned (compiling pays after ~10,000)"}
+    assert _generation_backend(short, acc)["backend"] == "prefkit"
+    monkeypatch.setattr(decode, "compiler_missing", lambda device: "no C++ compiler")
+    assert _generation_backend(long, acc) == {
+        "backend": "prefkit", "why": "auto: 10,048 decode steps planned, but no C++ compiler"}
+    assert _generation_backend(OnlineConfig(generation_backend="transformers"), acc) == {
+        "backend": "transformers", "why": "configured"}
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert real_check("cpu") == \
+        "no C++ compiler on PATH (g++, c++, clang++ or $CXX)"
+
+
+def test_generation_choice_is_in_the_result(small, tmp_path):
+    model, tok, _ = small
+    res = train_online(config(tmp_path, algo="grpo", iterations=1), reward=FunctionReward(gold),
+                       prompts=prompts(8), model=copy.deepcopy(model), tokenizer=tok)
+    assert res.generation["backend"] == "prefkit"
+    assert res.generation["why"].startswith("auto: ")
+    assert res.to_dict()["generation"] == res.generation

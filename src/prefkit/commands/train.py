@@ -147,6 +147,7 @@ def online(
     stdout.print(f"{cfg.algo}: {out['steps']} steps, reward {first['reward']:.4g} -> "
                  f"{last['reward']:.4g}, KL {last['kl']}, length {last['length']}, "
                  f"truncated {last['truncated']:.1%}")
+    stdout.print(f"generation: {out['generation']['backend']} ({out['generation']['why']})")
     cut = out["truncation"]
     if cut.get("prompts_truncated"):
         stdout.print(f"{cut['prompts_truncated']} sampled prompts were longer than "

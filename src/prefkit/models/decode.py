@@ -67,9 +67,10 @@ from prefkit.models.prefix_attention import (
     shared_prefix_unsupported,
 )
 
-__all__ = ["DecodeSettings", "GenerateBackend", "Generation", "GenerationBackend",
-           "StaticCacheBackend", "cut_at_eos", "get_backend", "gumbel_noise", "left_pad",
-           "sampling_scores", "static_decode_unsupported"]
+__all__ = ["COMPILE_PAYS_AFTER", "DecodeSettings", "GenerateBackend", "Generation",
+           "GenerationBackend", "StaticCacheBackend", "auto_backend", "compiler_missing",
+           "cut_at_eos", "get_backend", "gumbel_noise", "left_pad", "sampling_scores",
+           "static_decode_unsupported"]
 
 _MASK32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B
@@ -371,8 +372,10 @@ class StaticCacheBackend:
         return gen
 
     def _step_fn(self, model: nn.Module):
-        if "step" not in self._modes:
-            return model
+        """The one-token forward: the model, or (``"step"`` mode) the model through
+        ``torch.compile``. The compiled one is called through :func:`_call_step`."""
+        if "step" not in self._modes or _STEP_COMPILE_FAILED:
+            return None
         # a new wrapper per batch is cheap: dynamo keeps compiled graphs on the forward's code
         # object, guarded on this model, so the next batch of the same shapes reuses them
         return torch.compile(model, dynamic=False)
@@ -455,15 +458,20 @@ class StaticCacheBackend:
         """Decode step ``t`` over a cache whose rows hold their prompt's keys (copied): the
         step reads the prompt and the tokens so far (compiled: rounded up to a multiple of 32
         slots, so a few graphs cover every step), under the chunk's 4D mask."""
-        forward = self._step_fn(model)
-        compiled = "step" in self._modes
+        compiled = self._step_fn(model)
+        rounded = "step" in self._modes
 
         def step(t: int, nxt: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-            view = min(_bucket(w + t + 1), w + new) if compiled else w + t + 1
+            view = min(_bucket(w + t + 1), w + new) if rounded else w + t + 1
             _set_view(cache, view)
-            out = forward(input_ids=nxt[:, None], attention_mask=masks.open(t)[..., :view],
-                          position_ids=position, cache=cache, use_cache=True,
-                          logits_to_keep=1)
+
+            def undo() -> None:  # the layers' write position back to slot w + t
+                for layer in cache.layers:
+                    layer.cumulative_length.fill_(w + t)
+
+            out = _call_step(model, compiled, undo, input_ids=nxt[:, None],
+                             attention_mask=masks.open(t)[..., :view], position_ids=position,
+                             cache=cache, use_cache=True, logits_to_keep=1)
             return out.logits[:, -1].float()
 
         return step
@@ -472,16 +480,42 @@ class StaticCacheBackend:
         """Decode step ``t`` with :mod:`prefkit.models.prefix_attention` (no mask: the cache
         holds the prompts' pad bias and closes the own slots after ``t``; compiled: the own
         slots read are rounded up to a multiple of 32, so a few graphs cover every step)."""
-        forward = self._step_fn(model)
-        compiled = "step" in self._modes
+        compiled = self._step_fn(model)
+        rounded = "step" in self._modes
 
         def step(t: int, nxt: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-            cache.set_step(t, min(_bucket(t + 1), new) if compiled else None)
-            out = forward(input_ids=nxt[:, None], position_ids=position, cache=cache,
-                          use_cache=True, logits_to_keep=1)
+            cache.set_step(t, min(_bucket(t + 1), new) if rounded else None)
+            # a retry rewrites slot t with the same keys: nothing to undo
+            out = _call_step(model, compiled, lambda: None, input_ids=nxt[:, None],
+                             position_ids=position, cache=cache, use_cache=True,
+                             logits_to_keep=1)
             return out.logits[:, -1].float()
 
         return step
+
+
+_STEP_COMPILE_FAILED: list[str] = []
+"""Set once compiling the decode step failed in this process: later steps run eagerly."""
+
+
+def _call_step(model: nn.Module, compiled: Any, undo: Any, **inputs: Any) -> Any:
+    """One decode forward: through ``compiled`` (``torch.compile`` of ``model``) when given;
+    if compiling fails (no C++ compiler, an operation inductor cannot lower, ...), a warning
+    names the error, ``undo()`` puts the cache's write position back and the same step runs
+    eagerly -- as every later step of the process does (the same tokens, slower). An error of
+    the model itself raises again from the eager forward."""
+    if compiled is None or _STEP_COMPILE_FAILED:
+        return model(**inputs)
+    try:
+        return compiled(**inputs)
+    except Exception as err:  # noqa: BLE001 -- any compiler failure: the same step, eager
+        import warnings
+
+        _STEP_COMPILE_FAILED.append(f"{type(err).__name__}: {err}")
+        warnings.warn(f"compiling the decode step failed ({type(err).__name__}: {err}); "
+                      "decoding eagerly from here on (the same tokens, slower)", stacklevel=2)
+        undo()
+        return model(**inputs)
 
 
 class _ViewLayer(StaticLayer):
@@ -628,6 +662,48 @@ class GenerateBackend:
         finally:
             model.train(was_training)
         return gen
+
+
+COMPILE_PAYS_AFTER = 10_000
+"""Decode steps (one-token forwards of a batch) a run must plan for ``"auto"`` to compile the
+step: on the bench's tiny Llama (2 cores) compiling took ~5 s and saved ~1.25 ms a step, so it
+paid after ~4,000 steps; this leaves a 2.5x margin for slower compiles."""
+
+
+def compiler_missing(device: torch.device | str) -> str | None:
+    """Why ``torch.compile`` cannot build kernels for ``device`` here (None: as far as can be
+    told without compiling, it can): inductor needs a C++ compiler on CPU and triton on
+    CUDA."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        import importlib.util
+
+        return None if importlib.util.find_spec("triton") else "triton is not installed"
+    if kind != "cpu":
+        return f"compiling is chosen automatically on CPU and CUDA only, not {kind}"
+    import os
+    import shutil
+
+    if any(name and shutil.which(name) for name in (os.environ.get("CXX"), "g++", "c++",
+                                                    "clang++")):
+        return None
+    return "no C++ compiler on PATH (g++, c++, clang++ or $CXX)"
+
+
+def auto_backend(decode_steps: int, device: torch.device | str) -> tuple[str, str]:
+    """The ``"auto"`` generation backend of a run that plans ``decode_steps`` one-token
+    forwards: ``("prefkit-compiled", why)`` when that is at least
+    :data:`COMPILE_PAYS_AFTER` and compiling is possible on ``device``, else
+    ``("prefkit", why)``. A compile that fails anyway falls back to eager steps with a warning
+    (the same tokens)."""
+    if decode_steps < COMPILE_PAYS_AFTER:
+        return "prefkit", (f"{decode_steps:,} decode steps planned; compiling pays after "
+                           f"~{COMPILE_PAYS_AFTER:,}")
+    missing = compiler_missing(device)
+    if missing is not None:
+        return "prefkit", f"{decode_steps:,} decode steps planned, but {missing}"
+    return "prefkit-compiled", (f"{decode_steps:,} decode steps planned (compiling pays after "
+                                f"~{COMPILE_PAYS_AFTER:,})")
 
 
 _BACKENDS = {"prefkit": StaticCacheBackend,

@@ -51,6 +51,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import random
 import warnings
 from collections import Counter
@@ -198,10 +199,11 @@ class OnlineConfig(LoopConfig):
                                  "off).", 0, bounds=NON_NEGATIVE)
     generation_backend: str = option(
         "The token generator of the rollouts: 'prefkit' (its own batched decode loop over a "
-        "static KV cache), 'prefkit-compiled' (the same with torch.compile) or 'transformers' "
-        "(Hugging Face generate); the same samples for the same seed "
-        "(prefkit.models.decode).", "prefkit",
-        choices=("prefkit", "prefkit-compiled", "transformers"), identity=False)
+        "static KV cache), 'prefkit-compiled' (the same with torch.compile), 'transformers' "
+        "(Hugging Face generate) or 'auto' (prefkit-compiled when the run plans enough decode "
+        "steps for compiling to pay and a compiler is there, else prefkit: "
+        "prefkit.models.decode.auto_backend); the same samples for the same seed.", "auto",
+        choices=("auto", "prefkit", "prefkit-compiled", "transformers"), identity=False)
     kl_coef: float = option("KL coefficient (reward penalty or loss weight; 0: no reference "
                             "needed for the PG methods).", 0.05, bounds=NON_NEGATIVE)
     kl_estimator: str = option("k1, k2, k3 or abs (Schulman's estimators); 'auto': k3 with "
@@ -337,11 +339,30 @@ class OnlineResult:
     algo: str
     truncation: dict[str, Any] = field(default_factory=dict)
     value_head: nn.Module | None = field(default=None, repr=False)
+    generation: dict[str, str] = field(default_factory=dict)  # backend used, and why
 
     def to_dict(self) -> dict[str, Any]:
         return {"algo": self.algo, "steps": self.fit.steps, "metrics": self.fit.metrics,
                 "iterations": self.iterations, "truncation": self.truncation,
+                "generation": self.generation,
                 "checkpoints": self.fit.checkpoints, "seconds": round(self.fit.seconds, 3)}
+
+
+def _generation_backend(config: OnlineConfig, accelerator: Any) -> dict[str, str]:
+    """The rollouts' generation backend, ``{"backend": name, "why": ...}``: the configured one,
+    or for ``"auto"`` :func:`prefkit.models.decode.auto_backend` of the run's planned decode
+    steps (iterations x generate calls per rollout x max_new_tokens, the least a run does:
+    dynamic sampling's extra rounds and the greedy baseline add more)."""
+    if config.generation_backend != "auto":
+        return {"backend": config.generation_backend, "why": "configured"}
+    from ..models.decode import auto_backend
+
+    rows = config.prompts_per_iteration // accelerator.num_processes * config.num_generations
+    calls = -(-rows // config.sampling_batch_size)
+    name, why = auto_backend(config.iterations * calls * config.max_new_tokens,
+                             accelerator.device)
+    logging.getLogger(__name__).info("generation backend %s (auto): %s", name, why)
+    return {"backend": name, "why": f"auto: {why}"}
 
 
 class PolicyWithValue(nn.Module):
@@ -479,12 +500,13 @@ class _Online:
         self.shaping = shaping
         # PPO under FSDP2: the module is the sharded root every policy call enters
         self.rooted = module.value_head is not None and is_sharded(module)
+        self.generation = _generation_backend(config, accelerator)
         self.backend = TransformersBackend(SamplingSettings(
             max_new_tokens=config.max_new_tokens, temperature=config.temperature,
             top_k=config.top_k, top_p=config.top_p, stop=list(config.stop),
             batch_size=config.sampling_batch_size, max_prompt_length=max_prompt_length,
             chat_template=config.chat_template, min_new_tokens=config.min_new_tokens,
-            backend=config.generation_backend))
+            backend=self.generation["backend"]))
         self.truncation = {"max_prompt_length": max_prompt_length, "prompts_truncated": 0,
                            "completions_truncated": 0}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -1123,7 +1145,8 @@ def train_online(config: OnlineConfig, *, reward: Callable | None = None,
                       "and kept their last tokens", stacklevel=2)
     return OnlineResult(fit=result, iterations=online.iterations, model=model,
                         tokenizer=tokenizer, algo=config.algo, truncation=online.truncation,
-                        value_head=(plain if plain is not None else module).value_head)
+                        value_head=(plain if plain is not None else module).value_head,
+                        generation=online.generation)
 
 
 def _shard_online(config: OnlineConfig, accelerator: Any, module: PolicyWithValue,
