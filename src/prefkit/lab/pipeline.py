@@ -72,7 +72,7 @@ import torch
 
 from .config import ONLINE_METHODS, QUICK, LabConfig
 from .progress import LabProgress
-from .verifiable_tasks import VERIFIABLE_TASKS
+from .verifiable_tasks import VerifiableTask
 
 __all__ = ["ONLINE_METHODS", "QUICK", "LabConfig", "run_lab"]
 
@@ -141,7 +141,7 @@ def _online(config: LabConfig, method: str, task, sft_path: str, rm, prompts: li
     from ..models.load import load_model
     from ..rewards.sources import BTPreference, FunctionReward, ModelReward
     from ..train.online import OnlineConfig, train_online
-    from .verifiable_tasks import VerifiableTask, verifiable_monitor
+    from .verifiable_tasks import verifiable_monitor
 
     algo = {"online_raft": "raft", "rlaif": "online_dpo"}.get(method, method)
     verifiable = isinstance(task, VerifiableTask)
@@ -232,13 +232,13 @@ def _safe(method: str) -> str:
     return method.replace("/", "_").replace("*", "x")
 
 
-def _method_detail(config: LabConfig, method: str) -> str:
+def _method_detail(config: LabConfig, task: Any, method: str) -> str:
     """What training ``method`` means in this config (a progress line)."""
     if method == "rlaif":
         return (f"online DPO judged by a jury of simulated LLM judges, {config.rl_iterations} "
                 f"iterations of {config.rl_prompts_per_iteration} prompts")
     if method in ONLINE_METHODS:
-        against = ("the task's checker" if config.task in VERIFIABLE_TASKS
+        against = ("the task's checker" if isinstance(task, VerifiableTask)
                    else "the proxy reward model")
         return (f"online against {against}, {config.rl_iterations} iterations of "
                 f"{config.rl_prompts_per_iteration} prompts")
@@ -346,7 +346,7 @@ def _stage_key(config: LabConfig, task, base_key: str) -> str:
 
     data = {k: v for k, v in asdict(config).items() if k not in ("workdir", "cache_dir",
                                                                  "methods", "genrm")}
-    if config.task not in VERIFIABLE_TASKS:  # only a verifiable task's evaluation uses it
+    if not isinstance(task, VerifiableTask):  # only a verifiable task's evaluation uses it
         data.pop("eval_samples")
     data |= {"task_settings": task.config(), "base_model": base_key, "prefkit": __version__,
              "stage_version": STAGE_VERSION}
@@ -662,7 +662,7 @@ def run_lab(config: LabConfig | None = None, *, progress: LabProgress | None = N
         return [s[0] for s in sample(model, tokenizer, eval_prompts, k=1,
                                      temperature=config.temperature, seed=config.seed + 1)]
 
-    verifiable = config.task in VERIFIABLE_TASKS
+    verifiable = isinstance(task, VerifiableTask)
 
     def graded(model):
         """A policy's ``eval_samples`` answers to each held-out prompt, checked (verifiable
@@ -749,7 +749,7 @@ def run_lab(config: LabConfig | None = None, *, progress: LabProgress | None = N
             return res | ({"curve": curve.points} if curve is not None else {})
 
         res = _cached(stage / "methods" / f"{_safe(method)}.json", compute, progress,
-                      f"method {number}/{n_methods} {method}", _method_detail(config, method))
+                      f"method {number}/{n_methods} {method}", _method_detail(config, task, method))
         if "curve" in res:
             curves[method] = res.pop("curve")
         results[method] = res

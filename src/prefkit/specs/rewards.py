@@ -18,13 +18,16 @@ def _same_vocab(a: Any, b: Any) -> bool:
 
 
 def parse_gym_spec(text: str, spec: str) -> tuple[str, int, int]:
-    """``TASK[:N[:SEED]]`` (a reasoning-gym task, N entries drawn with SEED; defaults 1000 and
-    0) as ``(task, n, seed)``; ``spec`` names the whole option in the error."""
+    """``TASK[:N[:SEED]]`` (a reasoning-gym task, N entries drawn with SEED; defaults
+    :data:`~prefkit.rewards.verifiable.gym.DEFAULT_ENTRIES` and 0) as ``(task, n, seed)``;
+    ``spec`` names the whole option in the error."""
+    from ..rewards.verifiable.gym import DEFAULT_ENTRIES
+
     task, *numbers = text.split(":") if text else [""]
     if not task or len(numbers) > 2 or not all(x.isdigit() for x in numbers):
         raise ValueError(f"{spec!r}: expected a reasoning-gym spec TASK[:N[:SEED]] (N and SEED "
                          "non-negative integers), e.g. rg:chain_sum:64:0")
-    n = int(numbers[0]) if numbers else 1000
+    n = int(numbers[0]) if numbers else DEFAULT_ENTRIES
     seed = int(numbers[1]) if len(numbers) > 1 else 0
     return task, max(n, 1), seed
 

@@ -115,6 +115,10 @@ def gym_reward(task: str, entries: dict[str, dict], *, workers: int = 1) -> Veri
                             workers=workers)
 
 
+DEFAULT_ENTRIES = 1000
+"""Entries drawn for ``rg:TASK`` when the spec gives no ``N``."""
+
+
 def reasoning_gym_source(task: str, n: int, seed: int = 0, *, options: dict | None = None,
                          instruction: str = ANSWER_INSTRUCTION) -> GymTask:
     """``n`` entries of reasoning-gym's ``task`` (module docstring)."""
@@ -135,8 +139,8 @@ def entries_from_rows(references: dict[str, Any], rows_metadata: dict[str, Any]
             for key, answer in references.items()}
 
 
-def gym_reward_for(task: str, *, n: int = 1000, seed: int = 0, prompts_path: str | None = None,
-                   workers: int = 1) -> VerifiableReward:
+def gym_reward_for(task: str, *, n: int = DEFAULT_ENTRIES, seed: int = 0,
+                   prompts_path: str | None = None, workers: int = 1) -> VerifiableReward:
     """The reward of ``verifiable:rg:TASK[:N[:SEED]]``: the entries of a prompts file written
     by :meth:`GymTask.write_jsonl` (its ``answer`` and ``metadata`` fields) when given and
     present, else the ``n`` entries drawn with ``seed`` (the prompts of
