@@ -310,9 +310,10 @@ def test_lora_policy_runs_the_static_loop_with_the_same_tokens(world):
             if "lora_B" in name:
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
     assert static_decode_unsupported(model) is None
-    s = _settings(tok, batch_size=8)
-    assert StaticCacheBackend().generate(model, rows, s, seed=2).ids == \
-        GenerateBackend().generate(model, rows, s, seed=2).ids
+    for batch_size in (8, 30):  # prompts' samples split (copied cache rows), then together
+        s = _settings(tok, batch_size=batch_size)
+        assert StaticCacheBackend().generate(model, rows, s, seed=2).ids == \
+            GenerateBackend().generate(model, rows, s, seed=2).ids
 
 
 def test_unsupported_models_fall_back_to_generate(world):
