@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from prefkit.models.arch import attention_window, decoder_attention_mask, sliding_layer_types
 from prefkit.models.attention import FLEX_IMPLEMENTATION, packed_block_mask
+from prefkit.models.head_logps import fused_head, linear_token_logps
 from prefkit.models.packing import (
     PackedBatch,
     PaddedBatch,
@@ -93,10 +94,13 @@ def _chunked_logps(
     recompute: bool,
 ) -> torch.Tensor:
     parts = []
+    linear = fused_head(head)  # a plain linear head: its own backward (head_logps)
     for start in range(0, hidden.shape[0], chunk_size):
         h = hidden[start : start + chunk_size]
         t = targets[start : start + chunk_size]
-        if recompute:
+        if linear is not None:
+            parts.append(linear_token_logps(h, *linear, t, recompute=recompute))
+        elif recompute:
             parts.append(checkpoint(_head_logps, head, h, t, use_reentrant=False))
         else:
             parts.append(_head_logps(head, h, t))

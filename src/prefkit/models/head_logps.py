@@ -1,0 +1,97 @@
+"""The LM head's log-probability of target tokens with its own backward pass.
+
+For hidden states ``h`` ``[n, H]``, a linear head ``W`` ``[V, H]`` (bias ``b``) and targets
+``y``, the forward computes ``z = h W^T + b`` in float32 and
+
+    out_i = z[i, y_i] - logsumexp_v z[i, v]
+
+and keeps ``h`` and the ``n`` values ``lse_i`` (not the ``[n, V]`` logits when ``recompute``);
+the backward uses ``d out_i / d z[i, v] = 1[v = y_i] - softmax(z_i)_v``:
+
+    G = (onehot(y) - exp(z - lse)) * g          (in place on one [n, V] buffer)
+    dh = G W,   dW = G^T h,   db = sum_i G_i
+
+Autograd through ``gather - logsumexp`` builds the same gradient from ~6 passes over fresh
+``[n, V]`` tensors (the logsumexp backward, a zero-filled scatter for the gather, their sum),
+and activation checkpointing of a chunk (``torch.utils.checkpoint``) also recomputes the
+logsumexp; here a recomputed chunk costs the one matrix product and the backward three
+in-place passes. Values and gradients equal the autograd path (tests/test_head_logps.py, with
+``torch.autograd.gradcheck`` in float64); :func:`prefkit.models.logprobs.token_logps` stays the
+plain reference and the path of heads this does not cover (:func:`fused_head`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["fused_head", "linear_token_logps"]
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+            ) -> torch.Tensor:
+    """Float32 logits (float64 ones stay float64: what gradcheck needs)."""
+    logits = F.linear(hidden, weight, bias)
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+class _LinearTokenLogps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None, targets: torch.Tensor, recompute: bool
+                ) -> torch.Tensor:
+        logits = _logits(hidden, weight, bias)
+        lse = torch.logsumexp(logits, dim=-1)
+        out = logits.gather(-1, targets[:, None])[:, 0] - lse
+        device = hidden.device.type
+        ctx.autocast = (torch.is_autocast_enabled(device),
+                        torch.get_autocast_dtype(device), device)
+        ctx.recompute = recompute
+        ctx.save_for_backward(hidden, weight, bias, targets, lse,
+                              None if recompute else logits)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        hidden, weight, bias, targets, lse, logits = ctx.saved_tensors
+        enabled, dtype, device = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            g = grad.to(lse.dtype)[:, None]
+            if logits is None:  # the same product as the forward, under the same autocast
+                shifted = _logits(hidden, weight, bias).sub_(lse[:, None])  # ours alone
+            else:  # the saved logits stay intact (a second backward with retain_graph)
+                shifted = logits - lse[:, None]
+            # onehot(y) - softmax(z), times g, in place
+            scores = shifted.exp_().mul_(-g)
+            scores.scatter_add_(-1, targets[:, None], g)
+            need_h, need_w, need_b = ctx.needs_input_grad[:3]
+            gz = scores.to(weight.dtype) if not enabled else scores
+            d_hidden = (gz @ weight).to(hidden.dtype) if need_h else None
+            d_weight = (gz.t() @ hidden).to(weight.dtype) if need_w else None
+            d_bias = scores.sum(0).to(bias.dtype) if need_b and bias is not None else None
+        return d_hidden, d_weight, d_bias, None, None
+
+
+def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       targets: torch.Tensor, *, recompute: bool = False) -> torch.Tensor:
+    """``log softmax(hidden W^T + b)[target]`` per row in float32 (module docs); ``recompute``:
+    keep only ``hidden`` and the ``n`` log-sum-exps for the backward pass and recompute the
+    logits there (what a chunk under activation checkpointing keeps), else keep the
+    ``[n, V]`` float32 logits."""
+    return _LinearTokenLogps.apply(hidden, weight, bias, targets, recompute)
+
+
+def fused_head(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(weight, bias)`` of ``head`` when :func:`linear_token_logps` computes exactly what
+    ``token_logps(head(hidden), targets)`` does: a plain ``nn.Linear`` (not a LoRA or other
+    wrapper, whose forward adds more) with ordinary (not sharded DTensor) parameters; None
+    otherwise."""
+    if type(head) is not nn.Linear:
+        return None
+    if any(type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor"
+           for p in head.parameters()):
+        return None
+    return head.weight, head.bias
