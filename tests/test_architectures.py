@@ -265,19 +265,19 @@ def test_decode_loop_equals_one_row_recomputed(arch):
     recomputed at every step, and the families with full attention run their decode steps
     with prefix_attention's shared-prefix attention."""
     from prefkit.models.decode import DecodeSettings, StaticCacheBackend, sampling_scores
-    from prefkit.models.prefix_attention import ATTENTION_NAME
+    from prefkit.models.prefix_attention import SharedPrefixCache
 
     model = _model(arch)
     prompts = [g.prompt_ids for g in _groups() for _ in range(2)]
     s = DecodeSettings(max_new_tokens=6, eos_id=None, pad_id=0)
-    impls = []
+    caches = []
     handle = model.register_forward_pre_hook(
-        lambda m, a, kw: impls.append(m.config._attn_implementation), with_kwargs=True)
+        lambda m, a, kw: caches.append(type(kw.get("cache"))), with_kwargs=True)
     try:
         gen = StaticCacheBackend().generate(model, prompts, s, seed=3, logprobs=True)
     finally:
         handle.remove()
-    assert (ATTENTION_NAME in impls) == (arch in SHARED_DECODE)
+    assert (SharedPrefixCache in caches) == (arch in SHARED_DECODE)
     with torch.no_grad():
         for row, (prompt, ids, lps) in enumerate(zip(prompts, gen.ids, gen.logprobs,
                                                      strict=True)):

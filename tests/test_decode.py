@@ -25,7 +25,6 @@ from prefkit.models.decode import (
 from prefkit.models.generate import encode_prompt, sample
 from prefkit.models.load import LoraSettings, apply_lora, tiny_llama_config
 from prefkit.models.prefix_attention import (
-    ATTENTION_NAME,
     SharedPrefixCache,
     equal_groups,
     shared_prefix_attention,
@@ -198,7 +197,7 @@ def test_one_token_per_forward_each_prompt_prefix_stored_once(world):
     """rows[:6] is 2 prompts x 3 samples: ONE prefill forward over the 2 distinct prompts on a
     StaticCache of the prompt width, then one forward of ONE token per row per step, every one
     on the same SharedPrefixCache whose prefix is the prefill's keys (2 rows, not 6) and whose
-    own slots hold the 6 rows' generated keys; the attention implementation is restored."""
+    own slots hold the 6 rows' generated keys; the model's config is never touched."""
     tok, _, rows, models = world
     model = models["sdpa"]
     gen, seen = _forwards(model, lambda: StaticCacheBackend().generate(
@@ -208,7 +207,7 @@ def test_one_token_per_forward_each_prompt_prefix_stored_once(world):
     assert seen[0][0] == (2, width) and seen[0][2] == "sdpa"
     prefill = seen[0][1]
     assert isinstance(prefill, StaticCache) and prefill.layers[0].max_cache_len == width
-    assert [(shape, impl) for shape, _, impl in seen[1:]] == [((6, 1), ATTENTION_NAME)] * 9
+    assert [(shape, impl) for shape, _, impl in seen[1:]] == [((6, 1), "sdpa")] * 9
     shared = seen[1][1]
     assert isinstance(shared, SharedPrefixCache) and all(c is shared for _, c, _ in seen[1:])
     layer = shared.layers[0]
@@ -290,6 +289,49 @@ def test_groups_are_equal_or_refused():
     assert equal_groups([0, 0, 1]) is None
     with pytest.raises(TypeError, match="SharedPrefixCache"):
         shared_prefix_attention(None, torch.zeros(1, 1, 1, 2), torch.zeros(1), None)
+
+
+def test_other_threads_use_the_model_while_it_decodes(world):
+    """The shared path changes no global state: while one thread decodes (prompt-shared
+    attention), other threads run plain forwards of the same model and decode through the
+    copy path, and every result equals its single-threaded value. (A decode loop that
+    switched the model config's attention implementation failed this: a model server runs
+    requests in threads.)"""
+    import threading
+
+    tok, _, rows, models = world
+    model = models["sdpa"]
+    s = _settings(tok, min_new_tokens=10)
+    shared_want = StaticCacheBackend().generate(model, rows, s, seed=7).ids
+    copy_want = StaticCacheBackend().generate(model, rows[:5], s, seed=8).ids
+    probe = torch.tensor([rows[0] + rows[4]])
+    with torch.no_grad():
+        logits_want = model(probe).logits
+    failures = []
+
+    def repeat(fn):
+        try:
+            for _ in range(8):
+                fn()
+        except Exception as err:  # noqa: BLE001 -- reported by the main thread
+            failures.append(repr(err))
+
+    def shared():
+        assert StaticCacheBackend().generate(model, rows, s, seed=7).ids == shared_want
+
+    def copied():
+        assert StaticCacheBackend().generate(model, rows[:5], s, seed=8).ids == copy_want
+
+    def plain():
+        with torch.no_grad():
+            assert torch.equal(model(probe).logits, logits_want)
+
+    threads = [threading.Thread(target=repeat, args=(fn,)) for fn in (shared, copied, plain)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
 
 
 def test_pad_equal_to_eos_and_restored_training_mode(world):

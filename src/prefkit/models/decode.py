@@ -46,7 +46,6 @@ included -- see the same tokens.)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,7 +61,6 @@ from transformers import (
 
 from prefkit.models.prefix_attention import (
     SharedPrefixCache,
-    decode_attention,
     equal_groups,
     shared_prefix_unsupported,
 )
@@ -418,11 +416,11 @@ class StaticCacheBackend:
         del out
         if grouped is not None:
             shared = SharedPrefixCache(cache, mask[pick], group, new)
-            step_fn, context = self._shared_step(model, shared, new), decode_attention(model)
+            step_fn = self._shared_step(model, shared, new)
         else:
             if len(first) < b:
                 _expand_cache(cache, expand)
-            step_fn, context = self._copy_step(model, cache, masks, w, new), nullcontext()
+            step_fn = self._copy_step(model, cache, masks, w, new)
         position = positions[:, -1:] + 1
         tokens = torch.full((b, new), s.pad_id, dtype=torch.long, device=device)
         logps = torch.zeros((b, new), dtype=torch.float32, device=device) \
@@ -430,20 +428,19 @@ class StaticCacheBackend:
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         pad = torch.tensor(s.pad_id, dtype=torch.long, device=device)
         steps = 0
-        with context:
-            for t in range(new):
-                nxt = _choose(logits, rows, t, s, seed, "noise" in self._modes)
-                if s.eos_id is not None:
-                    nxt = torch.where(finished, pad, nxt)
-                    finished |= nxt == s.eos_id
-                tokens[:, t] = nxt
-                if logps is not None:
-                    logps[:, t] = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
-                steps = t + 1
-                if t + 1 == new or (s.eos_id is not None and bool(finished.all())):
-                    break
-                logits = step_fn(t, nxt, position)
-                position = position + 1
+        for t in range(new):
+            nxt = _choose(logits, rows, t, s, seed, "noise" in self._modes)
+            if s.eos_id is not None:
+                nxt = torch.where(finished, pad, nxt)
+                finished |= nxt == s.eos_id
+            tokens[:, t] = nxt
+            if logps is not None:
+                logps[:, t] = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]
+            steps = t + 1
+            if t + 1 == new or (s.eos_id is not None and bool(finished.all())):
+                break
+            logits = step_fn(t, nxt, position)
+            position = position + 1
         tokens = tokens[:, :steps].cpu()
         logps = logps[:, :steps].cpu() if logps is not None else None
         if order is not None:  # back to the caller's row order
@@ -477,18 +474,20 @@ class StaticCacheBackend:
         return step
 
     def _shared_step(self, model: nn.Module, cache: SharedPrefixCache, new: int):
-        """Decode step ``t`` with :mod:`prefkit.models.prefix_attention` (no mask: the cache
-        holds the prompts' pad bias and closes the own slots after ``t``; compiled: the own
-        slots read are rounded up to a multiple of 32, so a few graphs cover every step)."""
+        """Decode step ``t`` with :mod:`prefkit.models.prefix_attention` (the cache holds the
+        prompts' pad bias and closes the own slots after ``t``, so the 4D mask passed is a
+        placeholder transformers hands on unread; compiled: the own slots read are rounded
+        up to a multiple of 32, so a few graphs cover every step)."""
         compiled = self._step_fn(model)
         rounded = "step" in self._modes
+        unused_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=cache.own_bias.device)
 
         def step(t: int, nxt: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
             cache.set_step(t, min(_bucket(t + 1), new) if rounded else None)
             # a retry rewrites slot t with the same keys: nothing to undo
             out = _call_step(model, compiled, lambda: None, input_ids=nxt[:, None],
-                             position_ids=position, cache=cache, use_cache=True,
-                             logits_to_keep=1)
+                             attention_mask=unused_mask, position_ids=position, cache=cache,
+                             use_cache=True, logits_to_keep=1)
             return out.logits[:, -1].float()
 
         return step

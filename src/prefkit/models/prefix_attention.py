@@ -20,18 +20,19 @@ number of them). The prompt's keys are stored once instead of G times, no per-st
 built, and the decode loop of bench/online_vs_trl.py (8 prompts x 4 samples x 64 tokens) takes
 ~10% less time (bench/RESULTS.md).
 
-How it plugs into a transformers model without touching its code: the decode steps run with
-``config._attn_implementation`` set to :data:`ATTENTION_NAME` (registered with transformers'
-``AttentionInterface``; :func:`decode_attention` sets and restores it) and a
-:class:`SharedPrefixCache` whose layers' ``update`` store the step's key/value and hand the layer
-itself to :func:`shared_prefix_attention` as ``key`` / ``value``. Transformers builds no mask for
-an implementation it has no mask function for, so none is passed.
+How it plugs into a transformers model without touching its code or its config: the decode
+steps pass a :class:`SharedPrefixCache`, whose layers' ``update`` store the step's key/value and
+hand the layer itself on as ``key`` / ``value``; the model calls its attention function through
+transformers' ``AttentionInterface`` under the name ``"sdpa"``, where this module registers
+:func:`sdpa_or_shared_prefix`: :func:`shared_prefix_attention` when the key is such a layer,
+transformers' own sdpa function (unchanged) for anything else. Nothing global changes state
+during a decode, so other threads may run the same model meanwhile (a model server does); a
+model with another attention implementation decodes through the copy path. The steps pass a
+placeholder 4D mask, which transformers hands on as is instead of building one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -39,10 +40,8 @@ from torch import nn
 from transformers import AttentionInterface, Cache, StaticCache
 from transformers.cache_utils import CacheLayerMixin
 
-__all__ = ["ATTENTION_NAME", "SharedPrefixCache", "decode_attention", "equal_groups",
+__all__ = ["SharedPrefixCache", "equal_groups", "sdpa_or_shared_prefix",
            "shared_prefix_attention", "shared_prefix_unsupported"]
-
-ATTENTION_NAME = "prefkit_shared_prefix"
 
 
 class SharedPrefixLayer(CacheLayerMixin):
@@ -132,10 +131,10 @@ def shared_prefix_attention(module: nn.Module, query: torch.Tensor, key: SharedP
     functions do. ``value`` is the same layer; ``attention_mask`` is unused (the layer holds
     the prompts' pad bias, and a row's own slots up to its step are all real)."""
     if not isinstance(key, SharedPrefixLayer):
-        raise TypeError(f"{ATTENTION_NAME} attention runs only over a SharedPrefixCache "
-                        f"(got {type(key).__name__}); it is for prefkit's decode steps")
+        raise TypeError(f"shared-prefix attention runs only over a SharedPrefixCache (got "
+                        f"{type(key).__name__}); it is for prefkit's decode steps")
     if softcap is not None or dropout:
-        raise ValueError(f"{ATTENTION_NAME} attention has no soft-capping or dropout")
+        raise ValueError("shared-prefix attention has no soft-capping or dropout")
     b, hq, q_len, d = query.shape
     kp, vp = key.prefix_keys, key.prefix_values
     p, hkv, width, _ = kp.shape
@@ -157,13 +156,34 @@ def shared_prefix_attention(module: nn.Module, query: torch.Tensor, key: SharedP
     return out[:, None].to(query.dtype), None
 
 
-AttentionInterface.register(ATTENTION_NAME, shared_prefix_attention)
+_SDPA = AttentionInterface._global_mapping["sdpa"]
+if getattr(_SDPA, "__wrapped_sdpa__", None) is not None:  # this module imported again
+    _SDPA = _SDPA.__wrapped_sdpa__
+
+
+def sdpa_or_shared_prefix(module: nn.Module, query: torch.Tensor, key: Any, value: Any,
+                          *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """The function transformers calls for ``"sdpa"`` attention once this module is imported:
+    :func:`shared_prefix_attention` for a decode step over a :class:`SharedPrefixCache`,
+    transformers' own sdpa attention for every other call (the same function, the same
+    arguments)."""
+    if isinstance(key, SharedPrefixLayer):
+        return shared_prefix_attention(module, query, key, value, *args, **kwargs)
+    return _SDPA(module, query, key, value, *args, **kwargs)
+
+
+sdpa_or_shared_prefix.__wrapped_sdpa__ = _SDPA  # type: ignore[attr-defined]
+AttentionInterface.register("sdpa", sdpa_or_shared_prefix)
 
 
 def shared_prefix_unsupported(model: nn.Module) -> str | None:
     """Why the decode steps of ``model`` cannot use :func:`shared_prefix_attention` (None: they
-    can): attention logit soft-capping (Gemma 2) is not implemented here. The model must also
-    pass the static decode loop's own checks (full attention, sdpa/eager)."""
+    can): it is reached through sdpa attention only (module docs), and attention logit
+    soft-capping (Gemma 2) is not implemented here. The model must also pass the static decode
+    loop's own checks (full attention, sdpa/eager)."""
+    impl = model.config._attn_implementation
+    if impl != "sdpa":
+        return f"attention implementation {impl!r} (the shared prefix goes through sdpa)"
     text = model.config.get_text_config(decoder=True)
     if getattr(text, "attn_logit_softcapping", None) is not None:
         return "attention logit soft-capping"
@@ -180,16 +200,3 @@ def equal_groups(inverse: list[int]) -> tuple[list[int], int] | None:
     if len(set(counts.values())) != 1:
         return None
     return sorted(range(len(inverse)), key=inverse.__getitem__), next(iter(counts.values()))
-
-
-@contextmanager
-def decode_attention(model: nn.Module) -> Iterator[None]:
-    """Run ``model``'s forwards inside with :func:`shared_prefix_attention` (its config's
-    attention implementation set to :data:`ATTENTION_NAME`, restored on exit)."""
-    config = model.config
-    before = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
