@@ -16,7 +16,8 @@ log-probs out) that all follow that rule:
 * :class:`StaticCacheBackend` (``"prefkit"``, the default): prefill each distinct left-padded
   prompt once, then one forward of ONE token per row per step over preallocated keys and
   values (no per-step cache growth), sampling inline, finished rows fed the pad token. When
-  every prompt of a batch has the same number k of rows (online RL's G samples), the steps
+  every prompt of a batch has the same number k of rows (online RL's G samples; sdpa models),
+  the steps
   attend over each prompt's prefilled keys once for its k samples and over each row's own
   generated keys (:mod:`prefkit.models.prefix_attention`: no copy of the prompt's keys, no
   mask); otherwise (a batch that splits a prompt's samples) the prompt's cache rows are copied
