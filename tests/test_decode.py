@@ -284,6 +284,24 @@ def test_shared_prefix_attention_equals_attention_over_the_concatenated_keys(hea
     torch.testing.assert_close(got, want.transpose(1, 2), atol=1e-6, rtol=1e-5)
 
 
+def test_a_later_sdpa_registration_turns_the_shared_path_off(world, monkeypatch):
+    """Another library re-registering transformers' 'sdpa' attention after prefkit's
+    dispatcher: the decode loop notices and copies the prompts' cache rows instead (the same
+    tokens), rather than handing that function a cache layer."""
+    from transformers import AttentionInterface
+
+    from prefkit.models import prefix_attention
+
+    tok, _, rows, models = world
+    model = models["sdpa"]
+    want = StaticCacheBackend().generate(model, rows, _settings(tok), seed=2).ids
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", prefix_attention._SDPA)
+    assert "registered again" in prefix_attention.shared_prefix_unsupported(model)
+    got, seen = _forwards(model, lambda: StaticCacheBackend().generate(
+        model, rows, _settings(tok), seed=2).ids)
+    assert got == want and not any(isinstance(c, SharedPrefixCache) for _, c, _ in seen)
+
+
 def test_groups_are_equal_or_refused():
     assert equal_groups([0, 1, 0, 1]) == ([0, 2, 1, 3], 2)
     assert equal_groups([0, 0, 1]) is None

@@ -184,6 +184,8 @@ def shared_prefix_unsupported(model: nn.Module) -> str | None:
     impl = model.config._attn_implementation
     if impl != "sdpa":
         return f"attention implementation {impl!r} (the shared prefix goes through sdpa)"
+    if AttentionInterface._global_mapping.get("sdpa") is not sdpa_or_shared_prefix:
+        return "transformers' 'sdpa' attention was registered again after prefkit's dispatcher"
     text = model.config.get_text_config(decoder=True)
     if getattr(text, "attn_logit_softcapping", None) is not None:
         return "attention logit soft-capping"
