@@ -416,12 +416,13 @@ class StaticCacheBackend:
         logits = out.logits[:, -1].float()[expand]
         del out
         if grouped is not None:
-            shared = SharedPrefixCache(cache, mask[pick], group, new)
-            step_fn = self._shared_step(model, shared, new)
+            cache = SharedPrefixCache(cache, mask[pick], group, new)
+            prepare = self._shared_prepare(cache, new)
         else:
             if len(first) < b:
                 _expand_cache(cache, expand)
-            step_fn = self._copy_step(model, cache, masks, w, new)
+            prepare = self._copy_prepare(cache, masks, w, new)
+        step_fn = self._stepper(model, cache, prepare)
         position = positions[:, -1:] + 1
         tokens = torch.full((b, new), s.pad_id, dtype=torch.long, device=device)
         logps = torch.zeros((b, new), dtype=torch.float32, device=device) \
@@ -451,47 +452,53 @@ class StaticCacheBackend:
             logps = logps[back] if logps is not None else None
         return tokens, logps
 
-    def _copy_step(self, model: nn.Module, cache: StaticCache, masks: _Masks, w: int,
-                   new: int):
-        """Decode step ``t`` over a cache whose rows hold their prompt's keys (copied): the
-        step reads the prompt and the tokens so far (compiled: rounded up to a multiple of 32
-        slots, so a few graphs cover every step), under the chunk's 4D mask."""
+    def _stepper(self, model: nn.Module, cache: Any, prepare: Any):
+        """Decode step ``t``: ``prepare(t)`` sets what the step reads and returns the 4D mask
+        to pass and how to undo the step's cache write (for :func:`_call_step`), then one
+        forward of the step's tokens (compiled in ``"step"`` mode); returns its logits."""
         compiled = self._step_fn(model)
-        rounded = "step" in self._modes
 
         def step(t: int, nxt: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-            view = min(_bucket(w + t + 1), w + new) if rounded else w + t + 1
-            _set_view(cache, view)
-
-            def undo() -> None:  # the layers' write position back to slot w + t
-                for layer in cache.layers:
-                    layer.cumulative_length.fill_(w + t)
-
+            mask, undo = prepare(t)
             out = _call_step(model, compiled, undo, input_ids=nxt[:, None],
-                             attention_mask=masks.open(t)[..., :view], position_ids=position,
-                             cache=cache, use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1].float()
-
-        return step
-
-    def _shared_step(self, model: nn.Module, cache: SharedPrefixCache, new: int):
-        """Decode step ``t`` with :mod:`prefkit.models.prefix_attention` (the cache holds the
-        prompts' pad bias and closes the own slots after ``t``, so the 4D mask passed is a
-        placeholder transformers hands on unread; compiled: the own slots read are rounded
-        up to a multiple of 32, so a few graphs cover every step)."""
-        compiled = self._step_fn(model)
-        rounded = "step" in self._modes
-        unused_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=cache.own_bias.device)
-
-        def step(t: int, nxt: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-            cache.set_step(t, min(_bucket(t + 1), new) if rounded else None)
-            # a retry rewrites slot t with the same keys: nothing to undo
-            out = _call_step(model, compiled, lambda: None, input_ids=nxt[:, None],
-                             attention_mask=unused_mask, position_ids=position, cache=cache,
+                             attention_mask=mask, position_ids=position, cache=cache,
                              use_cache=True, logits_to_keep=1)
             return out.logits[:, -1].float()
 
         return step
+
+    def _copy_prepare(self, cache: StaticCache, masks: _Masks, w: int, new: int):
+        """For a cache whose rows hold their prompt's keys (copied): step ``t`` reads the
+        prompt and the tokens so far (compiled: rounded up to a multiple of 32 slots, so a few
+        graphs cover every step) under the chunk's 4D mask; undoing puts the layers' write
+        position back to slot ``w + t``."""
+        rounded = "step" in self._modes
+
+        def prepare(t: int) -> tuple[torch.Tensor, Any]:
+            view = min(_bucket(w + t + 1), w + new) if rounded else w + t + 1
+            _set_view(cache, view)
+
+            def undo() -> None:
+                for layer in cache.layers:
+                    layer.cumulative_length.fill_(w + t)
+
+            return masks.open(t)[..., :view], undo
+
+        return prepare
+
+    def _shared_prepare(self, cache: SharedPrefixCache, new: int):
+        """For :mod:`prefkit.models.prefix_attention`: the cache holds the prompts' pad bias and
+        closes the own slots after ``t`` (compiled: the own slots read are rounded up to a
+        multiple of 32), so the 4D mask is a placeholder transformers hands on unread; a retry
+        rewrites slot ``t`` with the same keys, so there is nothing to undo."""
+        rounded = "step" in self._modes
+        placeholder = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=cache.own_bias.device)
+
+        def prepare(t: int) -> tuple[torch.Tensor, Any]:
+            cache.set_step(t, min(_bucket(t + 1), new) if rounded else None)
+            return placeholder, lambda: None
+
+        return prepare
 
 
 _STEP_COMPILE_FAILED: list[str] = []
