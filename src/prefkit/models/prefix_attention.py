@@ -144,16 +144,18 @@ def shared_prefix_attention(module: nn.Module, query: torch.Tensor, key: SharedP
     q_prefix = q.transpose(1, 2).reshape(p, hkv, g * rep, d)
     s_prefix = torch.matmul(q_prefix, kp.transpose(-1, -2)).float().add_(key.prefix_bias)
     own_k, own_v = key.keys[:, :, :t], key.values[:, :, :t]
-    s_own = torch.matmul(q.reshape(b, hkv, rep, d), own_k.transpose(-1, -2)).float()
-    s_own = s_own.add_(key.own_bias[..., :t])
+    # a row's own part is a product of rep query rows (one, without grouped-query attention):
+    # baddbmm, which torch.compile keeps one library call, where it would turn a one-row
+    # matmul into a loop that recomputes the query's rotary embedding for every key slot
+    s_own = torch.baddbmm(key.own_bias[0, :, :, :t].to(q.dtype), q.reshape(b * hkv, rep, d),
+                          own_k.reshape(b * hkv, t, d).transpose(1, 2)).float()
     s_own = s_own.reshape(p, g, hkv, rep, t).transpose(1, 2).reshape(p, hkv, g * rep, t)
     probs = torch.softmax(torch.cat([s_prefix, s_own], -1), -1).to(vp.dtype)
     out_prefix = torch.matmul(probs[..., :width], vp)  # [P, H_kv, G*rep, D]
     a_own = probs[..., width:].reshape(p, hkv, g, rep, t).transpose(1, 2)
-    out_own = torch.matmul(a_own.reshape(b, hkv, rep, t), own_v)  # [B, H_kv, rep, D]
-    out = out_prefix.reshape(p, hkv, g, rep, -1).transpose(1, 2).reshape(b, hkv, rep, -1)
-    out = out.add_(out_own).reshape(b, hq, -1)
-    return out[:, None].to(query.dtype), None
+    out = out_prefix.reshape(p, hkv, g, rep, -1).transpose(1, 2).reshape(b * hkv, rep, -1)
+    out = torch.baddbmm(out, a_own.reshape(b * hkv, rep, t), own_v.reshape(b * hkv, t, -1))
+    return out.reshape(b, 1, hq, -1).to(query.dtype), None
 
 
 _SDPA = AttentionInterface._global_mapping["sdpa"]
