@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from prefkit.models.head_logps import fused_head, linear_token_logps
+from prefkit.models.head_logps import _logsumexp_, fused_head, linear_token_logps
 from prefkit.models.logprobs import token_logps
 
 
@@ -48,6 +48,23 @@ def test_values_and_gradients_equal_the_autograd_path(recompute, bias):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     for a, b in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_in_place_logsumexp_has_the_bits_of_torch_logsumexp():
+    """The recomputed path's log-sum-exp works in place on the logits; it must be
+    torch.logsumexp bit for bit, also for rows with masked (-inf) or infinite entries, and the
+    two paths' forward values must be identical."""
+    g = torch.Generator().manual_seed(3)
+    for vocab in (7, 4096, 4099):
+        x = torch.randn(9, vocab, generator=g) * 4
+        x[1] = float("-inf")  # every token masked
+        x[2, : vocab // 2] = float("-inf")
+        x[3, 0] = float("inf")
+        assert torch.equal(_logsumexp_(x.clone()), torch.logsumexp(x, dim=-1))
+    head, h, t, _ = _case(n=64, vocab=300)
+    kept = linear_token_logps(h, head.weight, head.bias, t, recompute=False)
+    recomputed = linear_token_logps(h, head.weight, head.bias, t, recompute=True)
+    assert torch.equal(kept, recomputed)
 
 
 @pytest.mark.parametrize("recompute", [False, True])

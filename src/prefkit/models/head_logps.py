@@ -38,14 +38,26 @@ def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return logits if logits.dtype == torch.float64 else logits.float()
 
 
+def _logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.logsumexp(logits, -1)`` with the same operations in the same order (so the same
+    bits: the row max, set to 0 where it is infinite, subtracted, ``exp``, sum, ``log``, the
+    max added back), but in place on ``logits``, which it overwrites: no second ``[n, V]``
+    tensor."""
+    top = logits.amax(-1, keepdim=True)
+    top.masked_fill_(top.abs() == float("inf"), 0)
+    return logits.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
+
+
 class _LinearTokenLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor | None, targets: torch.Tensor, recompute: bool
                 ) -> torch.Tensor:
         logits = _logits(hidden, weight, bias)
-        lse = torch.logsumexp(logits, dim=-1)
-        out = logits.gather(-1, targets[:, None])[:, 0] - lse
+        picked = logits.gather(-1, targets[:, None])[:, 0]
+        # recompute: the logits are not kept, so the log-sum-exp may work in place on them
+        lse = _logsumexp_(logits) if recompute else torch.logsumexp(logits, dim=-1)
+        out = picked - lse
         device = hidden.device.type
         ctx.autocast = (torch.is_autocast_enabled(device),
                         torch.get_autocast_dtype(device), device)
