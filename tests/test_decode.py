@@ -103,6 +103,20 @@ def test_static_loop_equals_generate_for_every_setting(world, attn):
     assert any(len(r) < 10 for r in new.ids) and any(len(r) == 10 for r in new.ids)
 
 
+def test_first_argmax_is_argmax_with_ties_nan_and_infinities():
+    """The decode loop picks tokens with ``max(-1).indices``; it must be ``argmax(-1)``: the
+    first of tied maxima, the first NaN, a row of -inf, +inf entries."""
+    from prefkit.models.decode import _first_argmax
+
+    x = torch.randn(5, 4099, generator=torch.Generator().manual_seed(0))
+    x[0, 5] = x[0, 9] = 99.0
+    x[1, 7] = x[1, 3] = float("nan")
+    x[2] = float("-inf")
+    x[3, 4098] = x[3, 2] = float("inf")
+    assert torch.equal(_first_argmax(x), x.argmax(-1))
+    assert _first_argmax(x)[:4].tolist() == [5, 3, 0, 2]
+
+
 def test_static_loop_equals_plain_uncached_rule(world):
     tok, _, rows, models = world
     for case in (dict(), dict(top_p=0.8, min_new_tokens=3), dict(temperature=0.0)):

@@ -598,9 +598,16 @@ def _choose(logits: torch.Tensor, rows: torch.Tensor, step: int, s: DecodeSettin
         logits = logits.clone()
         logits[:, s.eos_id] = float("-inf")
     if s.temperature == 0:
-        return logits.argmax(-1)
-    return sampling_scores(logits, rows, step, seed=seed, temperature=s.temperature,
-                           top_k=s.top_k, top_p=s.top_p, compiled=compiled).argmax(-1)
+        return _first_argmax(logits)
+    return _first_argmax(sampling_scores(logits, rows, step, seed=seed,
+                                         temperature=s.temperature, top_k=s.top_k,
+                                         top_p=s.top_p, compiled=compiled))
+
+
+def _first_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(-1)`` (the first maximal index of each row, as both are documented to
+    return), through ``max``, which is ~3x faster on the CPU for a [32, 4096] step."""
+    return scores.max(-1).indices
 
 
 # ----------------------------------------------------------------------------- generate()
