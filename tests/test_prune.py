@@ -91,3 +91,51 @@ def test_lora_and_unsupported_fall_back_or_prune_exactly():
     plain = _model()
     plain.gradient_checkpointing_enable()
     assert not last_layer_supported(plain.get_decoder())
+
+
+def test_other_threads_see_the_whole_layer_while_one_prunes(monkeypatch):
+    """While one thread's pruned forward is inside the last layer (held there), another thread
+    runs a plain forward of the same model (it must get the full output, not the first
+    thread's pruned rows) and its own pruned forward at other positions; both pruned results
+    equal the full forward, and the real layer is back in place afterwards."""
+    import threading
+
+    from prefkit.models import prune
+
+    model = _model()
+    decoder = model.get_decoder()
+    real_last = decoder.layers[-1]
+    batch = pack_groups(_groups(), max_length=40, pad_id=0)
+    inputs = dict(input_ids=batch.input_ids, attention_mask=model_attention_mask(model, batch),
+                  position_ids=batch.position_ids, use_cache=False)
+    rows, cols = batch.logit_positions[:, 0], batch.logit_positions[:, 1]
+    full = decoder(**inputs).last_hidden_state
+
+    inside, release = threading.Event(), threading.Event()
+    finish = prune._finish
+
+    def held_finish(*args, **kwargs):
+        if threading.current_thread().name == "pruning":  # hold the first thread in the layer
+            inside.set()
+            assert release.wait(30)
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(prune, "_finish", held_finish)
+    got: dict[str, torch.Tensor] = {}
+    worker = threading.Thread(target=lambda: got.update(a=hidden_at(decoder, rows, cols,
+                                                                    **inputs)),
+                              name="pruning")
+    worker.start()
+    try:
+        assert inside.wait(30)
+        assert isinstance(decoder.layers[-1], _LastLayerAt)  # the first thread's wrapper
+        plain = decoder(**inputs).last_hidden_state  # this thread: the whole layer
+        assert torch.allclose(plain, full, atol=1e-6)
+        few_rows, few_cols = rows[::3], cols[::3]
+        mine = hidden_at(decoder, few_rows, few_cols, **inputs)
+        assert torch.allclose(mine, full[few_rows, few_cols], atol=1e-5)
+    finally:
+        release.set()
+        worker.join(30)
+    assert torch.allclose(got["a"], full[rows, cols], atol=1e-5)
+    assert decoder.layers[-1] is real_last

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +115,8 @@ def prune_fallback_reason(decoder: nn.Module) -> str | None:
     if layers is None:
         return f"{name} has no `layers` list"
     layer = layers[-1]
+    if isinstance(layer, _LastLayerAt):  # another thread's pruned forward is running
+        layer = layer.layer
     kind = type(layer).__name__
     if kind.startswith("FSDP"):
         return (f"{kind} is sharded by FSDP (its parameters are gathered only inside its own "
@@ -229,17 +232,23 @@ def _eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 
 class _LastLayerAt(nn.Module):
-    """The wrapped decoder layer computed at positions ``(rows, cols)`` only (module doc)."""
+    """The wrapped decoder layer computed at positions ``(rows, cols)`` only (module doc), for
+    the thread that installed it: a forward of the same model in any other thread meanwhile
+    runs the whole layer (see :func:`_pruned`)."""
 
     def __init__(self, layer: nn.Module, rows: torch.Tensor, cols: torch.Tensor) -> None:
         super().__init__()
         self.layer = layer
         self.rows = rows
         self.cols = cols
+        self.owner = threading.get_ident()
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
                 **kwargs: Any) -> torch.Tensor:
+        if threading.get_ident() != self.owner:  # another thread's forward: the whole layer
+            return self.layer(hidden_states, attention_mask=attention_mask,
+                              position_embeddings=position_embeddings, **kwargs)
         layer, rows, cols = self.layer, self.rows, self.cols
         family = FAMILIES[type(layer).__name__]
         attn = _attention(layer)
@@ -302,12 +311,21 @@ class _LastLayerAt(nn.Module):
 
 @contextlib.contextmanager
 def _pruned(layers: nn.ModuleList, rows: torch.Tensor, cols: torch.Tensor) -> Iterator[None]:
-    original = layers[-1]
-    layers[-1] = _LastLayerAt(original, rows, cols)
+    """``layers[-1]`` pruned to ``(rows, cols)`` for this thread's forward inside the block.
+
+    Safe when other threads use the same model meanwhile: the wrapper prunes only for the
+    thread that installed it (any other thread's forward runs the whole layer, the same values
+    at every position), a wrapper installed over another thread's wraps the real layer, and
+    leaving always puts the real layer back -- a thread whose forward had not yet reached the
+    last layer then runs it whole, which :func:`hidden_at` reads at its positions just the
+    same."""
+    current = layers[-1]
+    real = current.layer if isinstance(current, _LastLayerAt) else current
+    layers[-1] = _LastLayerAt(real, rows, cols)
     try:
         yield
     finally:
-        layers[-1] = original
+        layers[-1] = real
 
 
 def _is_block_mask(mask: Any) -> bool:
