@@ -17,19 +17,18 @@ log-probs out) that all follow that rule:
   prompt once, then one forward of ONE token per row per step over preallocated keys and
   values (no per-step cache growth), sampling inline, finished rows fed the pad token. When
   every prompt of a batch has the same number k of rows (online RL's G samples; sdpa models),
-  the steps
-  attend over each prompt's prefilled keys once for its k samples and over each row's own
-  generated keys (:mod:`prefkit.models.prefix_attention`: no copy of the prompt's keys, no
-  mask); otherwise (a batch that splits a prompt's samples) the prompt's cache rows are copied
-  to its samples in a :class:`transformers.StaticCache` and the model's own attention reads
-  them under a 4D mask built once per batch, one key column opened per step. ``compile``
-  (off by default, ``"prefkit-compiled"`` turns both on): ``"noise"`` fuses the sampler's
-  integer hash into one compiled pass (the same bits by construction; measured on a busy
-  2-core CPU at 32 rows x vocab 4096: the hash ~9x faster, the whole noise ~1.7x; ~7-12 s to
-  compile once per process), ``"step"`` compiles the one-token forward (the same tokens in
-  the tests; ~1.4x per step on a tiny Llama; ~12-45 s to compile, again for each new batch
-  shape -- so the prompt width, and the generated slots a step reads, are rounded up to a
-  multiple of 32 there, :func:`_bucket`).
+  the steps attend over each prompt's prefilled keys once for its k samples and over each
+  row's own generated keys (:mod:`prefkit.models.prefix_attention`: no copy of the prompt's
+  keys, no mask); otherwise (a batch that splits a prompt's samples) the prompt's cache rows
+  are copied to its samples in a :class:`transformers.StaticCache` and the model's own
+  attention reads them under a 4D mask built once per batch, one key column opened per step.
+  ``compile`` (off by default, ``"prefkit-compiled"`` turns both on): ``"noise"`` fuses the
+  sampler's integer hash into one compiled pass (the same bits by construction; measured on a
+  busy 2-core CPU at 32 rows x vocab 4096: the hash ~9x faster, the whole noise ~1.7x; ~7-12 s
+  to compile once per process), ``"step"`` compiles the one-token forward (the same tokens in
+  the tests; ~1.4x per step on a tiny Llama; ~12-45 s to compile, again for each new batch shape
+  -- so the prompt width, and the generated slots a step reads, are rounded up to a multiple of
+  32 there, :func:`_bucket`).
 * :class:`GenerateBackend` (``"transformers"``): Hugging Face ``generate`` with the rule as a
   logits processor -- the path prefkit used before; kept selectable and as the fallback for
   models the static loop does not cover (:func:`static_decode_unsupported` names why).

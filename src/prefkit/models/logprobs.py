@@ -34,7 +34,7 @@ from prefkit.models.packing import (
     packed_groups,
     segment_mask,
 )
-from prefkit.models.prune import gather_positions, hidden_at
+from prefkit.models.prune import full_hidden_at, hidden_at
 
 __all__ = ["SequenceLogps", "sequence_logps", "sequence_logps_padded", "token_logps"]
 
@@ -250,9 +250,7 @@ def _completion_logps_decoder(
     if mask is None and isinstance(batch, PackedBatch):
         # sequences marked by position_ids restarts only (FlashAttention): the pruned last
         # layer would read "no mask" as one causal sequence, so the whole decoder runs
-        out = decoder(**inputs)
-        selected = gather_positions(out.last_hidden_state if hasattr(out, "last_hidden_state")
-                                    else out[0], rows, cols)
+        selected = full_hidden_at(decoder, rows, cols, **inputs)
     else:
         # [N, H]: completion-predicting positions only (the last layer runs only there)
         selected = hidden_at(decoder, rows, cols, **inputs)

@@ -56,8 +56,8 @@ from torch import nn
 
 from prefkit.models.attention import FLEX_IMPLEMENTATION
 
-__all__ = ["FAMILIES", "gather_positions", "hidden_at", "last_layer_supported",
-           "prune_fallback_reason"]
+__all__ = ["FAMILIES", "full_hidden_at", "gather_positions", "hidden_at",
+           "last_layer_supported", "prune_fallback_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +114,7 @@ def prune_fallback_reason(decoder: nn.Module) -> str | None:
     layers = _layers(decoder)
     if layers is None:
         return f"{name} has no `layers` list"
-    layer = layers[-1]
-    if isinstance(layer, _LastLayerAt):  # another thread's pruned forward is running
-        layer = layer.layer
+    layer = _real_layer(layers[-1])  # another thread's pruned forward may be running
     kind = type(layer).__name__
     if kind.startswith("FSDP"):
         return (f"{kind} is sharded by FSDP (its parameters are gathered only inside its own "
@@ -319,13 +317,17 @@ def _pruned(layers: nn.ModuleList, rows: torch.Tensor, cols: torch.Tensor) -> It
     leaving always puts the real layer back -- a thread whose forward had not yet reached the
     last layer then runs it whole, which :func:`hidden_at` reads at its positions just the
     same."""
-    current = layers[-1]
-    real = current.layer if isinstance(current, _LastLayerAt) else current
+    real = _real_layer(layers[-1])
     layers[-1] = _LastLayerAt(real, rows, cols)
     try:
         yield
     finally:
         layers[-1] = real
+
+
+def _real_layer(layer: nn.Module) -> nn.Module:
+    """The decoder layer itself, also while another thread's :class:`_LastLayerAt` wraps it."""
+    return layer.layer if isinstance(layer, _LastLayerAt) else layer
 
 
 def _is_block_mask(mask: Any) -> bool:
@@ -364,12 +366,17 @@ def hidden_at(decoder: nn.Module, rows: torch.Tensor, cols: torch.Tensor, **inpu
                       "row's positions: the pruned layer's dense mask slice would be near L x L")
     if reason is not None:
         _log_fallback(decoder, reason)
-        out = decoder(**inputs)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return gather_positions(hidden, rows, cols)
+        return full_hidden_at(decoder, rows, cols, **inputs)
     flat = torch.unique(rows * width + cols, sorted=True)
     u_rows, u_cols = flat // width, flat % width
     with _pruned(_layers(decoder), u_rows, u_cols):
-        out = decoder(**inputs)
+        return full_hidden_at(decoder, rows, cols, **inputs)
+
+
+def full_hidden_at(decoder: nn.Module, rows: torch.Tensor, cols: torch.Tensor, **inputs: Any
+                   ) -> torch.Tensor:
+    """``decoder(**inputs)``'s final hidden states at ``(rows, cols)`` (``[N, H]``), every layer
+    run as it is (inside :func:`_pruned`, this thread's last layer is the pruned one)."""
+    out = decoder(**inputs)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return gather_positions(hidden, rows, cols)
