@@ -438,6 +438,35 @@ def test_gumbel_noise_equals_the_plain_formula():
         assert torch.equal(gumbel_noise(seed, rows, step, 300), want)
 
 
+def test_step_sampler_draws_the_rule_of_each_step():
+    """The decode loop's per-chunk sampler (all steps' row hashes at once, buffers reused, EOS
+    masked in float64, ``scores - log(-log u)``) picks the token of the plain rule at every
+    step, for temperature, top-k, top-p and min_new_tokens, and its hashes of a step range are
+    the one-step hashes."""
+    from prefkit.models.decode import _first_argmax, _row_hash, _StepSampler
+
+    rows = torch.tensor([0, 1, 7, 123456, 2**40 + 3])
+    assert torch.equal(_row_hash(9, rows, torch.arange(6)),
+                       torch.stack([_row_hash(9, rows, t) for t in range(6)]))
+    g = torch.Generator().manual_seed(0)
+    steps = [torch.randn(5, 300, generator=g) * 3 for _ in range(6)]
+    steps[2][1, 4] = steps[2][1, 9] = 50.0  # a tie before the noise
+    for case in ({"temperature": 1.0}, {"temperature": 0.7, "top_k": 20},
+                 {"temperature": 1.3, "top_p": 0.8, "min_new_tokens": 4},
+                 {"temperature": 0.0, "min_new_tokens": 2}):
+        s = DecodeSettings(max_new_tokens=6, eos_id=3, pad_id=0, **case)
+        sample = _StepSampler(rows, 6, s, 11, False, steps[0])
+        for t, logits in enumerate(steps):
+            ban = logits.clone()
+            if t < s.min_new_tokens:
+                ban[:, 3] = float("-inf")
+            want = _first_argmax(ban) if s.temperature == 0 else _first_argmax(sampling_scores(
+                ban, rows, t, seed=11, temperature=s.temperature, top_k=s.top_k,
+                top_p=s.top_p))
+            assert torch.equal(sample(logits, t), want), (case, t)
+            assert not (t < s.min_new_tokens and (want == 3).any())
+
+
 def test_settings_and_backend_names_are_checked():
     with pytest.raises(ValueError, match="min_new_tokens"):
         DecodeSettings(max_new_tokens=4, min_new_tokens=5)
