@@ -5,13 +5,10 @@ shared by their K responses) or a :class:`PaddedBatch`, keeps the hidden states 
 positions that predict completion tokens (computing the last layer only there:
 :mod:`prefkit.models.prune`), and applies the LM head to those positions in
 chunks, computing ``logit[target] - logsumexp(logits)`` per chunk -- a ``[N, L, vocab]``
-log-softmax is never built and the head never runs on prompt positions. With gradients on,
-the chunks' logits are kept for the backward pass while all of them fit in
-:data:`KEEP_LOGITS_BYTES` (the lab's 4,096-word vocabulary: up to 4,096 completion tokens);
-beyond that each chunk is recomputed in the backward pass (activation checkpointing: one
-``[chunk, vocab]`` block alive at a time, what a 150k-word vocabulary needs). Both give the same
-bits (tests/test_head_logps.py). Per-token values are summed into ``[G, Kmax]`` by segment;
-gradients flow.
+log-softmax is never built and the head never runs on prompt positions. With gradients on
+and more than one chunk, each chunk is recomputed in the backward pass (activation
+checkpointing) so the ``[chunk, vocab]`` logits are not kept alive between forward and
+backward. Per-token values are summed into ``[G, Kmax]`` by segment; gradients flow.
 
 :func:`sequence_logps_padded` is the plain reference (full logits, ``log_softmax``) the
 tests compare against.
@@ -38,17 +35,11 @@ from prefkit.models.packing import (
     segment_mask,
 )
 from prefkit.models.prune import full_hidden_at, hidden_at
+from prefkit.models.segment_attention import with_segments
 
-__all__ = ["KEEP_LOGITS_BYTES", "SequenceLogps", "sequence_logps", "sequence_logps_padded",
-           "token_logps"]
+__all__ = ["SequenceLogps", "sequence_logps", "sequence_logps_padded", "token_logps"]
 
 Batch = PackedBatch | PaddedBatch
-
-#: With gradients on, the float32 LM-head logits of all completion positions are kept for the
-#: backward pass while they fit in this many bytes, else each chunk's logits are recomputed
-#: there (one more matrix product per chunk: ~10% of the head's forward and backward at 2,048
-#: tokens x vocab 4,096 on 2 CPU threads).
-KEEP_LOGITS_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -115,13 +106,6 @@ def _chunked_logps(
         else:
             parts.append(_head_logps(head, h, t))
     return torch.cat(parts)
-
-
-def _vocab_size(head: nn.Module) -> int:
-    """The head's output size from its weight (a linear head, or a LoRA or softcap wrapper of
-    one); a head without one counts as unbounded (its chunks are recomputed)."""
-    weight = getattr(head, "weight", getattr(getattr(head, "head", None), "weight", None))
-    return weight.shape[0] if isinstance(weight, torch.Tensor) else 2**62
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -219,7 +203,11 @@ def model_attention_mask(model: nn.Module, batch: Batch
             mask = additive_mask(mask, dtype)
     elif mask.dtype != dtype:
         mask = additive_mask(mask == 0, dtype)
-    return decoder_attention_mask(model, mask, batch.position_ids)
+    full = decoder_attention_mask(model, mask, batch.position_ids)
+    if full is mask and isinstance(batch, PackedBatch):
+        # no sliding window: sdpa may run segment by segment (segment_attention)
+        return with_segments(mask, batch.token_group, batch.token_part)
+    return full
 
 
 def _flex_mask(model: nn.Module, batch: PackedBatch) -> Any:
@@ -272,8 +260,7 @@ def _completion_logps_decoder(
         # [N, H]: completion-predicting positions only (the last layer runs only there)
         selected = hidden_at(decoder, rows, cols, **inputs)
     if recompute is None:
-        recompute = torch.is_grad_enabled() and selected.shape[0] > chunk_size and (
-            4 * selected.shape[0] * _vocab_size(head) > KEEP_LOGITS_BYTES)
+        recompute = torch.is_grad_enabled() and selected.shape[0] > chunk_size
     return _chunked_logps(head, selected, batch.target_ids, chunk_size, recompute), selected
 
 
@@ -330,8 +317,7 @@ def sequence_logps(
             logits in memory); any value gives the same result.
         average: make :attr:`SequenceLogps.logps` the per-token mean instead of the sum.
         recompute: recompute each chunk's logits in backward instead of storing them;
-            default: when grad mode is on, there is more than one chunk and the float32
-            logits of all completion positions exceed :data:`KEEP_LOGITS_BYTES`.
+            default: when grad mode is on and there is more than one chunk.
         path: ``"decoder"`` runs ``model.get_decoder()`` and applies
             ``model.get_output_embeddings()`` itself (hidden states only at completion
             positions, chunked head); ``"forward"`` calls ``model(...)`` with a bool

@@ -40,6 +40,8 @@ from torch import nn
 from transformers import AttentionInterface, Cache, StaticCache
 from transformers.cache_utils import CacheLayerMixin
 
+from prefkit.models.segment_attention import segment_attention, segments_usable
+
 __all__ = ["SharedPrefixCache", "equal_groups", "sdpa_or_shared_prefix",
            "shared_prefix_attention", "shared_prefix_unsupported"]
 
@@ -167,10 +169,14 @@ def sdpa_or_shared_prefix(module: nn.Module, query: torch.Tensor, key: Any, valu
                           *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
     """The function transformers calls for ``"sdpa"`` attention once this module is imported:
     :func:`shared_prefix_attention` for a decode step over a :class:`SharedPrefixCache`,
-    transformers' own sdpa attention for every other call (the same function, the same
-    arguments)."""
+    :func:`prefkit.models.segment_attention.segment_attention` for a packed training batch
+    whose mask carries its segment layout, transformers' own sdpa attention for every other
+    call (the same function, the same arguments)."""
     if isinstance(key, SharedPrefixLayer):
         return shared_prefix_attention(module, query, key, value, *args, **kwargs)
+    mask = args[0] if args else kwargs.get("attention_mask")
+    if segments_usable(query, mask, kwargs.get("dropout", 0.0), kwargs):
+        return segment_attention(module, query, key, value, mask, kwargs.get("scaling"))
     return _SDPA(module, query, key, value, *args, **kwargs)
 
 
