@@ -34,6 +34,7 @@ from prefkit.models.packing import (
     packed_groups,
     segment_mask,
 )
+from prefkit.models.prefix_attention import sdpa_or_shared_prefix  # noqa: F401 (registers it)
 from prefkit.models.prune import full_hidden_at, hidden_at
 from prefkit.models.segment_attention import with_segments
 
