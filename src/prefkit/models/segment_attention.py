@@ -164,7 +164,7 @@ def with_segments(mask: torch.Tensor, token_group: torch.Tensor, token_part: tor
     the segments take at most :data:`MAX_PAIR_SHARE` of the dense pairs."""
     layout = segment_layout(token_group, token_part)
     rows, width = token_group.shape
-    if layout.pairs > MAX_PAIR_SHARE * rows * width * width:
+    if not 0 < layout.pairs <= MAX_PAIR_SHARE * rows * width * width:
         return mask
     alias = mask.view(mask.shape)
     setattr(alias, SEGMENTS, layout.to(mask.device))
