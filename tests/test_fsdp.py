@@ -223,6 +223,17 @@ def one(tmp_path_factory, world) -> dict[str, dict]:
         torch.set_num_threads(before)
 
 
+def tolerance(name: str) -> float:
+    """Largest parameter difference allowed between 2 sharded processes and 1: 1e-5, and 2e-5
+    for the full reward model. The two runs sum in different orders (micro-batches of 2 vs 8
+    pairs; the segmented attention pads segments to the micro-batch's longest), and after 3
+    AdamW steps at lr 3e-3 an entry whose gradient is near AdamW's eps (1e-8) turns that
+    rounding noise into a visible update difference. Measured in the reward model: 2 entries of
+    ~20,000 differ by more than 1e-6, the largest by 8.5e-6 with dense attention and 1.2e-5 with
+    the segmented attention; every other entry agrees within 1e-6."""
+    return 2e-5 if name == "rm" else 1e-5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(w.SCENARIOS))
 def test_two_sharded_processes_equal_one_process(two, one, world, name):
@@ -235,7 +246,7 @@ def test_two_sharded_processes_equal_one_process(two, one, world, name):
         params = torch.tensor(got[name]["params"])
         assert params.shape == ref.shape
         diff = float((params - ref).abs().max())
-        assert diff <= 1e-5, (name, rank, diff)
+        assert diff <= tolerance(name), (name, rank, diff)
         assert got[name]["probe"]["sharded"]  # trained as FSDP2 units, each rank half
         assert got[name]["probe"]["share"] == pytest.approx(0.5, abs=0.01)
         assert not got[name]["class"].startswith("FSDP")  # the caller's model, plain again
@@ -336,4 +347,4 @@ def test_saved_models_are_ordinary_checkpoints(two, one):
     assert float(diff) <= 1e-5
     rm = RewardModel.from_pretrained(str(out / "saved_rm"))
     diff = (torch.tensor(w.flat(rm)) - torch.tensor(one["rm"]["params"])).abs().max()
-    assert float(diff) <= 1e-5
+    assert float(diff) <= tolerance("rm")
