@@ -116,6 +116,7 @@ def test_bad_votes_exit_2_with_the_line(tmp_path):
     assert f"{path}:2" in error and "winner" in error and "draw" in error
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_elo_pl_and_bayes_on_battles(battles):
     strength = battles["strength"]
     for method in ("elo", "pl", "bayes"):

@@ -157,6 +157,7 @@ def test_parquet_struct_column_gives_the_rows_style_counts(votes, tmp_path):
     assert bad.exit_code == 2 and "emoji" in json.loads(bad.stdout)["error"]
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_the_peer_never_loads_jax_into_the_test_process(arena_rank):
     """arena-rank ran in its spawned worker (tests/_arena_peers.py): JAX's threads in this
     process would make later fork-based tests (parallel validation) liable to deadlock."""

@@ -311,6 +311,7 @@ def test_length_and_self_preference_reports():
     assert abs(fair_report["self_preference"]) < 0.04
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_a_jury_of_three_noisy_judges_beats_its_best_member_by_three_points():
     requests, gold_first = _gold_pairs(3000, seed=9)
     owned = [JudgeRequest("compare", r.prompt, r.responses, models=("pol", "ref"))

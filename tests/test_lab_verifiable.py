@@ -318,6 +318,7 @@ def _plain_maj(answers: list, right: list[bool]) -> float:
     return sum(right[answers.index(a)] for a in best) / len(best)
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_lab_on_a_verifiable_task_trains_on_the_checker(tmp_path, small_base, monkeypatch):
     """A 2-iteration GSPO run of the lab on the count task: trained on the checker (the
     training reward of every iteration IS its accuracy), the curve's accuracy / pass@4 / maj@4

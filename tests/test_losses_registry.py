@@ -47,6 +47,7 @@ def scratch_registry(monkeypatch):
 # ---------------------------------------------------------------- registry
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_import_pulls_only_torch():
     code = (
         "import sys, prefkit.losses\n"

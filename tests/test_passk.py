@@ -144,6 +144,7 @@ def test_maj_at_k_refuses_bad_input():
 # ------------------------------------------------------------------------- intervals
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_bootstrap_interval_matches_the_normal_one_on_many_prompts():
     rng = np.random.default_rng(3)
     values = (rng.random(4000) < 0.3).astype(float)

@@ -93,6 +93,7 @@ def private_uses(source: str, known: set[str]) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_no_module_uses_a_private_accelerate_name():
     known = accelerate_private_names()
     problems = []

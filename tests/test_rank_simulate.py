@@ -143,6 +143,7 @@ def test_median_votes_counts_failures_as_infinite():
     assert _median_votes([100, None]) is None
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_table_and_plot(tmp_path):
     rows = convergence_table(n_items_list=(8,), ks=(2,), noises=(0.0, 0.1),
                              combos=[("elo", "random"), ("pl", "infogain")], seeds=(0, 1),

@@ -262,6 +262,7 @@ ALL_FIGURES = ["fig-leaderboard", "fig-win-rate", "fig-judges", "fig-reward-kl",
                "fig-reliability", "fig-overoptimization", "fig-training"]
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 @pytest.mark.parametrize("no_kl", [False, True])
 def test_every_figure_has_a_one_sentence_caption(no_kl):
     result = lab_result()
@@ -327,6 +328,7 @@ def test_three_judges_and_ranking_accuracy_in_the_methods_table():
     assert 'id="fig-judges"' in text
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_ranking_accuracy_with_its_interval_pairs_and_reorderings():
     text = lab_report_html(lab_result())
     row = re.search(r'<tr data-method="dpo">(.*?)</tr>', text, flags=re.S).group(1)
@@ -428,6 +430,7 @@ def test_write_lab_report_writes_the_assets(tmp_path):
 
 # --- the CLI -------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_cli_lab_report_renders_a_saved_json(tmp_path):
     saved = tmp_path / "result.json"
     saved.write_text(json.dumps(full_result()))

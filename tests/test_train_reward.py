@@ -49,6 +49,7 @@ def _pair_accuracy(result, rows):
     return float((c > r).float().mean()), c, r
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_bt_reaches_the_noise_ceiling(world, tmp_path):
     train, _ = rm_data.noisy_pairs(512, temperature=0.1, seed=1)
     test, ceiling = rm_data.noisy_pairs(512, temperature=0.1, seed=2)
@@ -58,6 +59,7 @@ def test_bt_reaches_the_noise_ceiling(world, tmp_path):
     assert result.fit.metrics["accuracy"] > 0.75
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_attribute_regression_recovers_the_scores(world, tmp_path):
     train = rm_data.attribute_ratings(512, noise=0.2, seed=1)
     test = rm_data.attribute_ratings(256, noise=0.2, seed=2)
@@ -75,7 +77,8 @@ def test_attribute_regression_recovers_the_scores(world, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("gpm_steps", "bt_steps"), [pytest.param(400, 400, marks=pytest.mark.slow), (250, 60)]
+    ("gpm_steps", "bt_steps"),  # ~4 s even at 250 steps: both in the full suite only
+    [pytest.param(400, 400, marks=pytest.mark.slow), pytest.param(250, 60, marks=pytest.mark.slow)]
 )
 def test_gpm_fits_cyclic_preferences_that_bt_cannot(world, tmp_path, gpm_steps, bt_steps):
     # the quick variant: GPM reaches 1.0 from 160 steps on (seed 0); BT's bound holds at any step
@@ -101,6 +104,7 @@ def _length_corr(lengths, a, b):
     return float(np.corrcoef(torch.stack([a, b], 1).flatten().numpy(), lengths)[0, 1])
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_odin_length_head_takes_the_length_quick(world, tmp_path):
     """Quick check of the ODIN trainer (the full claim is the slow test below): after 100
     steps the length head carries the length, and quality + length fit the preferences."""

@@ -64,6 +64,7 @@ def test_case_table_covers_every_issue_case():
         "$1 - \\frac{1}{\\mathrm{e}}$"}
 
 
+@pytest.mark.slow  # > 1 s: the full suite runs it (quick suite under 3 minutes)
 def test_case_table_no_false_positive_and_agreement():
     rows = _rows()
     statuses = [_check(r) for r in rows]
