@@ -173,7 +173,7 @@ def _filtered_(scores: torch.Tensor, temperature: float, top_k: int | None,
 
 
 class _StepSampler:
-    """The rule (:func:`_choose`) for the steps of one decode chunk, with what does not change
+    """The rule (module docs) for the steps of one decode chunk, with what does not change
     from step to step done once: every step's row hashes in one vectorized pass, the token
     ids, and float64 / float32 buffers reused by each step; EOS is masked on the float64 copy
     of the logits rather than on a float32 clone, and ``scores + noise`` is taken as
@@ -184,22 +184,25 @@ class _StepSampler:
 
     def __init__(self, rows: torch.Tensor, steps: int, s: DecodeSettings, seed: int,
                  compiled: bool, logits: torch.Tensor) -> None:
-        self.s, self.compiled, self.rows = s, compiled, rows
+        self.s, self.compiled = s, compiled
+        device = logits.device
+        self.scores = torch.empty(logits.shape, dtype=torch.float64, device=device)
         if s.temperature == 0:
             return
-        device = logits.device
         self.hashes = _row_hash(seed, rows.to(device), torch.arange(steps, device=device))
         self.tokens = torch.arange(logits.shape[-1], dtype=torch.long, device=device)
-        self.scores = torch.empty(logits.shape, dtype=torch.float64, device=device)
         self.rounded = torch.empty(logits.shape, dtype=torch.float32, device=device)
 
     def __call__(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        """The next token of every row from float32 ``logits``: EOS masked before
+        ``min_new_tokens`` (as transformers' MinNewTokensLengthLogitsProcessor, which runs
+        before the sampler), then greedy argmax or the sampling rule."""
         s = self.s
-        if s.temperature == 0:
-            return _choose(logits, self.rows, step, s, 0)
         scores = self.scores.copy_(logits)  # exact: every float32 is a float64
         if s.eos_id is not None and step < s.min_new_tokens:
             scores[:, s.eos_id] = float("-inf")
+        if s.temperature == 0:  # the float64 copy orders the values as the float32 logits do
+            return _first_argmax(scores)
         scores = _filtered_(scores, s.temperature, s.top_k, s.top_p)
         minus_noise = _log_minus_log_u(self.hashes[step], self.tokens, self.compiled)
         return _first_argmax(self.rounded.copy_(torch.sub(scores, minus_noise, out=minus_noise)))
@@ -635,21 +638,6 @@ def _expand_cache(cache: StaticCache, index: torch.Tensor) -> None:
         layer.batch_size = int(index.numel())
         torch._dynamo.mark_static_address(layer.keys)
         torch._dynamo.mark_static_address(layer.values)
-
-
-def _choose(logits: torch.Tensor, rows: torch.Tensor, step: int, s: DecodeSettings,
-            seed: int, compiled: bool = False) -> torch.Tensor:
-    """The next token of every row from float32 logits: EOS masked before ``min_new_tokens``
-    (as transformers' MinNewTokensLengthLogitsProcessor, which runs before the sampler), then
-    greedy argmax or the sampling rule."""
-    if s.eos_id is not None and step < s.min_new_tokens:
-        logits = logits.clone()
-        logits[:, s.eos_id] = float("-inf")
-    if s.temperature == 0:
-        return _first_argmax(logits)
-    return _first_argmax(sampling_scores(logits, rows, step, seed=seed,
-                                         temperature=s.temperature, top_k=s.top_k,
-                                         top_p=s.top_p, compiled=compiled))
 
 
 def _first_argmax(scores: torch.Tensor) -> torch.Tensor:

@@ -205,7 +205,7 @@ def model_attention_mask(model: nn.Module, batch: Batch
     elif mask.dtype != dtype:
         mask = additive_mask(mask == 0, dtype)
     full = decoder_attention_mask(model, mask, batch.position_ids)
-    if full is mask and isinstance(batch, PackedBatch):
+    if full is mask and isinstance(batch, PackedBatch) and _attn_implementation(model) == "sdpa":
         # no sliding window: sdpa may run segment by segment (segment_attention)
         return with_segments(mask, batch.token_group, batch.token_part)
     return full
