@@ -46,6 +46,7 @@ included -- see the same tokens.)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,6 +60,7 @@ from transformers import (
     StaticLayer,
 )
 
+from prefkit.models.packed_linear import packed_linears
 from prefkit.models.prefix_attention import (
     SharedPrefixCache,
     equal_groups,
@@ -390,6 +392,7 @@ class StaticCacheBackend:
 
     compile: bool | str = False
     name: str = "prefkit"
+    pack_weights: bool = True
 
     def __post_init__(self) -> None:
         modes = {False: (), "noise": ("noise",), "step": ("step",), True: ("noise", "step"),
@@ -411,16 +414,24 @@ class StaticCacheBackend:
         was_training = model.training
         model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._packing(model, settings) as packed:
                 for start, chunk in _chunks(prompt_ids, settings.batch_size):
                     rows = torch.arange(len(chunk), dtype=torch.long) + (row_offset + start)
-                    tokens, logps = self._chunk(model, chunk, rows, settings, seed, logprobs)
+                    tokens, logps = self._chunk(model, chunk, rows, settings, seed, logprobs,
+                                                packed > 0)
                     _collect(tokens, logps, settings.eos_id, gen)
         finally:
             model.train(was_training)
         return gen
 
-    def _step_fn(self, model: nn.Module):
+    def _packing(self, model: nn.Module, settings: DecodeSettings):
+        """The weights packed for the call's few-row products (:mod:`prefkit.models.
+        packed_linear`; CPU float32 linear layers) when ``pack_weights``, else nothing."""
+        if not self.pack_weights:
+            return nullcontext(0)
+        return packed_linears(model, min(settings.batch_size, 64))
+
+    def _step_fn(self, model: nn.Module, packed: bool = False):
         """The one-token forward: the model, or (``"step"`` mode) the model through
         ``torch.compile``. The compiled one is called through :func:`_call_step`."""
         if "step" not in self._modes or _STEP_COMPILE_FAILED:
@@ -428,11 +439,12 @@ class StaticCacheBackend:
         # a new wrapper per batch is cheap: dynamo keeps compiled graphs on the forward's code
         # object, guarded on this model, so the next batch of the same shapes reuses them. The
         # C++ wrapper calls a step's ~50 kernels from C++ instead of Python (~5% of a step on
-        # the online bench; a cold compile takes ~15% longer)
-        return torch.compile(model, dynamic=False, options={"cpp_wrapper": True})
+        # the online bench; a cold compile takes ~15% longer), but calls the packed linear
+        # layers' Python operator slowly (a step ~25% slower than the Python wrapper's)
+        return torch.compile(model, dynamic=False, options={"cpp_wrapper": not packed})
 
     def _chunk(self, model: nn.Module, chunk: Sequence[Sequence[int]], rows: torch.Tensor,
-               s: DecodeSettings, seed: int, want_logprobs: bool
+               s: DecodeSettings, seed: int, want_logprobs: bool, packed: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         device = _device(model)
         width = max(len(r) for r in chunk)
@@ -474,7 +486,7 @@ class StaticCacheBackend:
             if len(first) < b:
                 _expand_cache(cache, expand)
             prepare = self._copy_prepare(cache, masks, w, new)
-        step_fn = self._stepper(model, cache, prepare)
+        step_fn = self._stepper(model, cache, prepare, packed)
         position = positions[:, -1:] + 1
         tokens = torch.full((b, new), s.pad_id, dtype=torch.long, device=device)
         logps = torch.zeros((b, new), dtype=torch.float32, device=device) \
@@ -505,11 +517,11 @@ class StaticCacheBackend:
             logps = logps[back] if logps is not None else None
         return tokens, logps
 
-    def _stepper(self, model: nn.Module, cache: Any, prepare: Any):
+    def _stepper(self, model: nn.Module, cache: Any, prepare: Any, packed: bool = False):
         """Decode step ``t``: ``prepare(t)`` sets what the step reads and returns the 4D mask
         to pass and how to undo the step's cache write (for :func:`_call_step`), then one
         forward of the step's tokens (compiled in ``"step"`` mode); returns its logits."""
-        compiled = self._step_fn(model)
+        compiled = self._step_fn(model, packed)
 
         def step(t: int, nxt: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
             mask, undo = prepare(t)

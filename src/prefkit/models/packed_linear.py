@@ -1,0 +1,172 @@
+"""Linear layers with their weights packed once per generation call (oneDNN, CPU float32).
+
+A decode step multiplies a few rows (one token per sample: 32 rows in the online bench) by
+every weight matrix of the model. At so few rows the work per weight element is small, and
+the BLAS call that ``nn.Linear`` makes (MKL ``sgemm``) re-packs the weight into its blocked
+layout on every call: at 32 rows on a 2-core CPU the 29 products of a tiny Llama step take
+~4.3-5.9 ms through ``F.linear`` and ~2.3 ms through oneDNN with weights packed beforehand
+(measured on this project's 2-core AMD host; the step's FLOPs are the same). During one
+``generate`` call the weights do not change, so :func:`packed_linears` packs each plain
+``nn.Linear`` weight once on entry (``torch.ops.mkldnn._reorder_linear_weight``: one pass over
+the weights, ~5 ms for 6M parameters) and routes the layers' forwards through
+``torch.ops.mkldnn._linear_pointwise`` with the packed copy until it exits.
+
+Values: ``x W^T + b`` -- the same product, summed in oneDNN's blocking order instead of MKL's,
+so a logit can differ in its last bits (|diff| ~1e-6 relative, like the prompt-shared
+attention's other order of sums in :mod:`prefkit.models.decode`); the sampler then draws the
+same token except at an exact near-tie (tests/test_packed_linear.py compares products and the
+decode tests compare tokens with ``generate``).
+
+Compiled decode steps: ``torch.compile`` cannot take the packed (opaque oneDNN) tensor as an
+input, so under compilation the forward calls the custom operator ``prefkit::packed_linear``
+(``x``, the weight, the bias), which looks the packed copy up by the weight's address at run
+time and falls back to ``F.linear`` when there is none. Each layer's replacement forward is
+created once and reused, so dynamo's guards on it hold from one generation call to the next.
+
+Where it does not apply (:func:`packing_unsupported`: a device other than the CPU, no oneDNN in
+this torch build, or its packed product disagreeing with ``F.linear`` here) the layers keep
+their forwards; a layer whose weight is not float32 on the CPU, or that is not a plain
+``nn.Linear`` (a LoRA wrapper: its base layer is packed), is left alone.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["layer_forward_is_packed", "packed_count", "packed_linears", "packing_unsupported"]
+
+_PACKED: dict[int, torch.Tensor] = {}
+"""weight address -> its packed copy, while a :func:`packed_linears` context holds it."""
+
+_FORWARDS: weakref.WeakKeyDictionary[nn.Linear, Callable[[torch.Tensor], torch.Tensor]] = \
+    weakref.WeakKeyDictionary()
+"""Each layer's replacement forward, created once (dynamo guards on its identity)."""
+
+_SELF_TEST: list[str | None] = []
+
+
+@torch.library.custom_op("prefkit::packed_linear", mutates_args=())
+def _packed_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                      ) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` through the weight's packed copy when one is held."""
+    packed = _PACKED.get(weight.data_ptr())
+    if packed is None:
+        return F.linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+@_packed_linear_op.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _forward(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The layer's replacement forward: eagerly the oneDNN call itself (no custom-operator
+    dispatch per call), under ``torch.compile`` the custom operator."""
+    ref = weakref.ref(layer)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        mod = ref()
+        if torch.compiler.is_compiling():
+            return _packed_linear_op(x, mod.weight, mod.bias)
+        packed = _PACKED.get(mod.weight.data_ptr())
+        if packed is None or x.dtype != torch.float32:
+            return F.linear(x, mod.weight, mod.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, mod.bias, "none", [], "")
+
+    return forward
+
+
+def _pack(weight: torch.Tensor, rows: int | None) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+
+
+def packing_unsupported(model: nn.Module) -> str | None:
+    """Why :func:`packed_linears` would leave ``model`` as it is, or None when it packs."""
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        return "the model has no parameters"
+    if device.type != "cpu":
+        return f"the model is on {device.type}, packing is for the CPU"
+    if not _SELF_TEST:
+        _SELF_TEST.append(_self_test())
+    return _SELF_TEST[0]
+
+
+def _self_test() -> str | None:
+    """Once per process: the packed product must equal ``F.linear`` to float32 rounding."""
+    if not torch.backends.mkldnn.is_available():
+        return "this torch build has no oneDNN (mkldnn)"
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(5, 3, 48, generator=gen)
+        w, b = torch.randn(40, 48, generator=gen), torch.randn(40, generator=gen)
+        with torch.inference_mode():
+            got = torch.ops.mkldnn._linear_pointwise(x, _pack(w, 15), b, "none", [], "")
+    except Exception as err:  # noqa: BLE001 -- any failure of the op: do not pack
+        return f"oneDNN's packed linear failed here ({type(err).__name__}: {err})"
+    if not torch.allclose(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5):
+        return "oneDNN's packed linear disagrees with F.linear here"
+    return None
+
+
+def _layers(model: nn.Module) -> Iterator[nn.Linear]:
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (type(module) is nn.Linear and weight is not None and weight.dtype == torch.float32
+                and weight.device.type == "cpu" and weight.layout == torch.strided
+                and type(weight.data) is torch.Tensor):
+            yield module
+
+
+@contextmanager
+def packed_linears(model: nn.Module, rows: int | None = None) -> Iterator[int]:
+    """Pack every plain float32 ``nn.Linear`` weight of ``model`` once and route the layers'
+    forwards through the packed copies until exit (module docs); ``rows``: the usual number
+    of rows per product (oneDNN's blocking hint; any number works). Yields the number of
+    layers packed (0 where :func:`packing_unsupported` says why not). The weights must not
+    change inside the context."""
+    if packing_unsupported(model) is not None:
+        yield 0
+        return
+    layers = list(_layers(model))
+    routed = [layer for layer in layers if not layer_forward_is_packed(layer)]  # not nested
+    held: dict[int, torch.Tensor | None] = {}
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                key = layer.weight.data_ptr()
+                if key not in held:
+                    held[key] = _PACKED.get(key)
+                    _PACKED[key] = _pack(layer.weight, rows)
+                if layer not in _FORWARDS:
+                    _FORWARDS[layer] = _forward(layer)
+                layer.forward = _FORWARDS[layer]
+        yield len(layers)
+    finally:
+        for layer in routed:
+            layer.__dict__.pop("forward", None)
+        for key, before in held.items():  # a surrounding context keeps its own packs
+            if before is None:
+                _PACKED.pop(key, None)
+            else:
+                _PACKED[key] = before
+
+
+def packed_count() -> int:
+    """How many packed weights are held now (0 outside every context)."""
+    return len(_PACKED)
+
+
+def layer_forward_is_packed(layer: Any) -> bool:
+    """Whether ``layer``'s forward is routed through a packed weight right now."""
+    mine = _FORWARDS.get(layer)
+    return mine is not None and layer.__dict__.get("forward") is mine
