@@ -66,6 +66,17 @@ def test_forwards_routed_only_inside_and_restored_after_an_error():
     assert not any(layer_forward_is_packed(m) for m in layers)
     assert all("forward" not in m.__dict__ for m in layers)
     assert packed_count() == 0
+    # overlapping contexts that end out of order (two threads generating with one model)
+    first, second = packed_linears(net), packed_linears(net)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert all(layer_forward_is_packed(m) for m in layers) and packed_count() == 2
+    with torch.no_grad():
+        torch.testing.assert_close(net(torch.ones(2, 48)), _plain(net, torch.ones(2, 48)),
+                                   rtol=1e-5, atol=1e-5)
+    second.__exit__(None, None, None)
+    assert not any(layer_forward_is_packed(m) for m in layers) and packed_count() == 0
     with pytest.raises(RuntimeError, match="boom"), packed_linears(net):
         raise RuntimeError("boom")
     assert all("forward" not in m.__dict__ for m in layers) and packed_count() == 0

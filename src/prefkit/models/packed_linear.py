@@ -31,6 +31,7 @@ their forwards; a layer whose weight is not float32 on the CPU, or that is not a
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,8 +43,9 @@ from torch.nn import functional as F
 
 __all__ = ["layer_forward_is_packed", "packed_count", "packed_linears", "packing_unsupported"]
 
-_PACKED: dict[int, torch.Tensor] = {}
-"""weight address -> its packed copy, while a :func:`packed_linears` context holds it."""
+_PACKED: dict[int, list[Any]] = {}
+"""weight address -> [its packed copy, how many open contexts hold it]."""
+_LOCK = threading.Lock()
 
 _FORWARDS: weakref.WeakKeyDictionary[nn.Linear, Callable[[torch.Tensor], torch.Tensor]] = \
     weakref.WeakKeyDictionary()
@@ -52,14 +54,19 @@ _FORWARDS: weakref.WeakKeyDictionary[nn.Linear, Callable[[torch.Tensor], torch.T
 _SELF_TEST: list[str | None] = []
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` through the weight's packed copy when one is held."""
+    held = _PACKED.get(weight.data_ptr())
+    if held is None or x.dtype != torch.float32:
+        return F.linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, held[0], bias, "none", [], "")
+
+
 @torch.library.custom_op("prefkit::packed_linear", mutates_args=())
 def _packed_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                       ) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` through the weight's packed copy when one is held."""
-    packed = _PACKED.get(weight.data_ptr())
-    if packed is None:
-        return F.linear(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    """:func:`_linear` as one operator that ``torch.compile`` calls as it is."""
+    return _linear(x, weight, bias)
 
 
 @_packed_linear_op.register_fake
@@ -76,10 +83,7 @@ def _forward(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
         mod = ref()
         if torch.compiler.is_compiling():
             return _packed_linear_op(x, mod.weight, mod.bias)
-        packed = _PACKED.get(mod.weight.data_ptr())
-        if packed is None or x.dtype != torch.float32:
-            return F.linear(x, mod.weight, mod.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, mod.bias, "none", [], "")
+        return _linear(x, mod.weight, mod.bias)
 
     return forward
 
@@ -133,32 +137,36 @@ def packed_linears(model: nn.Module, rows: int | None = None) -> Iterator[int]:
     forwards through the packed copies until exit (module docs); ``rows``: the usual number
     of rows per product (oneDNN's blocking hint; any number works). Yields the number of
     layers packed (0 where :func:`packing_unsupported` says why not). The weights must not
-    change inside the context."""
+    change inside the context. Contexts may overlap (nested, or in other threads generating
+    with the same model): a packed copy and a routed forward live until the last context
+    holding them exits; a forward that finds no copy computes ``F.linear`` itself."""
     if packing_unsupported(model) is not None:
         yield 0
         return
     layers = list(_layers(model))
-    routed = [layer for layer in layers if not layer_forward_is_packed(layer)]  # not nested
-    held: dict[int, torch.Tensor | None] = {}
+    keys: list[int] = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _LOCK:
             for layer in layers:
                 key = layer.weight.data_ptr()
-                if key not in held:
-                    held[key] = _PACKED.get(key)
-                    _PACKED[key] = _pack(layer.weight, rows)
+                if key not in keys:
+                    keys.append(key)
+                    held = _PACKED.get(key)
+                    _PACKED[key] = held or [_pack(layer.weight, rows), 0]
+                    _PACKED[key][1] += 1
                 if layer not in _FORWARDS:
                     _FORWARDS[layer] = _forward(layer)
                 layer.forward = _FORWARDS[layer]
         yield len(layers)
     finally:
-        for layer in routed:
-            layer.__dict__.pop("forward", None)
-        for key, before in held.items():  # a surrounding context keeps its own packs
-            if before is None:
-                _PACKED.pop(key, None)
-            else:
-                _PACKED[key] = before
+        with _LOCK:
+            for key in keys:
+                _PACKED[key][1] -= 1
+                if _PACKED[key][1] == 0:
+                    del _PACKED[key]
+            for layer in layers:
+                if layer.weight.data_ptr() not in _PACKED:
+                    layer.__dict__.pop("forward", None)
 
 
 def packed_count() -> int:
