@@ -1,15 +1,16 @@
 """Linear layers with their weights packed once per generation call (oneDNN, CPU float32).
 
 A decode step multiplies a few rows (one token per sample: 32 rows in the online bench) by
-every weight matrix of the model. At so few rows the work per weight element is small, and
-the BLAS call that ``nn.Linear`` makes (MKL ``sgemm``) re-packs the weight into its blocked
-layout on every call: at 32 rows on a 2-core CPU the 29 products of a tiny Llama step take
-~4.3-5.9 ms through ``F.linear`` and ~2.3 ms through oneDNN with weights packed beforehand
-(measured on this project's 2-core AMD host; the step's FLOPs are the same). During one
-``generate`` call the weights do not change, so :func:`packed_linears` packs each plain
-``nn.Linear`` weight once on entry (``torch.ops.mkldnn._reorder_linear_weight``: one pass over
-the weights, ~5 ms for 6M parameters) and routes the layers' forwards through
-``torch.ops.mkldnn._linear_pointwise`` with the packed copy until it exits.
+every weight matrix of the model. At so few rows ``nn.Linear``'s BLAS call (MKL ``sgemm``) is
+slow on the 2-core AMD host this project measures on: the 29 products of a tiny Llama step take
+~4.3-5.9 ms through ``F.linear`` (as much with MKL's own packed-weight API), ~2.9-3.6 ms through
+oneDNN with the weights as they are and ~2.3 ms through oneDNN with the weights packed into its
+blocked layout beforehand (the same FLOPs). During one ``generate`` call the weights do not
+change, so :func:`packed_linears` packs each plain ``nn.Linear`` weight once on entry
+(``torch.ops.mkldnn._reorder_linear_weight``: one pass over the weights, ~5 ms for 6M
+parameters) and routes the layers' forwards through ``torch.ops.mkldnn._linear_pointwise``
+with the packed copy until it exits. (At training sizes, thousands of rows, the two libraries
+are within ~10% of each other and the training path keeps ``F.linear``.)
 
 Values: ``x W^T + b`` -- the same product, summed in oneDNN's blocking order instead of MKL's,
 so a logit can differ in its last bits (|diff| ~1e-6 relative, like the prompt-shared
