@@ -99,6 +99,8 @@ def test_only_plain_float32_cpu_linears_are_packed():
     with packed_linears(net) as n:
         assert n == 1
         assert layer_forward_is_packed(net[0]) and not layer_forward_is_packed(net[1])
+    with packed_linears(net, max_bytes=8 * 8 * 4 - 1) as n:  # over the memory cap: no copies
+        assert n == 0 and packed_count() == 0 and "forward" not in net[0].__dict__
     meta = nn.Linear(4, 4, device="meta")
     assert "meta" in packing_unsupported(meta)
     with packed_linears(meta) as n:

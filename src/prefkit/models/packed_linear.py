@@ -9,8 +9,10 @@ blocked layout beforehand (the same FLOPs). During one ``generate`` call the wei
 change, so :func:`packed_linears` packs each plain ``nn.Linear`` weight once on entry
 (``torch.ops.mkldnn._reorder_linear_weight``: one pass over the weights, ~5 ms for 6M
 parameters) and routes the layers' forwards through ``torch.ops.mkldnn._linear_pointwise``
-with the packed copy until it exits. (At training sizes, thousands of rows, the two libraries
-are within ~10% of each other and the training path keeps ``F.linear``.)
+with the packed copy until it exits -- a second copy of those weights for the length of the
+call, so models with more than :data:`PACK_MAX_BYTES` of them are not packed. (At training
+sizes, thousands of rows, the two libraries are within ~10% of each other and the training
+path keeps ``F.linear``.)
 
 Values: ``x W^T + b`` -- the same product, summed in oneDNN's blocking order instead of MKL's,
 so a logit can differ in its last bits (|diff| ~1e-6 relative, like the prompt-shared
@@ -42,7 +44,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["layer_forward_is_packed", "packed_count", "packed_linears", "packing_unsupported"]
+__all__ = ["PACK_MAX_BYTES", "layer_forward_is_packed", "packed_count", "packed_linears",
+           "packing_unsupported"]
 
 _PACKED: dict[int, list[Any]] = {}
 """weight address -> [its packed copy, how many open contexts hold it]."""
@@ -132,12 +135,19 @@ def _layers(model: nn.Module) -> Iterator[nn.Linear]:
             yield module
 
 
+PACK_MAX_BYTES = 1 << 30
+"""The packed copies are a second copy of the linear weights for the length of a call: models
+whose float32 linear weights are larger than this (1 GiB, ~270M parameters) are not packed."""
+
+
 @contextmanager
-def packed_linears(model: nn.Module, rows: int | None = None) -> Iterator[int]:
+def packed_linears(model: nn.Module, rows: int | None = None, *,
+                   max_bytes: int = PACK_MAX_BYTES) -> Iterator[int]:
     """Pack every plain float32 ``nn.Linear`` weight of ``model`` once and route the layers'
     forwards through the packed copies until exit (module docs); ``rows``: the usual number
     of rows per product (oneDNN's blocking hint; any number works). Yields the number of
-    layers packed (0 where :func:`packing_unsupported` says why not). The weights must not
+    layers packed (0 where :func:`packing_unsupported` says why not, or when the weights to
+    pack exceed ``max_bytes``: the copies would double their memory). The weights must not
     change inside the context. Contexts may overlap (nested, or in other threads generating
     with the same model): a packed copy and a routed forward live until the last context
     holding them exits; a forward that finds no copy computes ``F.linear`` itself."""
@@ -145,6 +155,10 @@ def packed_linears(model: nn.Module, rows: int | None = None) -> Iterator[int]:
         yield 0
         return
     layers = list(_layers(model))
+    sizes = {layer.weight.data_ptr(): layer.weight.nbytes for layer in layers}
+    if sum(sizes.values()) > max_bytes:
+        yield 0
+        return
     keys: list[int] = []
     try:
         with torch.no_grad(), _LOCK:
