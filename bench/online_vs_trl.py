@@ -7,7 +7,8 @@ lower-half-vocabulary words in the completion, a plain Python function of the te
 ``--reward verifiable_math``, prefkit's math checker of the completion's last number against the
 prompt's answer -- prefkit through ``--reward verifiable:math``, TRL through a reward function
 calling the same checker), on 2 threads. Generation: TRL uses transformers ``generate`` (no
-vLLM); prefkit its ``--backend`` (default ``prefkit``, its own static-cache decode loop;
+vLLM); prefkit its ``--backend`` (default ``prefkit``, its own static-cache decode loop, whose
+linear weights are packed for oneDNN once per generation call;
 ``prefkit-compiled`` adds torch.compile; ``transformers``: generate). Per optimizer step: 8
 prompts x G = 4 completions = 32 completions of EXACTLY 64 new tokens (EOS is masked with
 ``min_new_tokens = max_new_tokens`` on both sides, so both generate and train on the same
