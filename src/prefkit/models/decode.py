@@ -49,7 +49,7 @@ included -- see the same tokens.)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -427,12 +427,14 @@ class StaticCacheBackend:
             model.train(was_training)
         return gen
 
-    def _packing(self, model: nn.Module, settings: DecodeSettings):
+    def _packing(self, model: nn.Module, settings: DecodeSettings
+                 ) -> AbstractContextManager[int]:
         """The weights packed for the call's few-row products (:mod:`prefkit.models.
-        packed_linear`; CPU float32 linear layers) when ``pack_weights``, else nothing."""
+        packed_linear`; CPU float32 linear layers) when ``pack_weights``, else nothing; the
+        chunk size is oneDNN's hint of the rows per product."""
         if not self.pack_weights:
             return nullcontext(0)
-        return packed_linears(model, min(settings.batch_size, 64))
+        return packed_linears(model, settings.batch_size)
 
     def _step_fn(self, model: nn.Module, packed: bool = False):
         """The one-token forward: the model, or (``"step"`` mode) the model through
