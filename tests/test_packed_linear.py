@@ -82,6 +82,19 @@ def test_forwards_routed_only_inside_and_restored_after_an_error():
     assert all("forward" not in m.__dict__ for m in layers) and packed_count() == 0
 
 
+def test_gradients_inside_the_context_are_the_plain_ones():
+    """A forward that wants gradients (another thread training meanwhile) is not routed
+    through the packed copy, which has none."""
+    net, x = _net(), torch.randn(5, 48)
+    with packed_linears(net):
+        net(x).pow(2).sum().backward()
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    _plain(net, x).pow(2).sum().backward()
+    for a, b in zip(got, (p.grad for p in net.parameters()), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_a_weight_changed_between_calls_is_packed_again():
     net, x = _net(), torch.randn(4, 48)
     with torch.no_grad():

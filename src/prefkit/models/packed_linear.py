@@ -59,9 +59,12 @@ _SELF_TEST: list[str | None] = []
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` through the weight's packed copy when one is held."""
+    """``F.linear(x, weight, bias)`` through the weight's packed copy when one is held and no
+    gradient is wanted (a thread training the model meanwhile -- grad mode is per thread --
+    gets ``F.linear`` with its gradients)."""
     held = _PACKED.get(weight.data_ptr())
-    if held is None or x.dtype != torch.float32:
+    if held is None or x.dtype != torch.float32 or (
+            torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)):
         return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, held[0], bias, "none", [], "")
 
