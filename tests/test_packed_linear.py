@@ -95,6 +95,24 @@ def test_gradients_inside_the_context_are_the_plain_ones():
         torch.testing.assert_close(a, b)
 
 
+def test_a_packing_failure_midway_releases_what_was_packed(monkeypatch):
+    from prefkit.models import packed_linear
+
+    net, calls = _net(), []
+    real = packed_linear._pack
+
+    def pack(weight, rows):  # the second weight fails (out of memory, say)
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("no room for the copy")
+        return real(weight, rows)
+
+    monkeypatch.setattr(packed_linear, "_pack", pack)
+    with pytest.raises(MemoryError, match="no room"), packed_linears(net):
+        pass
+    assert packed_count() == 0 and all("forward" not in m.__dict__ for m in (net[0], net[2]))
+
+
 def test_a_weight_changed_between_calls_is_packed_again():
     net, x = _net(), torch.randn(4, 48)
     with torch.no_grad():

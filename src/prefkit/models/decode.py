@@ -436,7 +436,7 @@ class StaticCacheBackend:
             return nullcontext(0)
         return packed_linears(model, settings.batch_size)
 
-    def _step_fn(self, model: nn.Module, packed: bool = False):
+    def _step_fn(self, model: nn.Module, packed: bool):
         """The one-token forward: the model, or (``"step"`` mode) the model through
         ``torch.compile``. The compiled one is called through :func:`_call_step`."""
         if "step" not in self._modes or _STEP_COMPILE_FAILED:
@@ -449,7 +449,7 @@ class StaticCacheBackend:
         return torch.compile(model, dynamic=False, options={"cpp_wrapper": not packed})
 
     def _chunk(self, model: nn.Module, chunk: Sequence[Sequence[int]], rows: torch.Tensor,
-               s: DecodeSettings, seed: int, want_logprobs: bool, packed: bool = False
+               s: DecodeSettings, seed: int, want_logprobs: bool, packed: bool
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         device = _device(model)
         width = max(len(r) for r in chunk)
@@ -522,7 +522,7 @@ class StaticCacheBackend:
             logps = logps[back] if logps is not None else None
         return tokens, logps
 
-    def _stepper(self, model: nn.Module, cache: Any, prepare: Any, packed: bool = False):
+    def _stepper(self, model: nn.Module, cache: Any, prepare: Any, packed: bool):
         """Decode step ``t``: ``prepare(t)`` sets what the step reads and returns the 4D mask
         to pass and how to undo the step's cache write (for :func:`_call_step`), then one
         forward of the step's tokens (compiled in ``"step"`` mode); returns its logits."""

@@ -158,27 +158,26 @@ def packed_linears(model: nn.Module, rows: int | None = None, *,
         yield 0
         return
     layers = list(_layers(model))
-    sizes = {layer.weight.data_ptr(): layer.weight.nbytes for layer in layers}
-    if sum(sizes.values()) > max_bytes:
+    weights = {layer.weight.data_ptr(): layer.weight for layer in layers}  # tied: once
+    if sum(w.nbytes for w in weights.values()) > max_bytes:
         yield 0
         return
-    keys: list[int] = []
+    held: list[int] = []  # the packs this context counts in (released on exit, even mid-way)
     try:
         with torch.no_grad(), _LOCK:
+            for key, weight in weights.items():
+                if key not in _PACKED:
+                    _PACKED[key] = [_pack(weight, rows), 0]
+                _PACKED[key][1] += 1
+                held.append(key)
             for layer in layers:
-                key = layer.weight.data_ptr()
-                if key not in keys:
-                    keys.append(key)
-                    held = _PACKED.get(key)
-                    _PACKED[key] = held or [_pack(layer.weight, rows), 0]
-                    _PACKED[key][1] += 1
                 if layer not in _FORWARDS:
                     _FORWARDS[layer] = _forward(layer)
                 layer.forward = _FORWARDS[layer]
         yield len(layers)
     finally:
         with _LOCK:
-            for key in keys:
+            for key in held:
                 _PACKED[key][1] -= 1
                 if _PACKED[key][1] == 0:
                     del _PACKED[key]
