@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+import prefkit.train.loop
 from prefkit.train import (
     Callback,
     ConfigError,
@@ -552,3 +553,12 @@ def test_folders_of_an_older_prefkit_are_judged_by_their_checkpoints(tmp_path):
         _train(tmp_path, max_steps=6, learning_rate=3e-2)
     res = _train(tmp_path, max_steps=6, resume_from="latest", learning_rate=1e-2)
     assert [h["step"] for h in res.history] == [5, 6]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_fit_keeps_freed_memory_on_cpu_unless_turned_off(tmp_path, monkeypatch, keep):
+    calls = []
+    monkeypatch.setattr(prefkit.train.loop, "keep_freed_memory", lambda: calls.append(1))
+    c = cfg(tmp_path, max_steps=2, keep_freed_memory=keep)
+    fit(make_model(), step_fn, DataLoader(make_data(16), batch_size=4), c)
+    assert calls == ([1] if keep else [])

@@ -94,6 +94,7 @@ from .checkpoint import (
     write_trainer_state,
 )
 from .config import ConfigError, LoopConfig
+from .heap import keep_freed_memory
 from .reporting import JsonlWriter, ProgressBar, format_record
 from .run_dir import RunConflictError, check_run_dir, clear_run_dir, run_record, write_run_config
 from .schedule import make_scheduler, warmup_steps_for
@@ -470,6 +471,8 @@ class _Loop:
         self.acc = acc = accelerator or make_accelerator(config)
         _check_world_size(acc)
         _refuse_engines(acc)
+        if config.keep_freed_memory and acc.device.type == "cpu":
+            keep_freed_memory()  # a C library other than glibc: nothing to do
         self.out_dir = Path(config.output_dir)
         # FSDP2 shards over several processes; one process trains the model as is
         self.sharded = config.sharding == "fsdp2" and acc.num_processes > 1
