@@ -111,7 +111,8 @@ def test_the_new_flags_and_the_defaults():
 def test_a_resume_may_change_only_what_leaves_the_maths_alone():
     identity = set(identity_fields(OnlineConfig))
     for name in ("iterations", "max_kl", "sampling_batch_size", "chunk_size", "output_dir",
-                 "max_steps", "save_steps", "logging_steps", "progress", "resume_from"):
+                 "max_steps", "save_steps", "logging_steps", "progress", "resume_from",
+                 "keep_freed_memory"):
         assert name not in identity, name
     for name in ("model", "prompts", "reward", "algo", "prompts_per_iteration",
                  "num_generations", "max_new_tokens", "max_prompt_length", "temperature",
