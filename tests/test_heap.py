@@ -21,10 +21,11 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # keep_freed_memory().
 _CHURN = textwrap.dedent("""
     import ctypes, json, resource, torch
-    from prefkit.train.heap import keep_freed_memory
+    from prefkit.train.heap import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, keep_freed_memory
 
-    libc = ctypes.CDLL("libc.so.6")
-    assert libc.mallopt(-3, 128 * 1024) == 1 and libc.mallopt(-1, 128 * 1024) == 1
+    mallopt = ctypes.CDLL(None).mallopt
+    assert mallopt(_M_MMAP_THRESHOLD, 128 * 1024) == 1
+    assert mallopt(_M_TRIM_THRESHOLD, 128 * 1024) == 1
 
     def faults():
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -64,8 +65,11 @@ def test_keep_freed_memory_answers_once(monkeypatch):
     import prefkit.train.heap as heap
 
     calls = []
-    monkeypatch.setattr(heap, "_DONE", [])
     monkeypatch.setattr(heap, "_set_thresholds", lambda: calls.append(1) or "no glibc here")
-    assert heap.keep_freed_memory() == "no glibc here"
-    assert heap.keep_freed_memory() == "no glibc here"
-    assert calls == [1]
+    heap.keep_freed_memory.cache_clear()
+    try:
+        assert heap.keep_freed_memory() == "no glibc here"
+        assert heap.keep_freed_memory() == "no glibc here"
+        assert calls == [1]
+    finally:  # the next caller in this process gets the real answer
+        heap.keep_freed_memory.cache_clear()

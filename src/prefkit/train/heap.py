@@ -24,9 +24,8 @@ for the rest of the process -- :class:`prefkit.train.config.LoopConfig`'s
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import platform
-import threading
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory"]
 
@@ -40,28 +39,23 @@ TRIM_THRESHOLD = 1 << 30
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
 
-_DONE: list[str | None] = []
-_LOCK = threading.Lock()
 
-
+@functools.cache
 def keep_freed_memory() -> str | None:
     """Set glibc ``malloc``'s mmap threshold to :data:`MMAP_THRESHOLD` and its trim threshold to
     :data:`TRIM_THRESHOLD` for this process (module docs), once: later calls return the first
     call's answer. Returns None when set, else why not (not glibc, no ``mallopt``, or
     ``mallopt`` refusing a value)."""
-    with _LOCK:
-        if not _DONE:
-            _DONE.append(_set_thresholds())
-        return _DONE[0]
+    return _set_thresholds()
 
 
 def _set_thresholds() -> str | None:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc_name = platform.libc_ver()[0]
+    if platform.system() != "Linux" or libc_name != "glibc":
         return f"the C library here is not glibc ({platform.system()} " \
-               f"{platform.libc_ver()[0] or 'unknown libc'})"
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+               f"{libc_name or 'unknown libc'})"
+    try:  # the process's own symbols: glibc is loaded already (no library search)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError) as err:
         return f"glibc's mallopt is not reachable ({err})"
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

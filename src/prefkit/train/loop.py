@@ -472,7 +472,7 @@ class _Loop:
         _check_world_size(acc)
         _refuse_engines(acc)
         if config.keep_freed_memory and acc.device.type == "cpu":
-            keep_freed_memory()  # a C library other than glibc: nothing to do
+            keep_freed_memory()  # returns why not (another C library): nothing to do then
         self.out_dir = Path(config.output_dir)
         # FSDP2 shards over several processes; one process trains the model as is
         self.sharded = config.sharding == "fsdp2" and acc.num_processes > 1
