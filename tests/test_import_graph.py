@@ -9,8 +9,8 @@ The layering, lowest first (a part imports only parts on lower layers; parts on 
 import nothing from each other; the package's ``__init__`` holds ``__version__`` only and is
 below them all):
 
-0. ``extras``, ``importing``, ``losses``, ``rank``, ``report`` -- leaves: import nothing from
-   prefkit (``report`` only reads ``prefkit.__version__``);
+0. ``cache_dir``, ``extras``, ``importing``, ``losses``, ``rank``, ``report`` -- leaves: import
+   nothing from prefkit (``report`` only reads ``prefkit.__version__``);
 1. ``data`` -- records, readers, the store, the bundled examples (``data.examples``), data
    statistics (Krippendorff's alpha lives here: ``data.krippendorff``);
 2. ``models`` -- loading, packing, log-probs, generation;
@@ -45,7 +45,7 @@ grimp = pytest.importorskip("grimp")
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("prefkit",),
-    ("extras", "importing", "losses", "rank", "report"),
+    ("cache_dir", "extras", "importing", "losses", "rank", "report"),
     ("data",),
     ("models",),
     ("rewards",),

@@ -63,7 +63,9 @@ from transformers import (
     StaticLayer,
 )
 
-from prefkit.models.packed_linear import packed_linears
+from prefkit.models.native import is_loaded as native_is_loaded
+from prefkit.models.native import native_unavailable
+from prefkit.models.packed_linear import packed_linears, packing_unsupported
 from prefkit.models.prefix_attention import (
     SharedPrefixCache,
     equal_groups,
@@ -434,6 +436,9 @@ class StaticCacheBackend:
         chunk size is oneDNN's hint of the rows per product."""
         if not self.pack_weights:
             return nullcontext(0)
+        if ("step" in self._modes and not _STEP_COMPILE_FAILED
+                and packing_unsupported(model) is None):
+            native_unavailable()  # compiled steps call the C++ operator: built/loaded first
         return packed_linears(model, settings.batch_size)
 
     def _step_fn(self, model: nn.Module, packed: bool):
@@ -443,10 +448,13 @@ class StaticCacheBackend:
             return None
         # a new wrapper per batch is cheap: dynamo keeps compiled graphs on the forward's code
         # object, guarded on this model, so the next batch of the same shapes reuses them. The
-        # C++ wrapper calls a step's ~50 kernels from C++ instead of Python (~5% of a step on
-        # the online bench; a cold compile takes ~15% longer), but calls the packed linear
-        # layers' Python operator slowly (a step ~25% slower than the Python wrapper's)
-        return torch.compile(model, dynamic=False, options={"cpp_wrapper": not packed})
+        # C++ wrapper calls a step's ~50 kernels and its packed linear layers' C++ operator
+        # (prefkit.models.native) from C++ instead of Python: generation ~13% faster on the
+        # online bench, the same tokens; a cold compile takes ~15% longer. Where that operator
+        # could not be built the packed layers call a Python operator, which the C++ wrapper
+        # calls slowly (a step ~25% slower than the Python wrapper's), so it stays off
+        return torch.compile(model, dynamic=False,
+                             options={"cpp_wrapper": not packed or native_is_loaded()})
 
     def _chunk(self, model: nn.Module, chunk: Sequence[Sequence[int]], rows: torch.Tensor,
                s: DecodeSettings, seed: int, want_logprobs: bool, packed: bool

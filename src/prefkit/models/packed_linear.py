@@ -21,10 +21,13 @@ same token except at an exact near-tie (tests/test_packed_linear.py compares pro
 decode tests compare tokens with ``generate``).
 
 Compiled decode steps: ``torch.compile`` cannot take the packed (opaque oneDNN) tensor as an
-input, so under compilation the forward calls the custom operator ``prefkit::packed_linear``
-(``x``, the weight, the bias), which looks the packed copy up by the weight's address at run
-time and falls back to ``F.linear`` when there is none. Each layer's replacement forward is
-created once and reused, so dynamo's guards on it hold from one generation call to the next.
+input, so under compilation the forward calls an operator of (``x``, the weight, the bias) that
+looks the packed copy up by the weight's address at run time and falls back to ``F.linear``
+when there is none: the C++ operator ``prefkit_native::packed_linear`` when it is loaded
+(:mod:`prefkit.models.native`; this module hands it each packed copy and takes it back on
+exit), so that inductor's C++ wrapper can run the whole step, else the Python operator
+``prefkit::packed_linear``. Each layer's replacement forward is created once and reused, so
+dynamo's guards on it hold from one generation call to the next.
 
 Where it does not apply (:func:`packing_unsupported`: a device other than the CPU, no oneDNN in
 this torch build, or its packed product disagreeing with ``F.linear`` here) the layers keep
@@ -43,6 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from . import native
 
 __all__ = ["PACK_MAX_BYTES", "layer_forward_is_packed", "packed_count", "packed_linears",
            "packing_unsupported"]
@@ -83,12 +88,16 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch
 
 def _forward(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     """The layer's replacement forward: eagerly the oneDNN call itself (no custom-operator
-    dispatch per call), under ``torch.compile`` the custom operator."""
+    dispatch per call), under ``torch.compile`` the C++ operator
+    ``prefkit_native::packed_linear`` when it is loaded (:mod:`prefkit.models.native`; the
+    compiled decode loop loads it before it packs), else the Python one."""
     ref = weakref.ref(layer)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         mod = ref()
         if torch.compiler.is_compiling():
+            if native.is_loaded():
+                return torch.ops.prefkit_native.packed_linear(x, mod.weight, mod.bias)
             return _packed_linear_op(x, mod.weight, mod.bias)
         return _linear(x, mod.weight, mod.bias)
 
@@ -168,6 +177,8 @@ def packed_linears(model: nn.Module, rows: int | None = None, *,
             for key, weight in weights.items():
                 if key not in _PACKED:
                     _PACKED[key] = [_pack(weight, rows), 0]
+                    if native.is_loaded():  # the C++ operator's copy of the same pack
+                        torch.ops.prefkit_native.hold(weight, _PACKED[key][0])
                 _PACKED[key][1] += 1
                 held.append(key)
             for layer in layers:
@@ -181,6 +192,8 @@ def packed_linears(model: nn.Module, rows: int | None = None, *,
                 _PACKED[key][1] -= 1
                 if _PACKED[key][1] == 0:
                     del _PACKED[key]
+                    if native.is_loaded():
+                        torch.ops.prefkit_native.release(weights[key])
             for layer in layers:
                 if layer.weight.data_ptr() not in _PACKED:
                     layer.__dict__.pop("forward", None)

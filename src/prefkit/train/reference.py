@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from ..cache_dir import cache_root
 from ..models.attention import uses_flex
 from ..models.logprobs import sequence_logps
 from ..models.packing import PromptGroup, pack_groups
@@ -54,8 +55,7 @@ LAYOUT_VERSION = "packed-v1"
 
 def default_cache_dir() -> Path:
     """``$PREFKIT_CACHE/reference`` or ``~/.cache/prefkit/reference``."""
-    root = os.environ.get("PREFKIT_CACHE") or Path.home() / ".cache" / "prefkit"
-    return Path(root) / "reference"
+    return cache_root() / "reference"
 
 
 @dataclass
