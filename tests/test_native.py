@@ -7,6 +7,7 @@ the operators cannot be built the reason is given and the Python paths stay."""
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -134,3 +135,16 @@ def test_compiled_decode_step_calls_the_cpp_operator_with_the_eager_tokens():
     assert calls == (2 * 7 + 1) * 7  # 7 decode steps after the prefill's logits
     assert got.ids == StaticCacheBackend().generate(model, rows, s, seed=2).ids
     assert torch.ops.prefkit_native.held_count() == 0
+
+
+def test_compiled_decode_warns_once_when_the_operator_is_missing(monkeypatch):
+    from prefkit.models import decode
+
+    monkeypatch.setattr(decode, "native_unavailable", lambda: "no C++ compiler on PATH")
+    with pytest.warns(UserWarning, match=r"without prefkit's C\+\+ operator \(no C\+\+ "
+                                         r"compiler on PATH\).*the same tokens, slower"):
+        decode._warn_native_unavailable.__wrapped__()
+    monkeypatch.setenv("PREFKIT_NATIVE", "0")  # asked for: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decode._warn_native_unavailable.__wrapped__()

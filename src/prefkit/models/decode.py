@@ -48,6 +48,7 @@ included -- see the same tokens.)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ from transformers import (
 
 from prefkit.models.native import is_loaded as native_is_loaded
 from prefkit.models.native import native_unavailable
+from prefkit.models.native import turned_off as native_turned_off
 from prefkit.models.packed_linear import packed_linears, packing_unsupported
 from prefkit.models.prefix_attention import (
     SharedPrefixCache,
@@ -438,7 +440,7 @@ class StaticCacheBackend:
             return nullcontext(0)
         if ("step" in self._modes and not _STEP_COMPILE_FAILED
                 and packing_unsupported(model) is None):
-            native_unavailable()  # compiled steps call the C++ operator: built/loaded first
+            _warn_native_unavailable()  # compiled steps call the C++ operator: built first
         return packed_linears(model, settings.batch_size)
 
     def _step_fn(self, model: nn.Module, packed: bool):
@@ -577,6 +579,20 @@ class StaticCacheBackend:
             return placeholder, lambda: None
 
         return prepare
+
+
+@functools.cache
+def _warn_native_unavailable() -> None:
+    """Build or load prefkit's C++ operators (once per process); if they cannot be, say so
+    once (unless ``$PREFKIT_NATIVE=0`` asked for that): compiled decode steps then call the
+    packed layers' Python operator (slower, the same tokens)."""
+    why = native_unavailable()
+    if why is not None and not native_turned_off():
+        import warnings
+
+        warnings.warn(f"compiled decode steps run without prefkit's C++ operator ({why}); "
+                      "they call a Python operator instead: the same tokens, slower",
+                      stacklevel=3)
 
 
 _STEP_COMPILE_FAILED: list[str] = []

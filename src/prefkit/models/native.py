@@ -34,7 +34,7 @@ import torch
 
 from ..cache_dir import cache_root
 
-__all__ = ["SOURCE", "is_loaded", "library_path", "native_unavailable"]
+__all__ = ["SOURCE", "is_loaded", "library_path", "native_unavailable", "turned_off"]
 
 SOURCE = Path(__file__).with_name("csrc") / "packed_linear.cpp"
 BUILD_TIMEOUT_S = 600
@@ -85,11 +85,16 @@ def _build(compiler: str, out: Path) -> None:
     os.replace(tmp, out)  # atomic: another process never loads a half-written file
 
 
+def turned_off() -> bool:
+    """Whether ``$PREFKIT_NATIVE=0`` turns the operators off."""
+    return os.environ.get("PREFKIT_NATIVE", "1") == "0"
+
+
 @functools.cache
 def native_unavailable() -> str | None:
     """Why ``torch.ops.prefkit_native`` is not loaded in this process (None: it is, built now
     or found built). Answered once per process: the first call builds or loads."""
-    if os.environ.get("PREFKIT_NATIVE", "1") == "0":
+    if turned_off():
         return "prefkit's C++ operators are turned off ($PREFKIT_NATIVE=0)"
     compiler = _compiler()
     if compiler is None:
