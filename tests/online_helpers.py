@@ -54,3 +54,26 @@ def sort_sft_world(folder) -> tuple[Any, Any, list[str], Callable[[Any], float],
                    for c in cs) / (2 * len(eval_prompts))
 
     return model, tok, train_prompts, evaluate, evaluate(model)
+
+
+def tiny_sort_decoder(n_prompts: int, samples: int) -> tuple[Any, list[list[int]], Any]:
+    """For decode tests: the sort task's word-level tokenizer, ``n_prompts`` prompts' ids each
+    repeated ``samples`` times, and a seeded random 2-layer sdpa Llama (hidden 32) in eval
+    mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from prefkit.models.generate import encode_prompt
+    from prefkit.models.load import tiny_llama_config
+    from prefkit.models.tokenizer import word_level_tokenizer
+
+    tok = word_level_tokenizer(TASK.vocabulary())
+    rng = random.Random(0)
+    rows = [encode_prompt(tok, TASK.sample_prompt(rng)) for _ in range(n_prompts)
+            for _ in range(samples)]
+    cfg = tiny_llama_config(len(tok), hidden_size=32, num_layers=2, num_heads=2,
+                            intermediate_size=64, bos_token_id=tok.bos_token_id,
+                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    return tok, rows, model

@@ -6,14 +6,12 @@ the operators cannot be built the reason is given and the Python paths stay."""
 
 from __future__ import annotations
 
-import random
 import warnings
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoModelForCausalLM
 
 from prefkit.models import native
 from prefkit.models.packed_linear import packed_linears, packing_unsupported
@@ -110,21 +108,10 @@ def test_a_compile_error_is_a_reason_not_an_exception(tmp_path, monkeypatch):
 def test_compiled_decode_step_calls_the_cpp_operator_with_the_eager_tokens():
     """inductor's C++ wrapper runs the step: the profiler sees the C++ operator once per
     linear layer per step (7 per layer + the head), and the tokens equal the eager loop's."""
-    from prefkit.lab.tasks import SortTask
+    from online_helpers import tiny_sort_decoder
     from prefkit.models.decode import DecodeSettings, StaticCacheBackend
-    from prefkit.models.generate import encode_prompt
-    from prefkit.models.load import tiny_llama_config
-    from prefkit.models.tokenizer import word_level_tokenizer
 
-    task = SortTask()
-    tok = word_level_tokenizer(task.vocabulary())
-    rng = random.Random(0)
-    rows = [encode_prompt(tok, task.sample_prompt(rng)) for _ in range(4) for _ in range(4)]
-    cfg = tiny_llama_config(len(tok), hidden_size=32, num_layers=2, num_heads=2,
-                            intermediate_size=64, bos_token_id=tok.bos_token_id,
-                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    tok, rows, model = tiny_sort_decoder(4, 4)
     s = DecodeSettings(max_new_tokens=8, min_new_tokens=8, temperature=1.0,
                        eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, batch_size=16)
     compiled = StaticCacheBackend(compile=True)

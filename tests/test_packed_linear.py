@@ -5,25 +5,19 @@ tokens as without."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoModelForCausalLM
 
-from prefkit.lab.tasks import SortTask
+from online_helpers import tiny_sort_decoder
 from prefkit.models.decode import DecodeSettings, StaticCacheBackend
-from prefkit.models.generate import encode_prompt
-from prefkit.models.load import tiny_llama_config
 from prefkit.models.packed_linear import (
     layer_forward_is_packed,
     packed_count,
     packed_linears,
     packing_unsupported,
 )
-from prefkit.models.tokenizer import word_level_tokenizer
 
 pytestmark = pytest.mark.skipif(packing_unsupported(nn.Linear(2, 2)) is not None,
                                 reason=str(packing_unsupported(nn.Linear(2, 2))))
@@ -158,15 +152,7 @@ def test_compiled_forward_uses_the_operator_and_is_not_recompiled():
 
 
 def test_decode_loop_packs_and_draws_the_same_tokens_as_without():
-    task = SortTask()
-    tok = word_level_tokenizer(task.vocabulary())
-    rng = random.Random(0)
-    rows = [encode_prompt(tok, task.sample_prompt(rng)) for _ in range(6) for _ in range(4)]
-    cfg = tiny_llama_config(len(tok), hidden_size=32, num_layers=2, num_heads=2,
-                            intermediate_size=64, bos_token_id=tok.bos_token_id,
-                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    tok, rows, model = tiny_sort_decoder(6, 4)
     seen: list[bool] = []
     model.lm_head.register_forward_pre_hook(
         lambda mod, args: seen.append(layer_forward_is_packed(mod)))
