@@ -49,7 +49,7 @@ def test_operator_uses_the_held_pack_and_linear_otherwise():
 
 @needs_native
 def test_the_library_is_built_once_into_the_cache():
-    path = native.library_path(native._compiler())
+    path = native.library_path(native.cpp_compiler())
     assert path.exists() and path.parent.parent.name == "native"
     assert native.native_unavailable() is None and native.is_loaded()
 

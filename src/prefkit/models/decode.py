@@ -64,8 +64,8 @@ from transformers import (
     StaticLayer,
 )
 
+from prefkit.models.native import cpp_compiler, native_unavailable
 from prefkit.models.native import is_loaded as native_is_loaded
-from prefkit.models.native import native_unavailable
 from prefkit.models.native import turned_off as native_turned_off
 from prefkit.models.packed_linear import packed_linears, packing_unsupported
 from prefkit.models.prefix_attention import (
@@ -774,11 +774,7 @@ def compiler_missing(device: torch.device | str) -> str | None:
         return None if importlib.util.find_spec("triton") else "triton is not installed"
     if kind != "cpu":
         return f"compiling is chosen automatically on CPU and CUDA only, not {kind}"
-    import os
-    import shutil
-
-    if any(name and shutil.which(name) for name in (os.environ.get("CXX"), "g++", "c++",
-                                                    "clang++")):
+    if cpp_compiler() is not None:
         return None
     return "no C++ compiler on PATH (g++, c++, clang++ or $CXX)"
 

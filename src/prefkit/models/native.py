@@ -10,8 +10,8 @@ than the Python wrapper would (:meth:`prefkit.models.decode.StaticCacheBackend._
 Building: the C++ compiler ``torch.compile`` uses on the CPU (``$CXX``, else ``g++``, ``c++``
 or ``clang++`` on PATH) compiles the source against this torch's headers and libraries into
 ``<cache>/native/<key>/prefkit_native.so`` (:func:`prefkit.cache_dir.cache_root`; the key
-hashes the source, the torch version, the compiler and the Python version), once: ~7 s on a
-2-core CPU, then each process only loads the file. Processes building at once each write
+hashes the source, the torch version and commit, the compiler and the Python version), once:
+~7 s on a 2-core CPU, then each process only loads the file. Processes building at once each write
 their own temporary file and rename it into place. ``$PREFKIT_NATIVE=0`` turns the operators
 off.
 
@@ -34,7 +34,8 @@ import torch
 
 from ..cache_dir import cache_root
 
-__all__ = ["SOURCE", "is_loaded", "library_path", "native_unavailable", "turned_off"]
+__all__ = ["SOURCE", "cpp_compiler", "is_loaded", "library_path", "native_unavailable",
+           "turned_off"]
 
 SOURCE = Path(__file__).with_name("csrc") / "packed_linear.cpp"
 BUILD_TIMEOUT_S = 600
@@ -44,7 +45,9 @@ class NativeBuildError(RuntimeError):
     """The C++ operators could not be built here (the message says why)."""
 
 
-def _compiler() -> str | None:
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor would use on the CPU: ``$CXX``, else the first of ``g++``,
+    ``c++`` and ``clang++`` on PATH (its full path), or None."""
     for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
         found = name and shutil.which(name)
         if found:
@@ -55,7 +58,8 @@ def _compiler() -> str | None:
 def library_path(compiler: str) -> Path:
     """Where the operators built by ``compiler`` for this torch and Python live."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), compiler.encode(),
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(),
+                 str(getattr(torch.version, "git_version", "")).encode(), compiler.encode(),
                  sys.version.encode()):
         digest.update(part)
     return cache_root() / "native" / digest.hexdigest()[:16] / "prefkit_native.so"
@@ -96,7 +100,7 @@ def native_unavailable() -> str | None:
     or found built). Answered once per process: the first call builds or loads."""
     if turned_off():
         return "prefkit's C++ operators are turned off ($PREFKIT_NATIVE=0)"
-    compiler = _compiler()
+    compiler = cpp_compiler()
     if compiler is None:
         return "no C++ compiler on PATH (g++, c++, clang++ or $CXX) to build prefkit's C++ " \
                "operators"
