@@ -135,3 +135,25 @@ def test_compiled_decode_warns_once_when_the_operator_is_missing(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         decode._warn_native_unavailable.__wrapped__()
+
+
+@pytest.mark.slow
+@needs_native
+def test_a_fresh_cache_builds_the_library_in_a_new_process(tmp_path):
+    """The build itself (the suite's other tests may find the library already built): a new
+    process with an empty cache compiles it, loads it and runs the operator."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom prefkit.models import native\n"
+            "print(native.native_unavailable())\n"
+            "w, x = torch.randn(4, 8), torch.randn(3, 8)\n"
+            "print(torch.equal(torch.ops.prefkit_native.packed_linear(x, w, None), x @ w.T))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600, check=False,
+                          env={**os.environ, "PREFKIT_CACHE": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["None", "True"]
+    built = list((tmp_path / "native").glob("*/prefkit_native.so"))
+    assert len(built) == 1 and not list((tmp_path / "native").glob("*/*.tmp*"))
