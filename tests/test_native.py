@@ -125,16 +125,16 @@ def test_compiled_decode_step_calls_the_cpp_operator_with_the_eager_tokens():
 
 
 def test_compiled_decode_warns_once_when_the_operator_is_missing(monkeypatch):
-    from prefkit.models import decode
+    from prefkit.models import packed_linear
 
-    monkeypatch.setattr(decode, "native_unavailable", lambda: "no C++ compiler on PATH")
+    monkeypatch.setattr(native, "native_unavailable", lambda: "no C++ compiler on PATH")
     with pytest.warns(UserWarning, match=r"without prefkit's C\+\+ operator \(no C\+\+ "
                                          r"compiler on PATH\).*the same tokens, slower"):
-        decode._warn_native_unavailable.__wrapped__()
+        packed_linear._native_for_compiled.__wrapped__()
     monkeypatch.setenv("PREFKIT_NATIVE", "0")  # asked for: no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        decode._warn_native_unavailable.__wrapped__()
+        packed_linear._native_for_compiled.__wrapped__()
 
 
 @pytest.mark.slow

@@ -43,13 +43,9 @@ def load_served_model(spec: str, *, dtype: str = "float32", device: str = "cpu",
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here")
     if spec.startswith("lab:"):
-        from ..lab.base_model import build_base_model
-        from ..lab.tasks import get_task
-        from ..train.reference import default_cache_dir
+        from ..specs.models import lab_model
 
-        model, tokenizer, _ = build_base_model(get_task(spec[4:]),
-                                               default_cache_dir().parent / "lab-base",
-                                               seed=seed)
+        model, tokenizer = lab_model(spec[4:], seed=seed)
         model = model.to(getattr(torch, dtype))
     else:
         from ..models.load import load_model

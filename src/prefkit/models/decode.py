@@ -48,7 +48,6 @@ included -- see the same tokens.)
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -64,10 +63,9 @@ from transformers import (
     StaticLayer,
 )
 
-from prefkit.models.native import cpp_compiler, native_unavailable
+from prefkit.models.native import cpp_compiler
 from prefkit.models.native import is_loaded as native_is_loaded
-from prefkit.models.native import turned_off as native_turned_off
-from prefkit.models.packed_linear import packed_linears, packing_unsupported
+from prefkit.models.packed_linear import packed_linears
 from prefkit.models.prefix_attention import (
     SharedPrefixCache,
     equal_groups,
@@ -438,10 +436,8 @@ class StaticCacheBackend:
         chunk size is oneDNN's hint of the rows per product."""
         if not self.pack_weights:
             return nullcontext(0)
-        if ("step" in self._modes and not _STEP_COMPILE_FAILED
-                and packing_unsupported(model) is None):
-            _warn_native_unavailable()  # compiled steps call the C++ operator: built first
-        return packed_linears(model, settings.batch_size)
+        return packed_linears(model, settings.batch_size,
+                              compiled="step" in self._modes and not _STEP_COMPILE_FAILED)
 
     def _step_fn(self, model: nn.Module, packed: bool):
         """The one-token forward: the model, or (``"step"`` mode) the model through
@@ -579,20 +575,6 @@ class StaticCacheBackend:
             return placeholder, lambda: None
 
         return prepare
-
-
-@functools.cache
-def _warn_native_unavailable() -> None:
-    """Build or load prefkit's C++ operators (once per process); if they cannot be, say so
-    once (unless ``$PREFKIT_NATIVE=0`` asked for that): compiled decode steps then call the
-    packed layers' Python operator (slower, the same tokens)."""
-    why = native_unavailable()
-    if why is not None and not native_turned_off():
-        import warnings
-
-        warnings.warn(f"compiled decode steps run without prefkit's C++ operator ({why}); "
-                      "they call a Python operator instead: the same tokens, slower",
-                      stacklevel=3)
 
 
 _STEP_COMPILE_FAILED: list[str] = []

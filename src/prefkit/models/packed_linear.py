@@ -37,6 +37,7 @@ their forwards; a layer whose weight is not float32 on the CPU, or that is not a
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -89,8 +90,8 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch
 def _forward(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     """The layer's replacement forward: eagerly the oneDNN call itself (no custom-operator
     dispatch per call), under ``torch.compile`` the C++ operator
-    ``prefkit_native::packed_linear`` when it is loaded (:mod:`prefkit.models.native`; the
-    compiled decode loop loads it before it packs), else the Python one."""
+    ``prefkit_native::packed_linear`` when it is loaded (:mod:`prefkit.models.native`;
+    ``packed_linears(..., compiled=True)`` loads it before it packs), else the Python one."""
     ref = weakref.ref(layer)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -152,9 +153,23 @@ PACK_MAX_BYTES = 1 << 30
 whose float32 linear weights are larger than this (1 GiB, ~270M parameters) are not packed."""
 
 
+@functools.cache
+def _native_for_compiled() -> None:
+    """Build or load prefkit's C++ operators (once per process) for compiled forwards; if they
+    cannot be, say so once (unless ``$PREFKIT_NATIVE=0`` asked for that): compiled decode steps
+    then call the Python operator (slower, the same tokens)."""
+    why = native.native_unavailable()
+    if why is not None and not native.turned_off():
+        import warnings
+
+        warnings.warn(f"compiled decode steps run without prefkit's C++ operator ({why}); "
+                      "they call a Python operator instead: the same tokens, slower",
+                      stacklevel=4)
+
+
 @contextmanager
 def packed_linears(model: nn.Module, rows: int | None = None, *,
-                   max_bytes: int = PACK_MAX_BYTES) -> Iterator[int]:
+                   max_bytes: int = PACK_MAX_BYTES, compiled: bool = False) -> Iterator[int]:
     """Pack every plain float32 ``nn.Linear`` weight of ``model`` once and route the layers'
     forwards through the packed copies until exit (module docs); ``rows``: the usual number
     of rows per product (oneDNN's blocking hint; any number works). Yields the number of
@@ -162,10 +177,15 @@ def packed_linears(model: nn.Module, rows: int | None = None, *,
     pack exceed ``max_bytes``: the copies would double their memory). The weights must not
     change inside the context. Contexts may overlap (nested, or in other threads generating
     with the same model): a packed copy and a routed forward live until the last context
-    holding them exits; a forward that finds no copy computes ``F.linear`` itself."""
+    holding them exits; a forward that finds no copy computes ``F.linear`` itself.
+    ``compiled``: the forwards will run under ``torch.compile``; the C++ operator they call
+    there is built or loaded first (a warning once where it cannot be), so that it holds the
+    copies packed here."""
     if packing_unsupported(model) is not None:
         yield 0
         return
+    if compiled:
+        _native_for_compiled()
     layers = list(_layers(model))
     weights = {layer.weight.data_ptr(): layer.weight for layer in layers}  # tied: once
     if sum(w.nbytes for w in weights.values()) > max_bytes:

@@ -22,12 +22,11 @@ def lab_model(task: str, *, seed: int = 0) -> tuple[Any, Any]:
     """The lab's cached SFT model of ``task`` and its tokenizer (built on first use, in the
     ``lab-base`` folder beside the reference cache; :func:`prefkit.lab.base_model.
     build_base_model`)."""
+    from ..cache_dir import cache_root
     from ..lab.base_model import build_base_model
     from ..lab.tasks import get_task
-    from ..train.reference import default_cache_dir
 
-    model, tokenizer, _ = build_base_model(get_task(task), default_cache_dir().parent / "lab-base",
-                                           seed=seed)
+    model, tokenizer, _ = build_base_model(get_task(task), cache_root() / "lab-base", seed=seed)
     return model, tokenizer
 
 
