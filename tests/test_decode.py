@@ -467,6 +467,93 @@ def test_step_sampler_draws_the_rule_of_each_step():
             assert not (t < s.min_new_tokens and (want == 3).any())
 
 
+def _exact_scores(logits, h, tokens, closed, temperature):
+    """The rule's float64 scores before their float32 rounding, eagerly (module docs)."""
+    from prefkit.models.decode import _log_minus_log_u
+
+    scores = logits.double() / temperature
+    return torch.where(closed, float("-inf"), scores - _log_minus_log_u(h, tokens, False))
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_approximate_scores_are_within_their_bound_of_the_exact_ones(compiled):
+    """The proposal's approximate scores (one float32 logarithm) differ from the rule's exact
+    float64 scores by less than 2^-16 -- the bound its margin is 8x wider than -- over 256k
+    hashes, every logit scale and a temperature other than 1, eagerly and compiled (where the
+    logarithms are inductor's vectorized ones); closed tokens are -inf in both."""
+    from prefkit.models.decode import _approximate_scores, _row_hash
+
+    if compiled:
+        _approximate_scores = torch.compile(_approximate_scores, dynamic=False)
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.arange(4096)
+    closed = tokens == 3
+    worst = 0.0
+    for scale, temperature in ((0.05, 1.0), (3.0, 0.7), (40.0, 1.0), (400.0, 1.3)):
+        h = _row_hash(int(scale * 10), torch.arange(64), 2)
+        logits = torch.randn(64, 4096, generator=g) * scale
+        approx = _approximate_scores(logits, h, tokens, closed, temperature)
+        exact = _exact_scores(logits, h, tokens, closed, temperature)
+        assert torch.isinf(approx[:, 3]).all() and torch.isinf(exact[:, 3]).all()
+        worst = max(worst, float((approx - exact)[:, tokens != 3].abs().max()))
+    assert 0 < worst < 2.0**-16
+
+
+def test_a_certain_proposal_is_the_rules_token():
+    """Where the proposal counts one candidate its index is the token the exact rule draws
+    (thousands of rows, logit scales from a nearly uniform model's to a peaked one's, EOS
+    closed, T != 1); most rows are certain; a row whose runner-up is placed within the
+    margin, a NaN row and a fully closed row are not."""
+    from prefkit.models.decode import _proposal, _StepSampler
+
+    g = torch.Generator().manual_seed(6)
+    rows = torch.arange(128)
+    certain = total = 0
+    for scale, temperature in ((0.05, 1.0), (1.0, 1.0), (5.0, 0.7), (30.0, 1.0)):
+        s = DecodeSettings(max_new_tokens=8, min_new_tokens=4, eos_id=3, pad_id=0,
+                           temperature=temperature)
+        logits = torch.randn(128, 1000, generator=g) * scale
+        sampler = _StepSampler(rows, 8, s, 21, False, logits)
+        for t in range(8):
+            h, toks, closed, temp = sampler.proposal_inputs(t)
+            index, count = _proposal(logits, h, toks, closed, temp)
+            want = sampler(logits, t)
+            one = count == 1
+            assert torch.equal(index[one], want[one]), (scale, t)
+            certain += int(one.sum())
+            total += len(rows)
+    assert certain > 0.97 * total
+    # row 0's runner-up made to score (almost exactly) what its winner scores
+    s = DecodeSettings(max_new_tokens=2, pad_id=0)
+    logits = torch.randn(3, 1000, generator=g)
+    sampler = _StepSampler(torch.arange(3), 2, s, 4, False, logits)
+    h, toks, closed, temp = sampler.proposal_inputs(0)
+    exact = _exact_scores(logits, h, toks, closed, temp)
+    first, second = exact[0].topk(2).indices.tolist()
+    logits[0, second] += float(exact[0, first] - exact[0, second])
+    logits[1] = float("nan")
+    logits[2] = float("-inf")
+    index, count = _proposal(logits, h, toks, closed, temp)
+    assert count[0] >= 2 and count[1] != 1 and count[2] != 1
+
+
+def test_the_sampler_takes_a_certain_proposal_and_computes_the_rest():
+    from prefkit.models.decode import _StepSampler
+
+    s = DecodeSettings(max_new_tokens=2, pad_id=0)
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(7))
+    sampler = _StepSampler(torch.arange(4), 2, s, 4, False, logits)
+    exact = sampler(logits, 0)
+    planted = (exact + 1) % 50
+    assert torch.equal(sampler(logits, 0, (planted, torch.ones(4, dtype=torch.long))),
+                       planted)  # taken as it is: certain rows need no exact scores
+    assert torch.equal(sampler(logits, 0, (planted, torch.tensor([1, 1, 2, 1]))), exact)
+    assert sampler.proposal_inputs(2) is None  # past the last step
+    for other in ({"temperature": 0.0}, {"top_k": 5}, {"top_p": 0.9}):
+        assert _StepSampler(torch.arange(4), 2, DecodeSettings(max_new_tokens=2, **other),
+                            4, False, logits).proposal_inputs(0) is None
+
+
 def test_settings_and_backend_names_are_checked():
     with pytest.raises(ValueError, match="min_new_tokens"):
         DecodeSettings(max_new_tokens=4, min_new_tokens=5)
@@ -546,6 +633,25 @@ def test_compiled_step_gives_the_same_tokens(world):
             StaticCacheBackend().generate(models["sdpa"], rows, s, seed=8).ids
 
 
+@pytest.mark.slow
+def test_compiled_steps_propose_the_next_token_with_the_same_tokens(world, monkeypatch):
+    """Without top-k/top-p the compiled step also proposes the next token (_proposal): the
+    same tokens as the eager loop, and the exact noise is computed for few of the steps."""
+    from prefkit.models import decode
+
+    tok, _, rows, models = world
+    exact_steps = []
+    original = decode._log_minus_log_u
+    monkeypatch.setattr(decode, "_log_minus_log_u",
+                        lambda *a: exact_steps.append(1) or original(*a))
+    s = _settings(tok, batch_size=30, temperature=0.8, min_new_tokens=3)
+    got = StaticCacheBackend(compile=True).generate(models["sdpa"], rows, s, seed=9).ids
+    assert len(exact_steps) < 0.3 * s.max_new_tokens * -(-len(rows) // 30)
+    exact_steps.clear()
+    assert got == StaticCacheBackend().generate(models["sdpa"], rows, s, seed=9).ids
+    assert exact_steps  # the eager loop computes every step exactly
+
+
 def test_a_failing_compile_falls_back_to_eager_steps_with_the_same_tokens(world, monkeypatch):
     """A compiled step that fails -- here after running the whole forward once, so the cache
     has already been written -- warns once and the same step, and every later one, runs
@@ -557,9 +663,9 @@ def test_a_failing_compile_falls_back_to_eager_steps_with_the_same_tokens(world,
     model = models["sdpa"]
     monkeypatch.setattr(decode, "_STEP_COMPILE_FAILED", [])
 
-    def broken_compile(module, **kwargs):
-        def run(**inputs):
-            module(**inputs)  # writes this step's keys, then "fails to compile"
+    def broken_compile(fn, **kwargs):
+        def run(module, propose, **inputs):
+            fn(module, propose, **inputs)  # writes this step's keys, then "fails to compile"
             raise RuntimeError("inductor: no working C++ compiler")
         return run
 

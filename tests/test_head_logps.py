@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from prefkit.models.head_logps import _logsumexp_, fused_head, linear_token_logps
+from prefkit.models.head_logps import _logsumexp_, fused_head, linear_token_logps, pack_head
 from prefkit.models.logprobs import token_logps
+from prefkit.models.packed_linear import packing_unsupported
 
 
 def _case(n=37, hidden=16, vocab=50, bias=True, seed=0, dtype=torch.float32):
@@ -48,6 +49,40 @@ def test_values_and_gradients_equal_the_autograd_path(recompute, bias):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     for a, b in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.skipif(packing_unsupported(nn.Linear(2, 2)) is not None,
+                    reason="no oneDNN packed linear in this torch build")
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_packed_forward_product_equals_the_autograd_path(bias):
+    """The head weight packed for oneDNN (float32, CPU): the same values and gradients as the
+    autograd head to float32 rounding, and a recomputed chunk's logits are the forward's own
+    (the same packed product): kept and recomputed give the same gradients."""
+    head, h, t, w = _case(n=300, hidden=256, vocab=257, bias=bias)  # sums in another order
+    want, want_grads = _grads(lambda: token_logps(head(h), t), head, h, w)
+    packed = pack_head(head.weight, h, 128)
+    assert packed is not None
+    kept, kept_grads = _grads(lambda: linear_token_logps(
+        h, *fused_head(head), t, recompute=False, packed=packed), head, h, w)
+    again, again_grads = _grads(lambda: linear_token_logps(
+        h, *fused_head(head), t, recompute=True, packed=packed), head, h, w)
+    for got, got_grads in ((kept, kept_grads), (again, again_grads)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-6)
+        for a, b in zip(got_grads, want_grads, strict=True):  # logits ~8: sums of 256 terms
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for a, b in zip(again_grads, kept_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_the_head_is_packed_only_for_float32_on_the_cpu_outside_autocast():
+    head = nn.Linear(8, 11)
+    h = torch.randn(3, 8)
+    if packing_unsupported(head) is None:
+        assert pack_head(head.weight, h) is not None
+    assert pack_head(head.weight.double(), h.double()) is None
+    assert pack_head(head.weight, h.bfloat16()) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert pack_head(head.weight, h) is None
 
 
 def test_in_place_logsumexp_has_the_bits_of_torch_logsumexp():
@@ -123,7 +158,8 @@ def test_only_plain_linear_heads_are_fused():
 
 def test_sequence_logps_uses_it_and_matches_the_padded_reference(monkeypatch):
     """sequence_logps on a tiny Llama: the fused head is called (recomputing each of several
-    chunks), and per-token log-probs and the body's gradients equal the autograd head."""
+    chunks when the logits exceed the budget, keeping them when they do not), and per-token
+    log-probs and the body's gradients equal the autograd head."""
     from transformers import AutoModelForCausalLM
 
     from prefkit.models import head_logps, logprobs
@@ -150,8 +186,15 @@ def test_sequence_logps_uses_it_and_matches_the_padded_reference(monkeypatch):
         model.zero_grad(set_to_none=True)
         return out.per_token.detach(), grads
 
+    kept, kept_grads = run()
+    assert len(calls) == 4 and not any(calls)  # 19 tokens x 40 words: far under the budget
+    calls.clear()
+    monkeypatch.setattr(logprobs, "KEEP_LOGITS_BYTES", 19 * 40 * 4 - 1)  # one byte too few
     got, got_grads = run()
-    assert calls and all(calls)  # 19 tokens in chunks of 5, each recomputed
+    assert len(calls) == 4 and all(calls)  # 19 tokens in chunks of 5, each recomputed
+    torch.testing.assert_close(got, kept, atol=0, rtol=0)
+    for a, b in zip(got_grads, kept_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
     monkeypatch.setattr(logprobs, "fused_head", lambda head: None)
     want, want_grads = run()
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)

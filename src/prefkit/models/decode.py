@@ -148,6 +148,49 @@ def _log_minus_log_u(h: torch.Tensor, tokens: torch.Tensor, compiled: bool) -> t
     return u.log_().neg_().log_()
 
 
+PROPOSAL_MARGIN = (2.0**-12, 2.0**-18)
+"""``(absolute, relative)``: a token is a candidate when its approximate score is within
+``2^-12 + 2^-18 * |best|`` of its row's best approximate score (:func:`_proposal`)."""
+
+
+def _approximate_scores(logits: torch.Tensor, h: torch.Tensor, tokens: torch.Tensor,
+                        closed: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Float64 ``logits / T - log(float32(-log u))`` (``-inf`` where ``closed``): the rule's
+    scores before their float32 rounding to within 2^-16 (:func:`_proposal`)."""
+    bits = _mix(_mix(h[:, None] ^ tokens[None, :]).bitwise_xor_(0x9E3779B9))
+    u = (bits.double() + 0.5) * 2.0**-32
+    scores = logits.double()
+    if temperature != 1.0:
+        scores = scores / temperature
+    return torch.where(closed, float("-inf"),
+                       scores - torch.log((-torch.log(u)).float()).double())
+
+
+def _proposal(logits: torch.Tensor, h: torch.Tensor, tokens: torch.Tensor,
+              closed: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampled token of each row where it is certain without the exact noise:
+    ``(index, count)`` -- the first argmax of approximate scores and how many tokens lie within
+    :data:`PROPOSAL_MARGIN` of that row's best. Where ``count`` is 1, ``index`` IS the token the
+    rule draws (``_StepSampler``); any other count (a near-tie, a non-finite row) leaves the row
+    to the exact computation.
+
+    Approximate scores: the same 32-bit hash and ``u`` (exact), then ``g = log(float32(-log
+    u))`` -- one float64 and one float32 logarithm, whatever their implementation (compiled,
+    vectorized) -- and ``s - g`` in float64, ``s = logits / T``. Error against the rule's exact
+    ``s - log(-log u)``: the float32 rounding of ``-log u`` moves its log by <= 2^-24, a
+    float32 log within 4 ulps of a value below 32 in magnitude (|g| <= 22.9 for every 32-bit
+    hash) is off by <= 2^-17, the float64 steps by ~1e-15: eps < 2^-16 in all. Why a single
+    candidate is the token: every other token ``j`` has ``a_j < a_i - margin``, so its exact
+    score ``e_j <= a_j + eps < a_i - margin + eps <= e_i - margin + 2 eps``; the margin exceeds
+    ``2 eps`` plus two float32 ulps of ``e_i`` (8x and 8x over), so ``float32(e_j) <
+    float32(e_i)``: ``i`` is the strict argmax of the rule's float32 scores. A NaN or infinite
+    best gives a count other than 1."""
+    approx = _approximate_scores(logits, h, tokens, closed, temperature)
+    best, index = approx.max(-1, keepdim=True)
+    near = approx >= best - (PROPOSAL_MARGIN[0] + PROPOSAL_MARGIN[1] * best.abs())
+    return index[:, 0], near.sum(-1)
+
+
 def sampling_scores(scores: torch.Tensor, rows: torch.Tensor, step: int, *, seed: int,
                     temperature: float, top_k: int | None = None,
                     top_p: float | None = None, compiled: bool = False) -> torch.Tensor:
@@ -191,7 +234,7 @@ class _StepSampler:
 
     def __init__(self, rows: torch.Tensor, steps: int, s: DecodeSettings, seed: int,
                  compiled: bool, logits: torch.Tensor) -> None:
-        self.s, self.compiled = s, compiled
+        self.s, self.compiled, self.steps = s, compiled, steps
         device = logits.device
         self.scores = torch.empty(logits.shape, dtype=torch.float64, device=device)
         if s.temperature == 0:
@@ -199,12 +242,30 @@ class _StepSampler:
         self.hashes = _row_hash(seed, rows.to(device), torch.arange(steps, device=device))
         self.tokens = torch.arange(logits.shape[-1], dtype=torch.long, device=device)
         self.rounded = torch.empty(logits.shape, dtype=torch.float32, device=device)
+        self.closed = (self.tokens == (-1 if s.eos_id is None else s.eos_id),
+                       torch.zeros_like(self.tokens, dtype=torch.bool))
 
-    def __call__(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+    def proposal_inputs(self, step: int) -> tuple[Any, ...] | None:
+        """The inputs of :func:`_proposal` after ``logits`` for ``step`` (hashes, token ids,
+        the closed tokens, T), or None where it does not apply: greedy decoding, top-k or
+        top-p (their masks need the exact scores), or a step past the last."""
+        s = self.s
+        if s.temperature == 0 or s.top_k is not None or (s.top_p is not None and s.top_p < 1.0) \
+                or step >= self.steps:
+            return None
+        closed = self.closed[0 if s.eos_id is not None and step < s.min_new_tokens else 1]
+        return self.hashes[step], self.tokens, closed, float(s.temperature)
+
+    def __call__(self, logits: torch.Tensor, step: int,
+                 proposal: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The next token of every row from float32 ``logits``: EOS masked before
         ``min_new_tokens`` (as transformers' MinNewTokensLengthLogitsProcessor, which runs
-        before the sampler), then greedy argmax or the sampling rule."""
+        before the sampler), then greedy argmax or the sampling rule. ``proposal``:
+        :func:`_proposal` of these logits for this step; when it is certain for every row
+        (count 1) its indices are the tokens, else the rule is computed exactly."""
         s = self.s
+        if proposal is not None and bool(proposal[1].eq(1).all()):
+            return proposal[0]
         scores = self.scores.copy_(logits)  # exact: every float32 is a float64
         if s.eos_id is not None and step < s.min_new_tokens:
             scores[:, s.eos_id] = float("-inf")
@@ -440,18 +501,18 @@ class StaticCacheBackend:
                               compiled="step" in self._modes and not _STEP_COMPILE_FAILED)
 
     def _step_fn(self, model: nn.Module, packed: bool):
-        """The one-token forward: the model, or (``"step"`` mode) the model through
-        ``torch.compile``. The compiled one is called through :func:`_call_step`."""
+        """None (the model's own forward), or in ``"step"`` mode :func:`_forward_and_propose`
+        through ``torch.compile``; either is called through :func:`_call_step`."""
         if "step" not in self._modes or _STEP_COMPILE_FAILED:
             return None
-        # a new wrapper per batch is cheap: dynamo keeps compiled graphs on the forward's code
+        # a new wrapper per batch is cheap: dynamo keeps compiled graphs on the function's code
         # object, guarded on this model, so the next batch of the same shapes reuses them. The
         # C++ wrapper calls a step's ~50 kernels and its packed linear layers' C++ operator
         # (prefkit.models.native) from C++ instead of Python: generation ~13% faster on the
         # online bench, the same tokens; a cold compile takes ~15% longer. Where that operator
         # could not be built the packed layers call a Python operator, which the C++ wrapper
         # calls slowly (a step ~25% slower than the Python wrapper's), so it stays off
-        return torch.compile(model, dynamic=False,
+        return torch.compile(_forward_and_propose, dynamic=False,
                              options={"cpp_wrapper": not packed or native_is_loaded()})
 
     def _chunk(self, model: nn.Module, chunk: Sequence[Sequence[int]], rows: torch.Tensor,
@@ -506,8 +567,9 @@ class StaticCacheBackend:
         pad = torch.tensor(s.pad_id, dtype=torch.long, device=device)
         steps = 0
         sample = _StepSampler(rows, new, s, seed, "noise" in self._modes, logits)
+        proposal = None  # the compiled step's proposal for the next token (_proposal)
         for t in range(new):
-            nxt = sample(logits, t)
+            nxt = sample(logits, t, proposal)
             if s.eos_id is not None:
                 nxt = torch.where(finished, pad, nxt)
                 finished |= nxt == s.eos_id
@@ -517,7 +579,7 @@ class StaticCacheBackend:
             steps = t + 1
             if t + 1 == new or (s.eos_id is not None and bool(finished.all())):
                 break
-            logits = step_fn(t, nxt, position)
+            logits, proposal = step_fn(t, nxt, position, sample.proposal_inputs(t + 1))
             position = position + 1
         tokens = tokens[:, :steps].cpu()
         logps = logps[:, :steps].cpu() if logps is not None else None
@@ -531,15 +593,17 @@ class StaticCacheBackend:
     def _stepper(self, model: nn.Module, cache: Any, prepare: Any, packed: bool):
         """Decode step ``t``: ``prepare(t)`` sets what the step reads and returns the 4D mask
         to pass and how to undo the step's cache write (for :func:`_call_step`), then one
-        forward of the step's tokens (compiled in ``"step"`` mode); returns its logits."""
+        forward of the step's tokens (compiled in ``"step"`` mode); returns its float32 logits
+        and, compiled, :func:`_proposal` of them for the next token when ``propose`` (its
+        inputs) is given (else None)."""
         compiled = self._step_fn(model, packed)
 
-        def step(t: int, nxt: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        def step(t: int, nxt: torch.Tensor, position: torch.Tensor, propose: Any
+                 ) -> tuple[torch.Tensor, Any]:
             mask, undo = prepare(t)
-            out = _call_step(model, compiled, undo, input_ids=nxt[:, None],
-                             attention_mask=mask, position_ids=position, cache=cache,
-                             use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1].float()
+            return _call_step(model, compiled, undo, propose, input_ids=nxt[:, None],
+                              attention_mask=mask, position_ids=position, cache=cache,
+                              use_cache=True, logits_to_keep=1)
 
         return step
 
@@ -581,16 +645,26 @@ _STEP_COMPILE_FAILED: list[str] = []
 """Set once compiling the decode step failed in this process: later steps run eagerly."""
 
 
-def _call_step(model: nn.Module, compiled: Any, undo: Any, **inputs: Any) -> Any:
-    """One decode forward: through ``compiled`` (``torch.compile`` of ``model``) when given;
-    if compiling fails (no C++ compiler, an operation inductor cannot lower, ...), a warning
+def _forward_and_propose(model: nn.Module, propose: Any, **inputs: Any
+                         ) -> tuple[torch.Tensor, Any]:
+    """The compiled decode step: the last position's float32 logits, and :func:`_proposal` of
+    them (``propose``: its other inputs) in the same graph, or None."""
+    logits = model(**inputs).logits[:, -1].float()
+    return logits, None if propose is None else _proposal(logits, *propose)
+
+
+def _call_step(model: nn.Module, compiled: Any, undo: Any, propose: Any, **inputs: Any
+               ) -> tuple[torch.Tensor, Any]:
+    """One decode forward, ``(logits, proposal)``: through ``compiled`` (``torch.compile`` of
+    :func:`_forward_and_propose`) when given, else the model eagerly and no proposal; if
+    compiling fails (no C++ compiler, an operation inductor cannot lower, ...), a warning
     names the error, ``undo()`` puts the cache's write position back and the same step runs
     eagerly -- as every later step of the process does (the same tokens, slower). An error of
     the model itself raises again from the eager forward."""
     if compiled is None or _STEP_COMPILE_FAILED:
-        return model(**inputs)
+        return model(**inputs).logits[:, -1].float(), None
     try:
-        return compiled(**inputs)
+        return compiled(model, propose, **inputs)
     except Exception as err:  # noqa: BLE001 -- any compiler failure: the same step, eager
         import warnings
 
@@ -598,7 +672,7 @@ def _call_step(model: nn.Module, compiled: Any, undo: Any, **inputs: Any) -> Any
         warnings.warn(f"compiling the decode step failed ({type(err).__name__}: {err}); "
                       "decoding eagerly from here on (the same tokens, slower)", stacklevel=2)
         undo()
-        return model(**inputs)
+        return model(**inputs).logits[:, -1].float(), None
 
 
 class _ViewLayer(StaticLayer):

@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from prefkit.models.arch import attention_window, decoder_attention_mask, sliding_layer_types
 from prefkit.models.attention import FLEX_IMPLEMENTATION, packed_block_mask
-from prefkit.models.head_logps import fused_head, linear_token_logps
+from prefkit.models.head_logps import fused_head, linear_token_logps, pack_head
 from prefkit.models.packing import (
     PackedBatch,
     PaddedBatch,
@@ -38,7 +38,8 @@ from prefkit.models.prefix_attention import sdpa_or_shared_prefix  # noqa: F401 
 from prefkit.models.prune import full_hidden_at, hidden_at
 from prefkit.models.segment_attention import with_segments
 
-__all__ = ["SequenceLogps", "sequence_logps", "sequence_logps_padded", "token_logps"]
+__all__ = ["KEEP_LOGITS_BYTES", "SequenceLogps", "sequence_logps", "sequence_logps_padded",
+           "token_logps"]
 
 Batch = PackedBatch | PaddedBatch
 
@@ -84,6 +85,22 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+KEEP_LOGITS_BYTES = 64 << 20
+"""With gradients on, the head's float32 logits are kept for the backward pass when all of them
+take at most this much memory (64 MiB: 4,096 positions of a 4,096-word vocabulary), and each
+chunk's are recomputed there when they would take more (a 150k vocabulary: ~450 positions).
+Keeping them saves the product a recompute repeats (~3% of the online bench's update)."""
+
+
+def _logits_bytes(head: nn.Module, hidden: torch.Tensor) -> int:
+    """Bytes of the float32 logits of ``hidden``'s rows under ``head`` (its output size read
+    from its weight; a head without one counts as too large to keep)."""
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return KEEP_LOGITS_BYTES + 1
+    return 4 * hidden.shape[0] * weight.shape[0]
+
+
 def _head_logps(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return token_logps(head(hidden), targets)
 
@@ -97,11 +114,12 @@ def _chunked_logps(
 ) -> torch.Tensor:
     parts = []
     linear = fused_head(head)  # a plain linear head: its own backward (head_logps)
+    packed = None if linear is None else pack_head(linear[0], hidden, chunk_size)
     for start in range(0, hidden.shape[0], chunk_size):
         h = hidden[start : start + chunk_size]
         t = targets[start : start + chunk_size]
         if linear is not None:
-            parts.append(linear_token_logps(h, *linear, t, recompute=recompute))
+            parts.append(linear_token_logps(h, *linear, t, recompute=recompute, packed=packed))
         elif recompute:
             parts.append(checkpoint(_head_logps, head, h, t, use_reentrant=False))
         else:
@@ -261,7 +279,7 @@ def _completion_logps_decoder(
         # [N, H]: completion-predicting positions only (the last layer runs only there)
         selected = hidden_at(decoder, rows, cols, **inputs)
     if recompute is None:
-        recompute = torch.is_grad_enabled() and selected.shape[0] > chunk_size
+        recompute = torch.is_grad_enabled() and _logits_bytes(head, selected) > KEEP_LOGITS_BYTES
     return _chunked_logps(head, selected, batch.target_ids, chunk_size, recompute), selected
 
 
@@ -318,7 +336,8 @@ def sequence_logps(
             logits in memory); any value gives the same result.
         average: make :attr:`SequenceLogps.logps` the per-token mean instead of the sum.
         recompute: recompute each chunk's logits in backward instead of storing them;
-            default: when grad mode is on and there is more than one chunk.
+            default: when grad mode is on and the logits of all positions would take more
+            than :data:`KEEP_LOGITS_BYTES`.
         path: ``"decoder"`` runs ``model.get_decoder()`` and applies
             ``model.get_output_embeddings()`` itself (hidden states only at completion
             positions, chunked head); ``"forward"`` calls ``model(...)`` with a bool

@@ -50,8 +50,8 @@ from torch.nn import functional as F
 
 from . import native
 
-__all__ = ["PACK_MAX_BYTES", "layer_forward_is_packed", "packed_count", "packed_linears",
-           "packing_unsupported"]
+__all__ = ["PACK_MAX_BYTES", "layer_forward_is_packed", "pack_weight", "packed_count",
+           "packed_linears", "packing_unsupported", "packed_product"]
 
 _PACKED: dict[int, list[Any]] = {}
 """weight address -> [its packed copy, how many open contexts hold it]."""
@@ -72,7 +72,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     if held is None or x.dtype != torch.float32 or (
             torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)):
         return F.linear(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(x, held[0], bias, "none", [], "")
+    return packed_product(x, held[0], bias)
 
 
 @torch.library.custom_op("prefkit::packed_linear", mutates_args=())
@@ -117,9 +117,38 @@ def packing_unsupported(model: nn.Module) -> str | None:
         return "the model has no parameters"
     if device.type != "cpu":
         return f"the model is on {device.type}, packing is for the CPU"
+    return _onednn_unsupported()
+
+
+def _onednn_unsupported() -> str | None:
     if not _SELF_TEST:
         _SELF_TEST.append(_self_test())
     return _SELF_TEST[0]
+
+
+def _packable(weight: torch.Tensor) -> bool:
+    """A plain (not a subclass, not sharded) strided float32 CPU weight matrix."""
+    return (weight.dtype == torch.float32 and weight.device.type == "cpu"
+            and weight.layout == torch.strided and weight.dim() == 2
+            and type(weight.data) is torch.Tensor)
+
+
+def pack_weight(weight: torch.Tensor, rows: int | None = None) -> torch.Tensor | None:
+    """``weight`` ``[out, in]`` packed for :func:`packed_product` (oneDNN's blocked layout;
+    ``rows``: the usual rows per product, a hint), or None where packing does not apply
+    (:func:`packing_unsupported`'s oneDNN check, or a weight that is not a plain float32 CPU
+    matrix). The copy is of the weight as it is now: pack again after it changes."""
+    if not _packable(weight) or _onednn_unsupported() is not None:
+        return None
+    with torch.no_grad():
+        return _pack(weight, rows)
+
+
+def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None
+                   ) -> torch.Tensor:
+    """``x W^T + b`` for float32 ``x`` with ``W`` packed by :func:`pack_weight` (no gradient
+    flows through it: callers with their own backward use ``W`` there)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def _self_test() -> str | None:
@@ -131,7 +160,7 @@ def _self_test() -> str | None:
         x = torch.randn(5, 3, 48, generator=gen)
         w, b = torch.randn(40, 48, generator=gen), torch.randn(40, generator=gen)
         with torch.inference_mode():
-            got = torch.ops.mkldnn._linear_pointwise(x, _pack(w, 15), b, "none", [], "")
+            got = packed_product(x, _pack(w, 15), b)
     except Exception as err:  # noqa: BLE001 -- any failure of the op: do not pack
         return f"oneDNN's packed linear failed here ({type(err).__name__}: {err})"
     if not torch.allclose(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5):
@@ -142,9 +171,7 @@ def _self_test() -> str | None:
 def _layers(model: nn.Module) -> Iterator[nn.Linear]:
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if (type(module) is nn.Linear and weight is not None and weight.dtype == torch.float32
-                and weight.device.type == "cpu" and weight.layout == torch.strided
-                and type(weight.data) is torch.Tensor):
+        if type(module) is nn.Linear and weight is not None and _packable(weight):
             yield module
 
 
