@@ -40,7 +40,7 @@ TRL, ...) so a busy host hurts both alike. Per side:
 for its own samples, plus sampling statistics):
 
 1. every ``generate`` call on both sides returned 32 rows of exactly 64 new tokens, no EOS;
-2. each side's log-probs of its FIRST rollout's tokens (prefkit: the "old" log-prob pass;
+2. each side's log-probs of its FIRST rollout's tokens (prefkit: its first update's forward;
    TRL: its first ``_get_per_token_logps_and_entropies`` call -- both at the initial weights)
    equal an independent unpadded transformers forward of the initial checkpoint on the same
    tokens within 1e-4 per token, and every first-rollout prompt is a prompt of the file,
@@ -51,9 +51,10 @@ for its own samples, plus sampling statistics):
 4. the first step's loss is 0 within 1e-5 on both sides (importance ratio 1, advantages that sum
    to 0 over each group, KL 0 to a reference equal to the policy).
 
-Fairness notes: both sides pay their own design costs -- TRL GRPO skips the "old" log-prob
-forward when on-policy (prefkit always runs it), TRL repeats each prompt in all G rows and
-computes the entropy in the loss (prefkit packs each prompt once per group); the two samplers
+Fairness notes: both sides pay their own design costs -- on-policy, both skip the "old"
+log-prob forward (TRL RLOO runs it; so does prefkit where a KL term enters the reward), TRL
+repeats each prompt in all G rows and computes the entropy in the loss (prefkit packs each
+prompt once per group); the two samplers
 differ (prefkit: hashed Gumbel-max in float64, reproducible across batch sizes; TRL: transformers
 multinomial sampling) and so do the prompts each draws per step (same length distribution). TRL
 RLOO uses a sequence-level ratio, prefkit a token-level one. Peak RSS includes imports: see
