@@ -503,7 +503,7 @@ def test_a_certain_proposal_is_the_rules_token():
     """Where the proposal counts one candidate its index is the token the exact rule draws
     (thousands of rows, logit scales from a nearly uniform model's to a peaked one's, EOS
     closed, T != 1); most rows are certain; a row whose runner-up is placed within the
-    margin, a NaN row and a fully closed row are not."""
+    margin, a NaN row, a fully closed row and rows whose scores overflow float32 are not."""
     from prefkit.models.decode import _proposal, _StepSampler
 
     g = torch.Generator().manual_seed(6)
@@ -535,6 +535,11 @@ def test_a_certain_proposal_is_the_rules_token():
     logits[2] = float("-inf")
     index, count = _proposal(logits, h, toks, closed, temp)
     assert count[0] >= 2 and count[1] != 1 and count[2] != 1
+    # scores past float32's range round to a tie at infinity: never certain
+    huge = torch.full((3, 1000), -1e38)
+    huge[:, 7], huge[:, 9] = 3e38, 2.9e38
+    assert not _proposal(huge, h, toks, closed, 0.5)[1].eq(1).any()
+    assert torch.equal(_proposal(huge / 1e30, h, toks, closed, 0.5)[0], torch.full((3,), 7))
 
 
 def test_the_sampler_takes_a_certain_proposal_and_computes_the_rest():

@@ -184,11 +184,12 @@ def _proposal(logits: torch.Tensor, h: torch.Tensor, tokens: torch.Tensor,
     score ``e_j <= a_j + eps < a_i - margin + eps <= e_i - margin + 2 eps``; the margin exceeds
     ``2 eps`` plus two float32 ulps of ``e_i`` (8x and 8x over), so ``float32(e_j) <
     float32(e_i)``: ``i`` is the strict argmax of the rule's float32 scores. A NaN or infinite
-    best gives a count other than 1."""
+    best, or one beyond 2^64 in magnitude (float32 ulps grow to overflow, where scores would
+    round to a tie at infinity), gives a count of 0."""
     approx = _approximate_scores(logits, h, tokens, closed, temperature)
     best, index = approx.max(-1, keepdim=True)
     near = approx >= best - (PROPOSAL_MARGIN[0] + PROPOSAL_MARGIN[1] * best.abs())
-    return index[:, 0], near.sum(-1)
+    return index[:, 0], near.sum(-1).masked_fill_(~(best[:, 0].abs() < 2.0**64), 0)
 
 
 def sampling_scores(scores: torch.Tensor, rows: torch.Tensor, step: int, *, seed: int,
