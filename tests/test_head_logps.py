@@ -74,15 +74,21 @@ def test_the_packed_forward_product_equals_the_autograd_path(bias):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
-def test_the_head_is_packed_only_for_float32_on_the_cpu_outside_autocast():
+def test_the_head_is_packed_only_for_float32_on_the_cpu_outside_autocast(monkeypatch):
+    """...for enough rows, and for a head that is not too large to copy."""
+    from prefkit.models import head_logps
+
     head = nn.Linear(8, 11)
-    h = torch.randn(3, 8)
+    h = torch.randn(head_logps.PACK_HEAD_MIN_ROWS, 8)
     if packing_unsupported(head) is None:
         assert pack_head(head.weight, h) is not None
+    assert pack_head(head.weight, h[:-1]) is None  # too few rows to pay for the packing
     assert pack_head(head.weight.double(), h.double()) is None
     assert pack_head(head.weight, h.bfloat16()) is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert pack_head(head.weight, h) is None
+    monkeypatch.setattr(head_logps, "PACK_HEAD_MAX_BYTES", head.weight.nbytes - 1)
+    assert pack_head(head.weight, h) is None
 
 
 def test_in_place_logsumexp_has_the_bits_of_torch_logsumexp():

@@ -39,7 +39,8 @@ from torch.nn import functional as F
 
 from .packed_linear import pack_weight, packed_product
 
-__all__ = ["fused_head", "linear_token_logps", "pack_head"]
+__all__ = ["PACK_HEAD_MAX_BYTES", "PACK_HEAD_MIN_ROWS", "fused_head", "linear_token_logps",
+           "pack_head"]
 
 
 def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -52,14 +53,25 @@ def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return logits if logits.dtype == torch.float64 else logits.float()
 
 
+PACK_HEAD_MAX_BYTES = 64 << 20
+"""Heads larger than this (64 MiB of float32: 16M parameters) are not packed: the packed copy
+would be a large transient second copy of the weight."""
+
+PACK_HEAD_MIN_ROWS = 256
+"""Fewer positions than this are not worth a packing pass over the weight."""
+
+
 def pack_head(weight: torch.Tensor, hidden: torch.Tensor, rows: int | None = None
               ) -> torch.Tensor | None:
     """The head weight packed for :func:`linear_token_logps`'s forward product (module docs)
-    when ``hidden`` is float32 on the CPU outside autocast and the weight packs
-    (:func:`prefkit.models.packed_linear.pack_weight`); else None (``F.linear``). Pack once
-    per forward pass and hand it to every chunk: the weight must not change in between."""
+    when ``hidden`` is float32 on the CPU outside autocast, has at least
+    :data:`PACK_HEAD_MIN_ROWS` rows, and the weight packs
+    (:func:`prefkit.models.packed_linear.pack_weight`) and takes at most
+    :data:`PACK_HEAD_MAX_BYTES`; else None (``F.linear``). Pack once per forward pass and
+    hand it to every chunk: the weight must not change in between."""
     if (hidden.dtype != torch.float32 or hidden.device.type != "cpu"
-            or torch.is_autocast_enabled("cpu")):
+            or torch.is_autocast_enabled("cpu") or hidden.shape[0] < PACK_HEAD_MIN_ROWS
+            or weight.nbytes > PACK_HEAD_MAX_BYTES):
         return None
     return pack_weight(weight, rows)
 
