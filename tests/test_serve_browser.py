@@ -166,7 +166,10 @@ def visit(live, browser) -> Iterator[Callable[..., tuple[Any, Watch]]]:
         page = context.new_page()
         if name is not None:
             page.goto("/login")
-            assert page.evaluate("document.activeElement.id") == "token"  # autofocus
+            # autofocus: Chromium applies it at a rendering update after the load event, so
+            # wait for it (a page that never focuses the field fails after the timeout)
+            page.wait_for_function("document.activeElement && "
+                                   "document.activeElement.id === 'token'", timeout=5000)
             page.keyboard.type(live.tokens[name])
             with page.expect_navigation():
                 page.keyboard.press("Enter")
