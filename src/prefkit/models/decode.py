@@ -157,8 +157,7 @@ def _approximate_scores(logits: torch.Tensor, h: torch.Tensor, tokens: torch.Ten
                         closed: torch.Tensor, temperature: float) -> torch.Tensor:
     """Float64 ``logits / T - log(float32(-log u))`` (``-inf`` where ``closed``): the rule's
     scores before their float32 rounding to within 2^-16 (:func:`_proposal`)."""
-    bits = _mix(_mix(h[:, None] ^ tokens[None, :]).bitwise_xor_(0x9E3779B9))
-    u = (bits.double() + 0.5) * 2.0**-32
+    u = _uniform(h, tokens)
     scores = logits.double()
     if temperature != 1.0:
         scores = scores / temperature
@@ -663,7 +662,7 @@ def _call_step(model: nn.Module, compiled: Any, undo: Any, propose: Any, **input
     eagerly -- as every later step of the process does (the same tokens, slower). An error of
     the model itself raises again from the eager forward."""
     if compiled is None or _STEP_COMPILE_FAILED:
-        return model(**inputs).logits[:, -1].float(), None
+        return _forward_and_propose(model, None, **inputs)
     try:
         return compiled(model, propose, **inputs)
     except Exception as err:  # noqa: BLE001 -- any compiler failure: the same step, eager
@@ -673,7 +672,7 @@ def _call_step(model: nn.Module, compiled: Any, undo: Any, propose: Any, **input
         warnings.warn(f"compiling the decode step failed ({type(err).__name__}: {err}); "
                       "decoding eagerly from here on (the same tokens, slower)", stacklevel=2)
         undo()
-        return model(**inputs).logits[:, -1].float(), None
+        return _forward_and_propose(model, None, **inputs)
 
 
 class _ViewLayer(StaticLayer):
