@@ -264,27 +264,57 @@ def test_rows_in_any_order_are_grouped_and_put_back(world):
                                                  row_offset=2).ids
 
 
-@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (6, 1)])
-def test_shared_prefix_attention_equals_attention_over_the_concatenated_keys(heads, kv_heads):
-    """The formula against sdpa on each row's own copy of its prompt's keys followed by its
-    generated keys, pad slots of left-padded prompts masked, grouped-query heads repeated."""
+def _native_or_skip():
+    from prefkit.models import native
+
+    why = native.native_unavailable()
+    if why is not None:
+        pytest.skip(why)
+
+
+def _shared_prefix_case(heads, kv_heads, group, dim, dtype=torch.float32):
+    """A SharedPrefixCache layer of 3 prompts (two left-padded) whose rows wrote own slots
+    0..2 and read 5 (slots 3 and 4 closed by the bias), and a query."""
     g = torch.Generator().manual_seed(0)
-    prompts, group, width, new, step, dim = 3, 2, 5, 4, 2, 8
+    prompts, width, new, step = 3, 5, 6, 2
     prompt_mask = torch.ones(prompts, width, dtype=torch.bool)
-    prompt_mask[1, :2] = False  # a left-padded prompt
+    prompt_mask[1, :2] = False
     prompt_mask[2, :4] = False
     prefill = type("Prefilled", (), {})()
     prefill.layers = [type("Layer", (), {})()]
-    prefill.layers[0].keys = torch.randn(prompts, kv_heads, width, dim, generator=g)
-    prefill.layers[0].values = torch.randn(prompts, kv_heads, width, dim, generator=g)
+    prefill.layers[0].keys = torch.randn(prompts, kv_heads, width, dim, generator=g).to(dtype)
+    prefill.layers[0].values = torch.randn(prompts, kv_heads, width, dim, generator=g).to(dtype)
     cache = SharedPrefixCache(prefill, prompt_mask, group, new)
     layer = cache.layers[0]
     for t in range(step + 1):  # rows write their own slots 0..step
-        cache.set_step(t)
-        layer.update(torch.randn(prompts * group, kv_heads, 1, dim, generator=g),
-                     torch.randn(prompts * group, kv_heads, 1, dim, generator=g))
-    query = torch.randn(prompts * group, heads, 1, dim, generator=g)
-    got, _ = shared_prefix_attention(None, query, layer, layer, scaling=0.3)
+        cache.set_step(t, view=step + 3)
+        layer.update(torch.randn(prompts * group, kv_heads, 1, dim, generator=g).to(dtype),
+                     torch.randn(prompts * group, kv_heads, 1, dim, generator=g).to(dtype))
+    query = torch.randn(prompts * group, heads, 1, dim, generator=g).to(dtype)
+    return query, layer, prompt_mask, step
+
+
+@pytest.mark.parametrize("impl", ["native", "reference"])
+@pytest.mark.parametrize("heads,kv_heads,group,dim",
+                         [(4, 4, 2, 8), (4, 2, 5, 20), (6, 1, 2, 8), (2, 2, 4, 64)])
+def test_shared_prefix_attention_equals_attention_over_the_concatenated_keys(
+        impl, heads, kv_heads, group, dim):
+    """Both implementations (the C++ operator's fused passes and the library products) against
+    float64 sdpa on each row's own copy of its prompt's keys followed by its generated keys, pad
+    slots of left-padded prompts and the own slots after the step masked, grouped-query heads
+    repeated; groups not a multiple of the operator's 4-row blocks, head sizes not a multiple
+    of its 16 lanes."""
+    from prefkit.models import prefix_attention
+
+    if impl == "native":
+        _native_or_skip()
+    query, layer, prompt_mask, step = _shared_prefix_case(heads, kv_heads, group, dim)
+    if impl == "native":
+        assert prefix_attention._native_applies(query, layer)
+        got, _ = shared_prefix_attention(None, query, layer, layer, scaling=0.3)
+    else:
+        got, _ = prefix_attention.shared_prefix_attention_reference(query, layer, 0.3)
+    prompts = prompt_mask.shape[0]
     owner = torch.arange(prompts).repeat_interleave(group)
     keys = torch.cat([layer.prefix_keys[owner], layer.keys[:, :, :step + 1]], 2)
     values = torch.cat([layer.prefix_values[owner], layer.values[:, :, :step + 1]], 2)
@@ -292,10 +322,63 @@ def test_shared_prefix_attention_equals_attention_over_the_concatenated_keys(hea
     visible = torch.cat([prompt_mask[owner], torch.ones(prompts * group, step + 1,
                                                         dtype=torch.bool)], 1)
     want = torch.nn.functional.scaled_dot_product_attention(
-        query, keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1),
-        attn_mask=visible[:, None, None, :], scale=0.3)
-    assert got.shape == (prompts * group, 1, heads, dim)
-    torch.testing.assert_close(got, want.transpose(1, 2), atol=1e-6, rtol=1e-5)
+        query.double(), keys.repeat_interleave(rep, 1).double(),
+        values.repeat_interleave(rep, 1).double(), attn_mask=visible[:, None, None, :],
+        scale=0.3)
+    assert got.shape == (prompts * group, 1, heads, dim) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want.transpose(1, 2), atol=2e-6, rtol=1e-5)
+
+
+def test_shared_prefix_attention_takes_the_library_path_outside_the_operators_domain():
+    """float64 operands and operands asking for a gradient go through the library products
+    (the C++ operator is float32, without autograd); its own checks refuse what it cannot run."""
+    from prefkit.models import prefix_attention
+
+    _native_or_skip()
+    query, layer, _, _ = _shared_prefix_case(4, 2, 2, 8, torch.float64)
+    assert not prefix_attention._native_applies(query, layer)
+    got, _ = shared_prefix_attention(None, query, layer, layer, scaling=0.3)
+    want, _ = prefix_attention.shared_prefix_attention_reference(query, layer, 0.3)
+    assert got.dtype == torch.float64 and torch.equal(got, want)
+    query, layer, _, _ = _shared_prefix_case(4, 2, 2, 8)
+    query.requires_grad_(True)
+    assert not prefix_attention._native_applies(query, layer)
+    got, _ = shared_prefix_attention(None, query, layer, layer, scaling=0.3)
+    got.sum().backward()
+    assert query.grad is not None and query.grad.abs().sum() > 0
+    op = torch.ops.prefkit_native.shared_prefix_attention
+    q = query.detach()
+    args = (layer.prefix_keys, layer.prefix_values, layer.prefix_bias, layer.keys, layer.values,
+            layer.own_bias)
+    with pytest.raises(RuntimeError, match="query must be a float32 CPU tensor"):
+        op(q.double(), *args, 2, 5, 0.3)
+    with pytest.raises(RuntimeError, match="6 rows are not 3 prompts x 3"):
+        op(q, *args, 3, 5, 0.3)
+    with pytest.raises(RuntimeError, match="view 7 or own_bias outside the 6 own slots"):
+        op(q, *args, 2, 7, 0.3)
+
+
+def test_prompt_shared_decode_runs_the_cpp_operator_with_the_library_paths_tokens(world,
+                                                                                monkeypatch):
+    """An eager decode of prompts x samples loads the C++ operators and calls the attention
+    operator once per layer and step; with the operators unloaded (the library products) the
+    tokens are the same."""
+    from prefkit.models import native
+
+    _native_or_skip()
+    tok, _, rows, models = world
+    model = models["sdpa"]
+    grouped = [r for r in rows[:6] for _ in range(3)]
+    s = _settings(tok, batch_size=18, min_new_tokens=10)
+    with torch.profiler.profile() as prof:
+        got = StaticCacheBackend().generate(model, grouped, s, seed=5).ids
+    calls = sum(e.count for e in prof.key_averages()
+                if e.key == "prefkit_native::shared_prefix_attention")
+    assert calls == model.config.num_hidden_layers * (s.max_new_tokens - 1)
+    monkeypatch.setattr(native, "_LOADED", [])
+    monkeypatch.setattr("prefkit.models.prefix_attention.load_native", lambda model: False)
+    monkeypatch.setattr("prefkit.models.decode.load_native", lambda model: False)
+    assert StaticCacheBackend().generate(model, grouped, s, seed=5).ids == got
 
 
 def test_a_later_sdpa_registration_turns_the_shared_path_off(world, monkeypatch):

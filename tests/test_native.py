@@ -94,7 +94,7 @@ def test_compiled_forward_calls_the_cpp_operator_only_when_loaded(loaded, monkey
 def test_a_compile_error_is_a_reason_not_an_exception(tmp_path, monkeypatch):
     bad = tmp_path / "bad.cpp"
     bad.write_text("this is not C++\n")
-    monkeypatch.setattr(native, "SOURCE", bad)
+    monkeypatch.setattr(native, "SOURCES", (bad,))
     monkeypatch.setenv("PREFKIT_CACHE", str(tmp_path / "cache"))
     reason = native.native_unavailable.__wrapped__()
     assert reason.startswith("building prefkit's C++ operators with") and "exit" in reason

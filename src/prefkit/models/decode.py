@@ -69,6 +69,7 @@ from prefkit.models.packed_linear import packed_linears
 from prefkit.models.prefix_attention import (
     SharedPrefixCache,
     equal_groups,
+    load_native,
     shared_prefix_unsupported,
 )
 
@@ -532,6 +533,7 @@ class StaticCacheBackend:
         if grouped is not None:
             order, group = grouped
             chunk, rows = [chunk[i] for i in order], rows[order]
+            load_native(model)
         ids, mask = left_pad(chunk, s.pad_id, width)
         ids, mask = ids.to(device), mask.to(device)
         b, w = ids.shape

@@ -7,13 +7,19 @@ so that a compiled decode step can run from inductor's C++ wrapper: the wrapper 
 operators through the dispatcher without entering Python, but a Python operator costs it more
 than the Python wrapper would (:meth:`prefkit.models.decode.StaticCacheBackend._step_fn`).
 
+``prefkit_native::shared_prefix_attention`` (``csrc/shared_prefix_attention.cpp``) is a decode
+step's attention over a shared prompt prefix (:mod:`prefkit.models.prefix_attention`) in two
+fused passes instead of ~10 small library calls a layer.
+
 Building: the C++ compiler ``torch.compile`` uses on the CPU (``$CXX``, else ``g++``, ``c++``
 or ``clang++`` on PATH) compiles the source against this torch's headers and libraries into
 ``<cache>/native/<key>/prefkit_native.so`` (:func:`prefkit.cache_dir.cache_root`; the key
-hashes the source, the torch version and commit, the compiler and the Python version), once:
-~7 s on a 2-core CPU, then each process only loads the file. Processes building at once each write
-their own temporary file and rename it into place. ``$PREFKIT_NATIVE=0`` turns the operators
-off.
+hashes the sources, the torch version and commit, the compiler and the Python version), once:
+~15 s on a 2-core CPU, then each process only loads the file. On Linux, with a torch that runs
+OpenMP, the build adds ``-fopenmp`` (the operators' ``at::parallel_for`` then uses torch's
+threads; elsewhere they run on one thread, with the same values). Processes building at once
+each write their own temporary file and rename it into place. ``$PREFKIT_NATIVE=0`` turns the
+operators off.
 
 Where they cannot be built or loaded (no compiler, a compile error, a torch without the
 headers), :func:`native_unavailable` says why and callers keep their Python paths -- the same
@@ -29,15 +35,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..cache_dir import cache_root
 
-__all__ = ["SOURCE", "cpp_compiler", "is_loaded", "library_path", "native_unavailable",
+__all__ = ["SOURCES", "cpp_compiler", "is_loaded", "library_path", "native_unavailable",
            "turned_off"]
 
-SOURCE = Path(__file__).with_name("csrc") / "packed_linear.cpp"
+SOURCES = tuple(Path(__file__).with_name("csrc") / name
+                for name in ("packed_linear.cpp", "shared_prefix_attention.cpp"))
 BUILD_TIMEOUT_S = 600
 
 
@@ -58,7 +66,7 @@ def cpp_compiler() -> str | None:
 def library_path(compiler: str) -> Path:
     """Where the operators built by ``compiler`` for this torch and Python live."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(),
+    for part in (*(source.read_bytes() for source in SOURCES), torch.__version__.encode(),
                  str(getattr(torch.version, "git_version", "")).encode(), compiler.encode(),
                  sys.version.encode()):
         digest.update(part)
@@ -70,10 +78,12 @@ def _build(compiler: str, out: Path) -> None:
     lib = torch_dir / "lib"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    cmd = [compiler, "-O2", "-std=c++20", "-shared", "-fPIC",
+    openmp = ["-fopenmp"] if sys.platform == "linux" and torch.backends.openmp.is_available() \
+        else []
+    cmd = [compiler, "-O2", "-std=c++20", "-shared", "-fPIC", "-Wno-psabi", *openmp,
            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-           f"-I{torch_dir / 'include'}", str(SOURCE), "-o", str(tmp), f"-L{lib}", "-lc10",
-           "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
+           f"-I{torch_dir / 'include'}", *map(str, SOURCES), "-o", str(tmp), f"-L{lib}",
+           "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
                               check=False)
@@ -135,3 +145,8 @@ def _register_shapes() -> None:
     @torch.library.register_fake("prefkit_native::packed_linear")
     def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    @torch.library.register_fake("prefkit_native::shared_prefix_attention")
+    def _(query: torch.Tensor, *operands: Any) -> torch.Tensor:
+        b, heads, _, dim = query.shape
+        return query.new_empty((b, 1, heads, dim))

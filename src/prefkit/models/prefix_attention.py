@@ -40,10 +40,12 @@ from torch import nn
 from transformers import AttentionInterface, Cache, StaticCache
 from transformers.cache_utils import CacheLayerMixin
 
+from prefkit.models import native
 from prefkit.models.segment_attention import segment_attention, segments_usable
 
-__all__ = ["SharedPrefixCache", "equal_groups", "sdpa_or_shared_prefix",
-           "shared_prefix_attention", "shared_prefix_unsupported"]
+__all__ = ["SharedPrefixCache", "equal_groups", "load_native", "sdpa_or_shared_prefix",
+           "shared_prefix_attention", "shared_prefix_attention_reference",
+           "shared_prefix_unsupported"]
 
 
 class SharedPrefixLayer(CacheLayerMixin):
@@ -131,12 +133,54 @@ def shared_prefix_attention(module: nn.Module, query: torch.Tensor, key: SharedP
     """Attention of ``query`` ``[B, H_q, 1, D]`` over ``key``'s prompt prefix and its rows' own
     slots (module docs); returns ``([B, 1, H_q, D], None)`` as transformers' attention
     functions do. ``value`` is the same layer; ``attention_mask`` is unused (the layer holds
-    the prompts' pad bias, and a row's own slots up to its step are all real)."""
+    the prompts' pad bias, and a row's own slots up to its step are all real).
+
+    Float32 on the CPU with prefkit's C++ operators loaded (:mod:`prefkit.models.native`) and no
+    gradient asked for, the sum is ``prefkit_native::shared_prefix_attention`` (two fused passes,
+    ``csrc/shared_prefix_attention.cpp``); otherwise :func:`shared_prefix_attention_reference`,
+    which computes it with library products (the same values up to float rounding: tested)."""
     if not isinstance(key, SharedPrefixLayer):
         raise TypeError(f"shared-prefix attention runs only over a SharedPrefixCache (got "
                         f"{type(key).__name__}); it is for prefkit's decode steps")
     if softcap is not None or dropout:
         raise ValueError("shared-prefix attention has no soft-capping or dropout")
+    if _native_applies(query, key):
+        d = query.shape[-1]
+        out = torch.ops.prefkit_native.shared_prefix_attention(
+            query, key.prefix_keys, key.prefix_values, key.prefix_bias, key.keys, key.values,
+            key.own_bias, key.group, key.view, d ** -0.5 if scaling is None else scaling)
+        return out, None
+    return shared_prefix_attention_reference(query, key, scaling)
+
+
+NATIVE_MAX_HEAD_DIM = 1024
+"""The largest head size the C++ operator takes (its per-thread query buffer)."""
+
+
+def load_native(model: nn.Module) -> bool:
+    """Build or load prefkit's C++ operators (once per process, :mod:`prefkit.models.native`)
+    before the decode steps of a float32 CPU ``model``, whose shared-prefix attention they run;
+    whether they are loaded. Models on other devices or dtypes never build them; where they
+    cannot be built the steps keep :func:`shared_prefix_attention_reference` (the same values
+    up to rounding, slower)."""
+    param = next(model.parameters(), None)
+    if param is None or param.dtype != torch.float32 or param.device.type != "cpu":
+        return native.is_loaded()
+    return native.native_unavailable() is None
+
+
+def _native_applies(query: torch.Tensor, key: SharedPrefixLayer) -> bool:
+    tensors = (query, key.prefix_keys, key.prefix_values, key.keys, key.values)
+    return (native.is_loaded() and query.shape[-1] <= NATIVE_MAX_HEAD_DIM
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors))
+
+
+def shared_prefix_attention_reference(query: torch.Tensor, key: SharedPrefixLayer,
+                                      scaling: float | None = None
+                                      ) -> tuple[torch.Tensor, None]:
+    """:func:`shared_prefix_attention` through library products and a softmax over the
+    concatenated scores (any dtype and device; autograd works through it)."""
     b, hq, q_len, d = query.shape
     kp, vp = key.prefix_keys, key.prefix_values
     p, hkv, width, _ = kp.shape
