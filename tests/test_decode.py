@@ -360,9 +360,9 @@ def test_shared_prefix_attention_takes_the_library_path_outside_the_operators_do
 
 def test_prompt_shared_decode_runs_the_cpp_operator_with_the_library_paths_tokens(world,
                                                                                 monkeypatch):
-    """An eager decode of prompts x samples loads the C++ operators and calls the attention
-    operator once per layer and step; with the operators unloaded (the library products) the
-    tokens are the same."""
+    """An eager decode of prompts x samples loads the C++ operators, calls the attention
+    operator once per layer and step and the sampler's hash once per step; with the operators
+    unloaded (the library products, the tensor hash) the tokens are the same."""
     from prefkit.models import native
 
     _native_or_skip()
@@ -372,9 +372,10 @@ def test_prompt_shared_decode_runs_the_cpp_operator_with_the_library_paths_token
     s = _settings(tok, batch_size=18, min_new_tokens=10)
     with torch.profiler.profile() as prof:
         got = StaticCacheBackend().generate(model, grouped, s, seed=5).ids
-    calls = sum(e.count for e in prof.key_averages()
-                if e.key == "prefkit_native::shared_prefix_attention")
-    assert calls == model.config.num_hidden_layers * (s.max_new_tokens - 1)
+    calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith("prefkit_native")}
+    assert calls["prefkit_native::shared_prefix_attention"] == \
+        model.config.num_hidden_layers * (s.max_new_tokens - 1)
+    assert calls["prefkit_native::uniform"] == s.max_new_tokens  # the sampler's hash
     monkeypatch.setattr(native, "_LOADED", [])
     monkeypatch.setattr("prefkit.models.prefix_attention.load_native", lambda model: False)
     monkeypatch.setattr("prefkit.models.decode.load_native", lambda model: False)
@@ -501,9 +502,17 @@ def test_rollouts_use_the_chosen_backend_and_min_new_tokens(world):
     assert all(len(c) >= 3 for cs in runs["prefkit"].completion_ids for c in cs)
 
 
-def test_gumbel_noise_equals_the_plain_formula():
-    """The in-place hash gives the bits of the plain out-of-place formula (the definition the
-    samples of earlier prefkit versions were drawn with)."""
+@pytest.mark.parametrize("cpp", [False, True])
+def test_gumbel_noise_equals_the_plain_formula(cpp, monkeypatch):
+    """The in-place hash, and the C++ operator the uncompiled loop uses where it is loaded,
+    give the bits of the plain out-of-place formula (the definition the samples of earlier
+    prefkit versions were drawn with)."""
+    from prefkit.models import native
+
+    if cpp:
+        _native_or_skip()
+    else:
+        monkeypatch.setattr(native, "_LOADED", [])
     m32, mix = 0xFFFFFFFF, 0x45D9F3B
 
     def plain_mix(x):
@@ -519,6 +528,26 @@ def test_gumbel_noise_equals_the_plain_formula():
         bits = plain_mix(plain_mix(h[:, None] ^ torch.arange(300)[None, :]) ^ 0x9E3779B9)
         want = -torch.log(-torch.log((bits.double() + 0.5) / 2.0**32))
         assert torch.equal(gumbel_noise(seed, rows, step, 300), want)
+
+
+def test_cpp_uniform_has_the_bits_of_the_tensor_hash_for_any_int64():
+    """``prefkit_native::uniform`` computes on uint32 after the first round: the same bits as
+    ``_uniform``'s int64 tensor operations for any int64 hashes and tokens (negative, beyond
+    2^32 and 2^47, the extremes), with the profiler seeing one operator instead of ~20."""
+    from prefkit.models.decode import _uniform
+
+    _native_or_skip()
+    g = torch.Generator().manual_seed(0)
+    edges = torch.tensor([0, 1, -1, 2**32 - 1, 2**32, 2**47, -(2**47) - 1, 2**62, 2**63 - 1,
+                          -(2**63)])
+    hashes = torch.cat([edges, torch.randint(-(2**63), 2**63 - 1, (50,), generator=g)])
+    tokens = torch.cat([edges, torch.randint(-(2**63), 2**63 - 1, (300,), generator=g),
+                        torch.arange(4096)])
+    got = torch.ops.prefkit_native.uniform(hashes, tokens)
+    assert got.dtype == torch.float64 and torch.equal(got, _uniform(hashes.clone(), tokens))
+    assert bool(((got > 0) & (got < 1)).all())
+    with pytest.raises(RuntimeError, match="int64 CPU tensors"):
+        torch.ops.prefkit_native.uniform(hashes.int(), tokens)
 
 
 def test_step_sampler_draws_the_rule_of_each_step():

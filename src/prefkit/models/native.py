@@ -9,7 +9,9 @@ than the Python wrapper would (:meth:`prefkit.models.decode.StaticCacheBackend._
 
 ``prefkit_native::shared_prefix_attention`` (``csrc/shared_prefix_attention.cpp``) is a decode
 step's attention over a shared prompt prefix (:mod:`prefkit.models.prefix_attention`) in two
-fused passes instead of ~10 small library calls a layer.
+fused passes instead of ~10 small library calls a layer. ``prefkit_native::uniform``
+(``csrc/uniform_noise.cpp``) is the sampling rule's integer hash and uniform numbers in one pass
+(:func:`prefkit.models.decode._uniform`, the same bits) for the uncompiled decode loop.
 
 Building: the C++ compiler ``torch.compile`` uses on the CPU (``$CXX``, else ``g++``, ``c++``
 or ``clang++`` on PATH) compiles the source against this torch's headers and libraries into
@@ -45,7 +47,8 @@ __all__ = ["SOURCES", "cpp_compiler", "is_loaded", "library_path", "native_unava
            "turned_off"]
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / name
-                for name in ("packed_linear.cpp", "shared_prefix_attention.cpp"))
+                for name in ("packed_linear.cpp", "shared_prefix_attention.cpp",
+                             "uniform_noise.cpp"))
 BUILD_TIMEOUT_S = 600
 
 
@@ -145,6 +148,10 @@ def _register_shapes() -> None:
     @torch.library.register_fake("prefkit_native::packed_linear")
     def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    @torch.library.register_fake("prefkit_native::uniform")
+    def _(row_hashes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return row_hashes.new_empty((row_hashes.shape[0], tokens.shape[0]), dtype=torch.float64)
 
     @torch.library.register_fake("prefkit_native::shared_prefix_attention")
     def _(query: torch.Tensor, *operands: Any) -> torch.Tensor:

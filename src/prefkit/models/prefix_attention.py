@@ -159,10 +159,10 @@ NATIVE_MAX_HEAD_DIM = 1024
 
 def load_native(model: nn.Module) -> bool:
     """Build or load prefkit's C++ operators (once per process, :mod:`prefkit.models.native`)
-    before the decode steps of a float32 CPU ``model``, whose shared-prefix attention they run;
-    whether they are loaded. Models on other devices or dtypes never build them; where they
-    cannot be built the steps keep :func:`shared_prefix_attention_reference` (the same values
-    up to rounding, slower)."""
+    before the decode steps of a float32 CPU ``model``, whose shared-prefix attention and sampler
+    hash they run; whether they are loaded. Models on other devices or dtypes never build them;
+    where they cannot be built the steps keep :func:`shared_prefix_attention_reference` and the
+    eager hash (the same tokens up to rounding in the attention, slower)."""
     param = next(model.parameters(), None)
     if param is None or param.dtype != torch.float32 or param.device.type != "cpu":
         return native.is_loaded()
