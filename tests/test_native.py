@@ -94,7 +94,7 @@ def test_compiled_forward_calls_the_cpp_operator_only_when_loaded(loaded, monkey
 def test_a_compile_error_is_a_reason_not_an_exception(tmp_path, monkeypatch):
     bad = tmp_path / "bad.cpp"
     bad.write_text("this is not C++\n")
-    monkeypatch.setattr(native, "SOURCES", (bad,))
+    monkeypatch.setattr(native, "SOURCES", (bad, *native.SOURCES[1:]))
     monkeypatch.setenv("PREFKIT_CACHE", str(tmp_path / "cache"))
     reason = native.native_unavailable.__wrapped__()
     assert reason.startswith("building prefkit's C++ operators with") and "exit" in reason
@@ -141,12 +141,16 @@ def test_compiled_decode_warns_once_when_the_operator_is_missing(monkeypatch):
 @needs_native
 def test_a_fresh_cache_builds_the_library_in_a_new_process(tmp_path):
     """The build itself (the suite's other tests may find the library already built): a new
-    process with an empty cache compiles it, loads it and runs the operator."""
+    process with an empty cache compiles it once for two threads asking at once, loads it and
+    runs the operator."""
     import os
     import subprocess
     import sys
 
-    code = ("import torch\nfrom prefkit.models import native\n"
+    code = ("import threading, torch\nfrom prefkit.models import native\n"
+            "ask = lambda: print(native.native_unavailable.__wrapped__())\n"
+            "threads = [threading.Thread(target=ask) for _ in range(2)]\n"
+            "[t.start() for t in threads]; [t.join() for t in threads]\n"
             "print(native.native_unavailable())\n"
             "w, x = torch.randn(4, 8), torch.randn(3, 8)\n"
             "print(torch.equal(torch.ops.prefkit_native.packed_linear(x, w, None), x @ w.T))\n")
@@ -154,6 +158,6 @@ def test_a_fresh_cache_builds_the_library_in_a_new_process(tmp_path):
                           timeout=600, check=False,
                           env={**os.environ, "PREFKIT_CACHE": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["None", "True"]
+    assert done.stdout.split() == ["None", "None", "None", "True"]  # two threads at once
     built = list((tmp_path / "native").glob("*/prefkit_native.so"))
     assert len(built) == 1 and not list((tmp_path / "native").glob("*/*.tmp*"))

@@ -17,7 +17,7 @@ Building: the C++ compiler ``torch.compile`` uses on the CPU (``$CXX``, else ``g
 or ``clang++`` on PATH) compiles the source against this torch's headers and libraries into
 ``<cache>/native/<key>/prefkit_native.so`` (:func:`prefkit.cache_dir.cache_root`; the key
 hashes the sources, the torch version and commit, the compiler and the Python version), once:
-~15 s on a 2-core CPU, then each process only loads the file. On Linux, with a torch that runs
+~10 s on a 2-core CPU, then each process only loads the file. On Linux, with a torch that runs
 OpenMP, the build adds ``-fopenmp`` (the operators' ``at::parallel_for`` then uses torch's
 threads; elsewhere they run on one thread, with the same values). Processes building at once
 each write their own temporary file and rename it into place. ``$PREFKIT_NATIVE=0`` turns the
@@ -36,6 +36,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,11 @@ from ..cache_dir import cache_root
 __all__ = ["SOURCES", "cpp_compiler", "is_loaded", "library_path", "native_unavailable",
            "turned_off"]
 
-SOURCES = tuple(Path(__file__).with_name("csrc") / name
-                for name in ("packed_linear.cpp", "shared_prefix_attention.cpp",
-                             "uniform_noise.cpp"))
+_CSRC = Path(__file__).with_name("csrc")
+SOURCES = tuple(_CSRC / name for name in ("prefkit_native.cpp", "packed_linear.cpp",
+                                          "shared_prefix_attention.cpp", "uniform_noise.cpp"))
+"""The operators' sources; the build compiles the first, which includes the others (one
+translation unit: torch's headers, most of the build time, parsed once)."""
 BUILD_TIMEOUT_S = 600
 
 
@@ -85,7 +88,7 @@ def _build(compiler: str, out: Path) -> None:
         else []
     cmd = [compiler, "-O2", "-std=c++20", "-shared", "-fPIC", "-Wno-psabi", *openmp,
            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-           f"-I{torch_dir / 'include'}", *map(str, SOURCES), "-o", str(tmp), f"-L{lib}",
+           f"-I{torch_dir / 'include'}", str(SOURCES[0]), "-o", str(tmp), f"-L{lib}",
            "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
@@ -110,7 +113,13 @@ def turned_off() -> bool:
 @functools.cache
 def native_unavailable() -> str | None:
     """Why ``torch.ops.prefkit_native`` is not loaded in this process (None: it is, built now
-    or found built). Answered once per process: the first call builds or loads."""
+    or found built). Answered once per process: the first call builds or loads; threads asking
+    at once wait for one build (decode loops in a server's threads)."""
+    with _BUILD_LOCK:
+        return _build_or_load()
+
+
+def _build_or_load() -> str | None:
     if turned_off():
         return "prefkit's C++ operators are turned off ($PREFKIT_NATIVE=0)"
     compiler = cpp_compiler()
@@ -123,7 +132,8 @@ def native_unavailable() -> str | None:
             _build(compiler, path)
         torch.ops.load_library(str(path))
         _register_shapes()
-        _LOADED.append(str(path))
+        if str(path) not in _LOADED:
+            _LOADED.append(str(path))
     except NativeBuildError as err:
         return str(err)
     except Exception as err:  # noqa: BLE001 -- any failure to load: keep the Python paths
@@ -131,6 +141,7 @@ def native_unavailable() -> str | None:
     return None
 
 
+_BUILD_LOCK = threading.Lock()
 _LOADED: list[str] = []
 """The library loaded into this process (at most one path)."""
 

@@ -18,10 +18,13 @@
 //
 // Vectorization: the loops are written on GCC/clang vector types of 16 floats and compiled for
 // AVX-512, AVX2 and the baseline (target_clones; the loader picks the one this CPU runs), so the
-// library needs no -march flag and runs on any x86-64; elsewhere it is the baseline build.
+// library needs no -march flag and runs on any x86-64 Linux (target_clones needs the ELF
+// loader's ifunc); elsewhere it is the baseline build.
 // Threads: the prompts x key heads are split over at::parallel_for (OpenMP when built with it).
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_softmax.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -33,7 +36,7 @@
 
 namespace {
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define PREFKIT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define PREFKIT_CLONES

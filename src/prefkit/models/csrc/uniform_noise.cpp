@@ -11,7 +11,8 @@
 // The same bits as torch's int64 operations for any int64 input: after the first round's mask
 // every value lies in [0, 2^32), where masking a product to 32 bits is uint32 arithmetic.
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -20,7 +21,7 @@
 
 namespace {
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define PREFKIT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define PREFKIT_CLONES
