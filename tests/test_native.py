@@ -148,9 +148,11 @@ def test_a_fresh_cache_builds_the_library_in_a_new_process(tmp_path):
     import sys
 
     code = ("import threading, torch\nfrom prefkit.models import native\n"
-            "ask = lambda: print(native.native_unavailable.__wrapped__())\n"
+            "said = []\n"
+            "ask = lambda: said.append(native.native_unavailable.__wrapped__())\n"
             "threads = [threading.Thread(target=ask) for _ in range(2)]\n"
             "[t.start() for t in threads]; [t.join() for t in threads]\n"
+            "print(*said)\n"
             "print(native.native_unavailable())\n"
             "w, x = torch.randn(4, 8), torch.randn(3, 8)\n"
             "print(torch.equal(torch.ops.prefkit_native.packed_linear(x, w, None), x @ w.T))\n")

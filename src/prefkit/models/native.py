@@ -49,9 +49,11 @@ __all__ = ["SOURCES", "cpp_compiler", "is_loaded", "library_path", "native_unava
 
 _CSRC = Path(__file__).with_name("csrc")
 SOURCES = tuple(_CSRC / name for name in ("prefkit_native.cpp", "packed_linear.cpp",
-                                          "shared_prefix_attention.cpp", "uniform_noise.cpp"))
-"""The operators' sources; the build compiles the first, which includes the others (one
-translation unit: torch's headers, most of the build time, parsed once)."""
+                                          "shared_prefix_attention.cpp", "uniform_noise.cpp",
+                                          "vector_clones.h"))
+"""The operators' sources (all hashed into the library's key); the build compiles the first,
+which includes the others (one translation unit: torch's headers, most of the build time,
+parsed once)."""
 BUILD_TIMEOUT_S = 600
 
 

@@ -28,6 +28,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "vector_clones.h"
+
 #include <algorithm>
 #include <cstring>
 #include <initializer_list>
@@ -36,12 +38,6 @@
 
 namespace {
 
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define PREFKIT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PREFKIT_CLONES
-#endif
-#define PREFKIT_INLINE __attribute__((always_inline)) inline
 
 typedef float lanes16 __attribute__((vector_size(64)));
 typedef float lanes8 __attribute__((vector_size(32)));
@@ -104,90 +100,113 @@ struct Operands {
   float scale;
 };
 
-PREFKIT_CLONES void scores_of(const Layout& l, const Operands& o, float* scores,
-                              int64_t unit_begin, int64_t unit_end) {
-  float q[kBlock * kMaxHeadDim];
-  const int64_t d = l.dim;
+// Calls pass(p, hk, m0, n) for each block of query rows m0 .. m0 + n - 1 (n <= kBlock) of the
+// units (p, hk) in [unit_begin, unit_end).
+template <typename Pass>
+PREFKIT_INLINE void for_each_block(const Layout& l, int64_t unit_begin, int64_t unit_end,
+                                   const Pass& pass) {
   for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
-    const int64_t p = unit / l.kv_heads, hk = unit % l.kv_heads;
+    for (int64_t m0 = 0; m0 < l.rows_per_unit(); m0 += kBlock)
+      pass(unit / l.kv_heads, unit % l.kv_heads, m0, std::min(kBlock, l.rows_per_unit() - m0));
+  }
+}
+
+// Pass 1 for one block: its rows' scores over the prompt's keys, then over their own.
+struct Scores {
+  const Layout& l;
+  const Operands& o;
+  float* scores;
+
+  PREFKIT_INLINE void operator()(int64_t p, int64_t hk, int64_t m0, int64_t n) const {
+    const int64_t d = l.dim;
     const float* keys = o.prefix_keys + p * l.prefix_prompt + hk * l.prefix_head;
     const float* bias = o.prefix_bias + p * l.width;
-    for (int64_t m0 = 0; m0 < l.rows_per_unit(); m0 += kBlock) {
-      const int64_t n = std::min(kBlock, l.rows_per_unit() - m0);
-      float* out[kBlock];
-      for (int64_t i = 0; i < kBlock; ++i) {  // rows past n repeat the last (not stored)
-        const int64_t m = m0 + std::min(i, n - 1);
-        const float* src = o.query + l.item(p, hk, m) * d;
-        for (int64_t k = 0; k < d; ++k) q[i * d + k] = src[k] * o.scale;
-        out[i] = scores + l.item(p, hk, m) * l.keys();
-      }
-      for (int64_t w = 0; w < l.width; ++w) {
-        const float* key = keys + w * d;
-        lanes16 acc[kBlock] = {};
-        int64_t k = 0;
-        for (; k + 16 <= d; k += 16) {
-          const lanes16 kv = load16(key + k);
-          for (int64_t i = 0; i < kBlock; ++i) acc[i] += load16(q + i * d + k) * kv;
-        }
-        for (int64_t i = 0; i < n; ++i) {
-          float s = lane_sum(acc[i]);
-          for (int64_t kk = k; kk < d; ++kk) s += q[i * d + kk] * key[kk];
-          out[i][w] = s + bias[w];
-        }
+    float q[kBlock * kMaxHeadDim];
+    float* out[kBlock];
+    for (int64_t i = 0; i < kBlock; ++i) {  // rows past n repeat the last (not stored)
+      const int64_t m = m0 + std::min(i, n - 1);
+      const float* src = o.query + l.item(p, hk, m) * d;
+      for (int64_t k = 0; k < d; ++k) q[i * d + k] = src[k] * o.scale;
+      out[i] = scores + l.item(p, hk, m) * l.keys();
+    }
+    for (int64_t w = 0; w < l.width; ++w) {
+      const float* key = keys + w * d;
+      lanes16 acc[kBlock] = {};
+      int64_t k = 0;
+      for (; k + 16 <= d; k += 16) {
+        const lanes16 kv = load16(key + k);
+        for (int64_t i = 0; i < kBlock; ++i) acc[i] += load16(q + i * d + k) * kv;
       }
       for (int64_t i = 0; i < n; ++i) {
-        const float* own = o.own_keys + l.row(p, m0 + i) * l.own_row + hk * l.own_head;
-        for (int64_t u = 0; u < l.view; ++u) {
-          out[i][l.width + u] = o.own_bias[u] == kNegInf
-                                    ? kNegInf
-                                    : dot(q + i * d, own + u * d, d) + o.own_bias[u];
-        }
+        float s = lane_sum(acc[i]);
+        for (int64_t kk = k; kk < d; ++kk) s += q[i * d + kk] * key[kk];
+        out[i][w] = s + bias[w];
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const float* own = o.own_keys + l.row(p, m0 + i) * l.own_row + hk * l.own_head;
+      for (int64_t u = 0; u < l.view; ++u) {
+        out[i][l.width + u] = o.own_bias[u] == kNegInf
+                                  ? kNegInf
+                                  : dot(q + i * d, own + u * d, d) + o.own_bias[u];
       }
     }
   }
+};
+
+// Pass 3 for one block: its rows' probabilities times the prompt's values, then their own.
+struct Mix {
+  const Layout& l;
+  const Operands& o;
+  const float* probs;
+  float* out;
+
+  PREFKIT_INLINE void operator()(int64_t p, int64_t hk, int64_t m0, int64_t n) const {
+    const int64_t d = l.dim;
+    const float* values = o.prefix_values + p * l.prefix_prompt + hk * l.prefix_head;
+    const float* bias = o.prefix_bias + p * l.width;
+    const float* a[kBlock];
+    float* y[kBlock];
+    for (int64_t i = 0; i < kBlock; ++i) {  // rows past n repeat the last (not stored)
+      const int64_t item = l.item(p, hk, m0 + std::min(i, n - 1));
+      a[i] = probs + item * l.keys();
+      y[i] = out + item * d;
+    }
+    int64_t k = 0;
+    for (; k + 16 <= d; k += 16) {
+      lanes16 acc[kBlock] = {};
+      for (int64_t w = 0; w < l.width; ++w) {
+        if (bias[w] == kNegInf) continue;
+        const lanes16 v = load16(values + w * d + k);
+        for (int64_t i = 0; i < kBlock; ++i) acc[i] += a[i][w] * v;
+      }
+      for (int64_t i = 0; i < n; ++i) std::memcpy(y[i] + k, &acc[i], sizeof(lanes16));
+    }
+    for (; k < d; ++k) {
+      for (int64_t i = 0; i < n; ++i) {
+        float s = 0.f;
+        for (int64_t w = 0; w < l.width; ++w)
+          if (bias[w] != kNegInf) s += a[i][w] * values[w * d + k];
+        y[i][k] = s;
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const float* own = o.own_values + l.row(p, m0 + i) * l.own_row + hk * l.own_head;
+      for (int64_t u = 0; u < l.view; ++u)
+        if (o.own_bias[u] != kNegInf) add_scaled(y[i], a[i][l.width + u], own + u * d, d);
+    }
+  }
+};
+
+// The passes' loops, compiled once per instruction set (the blocks' code is inlined here).
+PREFKIT_CLONES void scores_of(const Layout& l, const Operands& o, float* scores,
+                              int64_t unit_begin, int64_t unit_end) {
+  for_each_block(l, unit_begin, unit_end, Scores{l, o, scores});
 }
 
 PREFKIT_CLONES void mix_of(const Layout& l, const Operands& o, const float* probs, float* out,
                            int64_t unit_begin, int64_t unit_end) {
-  const int64_t d = l.dim;
-  for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
-    const int64_t p = unit / l.kv_heads, hk = unit % l.kv_heads;
-    const float* values = o.prefix_values + p * l.prefix_prompt + hk * l.prefix_head;
-    const float* bias = o.prefix_bias + p * l.width;
-    for (int64_t m0 = 0; m0 < l.rows_per_unit(); m0 += kBlock) {
-      const int64_t n = std::min(kBlock, l.rows_per_unit() - m0);
-      const float* a[kBlock];
-      float* y[kBlock];
-      for (int64_t i = 0; i < kBlock; ++i) {  // rows past n repeat the last (not stored)
-        const int64_t item = l.item(p, hk, m0 + std::min(i, n - 1));
-        a[i] = probs + item * l.keys();
-        y[i] = out + item * d;
-      }
-      int64_t k = 0;
-      for (; k + 16 <= d; k += 16) {
-        lanes16 acc[kBlock] = {};
-        for (int64_t w = 0; w < l.width; ++w) {
-          if (bias[w] == kNegInf) continue;
-          const lanes16 v = load16(values + w * d + k);
-          for (int64_t i = 0; i < kBlock; ++i) acc[i] += a[i][w] * v;
-        }
-        for (int64_t i = 0; i < n; ++i) std::memcpy(y[i] + k, &acc[i], sizeof(lanes16));
-      }
-      for (; k < d; ++k) {
-        for (int64_t i = 0; i < n; ++i) {
-          float s = 0.f;
-          for (int64_t w = 0; w < l.width; ++w)
-            if (bias[w] != kNegInf) s += a[i][w] * values[w * d + k];
-          y[i][k] = s;
-        }
-      }
-      for (int64_t i = 0; i < n; ++i) {
-        const float* own = o.own_values + l.row(p, m0 + i) * l.own_row + hk * l.own_head;
-        for (int64_t u = 0; u < l.view; ++u)
-          if (o.own_bias[u] != kNegInf) add_scaled(y[i], a[i][l.width + u], own + u * d, d);
-      }
-    }
-  }
+  for_each_block(l, unit_begin, unit_end, Mix{l, o, probs, out});
 }
 
 void check(const at::Tensor& t, const char* name, int64_t dims) {

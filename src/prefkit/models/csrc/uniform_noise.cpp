@@ -16,30 +16,26 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "vector_clones.h"
+
 #include <algorithm>
 #include <cstdint>
 
 namespace {
-
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define PREFKIT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PREFKIT_CLONES
-#endif
 
 constexpr uint32_t kMix = 0x45D9F3BU;
 
 // The first round on int64, (x ^ x >> 16) * MIX & (2^32 - 1): the result's 32 bits depend only
 // on bits 0..47 of x (a product's low 32 bits on its factors' low 32 bits; the shifted term's
 // on bits 16..47, where arithmetic and logical shifts agree), so it is computed on uint32.
-inline uint32_t first_round(int64_t x) {
+PREFKIT_INLINE uint32_t first_round(int64_t x) {
   const uint64_t u = static_cast<uint64_t>(x);
   return (static_cast<uint32_t>(u) ^ static_cast<uint32_t>(u >> 16)) * kMix;
 }
 
-inline uint32_t round32(uint32_t x) { return (x ^ (x >> 16)) * kMix; }  // values < 2^32
+PREFKIT_INLINE uint32_t round32(uint32_t x) { return (x ^ (x >> 16)) * kMix; }  // values < 2^32
 
-inline uint32_t finish(uint32_t x) {  // mix's second round and last xor-shift
+PREFKIT_INLINE uint32_t finish(uint32_t x) {  // mix's second round and last xor-shift
   x = round32(x);
   return x ^ (x >> 16);
 }
