@@ -1,7 +1,7 @@
 // prefkit_native::uniform -- the sampling rule's uniform numbers u[r, v] in one pass
 // (prefkit/models/decode.py, _uniform: the same integer operations, so the same bits).
 //
-//   mix(x)      = three rounds of x ^= x >> 16, x = (x * 0x45D9F3B) & (2^32 - 1), then x ^ x >> 16
+//   mix(x)      = two rounds of x ^= x >> 16, x = (x * 0x45D9F3B) & (2^32 - 1), then x ^ x >> 16
 //   bits[r, v]  = mix(mix(h[r] ^ v) ^ 0x9E3779B9)
 //   u[r, v]     = (bits + 0.5) * 2^-32   (float64, exact: a 32-bit integer plus 0.5, scaled by
 //                                         a power of two)
