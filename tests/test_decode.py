@@ -377,8 +377,7 @@ def test_prompt_shared_decode_runs_the_cpp_operator_with_the_library_paths_token
         model.config.num_hidden_layers * (s.max_new_tokens - 1)
     assert calls["prefkit_native::uniform"] == s.max_new_tokens  # the sampler's hash
     monkeypatch.setattr(native, "_LOADED", [])
-    monkeypatch.setattr("prefkit.models.prefix_attention.load_native", lambda model: False)
-    monkeypatch.setattr("prefkit.models.decode.load_native", lambda model: False)
+    monkeypatch.setattr("prefkit.models.decode.load_native_for", lambda model: False)
     assert StaticCacheBackend().generate(model, grouped, s, seed=5).ids == got
 
 

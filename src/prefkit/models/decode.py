@@ -65,11 +65,11 @@ from transformers import (
 
 from prefkit.models.native import cpp_compiler
 from prefkit.models.native import is_loaded as native_is_loaded
+from prefkit.models.native import load_for as load_native_for
 from prefkit.models.packed_linear import packed_linears
 from prefkit.models.prefix_attention import (
     SharedPrefixCache,
     equal_groups,
-    load_native,
     shared_prefix_unsupported,
 )
 
@@ -486,7 +486,7 @@ class StaticCacheBackend:
         gen = Generation([], [] if logprobs else None)
         if not prompt_ids:
             return gen
-        load_native(model)  # the C++ sampler hash and shared-prefix attention (float32 CPU)
+        load_native_for(model)  # the C++ sampler hash and shared-prefix attention
         was_training = model.training
         model.eval()
         try:

@@ -44,8 +44,8 @@ import torch
 
 from ..cache_dir import cache_root
 
-__all__ = ["SOURCES", "cpp_compiler", "is_loaded", "library_path", "native_unavailable",
-           "turned_off"]
+__all__ = ["SOURCES", "cpp_compiler", "is_loaded", "library_path", "load_for",
+           "native_unavailable", "turned_off"]
 
 _CSRC = Path(__file__).with_name("csrc")
 SOURCES = tuple(_CSRC / name for name in ("prefkit_native.cpp", "packed_linear.cpp",
@@ -110,6 +110,18 @@ def _build(compiler: str, out: Path) -> None:
 def turned_off() -> bool:
     """Whether ``$PREFKIT_NATIVE=0`` turns the operators off."""
     return os.environ.get("PREFKIT_NATIVE", "1") == "0"
+
+
+def load_for(model: torch.nn.Module) -> bool:
+    """Build or load the operators (once per process) before a float32 CPU ``model`` decodes --
+    its shared-prefix attention and the uncompiled loop's sampler hash use them; whether they
+    are loaded. Models on other devices or dtypes never build them; where they cannot be built
+    the decode keeps its Python versions (the same tokens up to rounding in the attention,
+    slower)."""
+    param = next(model.parameters(), None)
+    if param is None or param.dtype != torch.float32 or param.device.type != "cpu":
+        return is_loaded()
+    return native_unavailable() is None
 
 
 @functools.cache

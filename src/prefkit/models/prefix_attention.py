@@ -43,7 +43,7 @@ from transformers.cache_utils import CacheLayerMixin
 from prefkit.models import native
 from prefkit.models.segment_attention import segment_attention, segments_usable
 
-__all__ = ["SharedPrefixCache", "equal_groups", "load_native", "sdpa_or_shared_prefix",
+__all__ = ["SharedPrefixCache", "equal_groups", "sdpa_or_shared_prefix",
            "shared_prefix_attention", "shared_prefix_attention_reference",
            "shared_prefix_unsupported"]
 
@@ -155,18 +155,6 @@ def shared_prefix_attention(module: nn.Module, query: torch.Tensor, key: SharedP
 
 NATIVE_MAX_HEAD_DIM = 1024
 """The largest head size the C++ operator takes (its per-thread query buffer)."""
-
-
-def load_native(model: nn.Module) -> bool:
-    """Build or load prefkit's C++ operators (once per process, :mod:`prefkit.models.native`)
-    before the decode steps of a float32 CPU ``model``, whose shared-prefix attention and sampler
-    hash they run; whether they are loaded. Models on other devices or dtypes never build them;
-    where they cannot be built the steps keep :func:`shared_prefix_attention_reference` and the
-    eager hash (the same tokens up to rounding in the attention, slower)."""
-    param = next(model.parameters(), None)
-    if param is None or param.dtype != torch.float32 or param.device.type != "cpu":
-        return native.is_loaded()
-    return native.native_unavailable() is None
 
 
 def _native_applies(query: torch.Tensor, key: SharedPrefixLayer) -> bool:
